@@ -1,0 +1,373 @@
+"""The networks, each declaring its width groups.
+
+Every network here is an ordinary ``nn.Module`` built from ``slimmable`` layers, plus a list
+``model.width_groups``: the channel counts a width search may change, one entry per set of layers
+that must agree. The rules, for every network:
+
+- Layers tied by a residual add share one group (a ResNet stage's residual width; a MobileNet
+  stage's output width). A depthwise conv follows its input, so it has no group of its own.
+- Each block's inner width (ResNet ``conv1`` output, MobileNet expansion) is its own group.
+- The image input and the logits never change; neither do the last 1x1 conv of the MobileNets
+  (1280 / 960 channels), which Joslim and AutoSlim keep fixed too.
+- Channel rounding: the CIFAR ResNets allow any count >= 1 (divisor 1); the ImageNet networks use
+  multiples of 8 like torchvision (divisor 8). See ``slimmable.round_channels``.
+
+Design choices worth knowing:
+
+- CIFAR ResNets (He et al. 2016, Sec. 4.2): 3x3 conv stem with BN and ReLU, three stages of 16/32/64
+  channels, parameter-free option-A shortcuts (stride-2 subsampling, then zero channels). Under
+  slimming a stage may be *narrower* than the stage before it; the shortcut then keeps the first
+  channels of its input. The Joslim reference instead forces residual widths to be non-decreasing
+  across stages, which makes the cost a max() of the multipliers; here every multiplier is free.
+- MobileNetV3's squeeze-and-excitation layer has its own width: ``round8(m * full_squeeze)`` with
+  ``m`` the multiplier of its block's expansion, so the squeeze stays about a quarter of the
+  expansion at every width (torchvision: ``_make_divisible(expanded // 4, 8)``). The 5x5 depthwise
+  kernels are real 5x5 kernels (the Joslim reference silently used 3x3).
+- At full width the ImageNet networks have torchvision's parameter names and shapes, so
+  ``model.load_state_dict(torchvision.models.resnet18(weights=...).state_dict())`` works.
+
+``python models.py`` prints every network's width groups, MACs and parameters at full and at the
+smallest width (0.42).
+"""
+import sys
+
+import torch.nn as nn
+
+from slimmable import (SlimBatchNorm2d, SlimConv2d, SlimLinear, add_group, divisible, macs,
+                       params)
+
+
+def option_a_shortcut(x, channels, stride):
+    """He et al.'s parameter-free shortcut: subsample, then zero-pad (or cut) to ``channels``."""
+    if stride > 1:
+        x = x[:, :, ::stride, ::stride]
+    extra = channels - x.shape[1]
+    if extra > 0:
+        return nn.functional.pad(x, (0, 0, 0, 0, 0, extra))
+    return x[:, :channels] if extra < 0 else x
+
+
+def _conv_bn(in_slot, out_slot, kernel, stride=1, groups=1, activation=None, bn_eps=1e-5,
+             bn_momentum=0.1):
+    """conv -> BN [-> activation] as an ``nn.Sequential`` (torchvision's Conv2dNormActivation
+    names: ``0`` conv, ``1`` bn, ``2`` activation). A slot given as a plain int is a fixed width."""
+    c_in, c_out = _channels(in_slot), _channels(out_slot)
+    in_slot, out_slot = _slot(in_slot), _slot(out_slot)
+    layers = [SlimConv2d(c_in, c_out, kernel, stride, (kernel - 1) // 2, groups=groups,
+                         in_slot=in_slot, out_slot=out_slot),
+              SlimBatchNorm2d(c_out, out_slot, eps=bn_eps, momentum=bn_momentum)]
+    if activation is not None:
+        layers.append(activation)
+    return nn.Sequential(*layers)
+
+
+def _channels(slot_or_count):
+    return slot_or_count if isinstance(slot_or_count, int) else slot_or_count.channels
+
+
+def _slot(slot_or_count):
+    return None if isinstance(slot_or_count, int) else slot_or_count
+
+
+def _init_weights(model, linear_std=None):
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear) and linear_std is not None:
+            nn.init.normal_(m.weight, 0, linear_std)
+            nn.init.zeros_(m.bias)
+
+
+# ---------------------------------------------------------------------------------------------
+# ResNets
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convs and a shortcut (torchvision's names: conv1, bn1, conv2, bn2, downsample)."""
+
+    def __init__(self, in_slot, inner_slot, out_slot, stride, projection):
+        super().__init__()
+        self.conv1 = SlimConv2d(in_slot.channels, inner_slot.channels, 3, stride, 1,
+                                in_slot=in_slot, out_slot=inner_slot)
+        self.bn1 = SlimBatchNorm2d(inner_slot.channels, inner_slot)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = SlimConv2d(inner_slot.channels, out_slot.channels, 3, 1, 1,
+                                in_slot=inner_slot, out_slot=out_slot)
+        self.bn2 = SlimBatchNorm2d(out_slot.channels, out_slot)
+        self.downsample = None
+        if projection:  # ImageNet ResNets: 1x1 conv + BN
+            self.downsample = nn.Sequential(
+                SlimConv2d(in_slot.channels, out_slot.channels, 1, stride,
+                           in_slot=in_slot, out_slot=out_slot),
+                SlimBatchNorm2d(out_slot.channels, out_slot))
+        self.stride = stride
+        self.option_a = not projection and (stride != 1 or in_slot != out_slot)
+
+    def forward(self, x):
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        if self.downsample is not None:
+            shortcut = self.downsample(x)
+        elif self.option_a:
+            shortcut = option_a_shortcut(x, out.shape[1], self.stride)
+        else:
+            shortcut = x
+        return self.relu(out + shortcut)
+
+
+class ResNet(nn.Module):
+    """CIFAR ResNet-{20,32,44,56} (``imagenet=False``) or ImageNet ResNet-18 (``imagenet=True``).
+
+    Width groups: one per stage's residual width (``layerK.residual``, tied to the stem for the
+    first stage) and one per block's inner width (``layerK.B.inner``).
+    """
+
+    def __init__(self, blocks_per_stage, stage_channels, num_classes, imagenet, input_size):
+        super().__init__()
+        divisor = 8 if imagenet else 1
+        self.width_groups = []
+        self.input_size = input_size
+        residual, inner = [], []  # groups in network order: each stage's residual, then its blocks
+        for k, (count, channels) in enumerate(zip(blocks_per_stage, stage_channels)):
+            residual.append(add_group(self.width_groups, f"layer{k + 1}.residual", channels, divisor))
+            inner.append([add_group(self.width_groups, f"layer{k + 1}.{b}.inner", channels, divisor)
+                          for b in range(count)])
+        stem = residual[0]
+        if imagenet:
+            self.conv1 = SlimConv2d(3, stem.channels, 7, 2, 3, out_slot=stem)
+        else:
+            self.conv1 = SlimConv2d(3, stem.channels, 3, 1, 1, out_slot=stem)
+        self.bn1 = SlimBatchNorm2d(stem.channels, stem)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, 2, 1) if imagenet else nn.Identity()
+        in_slot = stem
+        for k, (count, out_slot) in enumerate(zip(blocks_per_stage, residual)):
+            blocks = []
+            for b in range(count):
+                stride = 2 if (k > 0 and b == 0) else 1
+                projection = imagenet and (stride != 1 or in_slot != out_slot)
+                blocks.append(BasicBlock(in_slot, inner[k][b], out_slot, stride, projection))
+                in_slot = out_slot
+            setattr(self, f"layer{k + 1}", nn.Sequential(*blocks))
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = SlimLinear(in_slot.channels, num_classes, in_slot=in_slot)
+        self.num_stages = len(stage_channels)
+        _init_weights(self)
+
+    def forward(self, x):
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        for k in range(self.num_stages):
+            x = getattr(self, f"layer{k + 1}")(x)
+        return self.fc(self.avgpool(x).flatten(1))
+
+
+def slim_cifar_resnet(depth, num_classes=10, input_size=32):
+    if (depth - 2) % 6:
+        raise ValueError("CIFAR ResNet depth must be 6n+2")
+    n = (depth - 2) // 6
+    return ResNet([n] * 3, [16, 32, 64], num_classes, imagenet=False, input_size=input_size)
+
+
+def slim_resnet18(num_classes=1000, input_size=224):
+    return ResNet([2, 2, 2, 2], [64, 128, 256, 512], num_classes, imagenet=True,
+                  input_size=input_size)
+
+
+# ---------------------------------------------------------------------------------------------
+# MobileNets
+
+
+def make_divisible(value, divisor=8):
+    """torchvision's channel rounding for MobileNets, for one number."""
+    return int(divisible(value, divisor))
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV2/V3 block: [1x1 expand] -> depthwise -> [SE] -> 1x1 project [+ residual].
+
+    Layer names follow torchvision (``conv`` for V2, ``block`` for V3) so its weights load.
+    """
+
+    def __init__(self, in_slot, expand_slot, out_slot, kernel, stride, activation, squeeze=None,
+                 bn_eps=1e-5, bn_momentum=0.1, attribute="conv"):
+        super().__init__()
+        norm = dict(bn_eps=bn_eps, bn_momentum=bn_momentum)
+        layers = []
+        if expand_slot is None:  # no expansion: the depthwise conv follows the input
+            expand_slot = in_slot
+        else:
+            layers.append(_conv_bn(in_slot, expand_slot, 1, activation=activation(), **norm))
+        layers.append(_conv_bn(expand_slot, expand_slot, kernel, stride,
+                               groups=expand_slot.channels, activation=activation(), **norm))
+        if squeeze is not None:
+            layers.append(SqueezeExcitation(expand_slot, squeeze))
+        project = _conv_bn(expand_slot, out_slot, 1, **norm)
+        if attribute == "conv":  # V2 flattens the projection into the block's Sequential
+            layers.extend(project)
+        else:
+            layers.append(project)
+        setattr(self, attribute, nn.Sequential(*layers))
+        self.body_name = attribute
+        self.use_residual = stride == 1 and in_slot == out_slot
+
+    def forward(self, x):
+        out = getattr(self, self.body_name)(x)
+        return x + out if self.use_residual else out
+
+
+class SqueezeExcitation(nn.Module):
+    """Squeeze-and-excitation with hard-sigmoid gating (torchvision's names)."""
+
+    def __init__(self, channel_slot, squeeze_slot):
+        super().__init__()
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc1 = SlimConv2d(channel_slot.channels, squeeze_slot.channels, 1, bias=True,
+                              in_slot=channel_slot, out_slot=squeeze_slot)
+        self.fc2 = SlimConv2d(squeeze_slot.channels, channel_slot.channels, 1, bias=True,
+                              in_slot=squeeze_slot, out_slot=channel_slot)
+        self.activation = nn.ReLU()
+        self.scale_activation = nn.Hardsigmoid()
+
+    def forward(self, x):
+        scale = self.scale_activation(self.fc2(self.activation(self.fc1(self.avgpool(x)))))
+        return scale * x
+
+
+# (expansion t, output channels c, repeats n, first stride s), Sandler et al. 2018, Table 2.
+MOBILENETV2_SETTING = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2),
+                       (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]
+
+
+class MobileNetV2(nn.Module):
+    """MobileNetV2 with ``width_mult`` (AutoSlim's supernet is ``width_mult=1.5``).
+
+    Width groups (24 at any width_mult): ``stem`` (the first conv, followed by the first block's
+    depthwise conv), one ``stageK.out`` per stage's output width (7), one ``features.N.expand`` per
+    block with an expansion layer (16).
+    """
+
+    def __init__(self, num_classes=1000, width_mult=1.0, input_size=224, dropout=0.2):
+        super().__init__()
+        self.width_groups, self.input_size = [], input_size
+        groups = self.width_groups
+        in_slot = add_group(groups, "stem", make_divisible(32 * width_mult), 8)
+        last_channels = make_divisible(1280 * max(1.0, width_mult))
+        features = [_conv_bn(3, in_slot, 3, 2, activation=nn.ReLU6(inplace=True))]
+        for k, (t, c, n, s) in enumerate(MOBILENETV2_SETTING):
+            out_slot = add_group(groups, f"stage{k + 1}.out", make_divisible(c * width_mult), 8)
+            for i in range(n):
+                expand = None
+                if t != 1:
+                    expand = add_group(groups, f"features.{len(features)}.expand",
+                                       int(round(in_slot.channels * t)), 8)
+                features.append(InvertedResidual(in_slot, expand, out_slot, 3, s if i == 0 else 1,
+                                                 lambda: nn.ReLU6(inplace=True)))
+                in_slot = out_slot
+        features.append(_conv_bn(in_slot, last_channels, 1,
+                                 activation=nn.ReLU6(inplace=True)))
+        self.features = nn.Sequential(*features)
+        self.classifier = nn.Sequential(nn.Dropout(dropout),
+                                        SlimLinear(last_channels, num_classes))
+        _init_weights(self, linear_std=0.01)
+
+    def forward(self, x):
+        x = nn.functional.adaptive_avg_pool2d(self.features(x), 1)
+        return self.classifier(x.flatten(1))
+
+
+# (kernel, expanded, out, use SE, hard-swish, stride), Howard et al. 2019, Table 1 (Large).
+MOBILENETV3_LARGE_SETTING = [
+    (3, 16, 16, False, False, 1), (3, 64, 24, False, False, 2), (3, 72, 24, False, False, 1),
+    (5, 72, 40, True, False, 2), (5, 120, 40, True, False, 1), (5, 120, 40, True, False, 1),
+    (3, 240, 80, False, True, 2), (3, 200, 80, False, True, 1), (3, 184, 80, False, True, 1),
+    (3, 184, 80, False, True, 1), (3, 480, 112, True, True, 1), (3, 672, 112, True, True, 1),
+    (5, 672, 160, True, True, 2), (5, 960, 160, True, True, 1), (5, 960, 160, True, True, 1)]
+
+
+class MobileNetV3Large(nn.Module):
+    """MobileNetV3-Large. Width groups (20): ``stem`` (the first conv, tied by the first block's
+    residual to that block's output), one ``stageK.out`` per later output width (5), one
+    ``features.N.expand`` per block with an expansion layer (14)."""
+
+    def __init__(self, num_classes=1000, input_size=224, dropout=0.2):
+        super().__init__()
+        self.width_groups, self.input_size = [], input_size
+        groups = self.width_groups
+        norm = dict(bn_eps=0.001, bn_momentum=0.01)
+        in_slot = add_group(groups, "stem", 16, 8)
+        features = [_conv_bn(3, in_slot, 3, 2, activation=nn.Hardswish(), **norm)]
+        out_slot, stage = in_slot, 0
+        for kernel, expanded, out, use_se, hard_swish, stride in MOBILENETV3_LARGE_SETTING:
+            if out != out_slot.channels:
+                stage += 1
+                out_slot = add_group(groups, f"stage{stage}.out", out, 8)
+            expand = squeeze = None
+            if expanded != in_slot.channels:
+                expand = add_group(groups, f"features.{len(features)}.expand", expanded, 8)
+            if use_se:
+                source = expand if expand is not None else in_slot
+                squeeze = source._replace(channels=make_divisible(expanded // 4))
+            activation = nn.Hardswish if hard_swish else nn.ReLU
+            features.append(InvertedResidual(in_slot, expand, out_slot, kernel, stride, activation,
+                                             squeeze, attribute="block", **norm))
+            in_slot = out_slot
+        last_channels = 6 * in_slot.channels
+        features.append(_conv_bn(in_slot, last_channels, 1, activation=nn.Hardswish(),
+                                 **norm))
+        self.features = nn.Sequential(*features)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Sequential(SlimLinear(last_channels, 1280), nn.Hardswish(),
+                                        nn.Dropout(dropout), SlimLinear(1280, num_classes))
+        _init_weights(self, linear_std=0.01)
+
+    def forward(self, x):
+        return self.classifier(self.avgpool(self.features(x)).flatten(1))
+
+
+# ---------------------------------------------------------------------------------------------
+
+NETWORKS = {
+    "slim_resnet20": lambda num_classes, **kw: slim_cifar_resnet(20, num_classes, **kw),
+    "slim_resnet32": lambda num_classes, **kw: slim_cifar_resnet(32, num_classes, **kw),
+    "slim_resnet44": lambda num_classes, **kw: slim_cifar_resnet(44, num_classes, **kw),
+    "slim_resnet56": lambda num_classes, **kw: slim_cifar_resnet(56, num_classes, **kw),
+    "slim_resnet18": slim_resnet18,
+    "slim_mobilenetv2": MobileNetV2,
+    "slim_mobilenetv3_large": MobileNetV3Large,
+}
+CIFAR_NETWORKS = ("slim_resnet20", "slim_resnet32", "slim_resnet44", "slim_resnet56")
+
+
+def get_model(name, num_classes, **options):
+    """Build network ``name`` (see ``NETWORKS``). Options: ``input_size`` (the resolution the cost
+    is counted at; 32 for the CIFAR ResNets, 224 otherwise), ``width_mult`` (MobileNetV2 only)."""
+    if name not in NETWORKS:
+        raise ValueError(f"unknown network '{name}'; valid: {', '.join(NETWORKS)}")
+    try:
+        return NETWORKS[name](num_classes=num_classes, **options)
+    except TypeError as error:
+        raise ValueError(f"bad option for {name}: {error}") from None
+
+
+def print_table(lower=0.42, file=sys.stdout):
+    """The model table: width groups, MACs and params at full width and at ``lower``."""
+    header = (f"{'network':<24}{'groups':>7}{'MACs@1.0':>15}{'params@1.0':>13}"
+              f"{f'MACs@{lower}':>15}{f'params@{lower}':>14}")
+    print(header, file=file)
+    print("-" * len(header), file=file)
+    for name in NETWORKS:
+        num_classes = 10 if name in CIFAR_NETWORKS else 1000
+        net = get_model(name, num_classes)
+        print(f"{name:<24}{len(net.width_groups):>7}{macs(net, 1.0):>15,}{params(net, 1.0):>13,}"
+              f"{macs(net, lower):>15,}{params(net, lower):>14,}", file=file)
+    print("MACs: conv+linear multiply-accumulates per image (32x32 CIFAR nets with 10 classes, "
+          "224x224 ImageNet nets with 1000 classes).", file=file)
+
+
+if __name__ == "__main__":
+    print_table()

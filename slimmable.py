@@ -1,0 +1,446 @@
+"""Slimmable layers: one set of weights, many widths.
+
+A slimmable network (Yu et al., "Slimmable Neural Networks", ICLR'19; "Universally Slimmable
+Networks", ICCV'19) runs at any per-layer width by using the *first k* channels of every layer.
+Width search (Joslim, AutoSlim) then asks which widths to use at each cost. This file holds
+everything that is about widths and nothing that is about a particular network:
+
+- ``SlimConv2d``, ``SlimBatchNorm2d``, ``SlimLinear``: subclasses of the torch layers whose forward
+  slices the weights to the active width. Parameter and buffer names are torch's, so a full-width
+  ``state_dict()`` is an ordinary one. The input width is read from the input tensor; the output
+  width is set by ``set_widths``. BN is *shared* across widths and sliced (US-Nets); training
+  always uses batch statistics, and ``calibrate_bn`` recomputes the running statistics of one
+  configuration before it is evaluated.
+- Width groups. Layers that must agree on a channel count (tied by a residual add, or a depthwise
+  conv and the layer feeding it) share one ``WidthGroup``. A model lists its groups in
+  ``model.width_groups``; a width configuration is one multiplier in (0, 1] per group.
+  Each layer names the ``ChannelSlot`` of its input and output: a slot is a group plus a full
+  channel count (usually the group's own; an SE squeeze layer uses its block's multiplier on its
+  own smaller count). ``None`` means the width never changes (the image input, the logits).
+- Rounding. ``channels = round_channels(multiplier, full, divisor)``. With ``divisor == 1``
+  (CIFAR ResNets) it is round-half-up of ``multiplier * full``, at least 1. With ``divisor == 8``
+  (ImageNet networks) it is torchvision's ``_make_divisible``: the nearest multiple of 8, at least
+  8, bumped up one step if that lost more than 10%. Both are clamped to ``full`` and monotone, so
+  the cost of a configuration never decreases when a multiplier grows.
+- Cost. ``macs`` and ``params`` are analytic: every conv/linear contributes
+  ``coefficient * c_in * c_out`` (a bilinear form in the slot channel counts), so the cost of N
+  configurations is one (N, terms) product, with no forward pass. "FLOPs" in the slimmable
+  literature are these multiply-accumulates of conv and linear layers.
+- ``export``: an ordinary model whose leaves are plain ``nn.Conv2d``/``nn.BatchNorm2d``/``nn.Linear``
+  holding the sliced weights and statistics (AutoSlim's "split checkpoint").
+
+Example::
+
+    import torch, models, slimmable
+    net = models.get_model("slim_resnet20", num_classes=10)
+    slimmable.set_widths(net, 0.5)                      # every group at half width
+    print(slimmable.macs(net, 0.5), slimmable.params(net, 0.5))
+    small = slimmable.export(net.eval(), 0.5)           # plain torch layers only
+    x = torch.randn(2, 3, 32, 32)
+    print((small(x) - net(x)).abs().max())              # ~1e-7
+"""
+import copy
+from typing import NamedTuple, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class WidthGroup(NamedTuple):
+    """Layers that share one width multiplier. ``channels`` is the full channel count."""
+    name: str
+    channels: int
+    divisor: int = 1
+
+
+class ChannelSlot(NamedTuple):
+    """The width of one layer input or output: group ``group`` applied to ``channels`` full channels."""
+    group: int
+    channels: int
+    divisor: int = 1
+
+
+def add_group(groups, name, channels, divisor=1):
+    """Append a ``WidthGroup`` to ``groups`` and return the slot of its full width (model builders)."""
+    groups.append(WidthGroup(name, int(channels), divisor))
+    return ChannelSlot(len(groups) - 1, int(channels), divisor)
+
+
+def divisible(values, divisor):
+    """torchvision's ``_make_divisible`` on a tensor: the nearest multiple of ``divisor``, at least
+    ``divisor``, bumped up one step if that lost more than 10% of the value."""
+    values = torch.as_tensor(values, dtype=torch.float64)
+    rounded = (torch.floor((values + divisor / 2) / divisor) * divisor).clamp(min=divisor)
+    return torch.where(rounded < 0.9 * values, rounded + divisor, rounded)
+
+
+def round_channels(multipliers, full, divisor=1):
+    """Channel count(s) for multiplier(s) of ``full`` channels (tensor in, int64 tensor out)."""
+    value = torch.as_tensor(multipliers, dtype=torch.float64) * full
+    if divisor == 1:
+        channels = torch.floor(value + 0.5).clamp(min=1)
+    else:
+        channels = divisible(value, divisor)
+    return channels.clamp(max=full).long()
+
+
+# ---------------------------------------------------------------------------------------------
+# Layers
+
+
+class SlimConv2d(nn.Conv2d):
+    """``nn.Conv2d`` that uses ``weight[:active_out, :c_in]``; c_in is read from the input.
+
+    A depthwise conv (``groups == in_channels == out_channels``) follows its input: it uses the
+    first c_in filters with ``groups = c_in``.
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, groups=1,
+                 bias=False, in_slot: Optional[ChannelSlot] = None,
+                 out_slot: Optional[ChannelSlot] = None):
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, groups=groups,
+                         bias=bias)
+        self.depthwise = groups > 1 and groups == in_channels == out_channels
+        if groups > 1 and not self.depthwise:
+            raise ValueError("SlimConv2d supports dense or depthwise convolutions only")
+        self.in_slot = in_slot
+        self.out_slot = in_slot if self.depthwise else out_slot
+        self.active_out = out_channels
+
+    def forward(self, x):
+        c_in = x.shape[1]
+        if self.depthwise:
+            weight = self.weight[:c_in]
+            bias = self.bias[:c_in] if self.bias is not None else None
+            groups = c_in
+        else:
+            c_out = self.active_out
+            weight = self.weight
+            if c_out != self.out_channels or c_in != self.in_channels:
+                weight = weight[:c_out, :c_in]
+            bias = self.bias[:c_out] if self.bias is not None else None
+            groups = 1
+        return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, groups)
+
+
+class SlimBatchNorm2d(nn.BatchNorm2d):
+    """``nn.BatchNorm2d`` shared across widths: uses the first c channels of its affine
+    parameters and running statistics, c read from the input."""
+
+    def __init__(self, num_features, slot: Optional[ChannelSlot] = None, eps=1e-5, momentum=0.1):
+        super().__init__(num_features, eps=eps, momentum=momentum)
+        self.in_slot = self.out_slot = slot
+
+    def forward(self, x):
+        c = x.shape[1]
+        if c == self.num_features:
+            return super().forward(x)
+        # The same bookkeeping as nn.BatchNorm2d.forward, on channel-prefix views; the in-place
+        # running-stat update of F.batch_norm writes through the views into the shared buffers.
+        factor = 0.0 if self.momentum is None else self.momentum
+        if self.training and self.track_running_stats:
+            self.num_batches_tracked.add_(1)
+            factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+        use_batch_stats = self.training or not self.track_running_stats
+        return F.batch_norm(x, self.running_mean[:c], self.running_var[:c], self.weight[:c],
+                            self.bias[:c], use_batch_stats, factor, self.eps)
+
+
+class SlimLinear(nn.Linear):
+    """``nn.Linear`` that uses ``weight[:active_out, :c_in]``; c_in is read from the input."""
+
+    def __init__(self, in_features, out_features, bias=True, in_slot: Optional[ChannelSlot] = None,
+                 out_slot: Optional[ChannelSlot] = None):
+        super().__init__(in_features, out_features, bias=bias)
+        self.in_slot, self.out_slot = in_slot, out_slot
+        self.active_out = out_features
+
+    def forward(self, x):
+        c_in, c_out = x.shape[-1], self.active_out
+        if c_in == self.in_features and c_out == self.out_features:
+            return super().forward(x)
+        bias = self.bias[:c_out] if self.bias is not None else None
+        return F.linear(x, self.weight[:c_out, :c_in], bias)
+
+
+SLIM_LAYERS = (SlimConv2d, SlimBatchNorm2d, SlimLinear)
+
+
+def _unwrap(model):
+    """The network inside a DistributedDataParallel (or similar) wrapper."""
+    return getattr(model, "module", model)
+
+
+def slim_layers(model):
+    """``[(name, layer)]`` of the slimmable layers of ``model``, in module order (cached)."""
+    model = _unwrap(model)
+    cached = model.__dict__.get("_slim_layers")
+    if cached is None:
+        cached = [(n, m) for n, m in model.named_modules() if isinstance(m, SLIM_LAYERS)]
+        model.__dict__["_slim_layers"] = cached
+    return cached
+
+
+# ---------------------------------------------------------------------------------------------
+# Width configurations
+
+
+def width_matrix(model, widths):
+    """Validate ``widths`` and return a float64 (N, D) tensor of multipliers (N = 1 for one config).
+
+    ``widths`` is a float (the same multiplier for every group), a sequence of D multipliers, or
+    an (N, D) array/tensor of N configurations.
+    """
+    groups = _unwrap(model).width_groups
+    if isinstance(widths, (int, float)) and not isinstance(widths, bool):
+        matrix = torch.full((1, len(groups)), float(widths), dtype=torch.float64)
+    else:
+        matrix = torch.as_tensor(widths, dtype=torch.float64)
+        if matrix.dim() == 1:
+            matrix = matrix.unsqueeze(0)
+        if matrix.dim() != 2 or matrix.shape[1] != len(groups):
+            raise ValueError(f"expected {len(groups)} width multipliers (one per width group: "
+                             f"{', '.join(g.name for g in groups)}), got shape {tuple(matrix.shape)}")
+    bad = ~((matrix > 0) & (matrix <= 1))  # also catches NaN
+    if bad.any():
+        row, col = [int(i) for i in bad.nonzero()[0]]
+        raise ValueError(f"width multiplier for group '{groups[col].name}' must be in (0, 1], "
+                         f"got {matrix[row, col].item()!r}")
+    return matrix
+
+
+def _slot_channels(slots, matrix):
+    """int64 (N, len(slots)) channel counts of each slot under each configuration."""
+    columns = [round_channels(matrix[:, s.group], s.channels, s.divisor) for s in slots]
+    return torch.stack(columns, dim=1) if columns else torch.zeros(len(matrix), 0, dtype=torch.long)
+
+
+def group_channels(model, widths):
+    """``{group name: channels}`` for one configuration."""
+    groups = _unwrap(model).width_groups
+    matrix = width_matrix(model, widths)
+    slots = [ChannelSlot(i, g.channels, g.divisor) for i, g in enumerate(groups)]
+    counts = _slot_channels(slots, matrix)[0].tolist()
+    return {g.name: c for g, c in zip(groups, counts)}
+
+
+def channels_to_widths(model, channels):
+    """Multipliers that reproduce ``{group name: channels}`` exactly (the inverse of group_channels)."""
+    groups = _unwrap(model).width_groups
+    missing = [g.name for g in groups if g.name not in channels]
+    if missing:
+        raise ValueError(f"channel config lacks groups: {', '.join(missing)}")
+    return [min(1.0, channels[g.name] / g.channels) for g in groups]
+
+
+def _layer_channels(model, widths):
+    """``{layer: (c_in, c_out)}`` for one configuration, from the declared slots."""
+    layers = slim_layers(model)
+    slots = sorted({s for _, m in layers for s in (m.in_slot, m.out_slot) if s is not None})
+    counts = dict(zip(slots, _slot_channels(slots, width_matrix(model, widths))[0].tolist()))
+    result = {}
+    for _, m in layers:
+        full_in, full_out = _full_in_out(m)
+        c_in = counts[m.in_slot] if m.in_slot is not None else full_in
+        c_out = counts[m.out_slot] if m.out_slot is not None else full_out
+        result[m] = (c_in, c_out)
+    return result
+
+
+def _full_in_out(layer):
+    if isinstance(layer, SlimConv2d):
+        return layer.in_channels, layer.out_channels
+    if isinstance(layer, SlimLinear):
+        return layer.in_features, layer.out_features
+    return layer.num_features, layer.num_features
+
+
+def set_widths(model, widths):
+    """Make ``model`` run at ``widths`` (a float, or one multiplier per width group).
+
+    Raises ``ValueError`` naming the group for a wrong length or a value outside (0, 1].
+    """
+    for layer, (_, c_out) in _layer_channels(model, widths).items():
+        if not isinstance(layer, SlimBatchNorm2d):
+            layer.active_out = c_out
+    _unwrap(model).current_widths = widths
+    return model
+
+
+def layer_channels(model, widths):
+    """``{layer name: [c_in, c_out]}`` of every slimmable layer under ``widths`` (for configs/logs)."""
+    by_layer = _layer_channels(model, widths)
+    return {name: list(by_layer[m]) for name, m in slim_layers(model)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Cost: MACs and parameters as bilinear forms in the slot channel counts
+
+
+def _cost_terms(model):
+    """(slots, macs_terms, params_terms); a term is ``coefficient * c[a] * c[b]`` where c are the
+    slot channel counts and index ``len(slots)`` stands for the constant 1. Built once from one full-width forward that
+    records each layer's output resolution (cached on the model)."""
+    model = _unwrap(model)
+    cached = model.__dict__.get("_cost_terms")
+    if cached is not None:
+        return cached
+    layers = slim_layers(model)
+    sizes = {}
+    hooks = [m.register_forward_hook(lambda m, i, o: sizes.__setitem__(m, o.shape[2:]))
+             for _, m in layers if isinstance(m, SlimConv2d)]
+    previous = getattr(model, "current_widths", 1.0)
+    was_training = model.training
+    set_widths(model, 1.0)
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        model.eval()(torch.zeros(1, 3, model.input_size, model.input_size, device=device))
+    model.train(was_training)
+    for hook in hooks:
+        hook.remove()
+    set_widths(model, previous)
+
+    slots = sorted({s for _, m in layers for s in (m.in_slot, m.out_slot) if s is not None})
+    one = len(slots)
+    index = {s: i for i, s in enumerate(slots)}
+    macs_terms, params_terms = [], []
+
+    def factor(slot, full):  # (slot index, constant multiplier)
+        return (index[slot], 1) if slot is not None else (one, full)
+
+    for _, m in layers:
+        full_in, full_out = _full_in_out(m)
+        if isinstance(m, SlimBatchNorm2d):
+            a, k = factor(m.out_slot, full_out)
+            params_terms.append((2 * k, a, one))
+            continue
+        if isinstance(m, SlimConv2d):
+            kernel = m.kernel_size[0] * m.kernel_size[1]
+            pixels = sizes[m][0] * sizes[m][1]
+        else:
+            kernel, pixels = 1, 1
+        a, ka = factor(m.out_slot, full_out)
+        if getattr(m, "depthwise", False):
+            b, kb = one, 1  # one filter per channel: cost linear in the width
+        else:
+            b, kb = factor(m.in_slot, full_in)
+        macs_terms.append((kernel * pixels * ka * kb, a, b))
+        params_terms.append((kernel * ka * kb, a, b))
+        if m.bias is not None:
+            params_terms.append((ka, a, one))
+    # As three long tensors (coefficient, slot a, slot b) for the vectorized evaluation.
+    cached = (slots, torch.tensor(macs_terms, dtype=torch.long).T,
+              torch.tensor(params_terms, dtype=torch.long).T)
+    model.__dict__["_cost_terms"] = cached
+    return cached
+
+
+def _evaluate_terms(model, widths, which):
+    slots, macs_terms, params_terms = _cost_terms(model)
+    coef, a, b = macs_terms if which == "macs" else params_terms
+    matrix = width_matrix(model, widths)
+    channels = torch.cat([_slot_channels(slots, matrix),
+                          torch.ones(len(matrix), 1, dtype=torch.long)], dim=1)
+    total = (channels[:, a] * channels[:, b] * coef).sum(dim=1)
+    if torch.is_tensor(widths) and widths.dim() == 2:
+        return total
+    if isinstance(widths, (int, float)) or torch.as_tensor(widths).dim() == 1:
+        return int(total[0])
+    return total.numpy()
+
+
+def macs(model, widths=1.0):
+    """Multiply-accumulates of conv and linear layers for one image at ``model.input_size``.
+
+    One configuration → int. An (N, D) array → N counts (a NumPy array, or a tensor for a tensor
+    input), computed analytically without running the network.
+    """
+    return _evaluate_terms(model, widths, "macs")
+
+
+def params(model, widths=1.0):
+    """Parameter count of the subnet at ``widths`` (conv/linear weights and biases, BN affine)."""
+    return _evaluate_terms(model, widths, "params")
+
+
+# ---------------------------------------------------------------------------------------------
+# BN calibration and export
+
+
+def calibrate_bn(model, batches):
+    """Recompute every BN's running statistics for the current widths, as the exact average of
+    the per-batch mean and (unbiased) variance over ``batches`` (tensors or (input, target) pairs).
+
+    US-Nets and Joslim do this before evaluating any subnet: the running statistics left by
+    training mix all widths and are wrong for each one of them. Returns the number of batches.
+    """
+    net = _unwrap(model)
+    norms = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    was_training = net.training
+    device = next(net.parameters()).device
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average instead of an exponential one
+    count = 0
+    net.train()
+    with torch.no_grad():
+        for batch in batches:
+            inputs = batch[0] if isinstance(batch, (tuple, list)) else batch
+            net(inputs.to(device, non_blocking=True))
+            count += 1
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    net.train(was_training)
+    if count == 0:
+        raise ValueError("calibrate_bn needs at least one batch")
+    return count
+
+
+def export(model, widths):
+    """A copy of ``model`` at ``widths`` whose slimmable layers are replaced by plain torch.nn
+    layers holding the sliced weights and BN statistics (AutoSlim's "split checkpoint").
+
+    The copy has exactly ``params(model, widths)`` parameters and, in eval mode, the outputs of
+    ``model`` at ``widths``. Rebuild a saved one with
+    ``export(get_model(name, num_classes), widths).load_state_dict(state)``.
+    """
+    source = _unwrap(model)
+    channels = _layer_channels(source, widths)
+    # Deep-copy everything except the big slimmable layers, which are rebuilt below.
+    memo = {id(m): None for m in channels}
+    static = copy.deepcopy(source, memo)
+    for key in ("_slim_layers", "_cost_terms", "current_widths", "width_groups"):
+        static.__dict__.pop(key, None)
+    by_name = dict(source.named_modules())
+    for name, layer in slim_layers(source):
+        c_in, c_out = channels[layer]
+        parent_name, _, attr = name.rpartition(".")
+        parent = static.get_submodule(parent_name) if parent_name else static
+        setattr(parent, attr, _static_copy(by_name[name], c_in, c_out))
+    static.train(source.training)
+    return static
+
+
+def _static_copy(layer, c_in, c_out):
+    with torch.no_grad():
+        if isinstance(layer, SlimBatchNorm2d):
+            new = nn.BatchNorm2d(c_out, eps=layer.eps, momentum=layer.momentum)
+            for key in ("weight", "bias", "running_mean", "running_var"):
+                getattr(new, key).copy_(getattr(layer, key)[:c_out])
+            new.num_batches_tracked.copy_(layer.num_batches_tracked)
+        elif isinstance(layer, SlimLinear):
+            new = nn.Linear(c_in, c_out, bias=layer.bias is not None)
+            new.weight.copy_(layer.weight[:c_out, :c_in])
+            if layer.bias is not None:
+                new.bias.copy_(layer.bias[:c_out])
+        else:
+            groups = c_out if layer.depthwise else 1
+            new = nn.Conv2d(c_in, c_out, layer.kernel_size, layer.stride, layer.padding,
+                            layer.dilation, groups=groups, bias=layer.bias is not None)
+            new.weight.copy_(layer.weight[:c_out, :c_in // groups])
+            if layer.bias is not None:
+                new.bias.copy_(layer.bias[:c_out])
+    new.train(layer.training)
+    return new.to(layer.weight.device if hasattr(layer, "weight") else "cpu")
