@@ -9,15 +9,20 @@ machine slows both sides alike. Nothing here is asserted by the tests.
     python bench.py overhead --networks slim_resnet20 --repeats 5
 """
 import argparse
+import contextlib
 import os
 import platform
 import statistics
 import time
 
-import torch
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # as train.py: NumPy serves the sampler only
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
-import models
-import slimmable
+import models  # noqa: E402
+import sampler as samplers  # noqa: E402
+import slimmable  # noqa: E402
+import train  # noqa: E402
 
 
 def machine():
@@ -86,10 +91,150 @@ def bench_macs(count=10_000, repeats=5):
     return seconds
 
 
+def _train_args(**overrides):
+    """The trainer's defaults as parsed by train.py, with ``overrides``."""
+    args = train.parse_args([])
+    vars(args).update(overrides)
+    return args
+
+
+def bench_training(networks=("slim_resnet20", "slim_resnet56"), batch_size=128, steps=6):
+    """Images/s through the whole sandwich step (full + 2 sampled + smallest network, one
+    optimizer step) on random CIFAR-shaped data, median step time of ``steps``."""
+    print(f"training throughput, sandwich step with 2 sampled configurations, batch {batch_size}")
+    print(f"{'network':<16}{'s/step':>8}{'images/s':>10}")
+    rates = {}
+    for name in networks:
+        torch.manual_seed(0)
+        net = models.get_model(name, 10)
+        args = _train_args(method="joslim")
+        optimizer = train.make_optimizer(net, args, 0.05)
+        random_configs = samplers.RandomSampler(len(net.width_groups), 0.42, seed=0)
+        inputs, targets = torch.randn(batch_size, 3, 32, 32), torch.randint(0, 10, (batch_size,))
+        times = []
+        for i in range(steps + 1):
+            configs = [row.tolist() for row in random_configs.propose(2)] + [0.42]
+            start = time.perf_counter()
+            optimizer.zero_grad(set_to_none=True)
+            train.train_step(net, net, inputs, targets, configs, args, contextlib.nullcontext)
+            optimizer.step()
+            if i:
+                times.append(time.perf_counter() - start)
+        seconds = statistics.median(times)
+        rates[name] = batch_size / seconds
+        print(f"{name:<16}{seconds:>8.3f}{batch_size / seconds:>10.0f}", flush=True)
+    return rates
+
+
+def bench_window_share(network="slim_resnet56", history=1000, tau=235, batch_size=128,
+                       rescore_limits=(250, 0)):
+    """Share of one Joslim window spent outside training (re-scoring the history on one held-out
+    batch + two GP proposals) with ``history`` configurations, for the CIFAR recipe's window
+    (``tau`` steps of ``batch_size``). ``rescore_limit`` 0 re-scores everything (the reference)."""
+    torch.manual_seed(0)
+    net = models.get_model(network, 100)
+    num_dims = len(net.width_groups)
+    args = _train_args(method="joslim")
+    inputs, targets = torch.randn(batch_size, 3, 32, 32), torch.randint(0, 100, (batch_size,))
+    configs = [row.tolist() for row in samplers.RandomSampler(num_dims, 0.42, 1).propose(2)]
+    step_times = []
+    for i in range(4):
+        start = time.perf_counter()
+        net.zero_grad(set_to_none=True)
+        train.train_step(net, net, inputs, targets, configs + [0.42], args, contextlib.nullcontext)
+        if i:
+            step_times.append(time.perf_counter() - start)
+    window_training = tau * statistics.median(step_times)
+    print(f"Joslim window of {network}: {tau} steps of batch {batch_size} take "
+          f"{window_training:.0f} s here; history of {history} configurations")
+    print(f"{'rescore_limit':>14}{'re-scored':>10}{'rescore s':>10}{'sampler s':>10}{'share':>8}")
+    rows = []
+    for limit in rescore_limits:
+        full = float(slimmable.macs(net, 1.0))
+        sampler = samplers.JoslimSampler(
+            num_dims, 0.42, lambda X: np.asarray(slimmable.macs(net, X), float) / full,
+            seed=0, max_scored=limit or None)
+        generator = np.random.default_rng(0)
+        state = sampler.state_dict()
+        state["configs"] = np.vstack([np.ones((1, num_dims)),
+                                      generator.uniform(0.42, 1, (history - 1, num_dims))])
+        state["losses"] = state["latest_losses"] = generator.uniform(1, 3, history)
+        sampler.load_state_dict(state)
+        sampler.propose(1)  # a first (cold) fit, as after the prior phase
+        start = time.perf_counter()
+        scored = sampler.history_configs()
+        losses = train.rescore(net, scored, inputs, targets, contextlib.nullcontext)
+        rescore_seconds = time.perf_counter() - start
+        start = time.perf_counter()
+        sampler.observe(losses)
+        sampler.propose(2)
+        sampler_seconds = time.perf_counter() - start
+        share = (rescore_seconds + sampler_seconds) / (
+            rescore_seconds + sampler_seconds + window_training)
+        rows.append((limit, len(scored), rescore_seconds, sampler_seconds, share))
+        print(f"{limit or 'all':>14}{len(scored):>10}{rescore_seconds:>10.1f}"
+              f"{sampler_seconds:>10.2f}{100 * share:>7.1f}%", flush=True)
+    return rows
+
+
+QUALITY_METHODS = {  # label: train.py flags
+    "slim": ["--method", "slim"],
+    "joslim-ei": ["--method", "joslim", "--acquisition", "ei"],
+    "joslim-ucb": ["--method", "joslim", "--acquisition", "ucb"],
+    "autoslim": ["--method", "random"],
+}
+
+
+def bench_quality(seeds=(0, 1), quick=False, out_path="results/quality.svg"):
+    """Joslim (ei, ucb) vs Slim vs AutoSlim on the synthetic set, slim_resnet20, the same training
+    steps for every method; AutoSlim = the random-width supernet searched greedily at 9 targets.
+    Every run is evaluated by evaluate.py's protocol (BN calibrated per configuration, front
+    selected on held-out data, reported on test). Finished runs are reused: rerun to resume."""
+    import evaluate
+    import search
+    flags = ["--network", "slim_resnet20", "--print_freq", "100"]
+    if quick:
+        flags += ["--epochs", "2", "--synthetic_train", "3000", "--synthetic_test", "1000",
+                  "--val_size", "500", "--tau", "10", "--prior_points", "6"]
+    names = {label: [] for label in QUALITY_METHODS}
+    for seed in seeds:
+        for label, method_flags in QUALITY_METHODS.items():
+            name = f"quality{'_quick' if quick else ''}_{label}_s{seed}"
+            names[label].append(name)
+            start = time.time()
+            if train.main(["--name", name, "--seed", str(seed)] + method_flags + flags) != 0:
+                raise SystemExit(f"training {name} failed")
+            if label == "autoslim":
+                search.run_search(name, target_ratios=[0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.25,
+                                                       0.2])
+            print(f"[quality] {name}: trained (and searched) in {time.time() - start:.0f} s",
+                  flush=True)
+    everything = [name for label in names for name in names[label]]
+    rows = {row["name"]: row for row in evaluate.compare(everything, out_path)}
+    print(f"\nsynthetic set, slim_resnet20, seeds {list(seeds)}: mean (min..max) over seeds")
+    print(f"{'method':<12}{'area (top-1 error %)':>24}"
+          + "".join(f"{f'top1@{100 * level:g}%':>12}" for level in evaluate.MATCHED_RATIOS))
+    table = []
+    for label, run_names in names.items():
+        areas = [rows[n]["area"] for n in run_names]
+        line = f"{label:<12}{np.mean(areas):>10.2f} ({min(areas):.2f}..{max(areas):.2f})"
+        cells = []
+        for level in evaluate.MATCHED_RATIOS:
+            values = [rows[n]["top1_at"][level] for n in run_names]
+            values = [v for v in values if v is not None]
+            cells.append(np.mean(values) if values else None)
+            line += f"{np.mean(values):>12.2f}" if values else f"{'-':>12}"
+        print(line)
+        table.append((label, areas, cells))
+    print(f"fronts: {out_path}")
+    return table
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["speed", "overhead", "macs"],
+    parser.add_argument("what", choices=["speed", "quality", "overhead", "macs", "training",
+                                         "window"],
                         help="which benchmark to run ('speed' runs every speed benchmark)")
     parser.add_argument("--networks", nargs="+", default=list(models.NETWORKS),
                         choices=list(models.NETWORKS), metavar="NAME",
@@ -99,11 +244,20 @@ def main():
     parser.add_argument("--imagenet_size", type=int, default=112,
                         help="input resolution of the ImageNet networks in the overhead benchmark")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch CPU threads")
+    parser.add_argument("--quick", action="store_true",
+                        help="quality: a few minutes instead of about an hour")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="quality: seeds")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(machine())
+    if args.what == "quality":
+        bench_quality(args.seeds, args.quick)
     if args.what in ("speed", "macs"):
         bench_macs()
+    if args.what in ("speed", "training"):
+        bench_training()
+    if args.what in ("speed", "window"):
+        bench_window_share()
     if args.what in ("speed", "overhead"):
         bench_overhead(args.networks, batch_size=args.batch_size, repeats=args.repeats,
                        imagenet_size=args.imagenet_size)

@@ -1,0 +1,626 @@
+"""Evaluate a trained slimmable network: its cost-vs-accuracy Pareto front, files, plots, subnets.
+
+A slimmable network is judged by a curve: the best top-1 accuracy it reaches at each cost
+(multiply-accumulates, "MACs", the papers' "FLOPs"). For a run of train.py this script
+
+1. takes candidate configurations. Joslim (Chin et al., ECML-PKDD'21): the non-dominated
+   (cost, loss) entries of the sampler's history. Slim (US-Nets): 40 uniform widths evenly
+   spaced in MACs, found by bisection (channel rounding makes MACs only roughly quadratic in
+   the multiplier). AutoSlim (method ``random``): search.py's ``runs/NAME/search/*.json``
+   (without them, the 40 uniform widths). All three add the smallest and the full network.
+   ``fixed``: the retrained configurations. ``--configs FILE...``: any channel configs;
+2. calibrates BN for each one: training leaves running statistics that mix every width, so each
+   candidate gets its own, averaged over the same ``--calib_batches`` training batches;
+3. selects the front on held-out data: every candidate is scored on the ``val`` split (carved
+   out of the training set) and the non-dominated ones by (MACs, held-out top-1 error) are
+   kept. The reference selected on the test set, which flatters the front (digest Sec. 8.7);
+4. reports the front on the test split, top-1 and top-5, and the area under the test top-1
+   error step curve over MACs ratios [smallest, 1], divided by that range (lower is better;
+   digest Sec. 6). The full network is always reported when it is a candidate.
+
+Files in ``results/``: ``NAME_eval_pareto.txt`` (the reference's format: 3 rows, MACs ratio
+ascending to 1.0, test top-1 %, test top-5 %; ``numpy.loadtxt`` gives shape (3, K)),
+``NAME_eval_pareto.json`` (see ``evaluate_run``) and the plot ``NAME_pareto.svg``.
+
+    python train.py --name demo --epochs 1
+    python evaluate.py --name demo                        # front, area, files in results/
+    python evaluate.py --name demo --export subnets       # a standalone model per front point
+    python evaluate.py --subnet subnets/demo_00_7.36M.pt  # test one of them
+    python evaluate.py --compare demo slim_demo           # several fronts on one plot, a table
+    torchrun --nproc_per_node=2 evaluate.py --name demo   # candidates shared out over processes
+
+A subnet file is a plain dict, ``state_dict`` of the static model plus its channel config
+(``network, num_classes, model_options, widths, channels, macs, params``), rebuilt with
+models.py and slimmable.py alone (all that ``load_subnet`` does)::
+
+    saved = torch.load("subnets/demo_00_7.36M.pt", weights_only=True)
+    net = slimmable.export(models.get_model(saved["network"], saved["num_classes"],
+                                            **saved["model_options"]), saved["widths"])
+    net.load_state_dict(saved["state_dict"])   # plain nn.Conv2d / BatchNorm2d / Linear
+"""
+import argparse
+import glob
+import json
+import math
+import os
+import sys
+import time
+from xml.sax.saxutils import escape
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+import data
+import models
+import slimmable
+from sampler import area_under_front, pareto_front
+
+RUNS_DIR, RESULTS_DIR = "runs", "results"
+UNIFORM_COUNT = 40                       # Slim's evaluation grid (PareCO's evaluation)
+CALIBRATION_IMAGES = 2048                # AutoSlim and mmrazor calibrate BN on about 2k images
+MATCHED_RATIOS = (0.25, 0.5, 0.75, 1.0)  # where --compare reads top-1 off each front
+COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
+
+
+class Fail(Exception):
+    """A user-caused problem: printed as one line, exit status 2."""
+
+
+def first_line(error):
+    return str(error).splitlines()[0] if str(error) else type(error).__name__
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.error = lambda message: parser.exit(2, f"error: {message}\n")
+    add = parser.add_argument
+    add("--name", default="demo", help="run to evaluate: runs/NAME/checkpoint.pt (default: demo)")
+    add("--network", choices=list(models.NETWORKS), metavar="NAME",
+        help="network of the run (default: the checkpoint's; another one is an error)")
+    add("--batch_size", type=int, metavar="N",
+        help="images per calibration and evaluation batch (default: the run's training batch)")
+    add("--lower_channel", type=float, metavar="M", help="multiplier of the smallest network, "
+        "also the low end of the area (default: the run's)")
+    add("--calib_batches", type=int, metavar="N", help="training batches that calibrate BN for "
+        f"each configuration, the same for all (default: about {CALIBRATION_IMAGES} images)")
+    add("--configs", nargs="+", default=[], metavar="FILE", help="evaluate these JSON channel "
+        "configs instead of the run's candidates (files results/NAME_configs_*)")
+    add("--export", metavar="DIR", help="save each front configuration as a standalone model in DIR")
+    add("--subnet", metavar="FILE", help="test one model saved by --export on the test split")
+    add("--compare", nargs="+", metavar="NAME", help="plot the fronts of these runs on one SVG, "
+        "print their areas and top-1 at matched MACs (runs without results are evaluated)")
+    add("--out", metavar="PATH", help="--compare: SVG path (default: results/compare_NAMES.svg)")
+    add("--device", default="auto", help="auto (CUDA when available), cpu, cuda")
+    add("--threads", type=int, default=0, help="CPU threads per process (0: cores / processes)")
+    data.add_data_args(parser)
+    parser.epilog = ("Data flags, --network, --batch_size and --lower_channel default to the "
+                     "values the run was trained with.")
+    return parser
+
+
+def data_flags():
+    probe = argparse.ArgumentParser(add_help=False)
+    data.add_data_args(probe)
+    return set(vars(probe.parse_args([])))
+
+
+def load_checkpoint(name):
+    path = os.path.join(RUNS_DIR, name, "checkpoint.pt")
+    if not os.path.exists(path):
+        raise Fail(f"no checkpoint at {path}; train it first: python train.py --name {name}")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:  # a truncated or foreign file
+        raise Fail(f"cannot read checkpoint {path}: {first_line(error)}") from None
+    required = {"model", "network", "num_classes", "method"}
+    if not isinstance(checkpoint, dict) or not required <= set(checkpoint):
+        raise Fail(f"{path} is not a checkpoint written by train.py")
+    return checkpoint
+
+
+def run_settings(name, argv=None, overrides=None):
+    """``(args, checkpoint)`` for run ``name``: flags given in ``argv`` or ``overrides`` win,
+    then the values recorded at training (data flags, network, batch size, lower channel)."""
+    checkpoint = load_checkpoint(name)
+    recorded = checkpoint.get("args") or {}
+    inherited = data_flags() | {"network", "batch_size", "lower_channel"}
+    parser = build_parser()
+    parser.set_defaults(**{key: recorded[key] for key in inherited if key in recorded})
+    args = parser.parse_args(argv if argv is not None else [])
+    vars(args).update({**(overrides or {}), "name": name})
+    if args.network not in (None, checkpoint["network"]):
+        raise Fail(f"run {name} trained {checkpoint['network']}, not --network {args.network}")
+    args.network = checkpoint["network"]
+    if args.lower_channel is None:
+        args.lower_channel = checkpoint.get("lower_channel", 0.42)
+    if not 0 < args.lower_channel <= 1:
+        raise Fail("--lower_channel must be in (0, 1]")
+    args.batch_size = args.batch_size or 128
+    if args.batch_size < 1 or (args.calib_batches or 1) < 1:
+        raise Fail("--batch_size and --calib_batches must be at least 1")
+    return args, checkpoint
+
+
+# ---------------------------------------------------------------------------------------------
+# Which configurations
+
+
+def uniform_configs(net, lower, count=UNIFORM_COUNT):
+    """``count`` uniform configurations (one multiplier for every group) whose MACs are evenly
+    spaced from the smallest network (``lower``) to the full one: ``(configs (count, D), targets)``.
+
+    Bisection on ``slimmable.macs`` brackets each target between two channel-rounding steps;
+    the nearer one is kept.
+    """
+    num_groups = len(net.width_groups)
+
+    def cost(multipliers):
+        return np.asarray(slimmable.macs(net, np.repeat(multipliers[:, None], num_groups, 1)), float)
+
+    targets = np.linspace(slimmable.macs(net, lower), slimmable.macs(net, 1.0), count)
+    below, above = np.full(count, float(lower)), np.ones(count)  # cost(below) <= target <= cost(above)
+    for _ in range(50):
+        middle = (below + above) / 2
+        reached = cost(middle) >= targets
+        above, below = np.where(reached, middle, above), np.where(reached, below, middle)
+    chosen = np.where(targets - cost(below) <= cost(above) - targets, below, above)
+    return np.repeat(chosen[:, None], num_groups, 1), targets
+
+
+def config_widths(path, net):
+    try:
+        return slimmable.load_config(path, net)[0]
+    except ValueError as error:
+        raise Fail(first_line(error)) from None
+
+
+def candidate_configs(net, checkpoint, args, say):
+    """The configurations to score on held-out data, and a phrase saying where they came from."""
+    num_groups, method = len(net.width_groups), checkpoint["method"]
+    ends = [[args.lower_channel] * num_groups, [1.0] * num_groups]
+    if args.configs:
+        return [config_widths(path, net) for path in args.configs], f"{len(args.configs)} files"
+    if method == "joslim":
+        state = checkpoint.get("sampler") or {}
+        configs = np.asarray(state.get("configs", []), float).reshape(-1, num_groups)
+        losses = np.asarray(state.get("losses", []), float).reshape(-1)
+        scored = np.isfinite(losses)  # the last proposals of a run are never scored
+        by_params = (checkpoint.get("args") or {}).get("cost") == "params"
+        costs = np.asarray((slimmable.params if by_params else slimmable.macs)(net, configs[scored]),
+                           float) if scored.any() else np.zeros(0)
+        front = configs[scored][pareto_front(costs, losses[scored])]
+        return ends + front.tolist(), (f"the smallest, the full network and {len(front)} "
+                                       f"non-dominated of {int(scored.sum())} scored history entries")
+    if method == "fixed":
+        return [list(map(float, c)) for c in checkpoint.get("fixed_configs") or []], \
+            "the retrained --channel_config configurations"
+    if method == "random":
+        paths = sorted(glob.glob(os.path.join(RUNS_DIR, args.name, "search", "*.json")))
+        if paths:
+            return ends + [config_widths(path, net) for path in paths], \
+                f"the smallest, the full network and {len(paths)} searched configurations"
+        say(f"note: no runs/{args.name}/search/*.json yet (search.py writes AutoSlim's widths "
+            f"there); evaluating {UNIFORM_COUNT} uniform widths instead")
+    return ends + uniform_configs(net, args.lower_channel)[0].tolist(), \
+        f"{UNIFORM_COUNT} uniform widths evenly spaced in MACs"
+
+
+def describe(net, widths, full_macs):
+    """The cost side of one configuration, JSON-ready."""
+    widths = slimmable.width_matrix(net, widths)[0].tolist()
+    macs = int(slimmable.macs(net, widths))
+    return {"widths": widths, "channels": slimmable.group_channels(net, widths), "macs": macs,
+            "macs_ratio": macs / full_macs, "params": int(slimmable.params(net, widths))}
+
+
+# ---------------------------------------------------------------------------------------------
+# Measuring one configuration; sharing the work out over torchrun's processes
+
+
+def draw_batches(loader, count, device, seed=0):
+    """The first ``count`` batches of ``loader``, the same on every call and every rank."""
+    batches = []
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for batch in loader:
+            batches.append((batch[0].to(device), batch[1].to(device)))
+            if len(batches) == count:
+                break
+    if dist.is_initialized():  # data workers may augment differently per machine: rank 0's win
+        for tensor in [t for batch in batches for t in batch]:
+            dist.broadcast(tensor, 0)
+    return batches
+
+
+def accuracy(net, loader, device):
+    """Top-1 and top-5 (%), mean cross-entropy and image count of ``net`` (eval mode) on ``loader``."""
+    correct1 = correct5 = loss = count = 0
+    net.eval()
+    with torch.no_grad():
+        for batch in loader:
+            inputs, targets = batch[0].to(device), batch[1].to(device)
+            logits = net(inputs).float()
+            hits = logits.topk(min(5, logits.shape[1]), dim=1).indices == targets[:, None]
+            correct1 += hits[:, 0].sum().item()
+            correct5 += hits.any(dim=1).sum().item()
+            loss += F.cross_entropy(logits, targets, reduction="sum").item()
+            count += len(targets)
+    if count == 0:
+        raise Fail("an evaluation split is empty; check --val_size and the dataset flags")
+    return {"top1": 100 * correct1 / count, "top5": 100 * correct5 / count, "loss": loss / count,
+            "images": count}
+
+
+def calibrated(net, widths, calibration_batches):
+    """``net`` at ``widths``, its BN statistics recomputed on the calibration batches, eval mode."""
+    slimmable.set_widths(net, widths)
+    slimmable.calibrate_bn(net, calibration_batches)
+    return net.eval()
+
+
+def use_cuda(device_flag):
+    wanted = device_flag.startswith("cuda") or (device_flag == "auto" and torch.cuda.is_available())
+    if wanted and not torch.cuda.is_available():
+        raise Fail("--device cuda asked for, but no CUDA device is available")
+    return wanted
+
+
+def setup_distributed(args):
+    """``(device, rank, world size)`` from torchrun's environment variables (1 process without)."""
+    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    local_size = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
+    cuda = use_cuda(args.device)
+    device = torch.device(f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if cuda else "cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if cuda else "gloo")
+    if args.threads or world_size > 1:
+        torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) // local_size))
+    return device, (dist.get_rank() if dist.is_initialized() else 0), world_size
+
+
+def share_out(measure, count, rank, world_size):
+    """``{i: measure(i)}`` for every i < count: rank r measures i = r, r + W, ...; all ranks get all."""
+    mine = {i: measure(i) for i in range(rank, count, world_size)}
+    if world_size == 1:
+        return mine
+    everyone = [None] * world_size
+    dist.all_gather_object(everyone, mine)
+    return {i: result for part in everyone for i, result in part.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# One run
+
+
+def evaluate_run(name, overrides=None, argv=None):
+    """Evaluate run ``name`` (flags from ``argv`` or ``overrides``, e.g. ``{"calib_batches": 2}``),
+    write its result files and return the JSON content (on rank 0; None on the other ranks):
+
+    ``name, network, method, num_classes, model_options, dataset, lower_channel, calib_batches,
+    calib_images, source, full_macs, full_params, smallest_ratio, area, seconds, points,
+    candidates``. A point (front member, by ascending MACs): ``widths``, ``channels`` (per
+    group), ``macs``, ``macs_ratio``, ``params``, ``held_out`` and ``test`` (each ``{top1, top5,
+    loss, images}``), ``on_held_out_front`` (False only for the full network when a cheaper
+    candidate beats it on held-out data) and ``subnet`` (the --export file or None). A candidate:
+    the same without ``test`` and ``subnet``. ``area``: mean test top-1 error (%) of the step
+    curve over MACs ratios [smallest_ratio, 1].
+    """
+    args, checkpoint = run_settings(name, argv, overrides)
+    start = time.time()
+    # Built before the process group exists, so that every process sees the whole splits
+    # (data.py shards them under torch.distributed): a process evaluates whole configurations.
+    args.pin_memory = args.pin_memory and use_cuda(args.device)
+    loaders = data.get_loaders(args, args.batch_size, eval_batch_size=args.batch_size)
+    device, rank, world_size = setup_distributed(args)
+    say = print if rank == 0 else (lambda *a, **k: None)
+    net = models.get_model(checkpoint["network"], checkpoint["num_classes"],
+                           **(checkpoint.get("model_options") or {}))
+    net.load_state_dict({k.removeprefix("module."): v for k, v in checkpoint["model"].items()})
+    net.to(device)
+    if loaders.num_classes != checkpoint["num_classes"]:
+        raise Fail(f"the data has {loaders.num_classes} classes, run {name} was trained on "
+                   f"{checkpoint['num_classes']}; pass the run's --dataset")
+    if loaders.val is None or len(loaders.val.dataset) == 0:
+        raise Fail("no held-out split to select the front on; pass --val_size N (N > 0)")
+    full_macs = slimmable.macs(net, 1.0)
+    configs, source = candidate_configs(net, checkpoint, args, say)
+    if not configs:
+        raise Fail(f"run {name} has no configurations to evaluate; pass --configs FILE...")
+    candidates = {}
+    for widths in configs:  # of configurations with the same channel counts, keep the first
+        record = describe(net, widths, full_macs)
+        candidates.setdefault(tuple(record["channels"].values()), record)
+    candidates = list(candidates.values())
+    calib_count = args.calib_batches or math.ceil(CALIBRATION_IMAGES / args.batch_size)
+    calibration = draw_batches(loaders.train, calib_count, device)
+    if not calibration:
+        raise Fail("the training split is smaller than one batch; lower --batch_size")
+    unfinished = "" if checkpoint.get("finished", True) else \
+        f" (unfinished, step {checkpoint.get('step')})"
+    say(f"{name}: {checkpoint['method']} run of {args.network}{unfinished}; {len(candidates)} "
+        f"candidates: {source}; BN calibrated on {len(calibration)} training batches; front "
+        f"selected on {len(loaders.val.dataset)} held-out images, reported on "
+        f"{len(loaders.test.dataset)} test images")
+
+    def held_out(i):
+        result = accuracy(calibrated(net, candidates[i]["widths"], calibration), loaders.val, device)
+        print(f"  held-out [{i + 1}/{len(candidates)}] MACs {candidates[i]['macs'] / 1e6:.2f}M "
+              f"({100 * candidates[i]['macs_ratio']:.1f}%) top-1 {result['top1']:.2f}", flush=True)
+        return result
+
+    for i, result in share_out(held_out, len(candidates), rank, world_size).items():
+        candidates[i]["held_out"] = result
+    front = set(pareto_front([c["macs"] for c in candidates],
+                             [100 - c["held_out"]["top1"] for c in candidates]).tolist())
+    full = {i for i, c in enumerate(candidates) if c["macs"] == full_macs}  # the reference's anchor
+    chosen = sorted(front | full, key=lambda i: candidates[i]["macs"])
+
+    def test(k):
+        widths = candidates[chosen[k]]["widths"]
+        result = {"test": accuracy(calibrated(net, widths, calibration), loaders.test, device)}
+        if args.export:  # the statistics just calibrated go into the standalone model
+            result["state_dict"] = {key: value.cpu() for key, value in
+                                    slimmable.export(net, widths).state_dict().items()}
+        return result
+
+    tested = share_out(test, len(chosen), rank, world_size)
+    if rank != 0:
+        return None
+    points = []
+    for k, i in enumerate(chosen):
+        point = {**candidates[i], "test": tested[k]["test"], "on_held_out_front": i in front}
+        point["subnet"] = save_subnet(args, checkpoint, k, point, tested[k]["state_dict"]) \
+            if args.export else None
+        points.append(point)
+    smallest_ratio = slimmable.macs(net, args.lower_channel) / full_macs
+    ratios = [p["macs_ratio"] for p in points]
+    area = area_under_front(ratios, [100 - p["test"]["top1"] for p in points], smallest_ratio, 1.0)
+    result = {"name": name, "network": args.network, "method": checkpoint["method"],
+              "num_classes": checkpoint["num_classes"],
+              "model_options": checkpoint.get("model_options") or {}, "dataset": loaders.dataset,
+              "lower_channel": args.lower_channel, "calib_batches": len(calibration),
+              "calib_images": sum(len(y) for _, y in calibration), "source": source,
+              "full_macs": full_macs, "full_params": slimmable.params(net, 1.0),
+              "smallest_ratio": smallest_ratio, "area": area, "seconds": time.time() - start,
+              "points": points, "candidates": candidates}
+    write_results(result, os.path.join(RESULTS_DIR, name + ("_configs" if args.configs else "")))
+    return result
+
+
+def write_results(result, stem):
+    """The reference's 3-row text file, the JSON, the SVG plot; a table and the area on stdout."""
+    points = result["points"]
+    table = np.array([[p["macs_ratio"] for p in points], [p["test"]["top1"] for p in points],
+                      [p["test"]["top5"] for p in points]])
+    write_atomic(f"{stem}_eval_pareto.txt", lambda handle: np.savetxt(handle, table))
+    write_atomic(f"{stem}_eval_pareto.json", lambda handle: json.dump(result, handle, indent=1))
+    curves = [{"label": "test top-1, front selected on held-out", "end": result["full_macs"] / 1e6,
+               "points": [(p["macs"] / 1e6, p["test"]["top1"]) for p in points]},
+              {"label": "held-out top-1, every candidate", "dots_only": True,
+               "points": [(c["macs"] / 1e6, c["held_out"]["top1"]) for c in result["candidates"]]}]
+    svg = front_svg(curves, f"{result['name']}: {result['method']} {result['network']}, "
+                            f"area {result['area']:.2f} (mean test top-1 error %)")
+    write_atomic(f"{stem}_pareto.svg", lambda handle: handle.write(svg))
+    print(f"{'MACs':>10}{'ratio':>8}{'params':>11}{'held-out top-1':>16}{'test top-1':>12}"
+          f"{'test top-5':>12}")
+    for p in points:
+        print(f"{p['macs'] / 1e6:>9.2f}M{p['macs_ratio']:>8.3f}{p['params']:>11,}"
+              f"{p['held_out']['top1']:>16.2f}{p['test']['top1']:>12.2f}{p['test']['top5']:>12.2f}"
+              + ("" if p["on_held_out_front"] else "  (full network, dominated on held-out)"))
+    print(f"area under the test top-1 error front: {result['area']:.3f} (% error averaged over "
+          f"MACs ratios {result['smallest_ratio']:.3f}..1; lower is better)")
+    exported = [p["subnet"] for p in points if p["subnet"]]
+    print(f"wrote {stem}_eval_pareto.txt, .json, {stem}_pareto.svg"
+          + (f" and {len(exported)} subnets in {os.path.dirname(exported[0])}" if exported else "")
+          + f" ({result['seconds']:.1f} s)")
+
+
+def write_atomic(path, write, mode="w"):
+    """``write(handle)`` into a temporary file, then rename it to ``path``: never half written."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    temporary = f"{path}.tmp{os.getpid()}"
+    with open(temporary, mode) as handle:
+        write(handle)
+    os.replace(temporary, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Standalone subnets (AutoSlim's "split checkpoint", the reference's "test a subnet")
+
+
+def save_subnet(args, checkpoint, index, point, state_dict):
+    """One file per front point: the static model's state_dict plus its channel config."""
+    path = os.path.join(args.export, f"{args.name}_{index:02d}_{point['macs'] / 1e6:.2f}M.pt")
+    data_args = {key: getattr(args, key) for key in sorted(data_flags())
+                 if isinstance(getattr(args, key, None), (int, float, str))}
+    record = {"state_dict": state_dict, "network": args.network,
+              "num_classes": checkpoint["num_classes"],
+              "model_options": checkpoint.get("model_options") or {}, "run": args.name,
+              **{key: point[key] for key in ("widths", "channels", "macs", "params", "held_out",
+                                             "test")}, "data": data_args}
+    write_atomic(path, lambda handle: torch.save(record, handle), "wb")
+    return path
+
+
+def load_subnet(path):
+    """``(model, record)``: the plain torch model saved by ``--export`` (eval mode) and its dict."""
+    try:
+        record = torch.load(path, map_location="cpu", weights_only=True)
+        net = slimmable.export(models.get_model(record["network"], record["num_classes"],
+                                                **record["model_options"]), record["widths"])
+        net.load_state_dict(record["state_dict"])
+    except Exception as error:  # missing, truncated or foreign
+        raise Fail(f"cannot load subnet {path}: {first_line(error)}") from None
+    return net.eval(), record
+
+
+def evaluate_subnet(path, argv=None):
+    """Test a saved subnet on the test split (data flags: as recorded, unless given in ``argv``)."""
+    net, record = load_subnet(path)
+    parser = build_parser()
+    parser.set_defaults(**record.get("data", {}))
+    args = parser.parse_args(argv or [])
+    batch_size = args.batch_size or 128
+    args.pin_memory = args.pin_memory and use_cuda(args.device)
+    loaders = data.get_loaders(args, batch_size, eval_batch_size=batch_size)  # whole test split
+    device = setup_distributed(args)[0]
+    result = accuracy(net.to(device), loaders.test, device)
+    counted = sum(p.numel() for p in net.parameters())
+    print(f"{path}: {record['network']} at {record['macs'] / 1e6:.2f}M MACs, {counted:,} params; "
+          f"test top-1 {result['top1']:.2f}, top-5 {result['top5']:.2f} on {result['images']} "
+          f"{loaders.dataset} images")
+    return {**result, "macs": record["macs"], "params": counted}
+
+
+# ---------------------------------------------------------------------------------------------
+# Plots: plain SVG text
+
+
+def nice_ticks(low, high, count=6):
+    """Round tick values (1, 2, 2.5 or 5 times a power of ten) covering [low, high]."""
+    raw = max(high - low, 1e-9) / count
+    power = 10 ** math.floor(math.log10(raw))
+    step = next(m * power for m in (1, 2, 2.5, 5, 10) if m * power >= raw)
+    first = math.ceil(low / step - 1e-9)
+    return [round((first + k) * step, 10) for k in range(int((high - first * step) / step + 1e-9) + 1)]
+
+
+def step_curve(points, right_end=0.0):
+    """The staircase of the best accuracy at each cost (a worse, costlier point does not lower it)."""
+    path, best = [], None
+    for x, y in sorted(points):
+        if best is None or y > best:
+            path += ([(x, best)] if best is not None else []) + [(x, y)]
+            best = y
+    return path + [(max(right_end, path[-1][0]), best)] if path else path
+
+
+def tag(name, text=None, **attributes):
+    """One SVG element; ``text_anchor="end"`` is written text-anchor, ``class_`` class."""
+    written = " ".join(f'{key.rstrip("_").replace("_", "-")}="{value}"'
+                       for key, value in attributes.items())
+    return f"<{name} {written}/>" if text is None else f"<{name} {written}>{escape(str(text))}</{name}>"
+
+
+def front_svg(curves, title, x_label="MACs (millions)", y_label="top-1 accuracy (%)"):
+    """An SVG plot of curves ``{"label", "points": [(macs_millions, top1)], "end", "dots_only"}``:
+    each one's points and (unless dots_only) its step curve up to ``end``; axes, ticks, legend."""
+    width, height, left, right, top, bottom = 760, 480, 72, 24, 44, 56
+    xs = [x for c in curves for x, _ in c["points"]] + [c.get("end", 0.0) for c in curves]
+    ys = [y for c in curves for _, y in c["points"]] or [0.0]
+    x_high, pad = max(xs + [1e-9]) * 1.04, max(max(ys) - min(ys), 2.0) * 0.08
+    y_low, y_high = max(0.0, min(ys) - pad), min(100.0, max(ys) + pad)
+
+    def sx(x):
+        return round(left + (width - left - right) * x / x_high, 1)
+
+    def sy(y):
+        return round(height - bottom - (height - top - bottom) * (y - y_low) / (y_high - y_low), 1)
+
+    middle = (top + height - bottom) / 2
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+           f'font-family="sans-serif" font-size="12">',
+           tag("rect", width=width, height=height, fill="white"),
+           tag("text", title, x=width / 2, y=24, text_anchor="middle", font_size=15)]
+    for tick in nice_ticks(0.0, x_high):
+        out += [tag("line", x1=sx(tick), y1=top, x2=sx(tick), y2=height - bottom, stroke="#e5e5e5"),
+                tag("text", f"{tick:g}", x=sx(tick), y=height - bottom + 16, text_anchor="middle")]
+    for tick in nice_ticks(y_low, y_high):
+        out += [tag("line", x1=left, y1=sy(tick), x2=width - right, y2=sy(tick), stroke="#e5e5e5"),
+                tag("text", f"{tick:g}", x=left - 6, y=sy(tick) + 4, text_anchor="end")]
+    out += [tag("rect", x=left, y=top, width=width - left - right, height=height - top - bottom,
+                fill="none", stroke="black"),
+            tag("text", x_label, x=(left + width - right) / 2, y=height - 14, text_anchor="middle"),
+            tag("text", y_label, x=18, y=middle, text_anchor="middle",
+                transform=f"rotate(-90 18 {middle})")]
+    legend_x, legend_y = width - right - 310, height - bottom - 10 - 18 * len(curves)
+    out.append(tag("rect", x=legend_x, y=legend_y, width=302, height=18 * len(curves) + 4,
+                   fill="white", fill_opacity=0.85, stroke="#cccccc"))
+    solid = 0
+    for index, curve in enumerate(curves):
+        dots_only = curve.get("dots_only", False)
+        color = "#999999" if dots_only else COLORS[solid % len(COLORS)]
+        solid += not dots_only
+        out.append(f'<g class="{"dots" if dots_only else "run"}" fill="{color}">')
+        if not dots_only and curve["points"]:
+            path = " ".join(f"{sx(x)},{sy(y)}"
+                            for x, y in step_curve(curve["points"], curve.get("end", 0.0)))
+            out.append(tag("polyline", class_="front", points=path, fill="none", stroke=color,
+                           stroke_width=2))
+        out += [tag("circle", cx=sx(x), cy=sy(y), r=2.5 if dots_only else 4) for x, y in curve["points"]]
+        row_y = legend_y + 16 + 18 * index
+        out += [tag("circle", cx=legend_x + 12, cy=row_y - 4, r=4),
+                tag("text", curve["label"], x=legend_x + 22, y=row_y, fill="black"), "</g>"]
+    return "\n".join(out + ["</svg>"]) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# Several runs
+
+
+def top1_at(points, ratio):
+    """The step curve at ``ratio``: best test top-1 among points with MACs ratio <= ratio, or None."""
+    affordable = [p["test"]["top1"] for p in points if p["macs_ratio"] <= ratio + 1e-9]
+    return max(affordable) if affordable else None
+
+
+def compare(names, out_path=None, overrides=None, argv=None):
+    """Plot the test fronts of runs ``names`` on one SVG; print their areas and top-1 at matched
+    MACs. Runs without ``results/NAME_eval_pareto.json`` are evaluated first (``overrides`` and
+    ``argv`` as for ``evaluate_run``). Returns one row per run (rank 0; [] on the others):
+    ``{"name", "network", "method", "area", "top1_at": {ratio: top1 or None}}``."""
+    results = []
+    for name in names:
+        path = os.path.join(RESULTS_DIR, f"{name}_eval_pareto.json")
+        if os.path.exists(path):
+            with open(path) as handle:
+                results.append(json.load(handle))
+        else:
+            results.append(evaluate_run(name, overrides, argv))
+    if any(result is None for result in results):  # not rank 0 of a torchrun job
+        return []
+    out_path = out_path or os.path.join(RESULTS_DIR, f"compare_{'_'.join(names)}.svg")
+    curves = [{"label": f"{r['name']} ({r['method']}, area {r['area']:.2f})",
+               "end": r["full_macs"] / 1e6,
+               "points": [(p["macs"] / 1e6, p["test"]["top1"]) for p in r["points"]]} for r in results]
+    svg = front_svg(curves, "test top-1 vs MACs (fronts selected on held-out data)")
+    write_atomic(out_path, lambda handle: handle.write(svg))
+    rows = [{"name": r["name"], "network": r["network"], "method": r["method"], "area": r["area"],
+             "top1_at": {level: top1_at(r["points"], level) for level in MATCHED_RATIOS}}
+            for r in results]
+    print(f"{'run':<20}{'network':<24}{'method':<8}{'area':>8}"
+          + "".join(f"{f'top1@{100 * level:g}%':>12}" for level in MATCHED_RATIOS))
+    for row in rows:
+        print(f"{row['name']:<20}{row['network']:<24}{row['method']:<8}{row['area']:>8.3f}"
+              + "".join(f"{'-' if v is None else f'{v:.2f}':>12}" for v in row["top1_at"].values()))
+    print(f"area: mean test top-1 error (%) over MACs ratios [smallest, 1], lower is better; "
+          f"top1@X%: best test top-1 within X% of the full network's MACs. Plot: {out_path}")
+    return rows
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser().parse_args(argv)
+    try:
+        if args.subnet:
+            evaluate_subnet(args.subnet, argv)
+        elif args.compare:
+            compare(args.compare, args.out, argv=argv)
+        else:
+            evaluate_run(args.name, argv=argv)
+    except (Fail, data.DataError) as error:
+        print(f"error: {first_line(error)}", file=sys.stderr)
+        return 2
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,526 @@
+"""Train a slimmable network: Joslim, Slim (US-Nets), the AutoSlim supernet, or fixed configurations.
+
+Every step follows the sandwich rule with in-place distillation (Yu & Huang, US-Nets, ICCV'19):
+the full network learns from the labels (label-smoothed cross-entropy), the smallest network and
+``--num_sampled_arch`` sampled configurations learn from the full network's detached soft
+predictions, the gradients are summed and one optimizer step is taken. The methods differ in
+which configurations are sampled:
+
+- ``joslim`` (Chin et al., ECML-PKDD'21, Sec. 3): every ``--tau`` steps the configurations of the
+  history are re-scored on one held-out batch with the current weights, and a Gaussian process
+  with expected improvement (sampler.py) proposes the next ones, near the cost-vs-loss front.
+- ``slim``: one uniform multiplier for every layer, new each step (the conventional baseline).
+- ``random``: an independent multiplier per width group, new each step (AutoSlim's supernet;
+  search it afterwards with search.py).
+- ``fixed``: train the configurations of ``--channel_config FILE...`` jointly, each from the
+  labels (AutoSlim's retraining of the searched networks).
+
+One CPU process (the default demo, a few minutes on a laptop):
+
+    python train.py --name demo
+
+Several processes or GPUs on one machine, and several machines (torchrun's rendezvous):
+
+    torchrun --nproc_per_node=2 train.py --name demo2
+    torchrun --nnodes=2 --nproc_per_node=8 --rdzv_backend=c10d --rdzv_endpoint=HOST:29500 \\
+        train.py --name joslim_mbv2 --dataset ImageNet --datapath /data/imagenet-lmdb \\
+        --network slim_mobilenetv2 --epochs 250 --warmup 5 --baselr 0.125 --tau 625 --wd 4e-5 \\
+        --label_smoothing 0.1 --batch_size 1024 --lower_channel 0.42 --num_sampled_arch 2 \\
+        --baseline -3 --prior_points 20 --scheduler linear_decay --slim_dataaug --scale_ratio 0.25
+
+Everything lands in ``runs/NAME/``: ``checkpoint.pt`` (a plain dict, written atomically every
+epoch, on Ctrl-C and at the end) and ``log.txt``. Rerunning the same ``--name`` continues where it
+stopped. Then: ``python evaluate.py --name NAME``.
+"""
+import argparse
+import contextlib
+import math
+import os
+import random
+import signal
+import sys
+import time
+
+# NumPy serves only the sampler here; its multi-threaded BLAS stalls 10x when the cores are busy
+# with training (measured: 0.7 s vs 9 s per proposal), so it gets one thread unless told otherwise.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+import numpy as np  # noqa: E402
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+import data
+import models
+import sampler as samplers
+import slimmable
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.error = lambda message: parser.exit(2, f"error: {message}\n")
+    add = parser.add_argument
+    add("--name", default="demo", help="run name: files go to runs/NAME/ (default: demo)")
+    add("--network", default="slim_resnet20", choices=list(models.NETWORKS), metavar="NAME",
+        help=f"network to train: {', '.join(models.NETWORKS)} (default: slim_resnet20)")
+    add("--width_mult", type=float, default=1.0,
+        help="MobileNetV2 width multiplier of the supernet (AutoSlim uses 1.5)")
+    add("--method", default="joslim", choices=["joslim", "slim", "random", "fixed"],
+        help="joslim: GP-proposed widths; slim: one uniform width; random: independent per-group "
+             "widths (AutoSlim supernet); fixed: the --channel_config configurations")
+    add("--channel_config", nargs="+", default=[], metavar="FILE",
+        help="JSON configurations (from search.py) to retrain with --method fixed")
+    add("--epochs", type=int, default=6, help="training epochs (default: 6)")
+    add("--warmup", type=float, default=1, help="linear learning-rate warmup, in epochs")
+    add("--baselr", type=float, default=0.1, help="peak lr = baselr * batch_size / 256")
+    add("--scheduler", default="cosine_decay", choices=["linear_decay", "cosine_decay"],
+        help="lr decay after warmup, per iteration")
+    add("--momentum", type=float, default=0.9, help="SGD momentum")
+    add("--nesterov", action="store_true", help="Nesterov momentum")
+    add("--wd", type=float, default=5e-4,
+        help="weight decay (not applied to BN parameters and biases)")
+    add("--label_smoothing", type=float, default=0.1, help="label smoothing of the full network")
+    add("--batch_size", type=int, default=128, help="global batch size over all processes")
+    add("--lower_channel", type=float, default=0.42,
+        help="smallest width multiplier of every group; also the sandwich's smallest network")
+    add("--num_sampled_arch", type=int, default=2,
+        help="configurations trained between the full and the smallest network each step")
+    add("--tau", type=int, default=20,
+        help="joslim: steps between re-scoring the history and proposing new configurations")
+    add("--prior_points", type=int, default=10,
+        help="joslim: uniform-width configurations proposed before the Gaussian process starts")
+    add("--acquisition", default="ei", choices=["ei", "ucb"],
+        help="joslim: expected improvement over the front (ei) or the paper's UCB with an "
+             "augmented Tchebyshev scalarization (ucb)")
+    add("--beta", type=float, default=0.1, help="joslim ucb: exploration weight")
+    add("--baseline", type=float, default=-3.0,
+        help="joslim ucb: Tchebyshev reference point in standardized units (the reference "
+             "code's default of 5 flips its search; -3 is the paper's)")
+    add("--rescore_limit", type=int, default=250,
+        help="joslim: re-score at most this many history configurations per window (the "
+             "newest and the Pareto layers first; 0: the whole history, as the reference)")
+    add("--cost", default="macs", choices=["macs", "params"],
+        help="joslim: the cost axis of the front")
+    add("--print_freq", type=int, default=20, help="steps between progress lines")
+    add("--seed", type=int, default=0, help="seed for weights, data order and sampling")
+    add("--device", default="auto", help="auto (CUDA when available), cpu, cuda")
+    add("--threads", type=int, default=0, help="CPU threads per process (0: cores / processes)")
+    add("--restart", action="store_true",
+        help="start over even if runs/NAME/checkpoint.pt exists (it is overwritten)")
+    add("--resume", action="store_true",
+        help="continue runs/NAME/checkpoint.pt (also done without this flag when it exists)")
+    add("--pause_after", type=int, default=0,
+        help="save and stop after this many steps of this run (preemptible jobs; rerun to go on)")
+    data.add_data_args(parser)
+    args = parser.parse_args(argv)
+    if args.method == "fixed" and not args.channel_config:
+        parser.error("--method fixed needs --channel_config FILE...")
+    if not 0 < args.lower_channel <= 1:
+        parser.error("--lower_channel must be in (0, 1]")
+    for flag in ("epochs", "batch_size", "tau", "print_freq"):
+        if getattr(args, flag) < 1:
+            parser.error(f"--{flag} must be at least 1")
+    return args
+
+
+class Fail(Exception):
+    """A user-caused problem: printed as one line, exit status 2."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Distributed set-up: torchrun's environment variables, nothing else
+
+
+def setup_distributed(device_flag):
+    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    use_cuda = device_flag.startswith("cuda") or (device_flag == "auto" and torch.cuda.is_available())
+    if use_cuda and not torch.cuda.is_available():
+        raise Fail("--device cuda asked for, but no CUDA device is available")
+    device = torch.device(f"cuda:{local_rank}" if use_cuda else "cpu")
+    if use_cuda:
+        torch.cuda.set_device(device)
+    if world_size > 1:
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    return device, dist.get_rank() if world_size > 1 else 0, world_size
+
+
+def broadcast_array(array, device, rank):
+    """Rank 0's float64 NumPy array (any shape) on every rank."""
+    if not dist.is_initialized():
+        return array
+    shape = torch.tensor(array.shape if rank == 0 else [0, 0], dtype=torch.long, device=device)
+    dist.broadcast(shape, 0)
+    values = torch.zeros(*shape.tolist(), dtype=torch.float64, device=device)
+    if rank == 0:
+        values.copy_(torch.from_numpy(np.asarray(array, dtype=np.float64)))
+    dist.broadcast(values, 0)
+    return values.cpu().numpy()
+
+
+def average_over_ranks(values):
+    if dist.is_initialized():
+        dist.all_reduce(values)
+        values /= dist.get_world_size()
+    return values
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints: a plain dict, written to a temporary file and renamed
+
+
+def save_checkpoint(path, state):
+    temporary = f"{path}.tmp"
+    torch.save(state, temporary)
+    os.replace(temporary, path)  # atomic: a crash leaves the previous checkpoint intact
+
+
+def load_checkpoint(path, args):
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:  # a truncated or foreign file
+        raise Fail(f"cannot read checkpoint {path}: {error}; use --restart to start over") from None
+    for key in ("network", "method"):
+        if checkpoint.get(key) != getattr(args, key):
+            raise Fail(f"{path} holds a {checkpoint.get('method')} run of "
+                       f"{checkpoint.get('network')}, not a {args.method} run of {args.network}; "
+                       f"pick another --name, or --restart to overwrite it")
+    return checkpoint
+
+
+def rng_states():
+    return {"torch": torch.get_rng_state(), "python": random.getstate(),
+            "numpy": np.random.get_state()}
+
+
+def set_rng_states(states):
+    torch.set_rng_state(states["torch"])
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+
+
+# ---------------------------------------------------------------------------------------------
+# The training step
+
+
+def learning_rate(step, total_steps, warmup_steps, peak, scheduler):
+    """Per-iteration schedule: linear warmup from 0, then linear or cosine decay to 0."""
+    if step < warmup_steps:
+        return peak * (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    if scheduler == "linear_decay":
+        return peak * (1 - progress)
+    return peak * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def make_optimizer(model, args, peak_lr):
+    """SGD; no weight decay on BN parameters and biases (all 1-D parameters)."""
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    return torch.optim.SGD([{"params": decay, "weight_decay": args.wd},
+                            {"params": no_decay, "weight_decay": 0.0}],
+                           lr=peak_lr, momentum=args.momentum, nesterov=args.nesterov)
+
+
+def distillation_loss(student_logits, teacher_probs):
+    """Soft cross-entropy against the teacher's probabilities (in-place distillation)."""
+    return -(teacher_probs * F.log_softmax(student_logits, dim=1)).sum(dim=1).mean()
+
+
+def train_step(model, net, inputs, targets, configs, args, autocast):
+    """One sandwich step; ``configs`` are the student configurations (multiplier lists).
+
+    With ``args.method == 'fixed'`` every configuration learns from the labels instead. Under
+    DDP the gradients are all-reduced once, in the last backward (``no_sync`` for the others).
+    Returns the losses of the first and the last network trained.
+    """
+    teacher_probs, losses = None, []
+    passes = [None] + configs if args.method != "fixed" else configs
+    for index, widths in enumerate(passes):
+        last = index == len(passes) - 1
+        defer_sync = not last and hasattr(model, "no_sync")
+        with model.no_sync() if defer_sync else contextlib.nullcontext():
+            slimmable.set_widths(net, 1.0 if widths is None else widths)
+            with autocast():
+                logits = model(inputs)
+                if teacher_probs is None and args.method != "fixed":
+                    loss = F.cross_entropy(logits, targets, label_smoothing=args.label_smoothing)
+                    teacher_probs = F.softmax(logits.detach().float(), dim=1)
+                elif args.method == "fixed":
+                    loss = F.cross_entropy(logits, targets, label_smoothing=args.label_smoothing)
+                else:
+                    loss = distillation_loss(logits.float(), teacher_probs)
+            loss.backward()
+        losses.append(loss.detach())
+    return losses[0], losses[-1]
+
+
+def rescore(net, configs, inputs, targets, autocast):
+    """Loss of each configuration on one held-out batch with the current weights (BN batch
+    statistics, running statistics untouched, dropout off)."""
+    losses = torch.zeros(len(configs), dtype=torch.float64, device=inputs.device)
+    with slimmable.batch_statistics(net):
+        for i, widths in enumerate(configs):
+            slimmable.set_widths(net, widths.tolist())
+            with autocast():
+                logits = net(inputs)
+            losses[i] = F.cross_entropy(logits.float(), targets,
+                                        label_smoothing=0.0).double()
+    return average_over_ranks(losses).cpu().numpy()
+
+
+def build_sampler(args, net, num_dims):
+    if args.method == "slim":
+        return samplers.UniformSampler(num_dims, args.lower_channel, seed=args.seed)
+    if args.method == "random":
+        return samplers.RandomSampler(num_dims, args.lower_channel, seed=args.seed)
+    if args.method == "joslim":
+        cost = slimmable.macs if args.cost == "macs" else slimmable.params
+        full = float(cost(net, 1.0))
+        return samplers.JoslimSampler(num_dims, args.lower_channel,
+                                      lambda X: np.asarray(cost(net, X), dtype=np.float64) / full,
+                                      prior_points=args.prior_points,
+                                      acquisition=args.acquisition, beta=args.beta,
+                                      baseline=args.baseline, seed=args.seed,
+                                      max_scored=args.rescore_limit or None)
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        return run(args)
+    except (Fail, data.DataError) as error:
+        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+
+
+def run(args):
+    device, rank, world_size = setup_distributed(args.device)
+    threads = args.threads or max(1, (os.cpu_count() or 1) // int(os.environ.get(
+        "LOCAL_WORLD_SIZE", world_size)))
+    torch.set_num_threads(threads)
+    run_dir = os.path.join("runs", args.name)
+    checkpoint_path = os.path.join(run_dir, "checkpoint.pt")
+    checkpoint = None
+    if os.path.exists(checkpoint_path) and not args.restart:
+        checkpoint = load_checkpoint(checkpoint_path, args)
+    elif args.resume:
+        raise Fail(f"--resume: no checkpoint at {checkpoint_path}")
+    if rank == 0:
+        os.makedirs(run_dir, exist_ok=True)
+    log_file = open(os.path.join(run_dir, "log.txt"), "a") if rank == 0 else None
+
+    def log(message):
+        if rank == 0:
+            print(message, flush=True)
+            log_file.write(message + "\n")
+            log_file.flush()
+
+    torch.manual_seed(args.seed)
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    loaders = data.get_loaders(args, args.batch_size)
+    if args.method == "joslim" and loaders.val is None:
+        raise Fail("--method joslim scores its history on the held-out split: use --val_size > 0")
+    options = {"input_size": loaders.input_size}
+    if args.network == "slim_mobilenetv2":
+        options["width_mult"] = args.width_mult
+    net = models.get_model(args.network, loaders.num_classes, **options).to(device)
+    if device.type == "cuda":
+        net = net.to(memory_format=torch.channels_last)
+    num_dims = len(net.width_groups)
+    smallest = [args.lower_channel] * num_dims
+    try:
+        fixed_configs = [slimmable.load_config(path, net)[0] for path in args.channel_config]
+    except ValueError as error:
+        raise Fail(str(error)) from None
+    sampler = build_sampler(args, net, num_dims)
+
+    steps_per_epoch = len(loaders.train)
+    if steps_per_epoch == 0:
+        raise Fail(f"the training set is smaller than one batch of {args.batch_size}")
+    total_steps = args.epochs * steps_per_epoch
+    warmup_steps = int(args.warmup * steps_per_epoch)
+    peak_lr = args.baselr * args.batch_size / 256
+    optimizer = make_optimizer(net, args, peak_lr)
+    step, window_configs, val_batches_used = 0, None, 0
+    if checkpoint is not None:
+        net.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        step, window_configs = checkpoint["step"], checkpoint["window_configs"]
+        val_batches_used = checkpoint["val_batches_used"]
+        if sampler is not None:
+            sampler.load_state_dict(checkpoint["sampler"])
+        log(f"resuming {checkpoint_path} at step {step}/{total_steps}")
+    model = net
+    if world_size > 1:
+        model = torch.nn.parallel.DistributedDataParallel(
+            net, device_ids=[device.index] if device.type == "cuda" else None)
+    use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+
+    def autocast():
+        if use_bf16:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def state(finished=False):
+        return {"model": net.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                "window_configs": window_configs, "val_batches_used": val_batches_used,
+                "sampler": sampler.state_dict() if sampler is not None else None,
+                "rng": rng_states(), "args": vars(args), "network": args.network,
+                "method": args.method, "num_classes": loaders.num_classes,
+                "model_options": options, "lower_channel": args.lower_channel,
+                "fixed_configs": fixed_configs, "finished": finished}
+
+    def save(finished=False):
+        if rank == 0:
+            save_checkpoint(checkpoint_path, state(finished))
+
+    if step >= total_steps:
+        log(f"{args.name} already finished {total_steps} steps; next: "
+            f"python evaluate.py --name {args.name}")
+        return 0
+
+    val_state = {"iterator": None, "position": -1}
+
+    def val_batch():
+        """The next held-out batch, cycling through the val split in a fixed order."""
+        nonlocal val_batches_used
+        index = val_batches_used % len(loaders.val)
+        if val_state["position"] != index:  # first use, wrap-around or resume
+            val_state["iterator"] = iter(loaders.val)
+            for _ in range(index):
+                next(val_state["iterator"])
+        inputs, targets = next(val_state["iterator"])[:2]
+        val_state["position"] = index + 1
+        val_batches_used += 1
+        return inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+
+    log(f"{args.method} training of {args.network} on {loaders.dataset}: {args.epochs} epochs x "
+        f"{steps_per_epoch} steps, batch {args.batch_size} over {world_size} process(es), "
+        f"peak lr {peak_lr:g}, {num_dims} width groups, device {device}")
+    window = args.tau if args.method == "joslim" else 1  # slim/random: new widths every step
+    configs_digest = 0.0  # a fingerprint of every configuration trained, to compare ranks
+    sampler_seconds, run_start, run_steps = 0.0, time.time(), 0
+    meter = {"full": 0.0, "small": 0.0, "count": 0, "images": 0, "start": time.time()}
+    interrupted = False
+    previous_handler = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        while step < total_steps:
+            epoch, offset = divmod(step, steps_per_epoch)
+            # The data order and augmentation of an epoch depend only on (seed, epoch), and the
+            # RNG state is restored after the skipped batches, so a resumed run is exact.
+            torch.manual_seed(args.seed * 100_003 + epoch)
+            data.set_epoch(loaders, epoch)
+            batches = iter(loaders.train)
+            for _ in range(offset):
+                next(batches)
+            if checkpoint is not None and offset and "rng" in checkpoint:
+                set_rng_states(checkpoint["rng"])
+            checkpoint = None
+            net.train()
+            for inputs, targets in batches:
+                if window_configs is None or step % window == 0:
+                    start = time.time()
+                    window_configs = next_configs(args, sampler, net, fixed_configs, smallest,
+                                                  val_batch, device, rank, autocast, log, step)
+                    configs_digest += float(np.sum(window_configs)) * (step + 1)
+                    sampler_seconds += time.time() - start
+                inputs = inputs.to(device, non_blocking=True)
+                targets = targets.to(device, non_blocking=True)
+                if device.type == "cuda":
+                    inputs = inputs.contiguous(memory_format=torch.channels_last)
+                lr = learning_rate(step, total_steps, warmup_steps, peak_lr, args.scheduler)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                optimizer.zero_grad(set_to_none=True)
+                full_loss, small_loss = train_step(model, net, inputs, targets, window_configs,
+                                                   args, autocast)
+                optimizer.step()
+                step += 1
+                run_steps += 1
+                meter["full"] += full_loss.item()
+                meter["small"] += small_loss.item()
+                meter["count"] += 1
+                meter["images"] += inputs.shape[0] * world_size
+                if step % args.print_freq == 0 or step == total_steps:
+                    report(meter, step, total_steps, steps_per_epoch, lr, args, log)
+                if step % steps_per_epoch == 0 and step < total_steps:
+                    save()
+                if args.pause_after and run_steps >= args.pause_after and step < total_steps:
+                    save()
+                    log(f"paused after {run_steps} steps at step {step}; rerun to continue")
+                    return 0
+    except KeyboardInterrupt:
+        interrupted = True
+        save()
+        log(f"interrupted at step {step}; checkpoint saved to {checkpoint_path}; "
+            f"rerun the same command to continue")
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
+    if interrupted:
+        return 130
+    save(finished=True)
+    elapsed = time.time() - run_start
+    log(f"done: {step} steps in {elapsed:.0f} s; last losses: full {meter['last_full']:.3f}, "
+        f"smallest {meter['last_small']:.3f}; sampler + re-scoring took {sampler_seconds:.1f} s "
+        f"({100 * sampler_seconds / max(elapsed, 1e-9):.1f}%)")
+    if dist.is_initialized():
+        check_ranks_agree(net, configs_digest, device, log)
+    log(f"checkpoint: {checkpoint_path}; next: python evaluate.py --name {args.name}")
+    return 0
+
+
+def check_ranks_agree(net, configs_digest, device, log):
+    """Every rank must end with the same weights, having trained the same configurations."""
+    weights = sum(p.detach().double().sum() + p.detach().double().abs().sum()
+                  for p in net.parameters())
+    mine = torch.tensor([weights.item(), configs_digest], dtype=torch.float64, device=device)
+    everyone = [torch.zeros_like(mine) for _ in range(dist.get_world_size())]
+    dist.all_gather(everyone, mine)
+    if any(not torch.allclose(other, everyone[0], rtol=1e-9, atol=0) for other in everyone):
+        raise RuntimeError(f"ranks diverged: {[o.tolist() for o in everyone]}")
+    log(f"all {len(everyone)} ranks hold identical weights and trained the same configurations")
+
+
+def next_configs(args, sampler, net, fixed_configs, smallest, val_batch, device, rank,
+                 autocast, log, step):
+    """The student configurations of the next window, identical on every rank."""
+    if args.method == "fixed":
+        return fixed_configs
+    if args.method == "joslim":
+        history = broadcast_array(sampler.history_configs() if rank == 0 else None, device, rank)
+        if len(history):
+            inputs, targets = val_batch()
+            losses = rescore(net, history, inputs, targets, autocast)
+            if rank == 0:
+                sampler.observe(losses)
+        net.train()
+    proposals = broadcast_array(sampler.propose(args.num_sampled_arch) if rank == 0 else None,
+                                device, rank)
+    if args.method == "joslim" and rank == 0:
+        costs = ", ".join(f"{c:.2f}" for c in sampler.last_costs)
+        log(f"  window at step {step}: history {len(sampler.history_configs())}, "
+            f"proposed costs [{costs}]")
+    return [row.tolist() for row in proposals] + [smallest]
+
+
+def report(meter, step, total_steps, steps_per_epoch, lr, args, log):
+    elapsed = time.time() - meter["start"]
+    full, small = meter["full"] / meter["count"], meter["small"] / meter["count"]
+    images_per_second = meter["images"] / max(elapsed, 1e-9)
+    seconds_per_step = elapsed / meter["count"]
+    eta = seconds_per_step * (total_steps - step)
+    log(f"epoch {step // steps_per_epoch} step {step}/{total_steps} loss full {full:.3f} "
+        f"smallest {small:.3f} lr {lr:.4f} {images_per_second:.0f} img/s eta {eta / 60:.1f} min")
+    meter.update(full=0.0, small=0.0, count=0, images=0, start=time.time(), last_full=full,
+                 last_small=small)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
