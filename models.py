@@ -349,9 +349,11 @@ def get_model(name, num_classes, **options):
     if name not in NETWORKS:
         raise ValueError(f"unknown network '{name}'; valid: {', '.join(NETWORKS)}")
     try:
-        return NETWORKS[name](num_classes=num_classes, **options)
+        model = NETWORKS[name](num_classes=num_classes, **options)
     except TypeError as error:
         raise ValueError(f"bad option for {name}: {error}") from None
+    model.network_name = name
+    return model
 
 
 def print_table(lower=0.42, file=sys.stdout):

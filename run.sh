@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # slimnets: set-up and the main jobs.
-#   ./run.sh            the main job on the built-in synthetic dataset
+#   ./run.sh            the main job: Joslim training of slim_resnet20 on the built-in synthetic
+#                       dataset, then its evaluation (under 10 minutes on a 2-core CPU)
 #   ./run.sh test       the test suite
+#   ./run.sh autoslim   the AutoSlim pipeline: supernet, search, retraining, split, test
+#   ./run.sh compare    Joslim vs Slim vs AutoSlim on one budget (python bench.py quality)
+# Extra arguments go to the job's first command (e.g. ./run.sh --epochs 2).
 # The first call creates .venv/ (unless a virtual environment is already active)
 # and installs requirements.txt; later calls reuse it.
 set -euo pipefail
@@ -15,25 +19,34 @@ if [ -z "${VIRTUAL_ENV:-}" ]; then
   # shellcheck disable=SC1091
   source .venv/bin/activate
 fi
-stamp=.venv/.requirements-installed
+stamp="$VIRTUAL_ENV/.slimnets-requirements"
 if [ ! -f "$stamp" ] || [ requirements.txt -nt "$stamp" ]; then
   python -m pip install -q --upgrade pip
   python -m pip install -q -r requirements.txt
-  mkdir -p .venv && touch "$stamp"
+  touch "$stamp"
 fi
 
-job="${1:-main}"
-[ $# -gt 0 ] && shift
+job=main
+case "${1:-}" in
+  ""|-*) ;;                 # no job named: the main job, flags and all
+  *) job="$1"; shift ;;
+esac
 case "$job" in
   test)
     python -c "import pytest" 2>/dev/null || python -m pip install -q pytest
     exec python -m pytest -q test_all.py "$@"
     ;;
   main)
-    exec python models.py "$@"
+    python train.py --name demo "$@"
+    python evaluate.py --name demo
+    echo "[run.sh] results: results/demo_eval_pareto.txt, results/demo_eval_pareto.json," \
+         "results/demo_pareto.svg; checkpoint and log: runs/demo/"
+    ;;
+  compare)
+    exec python bench.py quality "$@"
     ;;
   *)
-    echo "usage: ./run.sh [test]" >&2
+    echo "usage: ./run.sh [test|autoslim|compare] [args...]" >&2
     exit 2
     ;;
 esac

@@ -39,7 +39,10 @@ Example::
     x = torch.randn(2, 3, 32, 32)
     print((small(x) - net(x)).abs().max())              # ~1e-7
 """
+import contextlib
 import copy
+import json
+import os
 from typing import NamedTuple, Optional
 
 import torch
@@ -398,6 +401,69 @@ def calibrate_bn(model, batches):
     return count
 
 
+@contextlib.contextmanager
+def batch_statistics(model):
+    """Evaluate with every BN normalizing by the current batch's own statistics, leaving the
+    running statistics untouched, and everything else (dropout) in eval mode.
+
+    How Joslim re-scores its history and AutoSlim's ``--bn batch`` search score a configuration
+    without calibrating BN for it: fair when the batch is large enough.
+    """
+    net = _unwrap(model)
+    norms = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [(m.momentum, m.num_batches_tracked.clone()) for m in norms]
+    was_training = net.training
+    net.eval()
+    for m in norms:
+        m.train()
+        m.momentum = 0.0  # running = (1 - 0) * running + 0 * batch: unchanged
+    try:
+        with torch.no_grad():
+            yield net
+    finally:
+        for m, (momentum, tracked) in zip(norms, saved):
+            m.momentum = momentum
+            m.num_batches_tracked.copy_(tracked)
+        net.train(was_training)
+
+
+def save_config(path, model, widths, **extra):
+    """Write one width configuration as JSON: widths per group, channels per group and per
+    layer, MACs, params, and any ``extra`` fields (written atomically)."""
+    net = _unwrap(model)
+    widths = width_matrix(net, widths)[0].tolist()
+    record = {"network": getattr(net, "network_name", type(net).__name__), "widths": widths,
+              "channels": group_channels(net, widths), "macs": macs(net, widths),
+              "params": params(net, widths), **extra,
+              "layers": layer_channels(net, widths)}
+    temporary = f"{path}.tmp"
+    with open(temporary, "w") as handle:
+        json.dump(record, handle, indent=1)
+    os.replace(temporary, path)
+    return record
+
+
+def load_config(path, model):
+    """Read a configuration written by ``save_config`` (or any JSON with ``channels`` per group
+    or ``widths``); returns ``(widths, record)``. Raises ValueError with a one-line reason."""
+    try:
+        with open(path) as handle:
+            record = json.load(handle)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"cannot read channel config {path}: {error}") from None
+    net = _unwrap(model)
+    name = getattr(net, "network_name", None)
+    if name and record.get("network") not in (None, name):
+        raise ValueError(f"channel config {path} is for {record['network']}, not {name}")
+    if "channels" in record:
+        widths = channels_to_widths(net, record["channels"])
+    elif "widths" in record:
+        widths = record["widths"]
+    else:
+        raise ValueError(f"channel config {path} has neither 'channels' nor 'widths'")
+    return width_matrix(net, widths)[0].tolist(), record
+
+
 def export(model, widths):
     """A copy of ``model`` at ``widths`` whose slimmable layers are replaced by plain torch.nn
     layers holding the sliced weights and BN statistics (AutoSlim's "split checkpoint").
@@ -411,7 +477,7 @@ def export(model, widths):
     # Deep-copy everything except the big slimmable layers, which are rebuilt below.
     memo = {id(m): None for m in channels}
     static = copy.deepcopy(source, memo)
-    for key in ("_slim_layers", "_cost_terms", "current_widths", "width_groups"):
+    for key in ("_slim_layers", "_cost_terms", "current_widths"):
         static.__dict__.pop(key, None)
     by_name = dict(source.named_modules())
     for name, layer in slim_layers(source):
