@@ -11,6 +11,7 @@ machine slows both sides alike. Nothing here is asserted by the tests.
 import argparse
 import contextlib
 import os
+import tempfile
 import platform
 import statistics
 import time
@@ -19,6 +20,9 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # as train.py: NumPy serves 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from PIL import Image  # noqa: E402
+
+import data  # noqa: E402
 import models  # noqa: E402
 import sampler as samplers  # noqa: E402
 import slimmable  # noqa: E402
@@ -89,6 +93,78 @@ def bench_macs(count=10_000, repeats=5):
     print(f"MACs of {count:,} slim_resnet56 configurations: {seconds * 1000:.1f} ms "
           f"({count / seconds:,.0f} configurations/s)")
     return seconds
+
+
+def bench_converter(num_images=500, image_size=256, num_classes=10, seed=0):
+    """Convert `num_images` generated JPEGs (image_size^2, photo-like file sizes) to LMDB;
+    print and return the converter's images per second (file reading + header check + writes)."""
+    rng = np.random.default_rng(seed)
+    with tempfile.TemporaryDirectory() as root:
+        source = os.path.join(root, "train")
+        total_bytes = 0
+        for index in range(num_images):
+            folder = os.path.join(source, f"class{index % num_classes:03d}")
+            os.makedirs(folder, exist_ok=True)
+            # smooth colour field + grain: compresses like a photo (tens of kB), unlike pure noise
+            coarse = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+            image = np.asarray(Image.fromarray(coarse).resize((image_size, image_size),
+                                                              Image.BILINEAR), np.int16)
+            image = np.clip(image + rng.integers(-12, 13, image.shape), 0, 255).astype(np.uint8)
+            path = os.path.join(folder, f"{index:06d}.jpg")
+            Image.fromarray(image).save(path, quality=90)
+            total_bytes += os.path.getsize(path)
+        start = time.perf_counter()
+        data.convert_folder_to_lmdb(source, os.path.join(root, "train.lmdb"), log=lambda line: None)
+        seconds = time.perf_counter() - start
+    images_per_second = num_images / seconds
+    print(f"bench_converter: {num_images} JPEGs of {image_size}x{image_size} "
+          f"({total_bytes / num_images / 1024:.0f} kB each) in {seconds:.2f} s: "
+          f"{images_per_second:.0f} images/s, {total_bytes / seconds / 2**20:.0f} MB/s")
+    return images_per_second
+
+
+def bench_sampler(history_sizes=(200, 1000), repeats=5, lower=0.42):
+    """Latency of one Joslim proposal with a history of 200 and 1,000 configurations of
+    slim_resnet56 (D = 30, exact MACs ratio as the cost), both acquisitions: the first proposal
+    after ``observe`` (hyperparameter refit included) and the next one of the same window."""
+    net = models.get_model("slim_resnet56", 100)
+    full = float(slimmable.macs(net, 1.0))
+    cost = lambda X: np.asarray(slimmable.macs(net, X), float) / full  # noqa: E731
+    importance = np.linspace(0.2, 3.0, 30)
+    true_loss = lambda X: np.exp(-2.5 * X) @ importance / importance.sum()  # noqa: E731
+    rng = np.random.default_rng(0)
+    print(f"Joslim proposal latency, slim_resnet56 (D = 30), median of {repeats} "
+          "(reference: ~215 s at 1,000 points, off target by up to 0.17)")
+    print(f"{'acquisition':>11}{'history':>8}{'fit+propose s':>15}{'propose s':>11}"
+          f"{'max |cost - target|':>21}")
+    rows = []
+    for acquisition in ("ei", "ucb"):
+        for size in history_sizes:
+            sampler = samplers.JoslimSampler(30, lower, cost, acquisition=acquisition, seed=0)
+            state = sampler.state_dict()
+            state["configs"] = np.vstack([np.outer(rng.uniform(lower, 1, 20), np.ones(30)),
+                                          np.ones((1, 30)), rng.uniform(lower, 1, (size - 21, 30))])
+            state["losses"] = state["latest_losses"] = np.full(size, np.nan)
+            sampler.load_state_dict(state)
+            sampler.observe(true_loss(sampler.history_configs()))
+            sampler.propose(1)  # the cold fit, untimed
+            with_fit, without_fit, misses = [], [], []
+            for _ in range(repeats):
+                history = sampler.history_configs()
+                sampler.observe(true_loss(history) + 0.01 * rng.standard_normal(len(history)))
+                start = time.perf_counter()
+                sampler.propose(1)
+                middle = time.perf_counter()
+                misses.append(np.abs(sampler.last_costs - sampler.last_targets).max())
+                sampler.propose(1)
+                with_fit.append(middle - start)
+                without_fit.append(time.perf_counter() - middle)
+                misses.append(np.abs(sampler.last_costs - sampler.last_targets).max())
+            rows.append((acquisition, size, statistics.median(with_fit),
+                         statistics.median(without_fit), max(misses)))
+            print(f"{acquisition:>11}{size:>8}{rows[-1][2]:>15.3f}{rows[-1][3]:>11.3f}"
+                  f"{rows[-1][4]:>21.4f}", flush=True)
+    return rows
 
 
 def _train_args(**overrides):
@@ -233,8 +309,8 @@ def bench_quality(seeds=(0, 1), quick=False, out_path="results/quality.svg"):
 def main():
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["speed", "quality", "overhead", "macs", "training",
-                                         "window"],
+    parser.add_argument("what", choices=["speed", "quality", "overhead", "macs", "sampler",
+                                         "training", "window", "converter", "search"],
                         help="which benchmark to run ('speed' runs every speed benchmark)")
     parser.add_argument("--networks", nargs="+", default=list(models.NETWORKS),
                         choices=list(models.NETWORKS), metavar="NAME",
@@ -254,6 +330,10 @@ def main():
         bench_quality(args.seeds, args.quick)
     if args.what in ("speed", "macs"):
         bench_macs()
+    if args.what in ("speed", "sampler"):
+        bench_sampler()
+    if args.what in ("speed", "converter"):
+        bench_converter()
     if args.what in ("speed", "training"):
         bench_training()
     if args.what in ("speed", "window"):

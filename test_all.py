@@ -3,21 +3,33 @@
 Run with ``./run.sh test`` (or ``python -m pytest -q test_all.py``). Nothing here needs a GPU or a
 download; speed and quality figures live in bench.py, never in a timed test.
 """
+import argparse
 import copy
+import glob
+import io
+import json
 import math
 import os
 import pickle
 import random
+import shutil
 import subprocess
 import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
 
+import lmdb
 import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 
+import data
+import evaluate
 import models
+import search
 import slimmable
 from sampler import (GaussianProcess, JoslimSampler, RandomSampler, UniformSampler,
                      area_under_front, expected_improvement, normal_cdf, pareto_front)
@@ -237,6 +249,272 @@ def test_calibrate_bn_is_an_exact_average():
     var = torch.stack([o.transpose(0, 1).reshape(c, -1).var(dim=1) for o in outputs]).mean(0)
     torch.testing.assert_close(net.bn1.running_mean[:c], mean)
     torch.testing.assert_close(net.bn1.running_var[:c], var)
+
+
+# ---------------------------------------------------------------------------------------------
+# data.py
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def parse_data_args(*argv):
+    return data.add_data_args(argparse.ArgumentParser()).parse_args(list(argv))
+
+
+def run_data_clis(*argvs):
+    """Run several `python data.py ARGV` at once (each pays Python's and torch's start-up);
+    returns their CompletedProcess results in order."""
+    processes = [subprocess.Popen([sys.executable, os.path.join(HERE, "data.py"), *argv], cwd=HERE,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for argv in argvs]
+    outputs = [process.communicate(timeout=300) for process in processes]
+    return [subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+            for process, (stdout, stderr) in zip(processes, outputs)]
+
+
+def run_data_cli(*argv):
+    return run_data_clis(argv)[0]
+
+
+def assert_one_line_error(result, *fragments):
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def write_cifar100(folder, num_train=60, num_test=20, seed=0):
+    """A real-format cifar-100-python folder; returns the raw arrays written."""
+    rng = np.random.default_rng(seed)
+    os.makedirs(folder)
+    arrays = {}
+    for split, count in (("train", num_train), ("test", num_test)):
+        images = rng.integers(0, 256, (count, 3072), dtype=np.uint8)
+        labels = rng.integers(0, 100, count).tolist()
+        with open(os.path.join(folder, split), "wb") as f:
+            pickle.dump({b"data": images, b"fine_labels": labels, b"coarse_labels": labels}, f)
+        arrays[split] = (images.reshape(-1, 3, 32, 32), np.array(labels))
+    with open(os.path.join(folder, "meta"), "wb") as f:
+        pickle.dump({b"fine_label_names": [b"c%d" % i for i in range(100)]}, f)
+    return arrays
+
+
+def test_cifar100_folder_reads_back_with_held_out_split(tmp_path):
+    arrays = write_cifar100(tmp_path / "cifar-100-python")
+    args = parse_data_args("--dataset", "cifar100", "--datapath", str(tmp_path), "--val_size",
+                           "10", "--workers", "0", "--no-pin_memory")
+    loaders = data.get_loaders(args, batch_size=16, eval_batch_size=7)
+    assert (loaders.dataset, loaders.num_classes, loaders.input_size) == ("CIFAR100", 100, 32)
+    mean = torch.tensor(data.CIFAR_MEAN_STD["CIFAR100"][0]).view(1, 3, 1, 1)
+    std = torch.tensor(data.CIFAR_MEAN_STD["CIFAR100"][1]).view(1, 3, 1, 1)
+
+    images, labels = zip(*loaders.test)
+    raw_images, raw_labels = arrays["test"]
+    expected = (torch.from_numpy(raw_images).float() / 255 - mean) / std  # ToTensor + Normalize
+    torch.testing.assert_close(torch.cat(images), expected, rtol=0, atol=1e-5)
+    assert torch.cat(labels).tolist() == raw_labels.tolist()
+
+    raw_train = [bytes(image) for image in arrays["train"][0].reshape(60, -1)]
+    train_keys = {bytes(image) for image in loaders.train.dataset.images.numpy().reshape(50, -1)}
+    val_keys = [bytes(image) for image in loaders.val.dataset.images.numpy().reshape(10, -1)]
+    assert len(val_keys) == 10 and not train_keys & set(val_keys)
+    assert train_keys | set(val_keys) == set(raw_train)
+    val_images, val_labels = (torch.cat(part) for part in zip(*loaders.val))
+    val_rows = [raw_train.index(key) for key in val_keys]  # validation uses eval transforms
+    torch.testing.assert_close(val_images, (torch.from_numpy(arrays["train"][0][val_rows]).float()
+                                            / 255 - mean) / std, rtol=0, atol=1e-5)
+    assert val_labels.tolist() == arrays["train"][1][val_rows].tolist()
+    assert [len(batch[1]) for batch in loaders.train] == [16, 16, 16]  # drop_last
+
+    # --datapath may also name the folder itself; the held-out split is the same every time.
+    again = data.get_loaders(parse_data_args("--dataset", "CIFAR100", "--datapath",
+                                             str(tmp_path / "cifar-100-python"), "--val_size",
+                                             "10", "--workers", "0"), batch_size=16)
+    assert torch.equal(again.val.dataset.images, loaders.val.dataset.images)
+
+
+def test_training_augmentation_is_a_padded_crop_with_flip():
+    images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    dataset = data.InMemoryImages(images, torch.arange(4), (0, 0, 0), (1 / 255,) * 3, True)
+    torch.manual_seed(0)
+    for index in [0, 1, 2, 3] * 5:
+        augmented, label = dataset[index]
+        padded = torch.nn.functional.pad(images[index], (4, 4, 4, 4)).float()
+        crops = [crop for top in range(9) for left in range(9)
+                 for crop in [padded[:, top:top + 32, left:left + 32]]]
+        assert label == index
+        assert any(torch.equal(augmented, c) or torch.equal(augmented, c.flip(-1)) for c in crops)
+
+
+def make_image_folder(root, classes=("cat", "dog", "emu"), per_class=4, seed=0):
+    """JPEGs of various sizes in class sub-folders; returns [(path, label)] in sorted order."""
+    rng = np.random.default_rng(seed)
+    samples = []
+    for label, name in enumerate(sorted(classes)):
+        os.makedirs(os.path.join(root, name))
+        for i in range(per_class):
+            height, width = rng.integers(40, 300, 2)
+            pixels = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+            path = os.path.join(root, name, f"img{i}.jpg")
+            Image.fromarray(pixels).save(path, quality=90)
+            samples.append((path, label))
+    return samples
+
+
+@pytest.fixture(scope="module")
+def imagenet_lmdb(tmp_path_factory):
+    """train.lmdb / val.lmdb made by the command line converter from generated JPEG folders."""
+    root = tmp_path_factory.mktemp("imagenet")
+    sources = {split: make_image_folder(str(root / "src" / split), seed=seed)
+               for seed, split in enumerate(("train", "val"))}
+    os.makedirs(root / "lmdb")
+    for result in run_data_clis(*[("to-lmdb", str(root / "src" / split),
+                                   str(root / "lmdb" / f"{split}.lmdb")) for split in sources]):
+        assert result.returncode == 0, result.stderr
+        assert "12/12 images" in result.stdout
+    return root / "lmdb", sources
+
+
+def test_lmdb_converter_round_trip_through_workers(imagenet_lmdb):
+    lmdb_dir, sources = imagenet_lmdb
+    assert not [name for name in os.listdir(lmdb_dir) if ".tmp-" in name]
+    args = parse_data_args("--dataset", "ImageNet", "--datapath", str(lmdb_dir), "--val_size",
+                           "3", "--workers", "2", "--no-pin_memory")
+    loaders = data.get_loaders(args, batch_size=4, eval_batch_size=5)
+    assert (loaders.dataset, loaders.num_classes, loaders.input_size) == ("ImageNet", 3, 224)
+    assert loaders.train.dataset.classes == ["cat", "dog", "emu"]
+    evaluation = data.imagenet_transform(train=False)
+    images, labels = (torch.cat(part) for part in zip(*loaders.test))  # test = val.lmdb, in order
+    expected = torch.stack([evaluation(Image.open(path).convert("RGB")) for path, _ in sources["val"]])
+    torch.testing.assert_close(images, expected, rtol=0, atol=1e-6)
+    assert labels.tolist() == [label for _, label in sources["val"]]
+
+    train_records, val_records = loaders.train.dataset.indices, loaders.val.dataset.indices
+    assert len(val_records) == 3 and not set(train_records) & set(val_records)
+    assert sorted([*train_records, *val_records]) == list(range(12))
+    val_images, val_labels = (torch.cat(part) for part in zip(*loaders.val))
+    source = [sources["train"][record] for record in val_records]
+    torch.testing.assert_close(val_images, torch.stack(
+        [evaluation(Image.open(path).convert("RGB")) for path, _ in source]), rtol=0, atol=1e-6)
+    assert val_labels.tolist() == [label for _, label in source]
+    batches = list(loaders.train)
+    assert len(batches) == 2 and batches[0][0].shape == (4, 3, 224, 224)
+
+    with lmdb.open(str(lmdb_dir / "train.lmdb"), readonly=True, lock=False) as env:
+        with env.begin() as txn:
+            assert txn.get(b"__len__") == b"12"
+            record = txn.get(b"00000005")
+    with open(sources["train"][5][0], "rb") as f:  # the encoded bytes, not decoded pixels
+        assert record[data.RECORD_HEADER.size:] == f.read()
+
+
+def test_slim_dataaug_train_transform_shape_and_lighting():
+    image = Image.fromarray(np.full((300, 260, 3), 128, np.uint8))
+    transform = data.imagenet_transform(train=True, scale_ratio=0.25, slim_dataaug=True)
+    assert transform(image).shape == (3, 224, 224)
+    torch.manual_seed(0)
+    shifted = data.PCALighting(0.1)(torch.zeros(3, 4, 4))
+    assert shifted.abs().sum() > 0 and torch.equal(shifted[:, 0, 0], shifted[:, 3, 2])
+    assert torch.equal(data.PCALighting(0.0)(torch.ones(3, 2, 2)), torch.ones(3, 2, 2))
+
+
+def test_corrupt_lmdb_record_is_one_clear_error(imagenet_lmdb, tmp_path):
+    lmdb_dir, _ = imagenet_lmdb
+    broken = tmp_path / "broken"
+    os.makedirs(broken)
+    for name in ("train.lmdb", "val.lmdb"):
+        os.makedirs(broken / name)
+        for file in ("data.mdb", "lock.mdb"):
+            with open(lmdb_dir / name / file, "rb") as src, open(broken / name / file, "wb") as dst:
+                dst.write(src.read())
+    with lmdb.open(str(broken / "val.lmdb")) as env, env.begin(write=True) as txn:
+        txn.put(b"00000007", b"garbage bytes, not an image record")
+    assert_one_line_error(run_data_cli("check", "--dataset", "imagenet", "--datapath", str(broken)),
+                          "val.lmdb: record 7")
+    args = parse_data_args("--dataset", "ImageNet", "--datapath", str(broken), "--workers", "2",
+                           "--val_size", "2", "--no-pin_memory")
+    with pytest.raises(data.DataError) as caught:  # raised in a worker, same type in the caller
+        list(data.get_loaders(args, batch_size=4).test)
+    assert "record 7" in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_converter_failure_leaves_no_database(tmp_path, capsys):
+    make_image_folder(str(tmp_path / "src"), per_class=2)
+    with open(tmp_path / "src" / "dog" / "broken.jpg", "wb") as f:
+        f.write(b"this is not a jpeg")
+    result = run_data_cli("to-lmdb", str(tmp_path / "src"), str(tmp_path / "train.lmdb"))
+    assert_one_line_error(result, "broken.jpg")
+    assert os.listdir(tmp_path) == ["src"]  # neither train.lmdb nor its temporary folder
+
+    os.remove(tmp_path / "src" / "dog" / "broken.jpg")
+    os.makedirs(tmp_path / "train.lmdb")
+    assert data.main(["to-lmdb", str(tmp_path / "src"), str(tmp_path / "train.lmdb")]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert os.listdir(tmp_path / "train.lmdb") == []
+
+
+def test_incomplete_lmdb_is_rejected(tmp_path):
+    with lmdb.open(str(tmp_path / "train.lmdb")) as env, env.begin(write=True) as txn:
+        txn.put(b"00000000", b"\0" * 16)  # records but no __len__: an unfinished conversion
+    with pytest.raises(data.DataError, match="incomplete"):
+        data.LMDBImageFolder(str(tmp_path / "train.lmdb"), transform=None)
+
+
+def test_synthetic_set_is_deterministic_and_balanced():
+    images, labels = data.make_synthetic_images(300, num_classes=10, seed=3)
+    again_images, again_labels = data.make_synthetic_images(300, num_classes=10, seed=3)
+    assert images.dtype == np.uint8 and images.shape == (300, 3, 32, 32)
+    assert images.tobytes() == again_images.tobytes() and np.array_equal(labels, again_labels)
+    assert np.bincount(labels).tolist() == [30] * 10
+    assert images.tobytes() != data.make_synthetic_images(300, num_classes=10, seed=4)[0].tobytes()
+    assert images.tobytes() != data.make_synthetic_images(300, num_classes=10, seed=3, split=1)[0].tobytes()
+    assert 60 < images.mean() < 200 and images.std() > 20  # not blank, not saturated
+
+
+def test_synthetic_loaders_follow_the_size_flags():
+    args = parse_data_args("--synthetic_train", "400", "--synthetic_test", "120",
+                           "--synthetic_classes", "4", "--val_size", "40", "--workers", "0")
+    loaders = data.get_loaders(args, batch_size=32)
+    assert (loaders.dataset, loaders.num_classes, loaders.input_size) == ("synthetic", 4, 32)
+    assert [len(loader.dataset) for loader in loaders[:3]] == [360, 40, 120]
+    images, _ = next(iter(loaders.val))
+    assert abs(images.mean().item()) < 0.3 and 0.7 < images.std().item() < 1.3  # own mean/std
+    assert parse_data_args().dataset == "synthetic" and parse_data_args().val_size is None
+    assert data.get_loaders(parse_data_args("--synthetic_train", "100", "--val_size", "0",
+                                            "--workers", "0"), batch_size=10).val is None
+
+
+def test_user_errors_are_one_line_with_exit_status_2(tmp_path):
+    missing_cifar, unknown, missing_lmdb = run_data_clis(
+        ("info", "--dataset", "cifar10", "--datapath", str(tmp_path / "nowhere")),
+        ("info", "--dataset", "mnist"),
+        ("info", "--dataset", "imagenet", "--datapath", str(tmp_path)))
+    assert_one_line_error(missing_cifar, "cifar-10-batches-py")
+    assert_one_line_error(unknown, "unknown dataset 'mnist'")
+    assert_one_line_error(missing_lmdb, "train.lmdb")
+    os.makedirs(tmp_path / "cifar-10-batches-py")
+    with open(tmp_path / "cifar-10-batches-py" / "test_batch", "wb") as f:
+        f.write(b"\x80\x04truncated")
+    with pytest.raises(data.DataError, match="data_batch_1"):
+        data.read_cifar(str(tmp_path), "CIFAR10")
+    with pytest.raises(data.DataError, match="val_size"):
+        data.get_loaders(parse_data_args("--synthetic_train", "50", "--val_size", "50"), 10)
+
+
+def test_distributed_training_sampler_and_unpadded_shards(tmp_path):
+    torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path}/store",
+                                         rank=0, world_size=1)
+    try:
+        args = parse_data_args("--synthetic_train", "200", "--synthetic_test", "50",
+                               "--val_size", "20", "--workers", "0")
+        loaders = data.get_loaders(args, batch_size=16)
+        assert isinstance(loaders.train.sampler, torch.utils.data.DistributedSampler)
+        data.set_epoch(loaders, 3)
+        assert loaders.train.sampler.epoch == 3
+        assert sum(len(labels) for _, labels in loaders.test) == 50
+    finally:
+        torch.distributed.destroy_process_group()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -648,3 +926,360 @@ def test_torchrun_two_processes_agree(tmp_path):
     log = (tmp_path / "runs" / "ddp" / "log.txt").read_text()
     assert "over 2 process(es)" in log
     assert "all 2 ranks hold identical weights and trained the same configurations" in log
+
+
+# ---------------------------------------------------------------------------------------------
+# evaluate.py
+
+EVAL_REPO = Path(__file__).resolve().parent
+EVAL_TINY_DATA = ["--synthetic_train", "176", "--synthetic_test", "96", "--val_size", "48",
+             "--synthetic_classes", "4", "--workers", "0"]
+EVAL_SVG_NS = "{http://www.w3.org/2000/svg}"
+
+
+def eval_env():
+    # One thread per process: on a shared, loaded machine more threads are many times slower.
+    return {**os.environ, "OMP_NUM_THREADS": "1",
+            "PYTHONPATH": os.pathsep.join([str(EVAL_REPO), os.environ.get("PYTHONPATH", "")])}
+
+
+@pytest.fixture(scope="module")
+def evaluated_tiny_run(tmp_path_factory):
+    """``(working directory, evaluate_run's JSON)`` of a 1-epoch Joslim run, evaluated with
+    --export; the current directory is the working directory while the fixture lives."""
+    workdir = tmp_path_factory.mktemp("evaluate")
+    subprocess.run([sys.executable, str(EVAL_REPO / "train.py"), "--name", "tiny", "--method", "joslim",
+                    "--epochs", "1", "--batch_size", "32", "--tau", "1", "--prior_points", "2",
+                    "--print_freq", "5", "--threads", "1", *EVAL_TINY_DATA],
+                   cwd=workdir, env=eval_env(), check=True, capture_output=True, timeout=600)
+    previous, threads = os.getcwd(), torch.get_num_threads()
+    os.chdir(workdir)
+    try:
+        result = evaluate.evaluate_run("tiny", argv=["--calib_batches", "2", "--export", "subnets",
+                                                     "--threads", "1"])
+        yield workdir, result
+    finally:
+        os.chdir(previous)
+        torch.set_num_threads(threads)
+
+
+def test_result_file_has_the_reference_format(evaluated_tiny_run):
+    workdir, result = evaluated_tiny_run
+    table = np.loadtxt(workdir / "results" / "tiny_eval_pareto.txt")
+    assert table.shape == (3, len(result["points"]))
+    assert np.all(np.diff(table[0]) > 0) and table[0, -1] == 1.0
+    np.testing.assert_allclose(table[1], [p["test"]["top1"] for p in result["points"]])
+    np.testing.assert_allclose(table[2], [p["test"]["top5"] for p in result["points"]])
+    with open(workdir / "results" / "tiny_eval_pareto.json") as handle:
+        saved = json.load(handle)
+    assert saved["network"] == "slim_resnet20" and saved["method"] == "joslim"
+    assert 0 <= saved["area"] <= 100 and saved["area"] == pytest.approx(result["area"])
+    groups = {group.name for group in models.get_model("slim_resnet20", 4).width_groups}
+    for point in saved["points"]:
+        assert set(point["channels"]) == groups and point["macs"] > 0 and point["params"] > 0
+        assert point["held_out"]["images"] == 48 and point["test"]["images"] == 96
+
+
+def test_reported_points_are_the_held_out_front(evaluated_tiny_run):
+    _, result = evaluated_tiny_run
+    candidates = result["candidates"]
+
+    def dominated(c):
+        return any(o["macs"] <= c["macs"] and o["held_out"]["top1"] >= c["held_out"]["top1"]
+                   and (o["macs"] < c["macs"] or o["held_out"]["top1"] > c["held_out"]["top1"])
+                   for o in candidates)
+
+    for point in result["points"]:
+        assert point["on_held_out_front"] == (not dominated(point))
+        assert point["on_held_out_front"] or point["macs_ratio"] == 1.0  # only the full network
+    front_macs = {c["macs"] for c in candidates if not dominated(c)}
+    assert front_macs <= {p["macs"] for p in result["points"]}  # the whole front is reported
+    assert min(c["macs_ratio"] for c in candidates) == pytest.approx(result["smallest_ratio"])
+
+
+def test_exported_subnets_reproduce_the_test_accuracy(evaluated_tiny_run, capsys):
+    _, result = evaluated_tiny_run
+    for point in result["points"]:
+        assert evaluate.main(["--subnet", point["subnet"]]) == 0
+        printed = capsys.readouterr().out
+        assert f"test top-1 {point['test']['top1']:.2f}," in printed
+        assert evaluate.evaluate_subnet(point["subnet"])["top1"] == point["test"]["top1"]
+    # The documented recipe: models.py and slimmable.py only, plain torch layers.
+    saved = torch.load(result["points"][0]["subnet"], weights_only=True)
+    net = slimmable.export(models.get_model(saved["network"], saved["num_classes"],
+                                            **saved["model_options"]), saved["widths"])
+    net.load_state_dict(saved["state_dict"])
+    assert not any(isinstance(m, slimmable.SLIM_LAYERS) for m in net.modules())
+    assert sum(p.numel() for p in net.parameters()) == saved["params"] == result["points"][0]["params"]
+
+
+def test_svg_plots_are_well_formed_with_one_curve_per_run(evaluated_tiny_run):
+    workdir, result = evaluated_tiny_run
+    root = ET.parse(workdir / "results" / "tiny_pareto.svg").getroot()
+    assert root.tag == EVAL_SVG_NS + "svg" and len(root.findall(f".//{EVAL_SVG_NS}polyline")) == 1
+    copy = json.loads((workdir / "results" / "tiny_eval_pareto.json").read_text())
+    copy["name"] = "tiny_copy"
+    for point in copy["points"]:
+        point["test"]["top1"] = max(0.0, point["test"]["top1"] - 5)
+    (workdir / "results" / "tiny_copy_eval_pareto.json").write_text(json.dumps(copy))
+    rows = evaluate.compare(["tiny", "tiny_copy"], str(workdir / "both.svg"))
+    curves = ET.parse(workdir / "both.svg").getroot().findall(f".//{EVAL_SVG_NS}polyline")
+    assert len(curves) == 2 and curves[0].get("stroke") != curves[1].get("stroke")
+    best = max(p["test"]["top1"] for p in result["points"])
+    assert rows[0]["top1_at"][1.0] == best and rows[1]["top1_at"][1.0] == max(0.0, best - 5)
+    below_smallest = result["smallest_ratio"] / 2
+    assert evaluate.top1_at(result["points"], below_smallest) is None
+
+
+def test_user_errors_exit_2_with_one_line(evaluated_tiny_run, capsys):
+    workdir, _ = evaluated_tiny_run
+    done = subprocess.run([sys.executable, str(EVAL_REPO / "evaluate.py"), "--name", "no_such_run"],
+                          cwd=workdir, env=eval_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and done.stderr.startswith("error: ")
+    assert len(done.stderr.strip().splitlines()) == 1 and "no_such_run" in done.stderr
+    (workdir / "bad.json").write_text("{not json")
+    (workdir / "runs" / "broken").mkdir()
+    (workdir / "runs" / "broken" / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    for argv in (["--name", "tiny", "--configs", "bad.json"], ["--name", "broken"],
+                 ["--subnet", "bad.json"], ["--compare", "tiny", "no_such_run"]):
+        assert evaluate.main(argv) == 2, argv
+        error = capsys.readouterr().err
+        assert error.startswith("error: ") and len(error.strip().splitlines()) == 1, (argv, error)
+
+
+def test_uniform_configs_are_evenly_spaced_in_macs():
+    net = models.get_model("slim_resnet20", 10)
+    configs, targets = evaluate.uniform_configs(net, 0.42)
+    assert configs.shape == (40, len(net.width_groups)) and np.all(configs == configs[:, :1])
+    reached = slimmable.macs(net, configs).astype(float)
+    assert reached[0] == slimmable.macs(net, 0.42) and reached[-1] == slimmable.macs(net, 1.0)
+    np.testing.assert_allclose(targets, np.linspace(reached[0], reached[-1], 40))
+    assert np.all(np.diff(reached) >= 0)
+    # Rounding makes MACs a step function of the multiplier: each target is met to within half
+    # the largest step, and at least as closely as the quadratic guess f = sqrt(MACs ratio).
+    grid = np.linspace(0.42, 1.0, 4001)
+    path = slimmable.macs(net, np.repeat(grid[:, None], len(net.width_groups), 1)).astype(float)
+    assert np.all(np.abs(reached - targets) <= np.diff(path).max() / 2 + 1)
+    guess = np.sqrt(targets / targets[-1])
+    guessed = slimmable.macs(net, np.repeat(guess[:, None], len(net.width_groups), 1)).astype(float)
+    assert np.all(np.abs(reached - targets) <= np.abs(guessed - targets) + 1)
+    assert np.abs(reached - targets).mean() < np.abs(guessed - targets).mean()
+
+
+def test_step_curve_keeps_the_best_accuracy_so_far():
+    assert evaluate.step_curve([(3, 50), (1, 40), (2, 30)], right_end=4) == \
+        [(1, 40), (3, 40), (3, 50), (4, 50)]
+    ticks = evaluate.nice_ticks(0, 10.4)
+    assert ticks[0] == 0 and ticks[-1] <= 10.4 and len(ticks) >= 4
+
+
+# ---------------------------------------------------------------------------------------------
+# search.py
+
+SEARCH_DATA = ["--synthetic_train", "400", "--val_size", "100", "--synthetic_test", "100", "--workers", "0"]
+SEARCH = dict(steps=4, search_images=50, threads=1)
+RATIOS = [0.9, 0.8, 0.7]
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """A folder holding runs/sn/checkpoint.pt: a slim_resnet20 supernet (--method random)."""
+    path = tmp_path_factory.mktemp("search")
+    previous = os.getcwd()
+    os.chdir(path)
+    assert train.main(["--name", "sn", "--method", "random", "--epochs", "1", "--batch_size", "50",
+                       "--threads", "1", *SEARCH_DATA]) == 0
+    yield path
+    os.chdir(previous)
+
+
+@pytest.fixture(scope="module")
+def searched(workdir):
+    return search.run_search("sn", target_ratios=RATIOS, **SEARCH)
+
+
+def same_path(result):
+    """What must not change when a search is interrupted and resumed (not the timings)."""
+    history = [{k: v for k, v in h.items() if k != "seconds"} for h in result["history"]]
+    return result["records"], history
+
+
+def test_configs_meet_their_targets_and_shrink_as_targets_do(workdir, searched):
+    full = slimmable.macs(models.get_model("slim_resnet20", 10), 1.0)
+    records = searched["records"]
+    assert searched["finished"] and len(records) == 3
+    targets = [r["target_mflops"] for r in records]
+    assert targets == sorted(targets, reverse=True)
+    assert targets == pytest.approx([r * full / 1e6 for r in RATIOS])
+    for record in records:
+        assert record["macs"] <= record["target_mflops"] * 1e6
+        assert os.path.exists(os.path.join("runs", "sn", "search", record["file"]))
+    macs = [r["macs"] for r in records]
+    assert macs == sorted(macs, reverse=True)
+    # One group loses one level per step, and a configuration is recorded when first under target.
+    history = searched["history"]
+    assert [h["step"] for h in history] == list(range(1, searched["steps"] + 1))
+    assert all(a["macs"] > b["macs"] for a, b in zip(history, history[1:]))
+    for record in records:
+        before = history[record["step"] - 2]["macs"] if record["step"] > 1 else full
+        assert before > record["target_mflops"] * 1e6
+    assert searched["total_evaluations"] == searched["evaluations"] > searched["steps"]
+
+
+def test_levels_are_deduplicated_and_stay_in_the_trained_range(searched):
+    net = models.get_model("slim_mobilenetv2", 1000, input_size=64)
+    levels = search.width_levels(net, 2 / 12, 12)
+    by_name = dict(zip((g.name for g in net.width_groups), levels))
+    assert by_name["stage2.out"] == [8, 16, 24]  # mmrazor 1.x tries 11 levels here, 8 of them repeats
+    for group, channels in zip(net.width_groups, levels):
+        assert channels == sorted(set(channels)) and channels[-1] == group.channels
+        assert all(c % 8 == 0 for c in channels)
+    net = models.get_model("slim_resnet20", 10)
+    levels = search.width_levels(net, 0.42, 12)
+    for group, channels in zip(net.width_groups, levels):
+        lowest = int(slimmable.round_channels(0.42, group.channels, group.divisor))
+        assert channels[0] == lowest and min(channels) >= lowest
+        assert len(channels) == len(set(channels)) <= 13
+    # The searched configurations only use levels of the 4-step grid, never below the minimum.
+    grid = search.width_levels(net, 0.42, SEARCH["steps"])
+    for record in searched["records"]:
+        for group, channels in zip(net.width_groups, grid):
+            assert record["channels"][group.name] in channels
+
+
+def test_an_interrupted_search_resumes_to_the_same_result(workdir, searched):
+    os.makedirs("runs/sn_resume", exist_ok=True)
+    shutil.copy("runs/sn/checkpoint.pt", "runs/sn_resume/checkpoint.pt")
+    first = search.run_search("sn_resume", target_ratios=RATIOS, max_steps=2, **SEARCH)
+    assert not first["finished"] and first["steps"] == 2
+    second = search.run_search("sn_resume", target_ratios=RATIOS, **SEARCH)
+    assert second["finished"]
+    assert same_path(second) == same_path(searched)
+    assert second["total_evaluations"] == searched["total_evaluations"]
+    assert second["evaluations"] < searched["evaluations"]  # the first two steps were not redone
+
+
+def test_resuming_with_other_settings_is_refused(workdir, searched, capsys):
+    argv = ["--name", "sn", "--target_ratios", *map(str, RATIOS), "--steps", "4",
+            "--search_images", "40", "--threads", "1"]
+    assert search.main(argv) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and error[0].startswith("error: ") and "search_images" in error[0]
+
+
+@pytest.mark.parametrize("flags", [["--target_flops", "1000"], ["--target_flops", "0.5"],
+                                   ["--target_ratios", "0.8", "1.5"], []])
+def test_bad_targets_end_in_one_line_and_status_2(workdir, flags, capsys):
+    assert search.main(["--name", "sn", *flags]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and error[0].startswith("error: ")
+
+
+def test_command_line_exit_status(workdir):
+    done = subprocess.run([sys.executable, os.path.join(HERE, "search.py"), "--name", "sn",
+                           "--target_flops", "1"], capture_output=True, text=True)
+    assert done.returncode == 2
+    assert done.stderr.strip().startswith("error: ") and len(done.stderr.strip().splitlines()) == 1
+    assert "below the smallest reachable" in done.stderr
+
+
+def test_configs_round_trip_through_load_config_train_and_evaluate(workdir, searched):
+    files = [os.path.join("runs", "sn", "search", r["file"]) for r in searched["records"]]
+    assert sorted(glob.glob("runs/sn/search/*.json")) == sorted(files)  # evaluate.py reads *.json
+    net = models.get_model("slim_resnet20", 10)
+    for path, record in zip(files, searched["records"]):
+        widths, saved = slimmable.load_config(path, net)
+        assert slimmable.group_channels(net, widths) == record["channels"]
+        assert saved["macs"] == record["macs"] and saved["step"] == record["step"]
+        assert saved["heldout_top1"] == pytest.approx(record["heldout_top1"])
+    assert train.main(["--name", "retrained", "--method", "fixed", "--channel_config", *files,
+                       "--epochs", "1", "--batch_size", "100", "--threads", "1", *SEARCH_DATA]) == 0
+    checkpoint = torch.load("runs/retrained/checkpoint.pt", weights_only=False)
+    retrained = [slimmable.group_channels(net, widths) for widths in checkpoint["fixed_configs"]]
+    assert retrained == [r["channels"] for r in searched["records"]]
+    result = evaluate.evaluate_run("sn", argv=["--name", "sn", "--configs", *files,
+                                               "--calib_batches", "1", "--batch_size", "100"])
+    evaluated = sorted(list(c["channels"].values()) for c in result["candidates"])
+    assert evaluated == sorted(list(r["channels"].values()) for r in searched["records"])
+
+
+def test_resumed_scoring_equals_scoring_from_the_image():
+    """Resuming candidates at their first changed block gives the scores of a full forward with
+    slimmable.calibrate_bn, for both BN policies."""
+    torch.manual_seed(0)
+    for name in ("slim_resnet20", "slim_mobilenetv2"):
+        net = models.get_model(name, 10, input_size=32).train()
+        with torch.no_grad():
+            net(torch.randn(8, 3, 32, 32))  # running statistics that are not the defaults
+        calibration = [torch.randn(12, 3, 32, 32) for _ in range(2)]
+        score = [(torch.randn(10, 3, 32, 32), torch.randint(0, 10, (10,))) for _ in range(2)]
+        levels = search.width_levels(net, 0.42, 12)
+        index = [max(0, len(g) - 2) for g in levels]
+        current = search.widths_at(net, levels, index)
+        candidates = [(g, search.widths_at(net, levels, index[:g] + [i - 1] + index[g + 1:]), g)
+                      for g, i in enumerate(index) if i > 0]
+        for bn in ("calibrate", "batch"):
+            with torch.inference_mode():
+                resumed = search.CandidateScorer(net, calibration, score, bn).evaluate(current, candidates)
+                assert max(search.CandidateScorer(net, calibration, score, bn).resume_of_group) > 3
+            for group, widths, _ in candidates:
+                slimmable.set_widths(net, widths)
+                if bn == "calibrate":
+                    slimmable.calibrate_bn(net, calibration)
+                    with torch.no_grad():
+                        logits = [net.eval()(x) for x, _ in score]
+                else:
+                    with slimmable.batch_statistics(net):
+                        logits = [net(x) for x, _ in score]
+                loss = sum(float(torch.nn.functional.cross_entropy(z, y, reduction="sum"))
+                           for z, (_, y) in zip(logits, score))
+                hits = sum(int((z.argmax(1) == y).sum()) for z, (_, y) in zip(logits, score))
+                assert resumed[group][0] == hits
+                assert resumed[group][1] == pytest.approx(loss, rel=1e-5)
+
+
+def test_best_candidate_and_file_names():
+    assert search.best_candidate({0: (5, 1.0), 1: (6, 2.0), 2: (6, 1.5), 3: (6, 1.5)}) == 2
+    assert search.mflops_name(20) == "FLOPS_20M.json"
+    assert search.mflops_name(12.5) == "FLOPS_12.5M.json"
+    assert search.mflops_name(36.495936) == "FLOPS_36.5M.json"
+
+
+def test_torchrun_ranks_share_the_candidates_and_agree(workdir, searched):
+    """Two processes (gloo) score half the candidates each and find the same configurations."""
+    os.makedirs("runs/sn_ranks", exist_ok=True)
+    shutil.copy("runs/sn/checkpoint.pt", "runs/sn_ranks/checkpoint.pt")
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           "--nproc_per_node=2", os.path.join(HERE, "search.py"), "--name", "sn_ranks",
+                           "--target_ratios", *map(str, RATIOS), "--steps", "4", "--search_images",
+                           "50", "--threads", "1"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "2 process(es)" in done.stdout
+    with open("runs/sn_ranks/search/search.state") as handle:
+        state = json.load(handle)
+    assert state["records"] == json.loads(json.dumps(searched["records"]))
+
+
+def test_scorer_runs_from_the_image_when_blocks_do_not_chain():
+    """A forward that reuses an early activation late cannot be resumed at a block: detected."""
+    net = models.get_model("slim_resnet20", 10)
+    score = [(torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,)))]
+    assert max(search.CandidateScorer(net, [], score, "batch").resume_of_group) > 0
+    chained = net.forward
+
+    def forward_with_a_long_skip(x):
+        return chained(x) + net.conv1(x).mean()
+
+    net.forward = forward_with_a_long_skip
+    assert search.CandidateScorer(net, [], score, "batch").resume_of_group == [0] * 12
+
+
+def test_every_flag_is_explained(capsys):
+    with pytest.raises(SystemExit) as leaving:
+        search.main(["--help"])
+    assert leaving.value.code == 0
+    text = capsys.readouterr().out
+    for flag in ("--target_flops", "--target_ratios", "--steps", "--bn", "--search_images",
+                 "--eval_batch_size", "--calib_batches", "--pause_after", "--restart", "--val_size"):
+        assert flag in text
+    assert all(action.help for action in search.build_parser()._actions)

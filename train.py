@@ -70,7 +70,7 @@ def parse_args(argv=None):
              "widths (AutoSlim supernet); fixed: the --channel_config configurations")
     add("--channel_config", nargs="+", default=[], metavar="FILE",
         help="JSON configurations (from search.py) to retrain with --method fixed")
-    add("--epochs", type=int, default=6, help="training epochs (default: 6)")
+    add("--epochs", type=int, default=4, help="training epochs (default: 4)")
     add("--warmup", type=float, default=1, help="linear learning-rate warmup, in epochs")
     add("--baselr", type=float, default=0.1, help="peak lr = baselr * batch_size / 256")
     add("--scheduler", default="cosine_decay", choices=["linear_decay", "cosine_decay"],
@@ -79,6 +79,9 @@ def parse_args(argv=None):
     add("--nesterov", action="store_true", help="Nesterov momentum")
     add("--wd", type=float, default=5e-4,
         help="weight decay (not applied to BN parameters and biases)")
+    add("--distill_after", type=float, default=1,
+        help="epochs during which the students learn from the labels before in-place "
+             "distillation starts (0: distil from the first step, as the reference)")
     add("--label_smoothing", type=float, default=0.1, help="label smoothing of the full network")
     add("--batch_size", type=int, default=128, help="global batch size over all processes")
     add("--lower_channel", type=float, default=0.42,
@@ -227,12 +230,15 @@ def distillation_loss(student_logits, teacher_probs):
     return -(teacher_probs * F.log_softmax(student_logits, dim=1)).sum(dim=1).mean()
 
 
-def train_step(model, net, inputs, targets, configs, args, autocast):
+def train_step(model, net, inputs, targets, configs, args, autocast, distill=True):
     """One sandwich step; ``configs`` are the student configurations (multiplier lists).
 
-    With ``args.method == 'fixed'`` every configuration learns from the labels instead. Under
-    DDP the gradients are all-reduced once, in the last backward (``no_sync`` for the others).
-    Returns the losses of the first and the last network trained.
+    Students learn from the full network's predictions when ``distill``, else from the labels
+    (during ``--distill_after``: a teacher at chance has nothing to teach, and three students
+    pulled towards its uniform output kept the shared weights at chance on the synthetic set).
+    With ``args.method == 'fixed'`` every configuration learns from the labels. Under DDP the
+    gradients are all-reduced once, in the last backward (``no_sync`` for the others). Returns
+    the losses of the first and the last network trained.
     """
     teacher_probs, losses = None, []
     passes = [None] + configs if args.method != "fixed" else configs
@@ -243,13 +249,12 @@ def train_step(model, net, inputs, targets, configs, args, autocast):
             slimmable.set_widths(net, 1.0 if widths is None else widths)
             with autocast():
                 logits = model(inputs)
-                if teacher_probs is None and args.method != "fixed":
-                    loss = F.cross_entropy(logits, targets, label_smoothing=args.label_smoothing)
-                    teacher_probs = F.softmax(logits.detach().float(), dim=1)
-                elif args.method == "fixed":
-                    loss = F.cross_entropy(logits, targets, label_smoothing=args.label_smoothing)
-                else:
+                if index > 0 and distill and args.method != "fixed":
                     loss = distillation_loss(logits.float(), teacher_probs)
+                else:
+                    loss = F.cross_entropy(logits, targets, label_smoothing=args.label_smoothing)
+                if index == 0:
+                    teacher_probs = F.softmax(logits.detach().float(), dim=1)
             loss.backward()
         losses.append(loss.detach())
     return losses[0], losses[-1]
@@ -346,6 +351,7 @@ def run(args):
         raise Fail(f"the training set is smaller than one batch of {args.batch_size}")
     total_steps = args.epochs * steps_per_epoch
     warmup_steps = int(args.warmup * steps_per_epoch)
+    distill_after_steps = int(args.distill_after * steps_per_epoch)
     peak_lr = args.baselr * args.batch_size / 256
     optimizer = make_optimizer(net, args, peak_lr)
     step, window_configs, val_batches_used = 0, None, 0
@@ -440,7 +446,7 @@ def run(args):
                     group["lr"] = lr
                 optimizer.zero_grad(set_to_none=True)
                 full_loss, small_loss = train_step(model, net, inputs, targets, window_configs,
-                                                   args, autocast)
+                                                   args, autocast, step >= distill_after_steps)
                 optimizer.step()
                 step += 1
                 run_steps += 1
