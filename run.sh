@@ -42,6 +42,16 @@ case "$job" in
     echo "[run.sh] results: results/demo_eval_pareto.txt, results/demo_eval_pareto.json," \
          "results/demo_pareto.svg; checkpoint and log: runs/demo/"
     ;;
+  autoslim)
+    # supernet with random widths -> greedy search at three targets -> joint retraining of the
+    # three configurations -> split into standalone models -> test each one
+    python train.py --name autoslim --method random "$@"
+    python search.py --name autoslim --target_ratios 0.75 0.5 0.3
+    python train.py --name autoslim_retrain --method fixed \
+        --channel_config runs/autoslim/search/FLOPS_*.json
+    python evaluate.py --name autoslim_retrain --export subnets/autoslim
+    for subnet in subnets/autoslim/*.pt; do python evaluate.py --subnet "$subnet"; done
+    ;;
   compare)
     exec python bench.py quality "$@"
     ;;

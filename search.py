@@ -79,7 +79,7 @@ def build_parser():
                          help="targets as fractions of the full network's MACs, e.g. 0.75 0.5 0.3")
     add("--steps", type=int, default=12,
         help="levels per group: k/STEPS of its full width, k = 1..STEPS, cut at the trained "
-             "minimum (AutoSlim: 12; its paper: 10)")
+             "minimum (default 12 as AutoSlim's code; its paper: 10)")
     add("--bn", default="batch", choices=["batch", "calibrate"],
         help="BN statistics of a candidate. batch (default): each scoring batch normalizes with "
              "its own statistics; one forward of the held-out images per candidate, fair when "
@@ -93,9 +93,10 @@ def build_parser():
         help="images per scoring forward; under --bn batch also the images each BN averages "
              "over (default: 1000)")
     add("--calib_batches", type=int, default=4,
-        help="--bn calibrate: training batches, drawn once, that calibrate every candidate")
-    add("--batch_size", type=int, default=128, help="--bn calibrate: images per training batch")
-    add("--seed", type=int, default=0, help="seed of the calibration batches")
+        help="--bn calibrate: training batches, drawn once, that calibrate every candidate "
+             "(default: 4)")
+    add("--batch_size", type=int, default=128, help="--bn calibrate: images per training batch (default: 128)")
+    add("--seed", type=int, default=0, help="seed of the calibration sample (default: 0)")
     add("--pause_after", type=int, default=0,
         help="save and stop after this many steps of this call (rerun to go on)")
     add("--restart", action="store_true",

@@ -190,7 +190,7 @@ def test_export_equals_slimmable_model(name):
     _randomize_bn(net)
     size = net.input_size
     x = torch.randn(2, 3, size, size)
-    for widths in [1.0, 0.42, random_widths(net, generator), random_widths(net, generator)]:
+    for widths in [1.0, 0.42, random_widths(net, generator)]:
         slimmable.set_widths(net, widths)
         static = slimmable.export(net, widths)
         assert not any(isinstance(m, slimmable.SLIM_LAYERS) for m in static.modules())
