@@ -297,11 +297,15 @@ def build_sampler(args, net, num_dims):
 def main(argv=None):
     args = parse_args(argv)
     try:
-        return run(args)
+        status = run(args)
     except (Fail, data.DataError) as error:
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
         print(f"error: {message}", file=sys.stderr)
         return 2
+    if dist.is_initialized():  # a rank leaving while gloo still talks to it aborts the other
+        dist.barrier()
+        dist.destroy_process_group()
+    return status
 
 
 def run(args):
