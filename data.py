@@ -533,6 +533,23 @@ def get_loaders(args, batch_size, eval_batch_size=None):
                    canonical_dataset_name(args.dataset))
 
 
+def setup_distributed(device_flag):
+    """``(device, rank, world size)`` from torchrun's environment variables (one process without
+    them): the process group of train.py, search.py and evaluate.py, which shard the data here."""
+    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    use_cuda = device_flag.startswith("cuda") or (device_flag == "auto" and torch.cuda.is_available())
+    if use_cuda and not torch.cuda.is_available():
+        raise DataError("--device cuda asked for, but no CUDA device is available")
+    device = torch.device(f"cuda:{local_rank}" if use_cuda else "cpu")
+    if use_cuda:
+        torch.cuda.set_device(device)
+    if world_size > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if use_cuda else "gloo")
+    rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+    return device, rank, world_size
+
+
 def set_epoch(loaders, epoch):
     """Reshuffle the distributed training shards for `epoch` (a no-op without distributed)."""
     if isinstance(loaders.train.sampler, DistributedSampler):

@@ -269,18 +269,12 @@ def use_cuda(device_flag):
 
 
 def setup_distributed(args):
-    """``(device, rank, world size)`` from torchrun's environment variables (1 process without)."""
-    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    """``(device, rank, world size)`` (data.setup_distributed), with this script's thread count."""
+    device, rank, world_size = data.setup_distributed(args.device)
     local_size = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
-    cuda = use_cuda(args.device)
-    device = torch.device(f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if cuda else "cpu")
-    if cuda:
-        torch.cuda.set_device(device)
-    if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if cuda else "gloo")
     if args.threads or world_size > 1:
         torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) // local_size))
-    return device, (dist.get_rank() if dist.is_initialized() else 0), world_size
+    return device, rank, world_size
 
 
 def share_out(measure, count, rank, world_size):

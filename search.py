@@ -364,20 +364,6 @@ class CandidateScorer:
 # The search
 
 
-def setup_distributed(device_flag):
-    world_size = int(os.environ.get("WORLD_SIZE", 1))
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    use_cuda = device_flag.startswith("cuda") or (device_flag == "auto" and torch.cuda.is_available())
-    if use_cuda and not torch.cuda.is_available():
-        raise Fail("--device cuda asked for, but no CUDA device is available")
-    device = torch.device(f"cuda:{local_rank}" if use_cuda else "cpu")
-    if use_cuda:
-        torch.cuda.set_device(device)
-    if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo")
-    return device, (dist.get_rank() if dist.is_initialized() else 0), world_size
-
-
 def gather(mine, world_size):
     """Merge every rank's ``{key: result}`` dict, on every rank."""
     if world_size == 1:
@@ -438,7 +424,7 @@ def run_search(name="demo", targets_mflops=None, target_ratios=None, max_steps=0
 
 def search(args, given):
     check_args(args)
-    device, rank, world_size = setup_distributed(args.device)
+    device, rank, world_size = data.setup_distributed(args.device)
     torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) // int(
         os.environ.get("LOCAL_WORLD_SIZE", world_size))))
     start_time = time.time()

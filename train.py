@@ -131,21 +131,7 @@ class Fail(Exception):
 
 
 # ---------------------------------------------------------------------------------------------
-# Distributed set-up: torchrun's environment variables, nothing else
-
-
-def setup_distributed(device_flag):
-    world_size = int(os.environ.get("WORLD_SIZE", 1))
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    use_cuda = device_flag.startswith("cuda") or (device_flag == "auto" and torch.cuda.is_available())
-    if use_cuda and not torch.cuda.is_available():
-        raise Fail("--device cuda asked for, but no CUDA device is available")
-    device = torch.device(f"cuda:{local_rank}" if use_cuda else "cpu")
-    if use_cuda:
-        torch.cuda.set_device(device)
-    if world_size > 1:
-        dist.init_process_group("nccl" if use_cuda else "gloo")
-    return device, dist.get_rank() if world_size > 1 else 0, world_size
+# Distributed helpers (the process group itself: data.setup_distributed)
 
 
 def broadcast_array(array, device, rank):
@@ -309,7 +295,7 @@ def main(argv=None):
 
 
 def run(args):
-    device, rank, world_size = setup_distributed(args.device)
+    device, rank, world_size = data.setup_distributed(args.device)
     threads = args.threads or max(1, (os.cpu_count() or 1) // int(os.environ.get(
         "LOCAL_WORLD_SIZE", world_size)))
     torch.set_num_threads(threads)
