@@ -40,20 +40,25 @@ def machine():
             f"torch {torch.__version__} with {torch.get_num_threads()} threads, {device}")
 
 
-def _step_seconds(model, inputs, targets):
-    """Wall time of one forward+backward pass."""
+def _step_seconds(model, inputs, targets, steps=1):
+    """Wall time of one forward+backward pass (gradients reset as an optimizer step would),
+    averaged over ``steps`` passes."""
     start = time.perf_counter()
-    loss = torch.nn.functional.cross_entropy(model(inputs), targets)
-    loss.backward()
-    return time.perf_counter() - start
+    for _ in range(steps):
+        model.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(model(inputs), targets).backward()
+    return (time.perf_counter() - start) / steps
 
 
-def bench_overhead(networks, widths_list=(1.0, 0.71, 0.42), batch_size=64, repeats=5,
-                   imagenet_size=112):
+def bench_overhead(networks, widths_list=(1.0, 0.71, 0.42), batch_size=64, repeats=8,
+                   imagenet_size=112, block_seconds=0.5):
     """Forward+backward time of the slimmable model at a width against ``slimmable.export`` of it,
-    alternating the two, median over ``repeats``. Ratio = slimmable / static (goal <= 1.05)."""
+    alternating the two, median over ``repeats`` blocks of about ``block_seconds`` each (single
+    steps of 60 ms were too noisy: A/A differences of 5%). Ratio = slimmable / static (goal
+    <= 1.05)."""
     print(f"slimmable vs static, forward+backward, batch {batch_size}, median of {repeats} "
-          f"alternating runs (ImageNet networks at {imagenet_size}x{imagenet_size})")
+          f"alternating blocks of ~{block_seconds:g} s (ImageNet networks at "
+          f"{imagenet_size}x{imagenet_size})")
     print(f"{'network':<24}{'width':>6}{'slim ms':>10}{'static ms':>11}{'ratio':>8}")
     rows = []
     for name in networks:
@@ -66,13 +71,13 @@ def bench_overhead(networks, widths_list=(1.0, 0.71, 0.42), batch_size=64, repea
         for widths in widths_list:
             slimmable.set_widths(net, widths)
             static = slimmable.export(net, widths).train()
+            _step_seconds(static, inputs, targets)  # warm-up
+            steps = max(1, round(block_seconds / _step_seconds(net, inputs, targets)))
             slim_times, static_times = [], []
-            for i in range(repeats + 1):  # the first round warms both up and is dropped
-                for model, times in ((net, slim_times), (static, static_times)):
-                    model.zero_grad(set_to_none=True)
-                    seconds = _step_seconds(model, inputs, targets)
-                    if i > 0:
-                        times.append(seconds)
+            for i in range(repeats):  # alternate which one goes first
+                pair = ((net, slim_times), (static, static_times))
+                for model, times in pair if i % 2 == 0 else pair[::-1]:
+                    times.append(_step_seconds(model, inputs, targets, steps))
             slim_ms = 1000 * statistics.median(slim_times)
             static_ms = 1000 * statistics.median(static_times)
             rows.append((name, widths, slim_ms, static_ms, slim_ms / static_ms))
@@ -432,7 +437,7 @@ def main():
     parser.add_argument("--networks", nargs="+", default=list(models.NETWORKS),
                         choices=list(models.NETWORKS), metavar="NAME",
                         help="networks for the overhead benchmark (default: all)")
-    parser.add_argument("--repeats", type=int, default=5, help="timed repetitions per entry")
+    parser.add_argument("--repeats", type=int, default=8, help="overhead: timed blocks per entry")
     parser.add_argument("--batch_size", type=int, default=64, help="batch for the overhead benchmark")
     parser.add_argument("--imagenet_size", type=int, default=112,
                         help="input resolution of the ImageNet networks in the overhead benchmark")
@@ -443,6 +448,7 @@ def main():
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(machine())
+    print(f"glibc malloc keeps freed memory (slimmable.keep_freed_memory): {slimmable.keep_freed_memory()}")
     if args.what == "quality":
         bench_quality(args.seeds, args.quick)
     if args.what in ("speed", "macs"):

@@ -8,7 +8,8 @@ A slimmable network is judged by a curve: the best top-1 accuracy it reaches at 
    spaced in MACs, found by bisection (channel rounding makes MACs only roughly quadratic in
    the multiplier). AutoSlim (method ``random``): search.py's ``runs/NAME/search/*.json``
    (without them, the 40 uniform widths). All three add the smallest and the full network.
-   ``fixed``: the retrained configurations. ``--configs FILE...``: any channel configs;
+   ``fixed``: the retrained configurations, every one reported (each is a model of its own,
+   trained for its target). ``--configs FILE...``: any channel configs;
 2. calibrates BN for each one: training leaves running statistics that mix every width, so each
    candidate gets its own, averaged over the same ``--calib_batches`` training batches;
 3. selects the front on held-out data: every candidate is scored on the ``val`` split (carved
@@ -25,7 +26,7 @@ ascending to 1.0, test top-1 %, test top-5 %; ``numpy.loadtxt`` gives shape (3, 
     python train.py --name demo --epochs 1
     python evaluate.py --name demo                        # front, area, files in results/
     python evaluate.py --name demo --export subnets       # a standalone model per front point
-    python evaluate.py --subnet subnets/demo_00_7.36M.pt  # test one of them
+    python evaluate.py --subnet subnets/demo_00_7.36M.pt  # test one of them (or several: a table)
     python evaluate.py --compare demo slim_demo           # several fronts on one plot, a table
     torchrun --nproc_per_node=2 evaluate.py --name demo   # candidates shared out over processes
 
@@ -89,7 +90,8 @@ def build_parser():
     add("--configs", nargs="+", default=[], metavar="FILE", help="evaluate these JSON channel "
         "configs instead of the run's candidates (files results/NAME_configs_*)")
     add("--export", metavar="DIR", help="save each front configuration as a standalone model in DIR")
-    add("--subnet", metavar="FILE", help="test one model saved by --export on the test split")
+    add("--subnet", nargs="+", metavar="FILE", help="test models saved by --export on the test "
+        "split; several files end with one table (target, MACs, params, top-1)")
     add("--compare", nargs="+", metavar="NAME", help="plot the fronts of these runs on one SVG, "
         "print their areas and top-1 at matched MACs (runs without results are evaluated)")
     add("--out", metavar="PATH", help="--compare: SVG path (default: results/compare_NAMES.svg)")
@@ -198,11 +200,11 @@ def candidate_configs(net, checkpoint, args, say):
         return [list(map(float, c)) for c in checkpoint.get("fixed_configs") or []], \
             "the retrained --channel_config configurations"
     if method == "random":
-        paths = sorted(glob.glob(os.path.join(RUNS_DIR, args.name, "search", "*.json")))
+        paths = sorted(glob.glob(os.path.join(RUNS_DIR, args.name, "search", "FLOPS_*.json")))
         if paths:
             return ends + [config_widths(path, net) for path in paths], \
                 f"the smallest, the full network and {len(paths)} searched configurations"
-        say(f"note: no runs/{args.name}/search/*.json yet (search.py writes AutoSlim's widths "
+        say(f"note: no runs/{args.name}/search/FLOPS_*.json yet (search.py writes AutoSlim's widths "
             f"there); evaluating {UNIFORM_COUNT} uniform widths instead")
     return ends + uniform_configs(net, args.lower_channel)[0].tolist(), \
         f"{UNIFORM_COUNT} uniform widths evenly spaced in MACs"
@@ -271,6 +273,7 @@ def use_cuda(device_flag):
 def setup_distributed(args):
     """``(device, rank, world size)`` (data.setup_distributed), with this script's thread count."""
     device, rank, world_size = data.setup_distributed(args.device)
+    slimmable.keep_freed_memory()
     local_size = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
     if args.threads or world_size > 1:
         torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) // local_size))
@@ -325,9 +328,14 @@ def evaluate_run(name, overrides=None, argv=None):
     configs, source = candidate_configs(net, checkpoint, args, say)
     if not configs:
         raise Fail(f"run {name} has no configurations to evaluate; pass --configs FILE...")
+    retrained = checkpoint["method"] == "fixed" and not args.configs
+    sources = (checkpoint.get("fixed_sources") or []) if retrained else []
     candidates = {}
-    for widths in configs:  # of configurations with the same channel counts, keep the first
+    for index, widths in enumerate(configs):  # of configs with the same channels, keep the first
         record = describe(net, widths, full_macs)
+        if index < len(sources):
+            record.update(config_file=sources[index]["file"],
+                          target_mflops=sources[index]["target_mflops"])
         candidates.setdefault(tuple(record["channels"].values()), record)
     candidates = list(candidates.values())
     calib_count = args.calib_batches or math.ceil(CALIBRATION_IMAGES / args.batch_size)
@@ -352,7 +360,10 @@ def evaluate_run(name, overrides=None, argv=None):
     front = set(pareto_front([c["macs"] for c in candidates],
                              [100 - c["held_out"]["top1"] for c in candidates]).tolist())
     full = {i for i, c in enumerate(candidates) if c["macs"] == full_macs}  # the reference's anchor
-    chosen = sorted(front | full, key=lambda i: candidates[i]["macs"])
+    # Retrained configurations are separate models, each trained for its own target: all of them
+    # are reported (and exported), dominated or not.
+    reported = set(range(len(candidates))) if retrained else front | full
+    chosen = sorted(reported, key=lambda i: candidates[i]["macs"])
 
     def test(k):
         widths = candidates[chosen[k]]["widths"]
@@ -436,7 +447,8 @@ def save_subnet(args, checkpoint, index, point, state_dict):
               "num_classes": checkpoint["num_classes"],
               "model_options": checkpoint.get("model_options") or {}, "run": args.name,
               **{key: point[key] for key in ("widths", "channels", "macs", "params", "held_out",
-                                             "test")}, "data": data_args}
+                                             "test", "target_mflops", "config_file")
+                 if key in point}, "data": data_args}
     write_atomic(path, lambda handle: torch.save(record, handle), "wb")
     return path
 
@@ -468,7 +480,21 @@ def evaluate_subnet(path, argv=None):
     print(f"{path}: {record['network']} at {record['macs'] / 1e6:.2f}M MACs, {counted:,} params; "
           f"test top-1 {result['top1']:.2f}, top-5 {result['top5']:.2f} on {result['images']} "
           f"{loaders.dataset} images")
-    return {**result, "macs": record["macs"], "params": counted}
+    return {**result, "macs": record["macs"], "params": counted,
+            "target_mflops": record.get("target_mflops")}
+
+
+def evaluate_subnets(paths, argv=None):
+    """``evaluate_subnet`` for each file; with several, one table at the end (the last step of
+    AutoSlim's pipeline: target, MACs, params and test accuracy of each standalone model)."""
+    rows = [(path, evaluate_subnet(path, argv)) for path in paths]
+    if len(rows) > 1:
+        print(f"\n{'subnet':<40}{'target':>9}{'MACs':>10}{'params':>10}{'top-1':>8}{'top-5':>8}")
+        for path, row in rows:
+            target = f"{row['target_mflops']:.2f}M" if row["target_mflops"] else "-"
+            print(f"{os.path.basename(path):<40}{target:>9}{row['macs'] / 1e6:>9.2f}M"
+                  f"{row['params']:>10,}{row['top1']:>8.2f}{row['top5']:>8.2f}")
+    return rows
 
 
 # ---------------------------------------------------------------------------------------------
@@ -602,7 +628,7 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
         if args.subnet:
-            evaluate_subnet(args.subnet, argv)
+            evaluate_subnets(args.subnet, argv)
         elif args.compare:
             compare(args.compare, args.out, argv=argv)
         else:

@@ -51,9 +51,7 @@ case "$job" in
     python train.py --name autoslim_fixed --method fixed --epochs 2 --workers 0 \
         --channel_config runs/autoslim/search/FLOPS_*.json
     python evaluate.py --name autoslim_fixed --export runs/autoslim_fixed/subnets --workers 0
-    for subnet in runs/autoslim_fixed/subnets/*.pt; do
-      python evaluate.py --subnet "$subnet" --workers 0
-    done
+    python evaluate.py --subnet runs/autoslim_fixed/subnets/*.pt --workers 0   # ends with a table
     ;;
   compare)
     exec python bench.py quality "$@"

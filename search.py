@@ -425,6 +425,7 @@ def run_search(name="demo", targets_mflops=None, target_ratios=None, max_steps=0
 def search(args, given):
     check_args(args)
     device, rank, world_size = data.setup_distributed(args.device)
+    slimmable.keep_freed_memory()
     torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) // int(
         os.environ.get("LOCAL_WORLD_SIZE", world_size))))
     start_time = time.time()

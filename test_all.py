@@ -1183,7 +1183,7 @@ def test_command_line_exit_status(workdir):
     assert "below the smallest reachable" in done.stderr
 
 
-def test_configs_round_trip_through_load_config_train_and_evaluate(workdir, searched):
+def test_configs_round_trip_through_load_config_train_and_evaluate(workdir, searched, capsys):
     files = [os.path.join("runs", "sn", "search", r["file"]) for r in searched["records"]]
     assert sorted(glob.glob("runs/sn/search/*.json")) == sorted(files)  # evaluate.py reads *.json
     net = models.get_model("slim_resnet20", 10)
@@ -1197,6 +1197,20 @@ def test_configs_round_trip_through_load_config_train_and_evaluate(workdir, sear
     checkpoint = torch.load("runs/retrained/checkpoint.pt", weights_only=False)
     retrained = [slimmable.group_channels(net, widths) for widths in checkpoint["fixed_configs"]]
     assert retrained == [r["channels"] for r in searched["records"]]
+    # every retrained model is reported and exported, labelled with its target, and the subnets
+    # end in one table (the last step of ./run.sh autoslim)
+    capsys.readouterr()
+    report = evaluate.evaluate_run("retrained", argv=["--name", "retrained", "--calib_batches", "1",
+                                                      "--export", "subnets"])
+    assert sorted(p["target_mflops"] for p in report["points"]) == \
+        sorted(r["target_mflops"] for r in searched["records"])
+    subnets = sorted(glob.glob("subnets/*.pt"))
+    assert len(subnets) == len(files)
+    assert evaluate.main(["--subnet", *subnets]) == 0
+    table = capsys.readouterr().out.split("\n\n")[-1].strip().splitlines()
+    assert table[0].split() == ["subnet", "target", "MACs", "params", "top-1", "top-5"]
+    assert sorted(row.split()[1] for row in table[1:]) == \
+        sorted(f"{r['target_mflops']:.2f}M" for r in searched["records"])
     result = evaluate.evaluate_run("sn", argv=["--name", "sn", "--configs", *files,
                                                "--calib_batches", "1", "--batch_size", "100"])
     evaluated = sorted(list(c["channels"].values()) for c in result["candidates"])

@@ -296,6 +296,7 @@ def main(argv=None):
 
 def run(args):
     device, rank, world_size = data.setup_distributed(args.device)
+    slimmable.keep_freed_memory()  # sliced weights' full-size gradients: see its docstring
     threads = args.threads or max(1, (os.cpu_count() or 1) // int(os.environ.get(
         "LOCAL_WORLD_SIZE", world_size)))
     torch.set_num_threads(threads)
@@ -331,9 +332,13 @@ def run(args):
     num_dims = len(net.width_groups)
     smallest = [args.lower_channel] * num_dims
     try:
-        fixed_configs = [slimmable.load_config(path, net)[0] for path in args.channel_config]
+        loaded = [slimmable.load_config(path, net) for path in args.channel_config]
     except ValueError as error:
         raise Fail(str(error)) from None
+    fixed_configs = [widths for widths, _ in loaded]
+    # where each configuration came from, so that evaluate.py can label the retrained models
+    fixed_sources = [{"file": path, "target_mflops": record.get("target_mflops")}
+                     for path, (_, record) in zip(args.channel_config, loaded)]
     sampler = build_sampler(args, net, num_dims)
 
     steps_per_epoch = len(loaders.train)
@@ -371,7 +376,8 @@ def run(args):
                 "rng": rng_states(), "args": vars(args), "network": args.network,
                 "method": args.method, "num_classes": loaders.num_classes,
                 "model_options": options, "lower_channel": args.lower_channel,
-                "fixed_configs": fixed_configs, "finished": finished}
+                "fixed_configs": fixed_configs, "fixed_sources": fixed_sources,
+                "finished": finished}
 
     def save(finished=False):
         if rank == 0:
