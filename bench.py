@@ -7,7 +7,11 @@ machine slows both sides alike. Nothing here is asserted by the tests.
     python bench.py overhead            # slimmable vs exported static model, forward+backward
     python bench.py macs                # vectorized MAC counting
     python bench.py overhead --networks slim_resnet20 --repeats 5
+    python bench.py search --name autoslim  # a searched supernet: search speed, searched vs uniform
     python bench.py quality [--quick]   # Joslim vs Slim vs AutoSlim fronts (about an hour)
+    python bench.py quality --seeds 0 --threads 1 &   # the same in about 50 minutes on 2 cores:
+    python bench.py quality --seeds 1 --threads 1     # one process per seed, then
+    python bench.py quality                           # the table of both (reads their results)
 """
 import argparse
 import contextlib
@@ -212,7 +216,7 @@ def bench_training(networks=("slim_resnet20", "slim_resnet56"), batch_size=128, 
 
 
 def bench_window_share(network="slim_resnet56", history=1000, tau=235, batch_size=128,
-                       rescore_limits=(250, 0)):
+                       rescore_limits=(120, 250, 0)):
     """Share of one Joslim window spent outside training (re-scoring the history on one held-out
     batch + two GP proposals) with ``history`` configurations, for the CIFAR recipe's window
     (``tau`` steps of ``batch_size``). ``rescore_limit`` 0 re-scores everything (the reference)."""
@@ -270,13 +274,16 @@ QUALITY_METHODS = {  # label: train.py flags
 }
 
 
-def bench_quality(seeds=(0, 1), quick=False, out_path="results/quality.svg"):
+def bench_quality(seeds=(0, 1), quick=False, out_path="results/quality.svg", threads=None):
     """Joslim (ei, ucb) vs Slim vs AutoSlim on the synthetic set, slim_resnet20, the same training
     steps for every method; AutoSlim = the random-width supernet searched greedily at 9 targets.
     Every run is evaluated by evaluate.py's protocol (BN calibrated per configuration, front
-    selected on held-out data, reported on test). Finished runs are reused: rerun to resume."""
+    selected on held-out data, reported on test). Finished runs are reused: rerun to resume, or
+    run the seeds in parallel processes (``--seeds 0 --threads 1`` and ``--seeds 1 --threads 1``)
+    and then all of them together, which only reads their results."""
     import evaluate
-    flags = ["--network", "slim_resnet20", "--print_freq", "100"]
+    threads = threads or torch.get_num_threads()
+    flags = ["--network", "slim_resnet20", "--print_freq", "100", "--threads", str(threads)]
     if quick:
         flags += ["--epochs", "2", "--synthetic_train", "3000", "--synthetic_test", "1000",
                   "--val_size", "500", "--tau", "10", "--prior_points", "6"]
@@ -290,7 +297,7 @@ def bench_quality(seeds=(0, 1), quick=False, out_path="results/quality.svg"):
                 raise SystemExit(f"training {name} failed")
             if label == "autoslim":
                 search.run_search(name, target_ratios=[0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.25,
-                                                       0.2])
+                                                       0.2], threads=threads)
             print(f"[quality] {name}: trained (and searched) in {time.time() - start:.0f} s",
                   flush=True)
     everything = [name for label in names for name in names[label]]
@@ -445,12 +452,15 @@ def main():
     parser.add_argument("--quick", action="store_true",
                         help="quality: a few minutes instead of about an hour")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="quality: seeds")
+    parser.add_argument("--name", help="search: time the search of this searched supernet "
+                        "(runs/NAME) instead of a tiny one, and compare its configurations with "
+                        "uniform widths at matched MACs")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(machine())
     print(f"glibc malloc keeps freed memory (slimmable.keep_freed_memory): {slimmable.keep_freed_memory()}")
     if args.what == "quality":
-        bench_quality(args.seeds, args.quick)
+        bench_quality(args.seeds, args.quick, threads=args.threads)
     if args.what in ("speed", "macs"):
         bench_macs()
     if args.what in ("speed", "sampler"):
@@ -458,7 +468,10 @@ def main():
     if args.what in ("speed", "converter"):
         bench_converter()
     if args.what in ("speed", "search"):
-        bench_search()
+        bench_search(args.name)
+        if args.name:
+            compare_with_uniform(args.name)
+        torch.set_num_threads(args.threads)  # the search benchmarks run with 1 thread
     if args.what in ("speed", "training"):
         bench_training()
     if args.what in ("speed", "window"):

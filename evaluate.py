@@ -613,10 +613,11 @@ def compare(names, out_path=None, overrides=None, argv=None):
     rows = [{"name": r["name"], "network": r["network"], "method": r["method"], "area": r["area"],
              "top1_at": {level: top1_at(r["points"], level) for level in MATCHED_RATIOS}}
             for r in results]
-    print(f"{'run':<20}{'network':<24}{'method':<8}{'area':>8}"
+    width = max([len("run")] + [len(row["name"]) for row in rows]) + 2
+    print(f"{'run':<{width}}{'network':<24}{'method':<8}{'area':>8}"
           + "".join(f"{f'top1@{100 * level:g}%':>12}" for level in MATCHED_RATIOS))
     for row in rows:
-        print(f"{row['name']:<20}{row['network']:<24}{row['method']:<8}{row['area']:>8.3f}"
+        print(f"{row['name']:<{width}}{row['network']:<24}{row['method']:<8}{row['area']:>8.3f}"
               + "".join(f"{'-' if v is None else f'{v:.2f}':>12}" for v in row["top1_at"].values()))
     print(f"area: mean test top-1 error (%) over MACs ratios [smallest, 1], lower is better; "
           f"top1@X%: best test top-1 within X% of the full network's MACs. Plot: {out_path}")
