@@ -177,8 +177,9 @@ def keep_freed_memory(trim_bytes=1 << 30, mmap_bytes=32 << 20):
     The backward pass of a sliced weight fills a *full-size* gradient buffer (autograd's
     gradient of ``weight[:o, :i]``). Those extra allocations make glibc trim its heap and map
     big blocks afresh more often, and every fresh page costs a page fault when a kernel first
-    writes it: on a 2-core CPU, ResNet-20 at width 0.71 took 10% longer than its static export,
-    all of it in backward kernels, and 1-4% with this call (``python bench.py overhead``).
+    writes it: on a 2-core CPU, ResNet-20 at width 0.71 took 9-15% longer than its static
+    export, all of it in backward kernels, and as long (within the machine's noise) with this
+    call (``python bench.py overhead``).
     For CPU training; the CUDA caching allocator never had the problem. Returns True when
     applied; False (nothing changed) without glibc, or when the user set
     ``MALLOC_TRIM_THRESHOLD_`` or ``MALLOC_MMAP_THRESHOLD_`` (theirs win).
