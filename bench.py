@@ -9,7 +9,7 @@ machine slows both sides alike. Nothing here is asserted by the tests.
     python bench.py overhead --networks slim_resnet20 --repeats 5
     python bench.py search --name autoslim  # a searched supernet: search speed, searched vs uniform
     python bench.py quality [--quick]   # Joslim vs Slim vs AutoSlim fronts (about an hour)
-    python bench.py quality --seeds 0 --threads 1 &   # the same in about 50 minutes on 2 cores:
+    python bench.py quality --seeds 0 --threads 1 &   # the same in about 59 minutes on 2 cores:
     python bench.py quality --seeds 1 --threads 1     # one process per seed, then
     python bench.py quality                           # the table of both (reads their results)
 """

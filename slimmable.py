@@ -41,6 +41,7 @@ Example::
 """
 import contextlib
 import copy
+import ctypes
 import json
 import os
 from typing import NamedTuple, Optional
@@ -187,7 +188,6 @@ def keep_freed_memory(trim_bytes=1 << 30, mmap_bytes=32 << 20):
     if "MALLOC_TRIM_THRESHOLD_" in os.environ or "MALLOC_MMAP_THRESHOLD_" in os.environ:
         return False
     try:
-        import ctypes
         mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):  # not glibc (macOS, Windows, musl without mallopt)
         return False
