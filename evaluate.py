@@ -465,15 +465,20 @@ def load_subnet(path):
     return net.eval(), record
 
 
-def evaluate_subnet(path, argv=None):
-    """Test a saved subnet on the test split (data flags: as recorded, unless given in ``argv``)."""
+def evaluate_subnet(path, argv=None, loaders_cache=None):
+    """Test a saved subnet on the test split (data flags: as recorded, unless given in ``argv``).
+    ``loaders_cache``: a dict that keeps the loaders of each set of data flags between calls."""
     net, record = load_subnet(path)
     parser = build_parser()
     parser.set_defaults(**record.get("data", {}))
     args = parser.parse_args(argv or [])
     batch_size = args.batch_size or 128
     args.pin_memory = args.pin_memory and use_cuda(args.device)
-    loaders = data.get_loaders(args, batch_size, eval_batch_size=batch_size)  # whole test split
+    key = (batch_size, tuple(sorted((k, str(getattr(args, k))) for k in data_flags())))
+    cache = {} if loaders_cache is None else loaders_cache
+    if key not in cache:  # subnets exported from one run share their data
+        cache[key] = data.get_loaders(args, batch_size, eval_batch_size=batch_size)
+    loaders = cache[key]  # the whole test split
     device = setup_distributed(args)[0]
     result = accuracy(net.to(device), loaders.test, device)
     counted = sum(p.numel() for p in net.parameters())
@@ -487,7 +492,8 @@ def evaluate_subnet(path, argv=None):
 def evaluate_subnets(paths, argv=None):
     """``evaluate_subnet`` for each file; with several, one table at the end (the last step of
     AutoSlim's pipeline: target, MACs, params and test accuracy of each standalone model)."""
-    rows = [(path, evaluate_subnet(path, argv)) for path in paths]
+    loaders_cache = {}
+    rows = [(path, evaluate_subnet(path, argv, loaders_cache)) for path in paths]
     if len(rows) > 1:
         print(f"\n{'subnet':<40}{'target':>9}{'MACs':>10}{'params':>10}{'top-1':>8}{'top-5':>8}")
         for path, row in rows:
