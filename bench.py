@@ -6,7 +6,7 @@ machine slows both sides alike. Nothing here is asserted by the tests.
     python bench.py speed               # every speed table below, with the machine recorded
     python bench.py overhead            # slimmable vs exported static model, forward+backward
     python bench.py macs                # vectorized MAC counting
-    python bench.py overhead --networks slim_resnet20 --repeats 5
+    python bench.py overhead --networks slim_resnet20 --pairs 10
     python bench.py search --name autoslim  # a searched supernet: search speed, searched vs uniform
     python bench.py quality [--quick]   # Joslim vs Slim vs AutoSlim fronts (about an hour)
     python bench.py quality --seeds 0 --threads 1 &   # the same in about 59 minutes on 2 cores:
@@ -54,16 +54,18 @@ def _step_seconds(model, inputs, targets, steps=1):
     return (time.perf_counter() - start) / steps
 
 
-def bench_overhead(networks, widths_list=(1.0, 0.71, 0.42), batch_size=64, repeats=8,
+def bench_overhead(networks, widths_list=(1.0, 0.71, 0.42), batch_size=64, pairs=20,
                    imagenet_size=112, block_seconds=0.5):
-    """Forward+backward time of the slimmable model at a width against ``slimmable.export`` of it,
-    alternating the two, median over ``repeats`` blocks of about ``block_seconds`` each (single
-    steps of 60 ms were too noisy: A/A differences of 5%). Ratio = slimmable / static (goal
-    <= 1.05)."""
-    print(f"slimmable vs static, forward+backward, batch {batch_size}, median of {repeats} "
-          f"alternating blocks of ~{block_seconds:g} s (ImageNet networks at "
-          f"{imagenet_size}x{imagenet_size})")
-    print(f"{'network':<24}{'width':>6}{'slim ms':>10}{'static ms':>11}{'ratio':>8}")
+    """Forward+backward time of the slimmable model at a width against ``slimmable.export`` of it.
+
+    ``pairs`` times: one block of about ``block_seconds`` of each, the order alternating; the
+    ratio slimmable / static of each pair, so a slow spell of the machine slows both sides of a
+    pair alike. Reports the median pair ratio (goal <= 1.05) and the middle half of the pair
+    ratios. At width 1.0 both run the same kernels: that row is the machine's A/A noise."""
+    print(f"slimmable vs static, forward+backward, batch {batch_size}, {pairs} alternating pairs "
+          f"of ~{block_seconds:g} s blocks (ImageNet networks at {imagenet_size}x{imagenet_size})")
+    print(f"{'network':<24}{'width':>6}{'slim ms':>10}{'static ms':>11}{'ratio':>8}"
+          f"{'middle half':>15}")
     rows = []
     for name in networks:
         cifar = name in models.CIFAR_NETWORKS
@@ -75,18 +77,22 @@ def bench_overhead(networks, widths_list=(1.0, 0.71, 0.42), batch_size=64, repea
         for widths in widths_list:
             slimmable.set_widths(net, widths)
             static = slimmable.export(net, widths).train()
-            _step_seconds(static, inputs, targets)  # warm-up
+            for _ in range(2):  # warm-up: the allocator settles in a step or two
+                _step_seconds(static, inputs, targets)
+                _step_seconds(net, inputs, targets)
             steps = max(1, round(block_seconds / _step_seconds(net, inputs, targets)))
             slim_times, static_times = [], []
-            for i in range(repeats):  # alternate which one goes first
+            for i in range(pairs):
                 pair = ((net, slim_times), (static, static_times))
                 for model, times in pair if i % 2 == 0 else pair[::-1]:
                     times.append(_step_seconds(model, inputs, targets, steps))
+            ratios = [a / b for a, b in zip(slim_times, static_times)]
+            low, ratio, high = statistics.quantiles(ratios, n=4)
             slim_ms = 1000 * statistics.median(slim_times)
             static_ms = 1000 * statistics.median(static_times)
-            rows.append((name, widths, slim_ms, static_ms, slim_ms / static_ms))
-            print(f"{name:<24}{widths:>6}{slim_ms:>10.1f}{static_ms:>11.1f}"
-                  f"{slim_ms / static_ms:>8.3f}", flush=True)
+            rows.append((name, widths, slim_ms, static_ms, ratio, low, high))
+            print(f"{name:<24}{widths:>6}{slim_ms:>10.1f}{static_ms:>11.1f}{ratio:>8.3f}"
+                  f"{f'{low:.3f}-{high:.3f}':>15}", flush=True)
     return rows
 
 
@@ -444,7 +450,8 @@ def main():
     parser.add_argument("--networks", nargs="+", default=list(models.NETWORKS),
                         choices=list(models.NETWORKS), metavar="NAME",
                         help="networks for the overhead benchmark (default: all)")
-    parser.add_argument("--repeats", type=int, default=8, help="overhead: timed blocks per entry")
+    parser.add_argument("--pairs", type=int, default=20,
+                        help="overhead: alternating slimmable/static pairs per entry")
     parser.add_argument("--batch_size", type=int, default=64, help="batch for the overhead benchmark")
     parser.add_argument("--imagenet_size", type=int, default=112,
                         help="input resolution of the ImageNet networks in the overhead benchmark")
@@ -477,7 +484,7 @@ def main():
     if args.what in ("speed", "window"):
         bench_window_share()
     if args.what in ("speed", "overhead"):
-        bench_overhead(args.networks, batch_size=args.batch_size, repeats=args.repeats,
+        bench_overhead(args.networks, batch_size=args.batch_size, pairs=args.pairs,
                        imagenet_size=args.imagenet_size)
 
 
