@@ -123,6 +123,18 @@ def load_checkpoint(name):
     return checkpoint
 
 
+def checkpoint_stamp(name):
+    """[size, modification time in ns] of runs/NAME/checkpoint.pt, or None when it is gone. A
+    result file records the stamp of the checkpoint it evaluated; ``compare`` re-evaluates a run
+    whose checkpoint has been rewritten since (retrained, resumed) instead of plotting stale
+    figures."""
+    path = os.path.join(RUNS_DIR, name, "checkpoint.pt")
+    if not os.path.exists(path):
+        return None
+    stat = os.stat(path)
+    return [stat.st_size, stat.st_mtime_ns]
+
+
 def run_settings(name, argv=None, overrides=None):
     """``(args, checkpoint)`` for run ``name``: flags given in ``argv`` or ``overrides`` win,
     then the values recorded at training (data flags, network, batch size, lower channel)."""
@@ -299,14 +311,15 @@ def evaluate_run(name, overrides=None, argv=None):
     write its result files and return the JSON content (on rank 0; None on the other ranks):
 
     ``name, network, method, num_classes, model_options, dataset, lower_channel, calib_batches,
-    calib_images, source, full_macs, full_params, smallest_ratio, area, seconds, points,
-    candidates``. A point (front member, by ascending MACs): ``widths``, ``channels`` (per
+    calib_images, source, full_macs, full_params, smallest_ratio, area, seconds,
+    checkpoint_stamp, points, candidates``. A point (front member, by ascending MACs): ``widths``, ``channels`` (per
     group), ``macs``, ``macs_ratio``, ``params``, ``held_out`` and ``test`` (each ``{top1, top5,
     loss, images}``), ``on_held_out_front`` (False only for the full network when a cheaper
     candidate beats it on held-out data) and ``subnet`` (the --export file or None). A candidate:
     the same without ``test`` and ``subnet``. ``area``: mean test top-1 error (%) of the step
     curve over MACs ratios [smallest_ratio, 1].
     """
+    stamp = checkpoint_stamp(name)
     args, checkpoint = run_settings(name, argv, overrides)
     start = time.time()
     # Built before the process group exists, so that every process sees the whole splits
@@ -392,7 +405,7 @@ def evaluate_run(name, overrides=None, argv=None):
               "calib_images": sum(len(y) for _, y in calibration), "source": source,
               "full_macs": full_macs, "full_params": slimmable.params(net, 1.0),
               "smallest_ratio": smallest_ratio, "area": area, "seconds": time.time() - start,
-              "points": points, "candidates": candidates}
+              "checkpoint_stamp": stamp, "points": points, "candidates": candidates}
     write_results(result, os.path.join(RESULTS_DIR, name + ("_configs" if args.configs else "")))
     return result
 
@@ -597,17 +610,22 @@ def top1_at(points, ratio):
 
 def compare(names, out_path=None, overrides=None, argv=None):
     """Plot the test fronts of runs ``names`` on one SVG; print their areas and top-1 at matched
-    MACs. Runs without ``results/NAME_eval_pareto.json`` are evaluated first (``overrides`` and
-    ``argv`` as for ``evaluate_run``). Returns one row per run (rank 0; [] on the others):
+    MACs. Runs without ``results/NAME_eval_pareto.json``, or whose checkpoint was rewritten after
+    it (see ``checkpoint_stamp``), are evaluated first (``overrides`` and ``argv`` as for
+    ``evaluate_run``); a result whose run directory is gone is plotted as it is. Returns one row per run (rank 0; [] on the others):
     ``{"name", "network", "method", "area", "top1_at": {ratio: top1 or None}}``."""
     results = []
     for name in names:
         path = os.path.join(RESULTS_DIR, f"{name}_eval_pareto.json")
         if os.path.exists(path):
             with open(path) as handle:
-                results.append(json.load(handle))
-        else:
-            results.append(evaluate_run(name, overrides, argv))
+                result = json.load(handle)
+            stamp = checkpoint_stamp(name)
+            if stamp is None or result.get("checkpoint_stamp") == stamp:
+                results.append(result)
+                continue
+            print(f"{path} is older than runs/{name}/checkpoint.pt: evaluating it again")
+        results.append(evaluate_run(name, overrides, argv))
     if any(result is None for result in results):  # not rank 0 of a torchrun job
         return []
     out_path = out_path or os.path.join(RESULTS_DIR, f"compare_{'_'.join(names)}.svg")

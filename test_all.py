@@ -1055,6 +1055,25 @@ def test_svg_plots_are_well_formed_with_one_curve_per_run(evaluated_tiny_run):
     assert evaluate.top1_at(result["points"], below_smallest) is None
 
 
+def test_compare_reevaluates_a_run_whose_checkpoint_changed(evaluated_tiny_run, monkeypatch,
+                                                             capsys):
+    workdir, result = evaluated_tiny_run
+    assert result["checkpoint_stamp"] == evaluate.checkpoint_stamp("tiny")
+    evaluated = []
+    monkeypatch.setattr(evaluate, "evaluate_run",
+                        lambda name, *args: evaluated.append(name) or result)
+    evaluate.compare(["tiny"], str(workdir / "one.svg"))
+    assert evaluated == []  # the result file matches the checkpoint: read, not recomputed
+    checkpoint = workdir / "runs" / "tiny" / "checkpoint.pt"
+    times = os.stat(checkpoint)
+    os.utime(checkpoint, ns=(times.st_atime_ns, times.st_mtime_ns + 10**9))  # as if retrained
+    try:
+        evaluate.compare(["tiny"], str(workdir / "one.svg"))
+    finally:
+        os.utime(checkpoint, ns=(times.st_atime_ns, times.st_mtime_ns))
+    assert evaluated == ["tiny"] and "evaluating it again" in capsys.readouterr().out
+
+
 def test_user_errors_exit_2_with_one_line(evaluated_tiny_run, capsys):
     workdir, _ = evaluated_tiny_run
     done = subprocess.run([sys.executable, str(EVAL_REPO / "evaluate.py"), "--name", "no_such_run"],
