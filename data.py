@@ -550,6 +550,13 @@ def setup_distributed(device_flag):
     return device, rank, world_size
 
 
+def default_threads(world_size):
+    """torch CPU threads for one of this machine's processes of a run: the cores shared out
+    (``LOCAL_WORLD_SIZE`` processes here under torchrun; ``world_size`` without it)."""
+    local_size = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
+    return max(1, (os.cpu_count() or 1) // local_size)
+
+
 def set_epoch(loaders, epoch):
     """Reshuffle the distributed training shards for `epoch` (a no-op without distributed)."""
     if isinstance(loaders.train.sampler, DistributedSampler):

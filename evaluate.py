@@ -286,9 +286,8 @@ def setup_distributed(args):
     """``(device, rank, world size)`` (data.setup_distributed), with this script's thread count."""
     device, rank, world_size = data.setup_distributed(args.device)
     slimmable.keep_freed_memory()
-    local_size = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
-    if args.threads or world_size > 1:
-        torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) // local_size))
+    if args.threads or world_size > 1:  # alone, it keeps its caller's setting (bench.py, tests)
+        torch.set_num_threads(args.threads or data.default_threads(world_size))
     return device, rank, world_size
 
 

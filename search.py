@@ -426,8 +426,7 @@ def search(args, given):
     check_args(args)
     device, rank, world_size = data.setup_distributed(args.device)
     slimmable.keep_freed_memory()
-    torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) // int(
-        os.environ.get("LOCAL_WORLD_SIZE", world_size))))
+    torch.set_num_threads(args.threads or data.default_threads(world_size))
     start_time = time.time()
     net, checkpoint = load_supernet(args.name, device)
     resolve_data_flags(args, given, checkpoint)

@@ -298,9 +298,7 @@ def main(argv=None):
 def run(args):
     device, rank, world_size = data.setup_distributed(args.device)
     slimmable.keep_freed_memory()  # sliced weights' full-size gradients: see its docstring
-    threads = args.threads or max(1, (os.cpu_count() or 1) // int(os.environ.get(
-        "LOCAL_WORLD_SIZE", world_size)))
-    torch.set_num_threads(threads)
+    torch.set_num_threads(args.threads or data.default_threads(world_size))
     run_dir = os.path.join("runs", args.name)
     checkpoint_path = os.path.join(run_dir, "checkpoint.pt")
     checkpoint = None
