@@ -311,12 +311,12 @@ def evaluate_run(name, overrides=None, argv=None):
 
     ``name, network, method, num_classes, model_options, dataset, lower_channel, calib_batches,
     calib_images, source, full_macs, full_params, smallest_ratio, area, seconds,
-    checkpoint_stamp, points, candidates``. A point (front member, by ascending MACs): ``widths``, ``channels`` (per
-    group), ``macs``, ``macs_ratio``, ``params``, ``held_out`` and ``test`` (each ``{top1, top5,
-    loss, images}``), ``on_held_out_front`` (False only for the full network when a cheaper
-    candidate beats it on held-out data) and ``subnet`` (the --export file or None). A candidate:
-    the same without ``test`` and ``subnet``. ``area``: mean test top-1 error (%) of the step
-    curve over MACs ratios [smallest_ratio, 1].
+    checkpoint_stamp, points, candidates``. A point (front member, by ascending MACs):
+    ``widths``, ``channels`` (per group), ``macs``, ``macs_ratio``, ``params``, ``held_out`` and
+    ``test`` (each ``{top1, top5, loss, images}``), ``on_held_out_front`` (False only for the
+    full network when a cheaper candidate beats it on held-out data) and ``subnet`` (the --export
+    file or None). A candidate: the same without ``test`` and ``subnet``. ``area``: mean test
+    top-1 error (%) of the step curve over MACs ratios [smallest_ratio, 1].
     """
     stamp = checkpoint_stamp(name)
     args, checkpoint = run_settings(name, argv, overrides)
@@ -611,7 +611,8 @@ def compare(names, out_path=None, overrides=None, argv=None):
     """Plot the test fronts of runs ``names`` on one SVG; print their areas and top-1 at matched
     MACs. Runs without ``results/NAME_eval_pareto.json``, or whose checkpoint was rewritten after
     it (see ``checkpoint_stamp``), are evaluated first (``overrides`` and ``argv`` as for
-    ``evaluate_run``); a result whose run directory is gone is plotted as it is. Returns one row per run (rank 0; [] on the others):
+    ``evaluate_run``); a result whose run directory is gone is plotted as it is. Returns one
+    row per run (rank 0; [] on the others):
     ``{"name", "network", "method", "area", "top1_at": {ratio: top1 or None}}``."""
     results = []
     for name in names:
