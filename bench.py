@@ -465,7 +465,8 @@ def main():
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(machine())
-    print(f"glibc malloc keeps freed memory (slimmable.keep_freed_memory): {slimmable.keep_freed_memory()}")
+    kept = slimmable.keep_freed_memory()
+    print(f"glibc malloc keeps freed memory (slimmable.keep_freed_memory): {kept}")
     if args.what == "quality":
         bench_quality(args.seeds, args.quick, threads=args.threads)
     if args.what in ("speed", "macs"):
