@@ -15,6 +15,7 @@ machine slows both sides alike. Nothing here is asserted by the tests.
 """
 import argparse
 import contextlib
+import glob
 import json
 import os
 import shutil
@@ -272,59 +273,302 @@ def bench_window_share(network="slim_resnet56", history=1000, tau=235, batch_siz
     return rows
 
 
-QUALITY_METHODS = {  # label: train.py flags
+QUALITY_METHODS = {  # label: train.py flags of the slimmable runs (the same steps for all)
     "slim": ["--method", "slim"],
     "joslim-ei": ["--method", "joslim", "--acquisition", "ei"],
     "joslim-ucb": ["--method", "joslim", "--acquisition", "ucb"],
     "autoslim": ["--method", "random"],
 }
+QUALITY_DATA = {  # the study's data and schedule per data set
+    "synthetic": ["--epochs", "4"],
+    "FashionMNIST": ["--dataset", "FashionMNIST", "--train_size", "8000", "--val_size", "1000",
+                     "--epochs", "3", "--workers", "0"],
+}
+QUALITY_QUICK = {  # --quick: minutes instead of an hour or two (the last flag given wins)
+    "synthetic": ["--epochs", "2", "--synthetic_train", "3000", "--synthetic_test", "1000",
+                  "--val_size", "500", "--tau", "10", "--prior_points", "6"],
+    "FashionMNIST": ["--epochs", "2", "--train_size", "2560", "--val_size", "500", "--tau", "10",
+                     "--prior_points", "6"],
+}
+QUALITY_TARGETS = (0.25, 0.5, 0.75)  # MACs ratios: AutoSlim's search targets, the matched MACs
+QUALITY_LOWER = 0.25                 # the study's area spans MACs ratios [0.25, 1] for every method
 
 
-def bench_quality(seeds=(0, 1), quick=False, out_path="results/quality.svg", threads=None):
-    """Joslim (ei, ucb) vs Slim vs AutoSlim on the synthetic set, slim_resnet20, the same training
-    steps for every method; AutoSlim = the random-width supernet searched greedily at 9 targets.
-    Every run is evaluated by evaluate.py's protocol (BN calibrated per configuration, front
-    selected on held-out data, reported on test). Finished runs are reused: rerun to resume, or
-    run the seeds in parallel processes (``--seeds 0 --threads 1`` and ``--seeds 1 --threads 1``)
-    and then all of them together, which only reads their results."""
+def bench_quality(seeds=(0, 1, 2), dataset="FashionMNIST", quick=False, threads=None,
+                  datapath=None):
+    """Joslim (EI, UCB) vs Slim vs AutoSlim vs uniform widths trained alone, slim_resnet20,
+    the same training steps for every slimmable run (``QUALITY_DATA``), and one protocol for all
+    (evaluate.py: BN calibrated per configuration, front selected on held-out, reported on test).
+
+    Per seed: the four slimmable runs; AutoSlim's random-width supernet searched greedily at
+    ``QUALITY_TARGETS`` (a grid of 8 steps per group, 500 held-out images; scored in the
+    supernet: row "autoslim"); the searched configurations and
+    the full network retrained jointly from the labels (``--method fixed``, "autoslim-retrained");
+    and one network per target and the full one, each of uniform width at or below the target's
+    MACs, each trained alone for the same steps ("uniform-alone", AutoSlim's baseline). Finished
+    runs and evaluations are skipped: rerun to resume, or run seeds in parallel processes
+    (``--seeds 0 --threads 1`` ...) and then all of them, which only reads their results.
+    Prints the table (mean, min..max over seeds, per-seed Joslim minus Slim), writes
+    ``results/PREFIX_quality.json`` and the mean fronts ``results/PREFIX_quality.svg``."""
     import evaluate
     threads = threads or torch.get_num_threads()
-    flags = ["--network", "slim_resnet20", "--print_freq", "100", "--threads", str(threads)]
-    if quick:
-        flags += ["--epochs", "2", "--synthetic_train", "3000", "--synthetic_test", "1000",
-                  "--val_size", "500", "--tau", "10", "--prior_points", "6"]
-    names = {label: [] for label in QUALITY_METHODS}
+    prefix = ("quality" if dataset == "synthetic" else dataset.lower()) + ("_quick" if quick else "")
+    flags = QUALITY_DATA[dataset] + ["--network", "slim_resnet20", "--print_freq", "100",
+                                     "--threads", str(threads)]
+    flags += QUALITY_QUICK[dataset] if quick else []
+    flags += ["--datapath", datapath] if datapath else []
+    names = {label: [] for label in [*QUALITY_METHODS, "autoslim-retrained", "uniform-alone"]}
     for seed in seeds:
+        start = time.time()
         for label, method_flags in QUALITY_METHODS.items():
-            name = f"quality{'_quick' if quick else ''}_{label}_s{seed}"
-            names[label].append(name)
-            start = time.time()
-            if train.main(["--name", name, "--seed", str(seed)] + method_flags + flags) != 0:
-                raise SystemExit(f"training {name} failed")
-            if label == "autoslim":
-                search.run_search(name, target_ratios=[0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.25,
-                                                       0.2], threads=threads)
-            print(f"[quality] {name}: trained (and searched) in {time.time() - start:.0f} s",
-                  flush=True)
-    everything = [name for label in names for name in names[label]]
-    rows = {row["name"]: row for row in evaluate.compare(everything, out_path)}
-    print(f"\nsynthetic set, slim_resnet20, seeds {list(seeds)}: mean (min..max) over seeds")
-    print(f"{'method':<12}{'area (top-1 error %)':>24}"
-          + "".join(f"{f'top1@{100 * level:g}%':>12}" for level in evaluate.MATCHED_RATIOS))
-    table = []
-    for label, run_names in names.items():
-        areas = [rows[n]["area"] for n in run_names]
-        line = f"{label:<12}{np.mean(areas):>10.2f} ({min(areas):.2f}..{max(areas):.2f})"
-        cells = []
-        for level in evaluate.MATCHED_RATIOS:
-            values = [rows[n]["top1_at"][level] for n in run_names]
-            values = [v for v in values if v is not None]
-            cells.append(np.mean(values) if values else None)
-            line += f"{np.mean(values):>12.2f}" if values else f"{'-':>12}"
+            name = f"{prefix}_{label}_s{seed}"
+            names[label].append([name])
+            _train(["--name", name, "--seed", str(seed)] + method_flags + flags)
+        supernet = names["autoslim"][-1][0]
+        search.run_search(supernet, target_ratios=list(QUALITY_TARGETS), threads=threads,
+                          search_images=500, steps=8)
+        searched = sorted(glob.glob(os.path.join("runs", supernet, "search", "FLOPS_*.json")))
+        net = search.load_supernet(supernet, torch.device("cpu"))[0]
+        full_config = os.path.join("runs", supernet, "search", "full.json")
+        slimmable.save_config(full_config, net, 1.0)
+        name = f"{prefix}_autoslim-retrained_s{seed}"
+        names["autoslim-retrained"].append([name])
+        _train(["--name", name, "--seed", str(seed), "--method", "fixed", "--channel_config",
+                *searched, full_config] + flags)
+        names["uniform-alone"].append([])
+        full_macs = slimmable.macs(net, 1.0)
+        for ratio in (*QUALITY_TARGETS, 1.0):
+            multiplier = uniform_below(net, ratio * full_macs, 0.42)
+            config = os.path.join("runs", supernet, "search", f"uniform_{ratio:g}.json")
+            slimmable.save_config(config, net, multiplier, target_ratio=ratio)
+            name = f"{prefix}_uniform-{ratio:g}_s{seed}"
+            names["uniform-alone"][-1].append(name)
+            _train(["--name", name, "--seed", str(seed), "--method", "fixed", "--channel_config",
+                    config] + flags)
+        everything = [n for runs in names.values() for n in runs[-1]]
+        evaluate.compare(everything, os.path.join("results", f"{prefix}_s{seed}.svg"))
+        print(f"[quality] seed {seed}: trained, searched and evaluated in "
+              f"{time.time() - start:.0f} s", flush=True)
+    return quality_table(names, seeds, dataset, prefix)
+
+
+def _train(argv):
+    if train.main(argv) != 0:
+        raise SystemExit(f"training {argv[1]} failed")
+
+
+def quality_table(names, seeds, dataset, prefix):
+    """The study's table from the result files: per method, the area over MACs ratios
+    [QUALITY_LOWER, 1] and the top-1 at matched MACs, mean and min..max over seeds, and the
+    per-seed paired differences Joslim minus Slim."""
+    import evaluate
+    from sampler import area_under_front
+    levels = (*QUALITY_TARGETS, 1.0)
+    per_seed = {}
+    for label, runs in names.items():
+        per_seed[label] = []
+        for run_names in runs:
+            points = []
+            for name in run_names:
+                with open(os.path.join("results", f"{name}_eval_pareto.json")) as handle:
+                    points += json.load(handle)["points"]
+            area = area_under_front([p["macs_ratio"] for p in points],
+                                    [100 - p["test"]["top1"] for p in points], QUALITY_LOWER, 1.0)
+            per_seed[label].append({"area": area, **{f"top1@{level:g}": evaluate.top1_at(
+                points, level) for level in levels}, "points": [
+                    (p["macs_ratio"], p["test"]["top1"]) for p in points]})
+    columns = ["area"] + [f"top1@{level:g}" for level in levels]
+    print(f"\n{dataset}, slim_resnet20, seeds {list(seeds)}: mean (min..max) over seeds; area = "
+          f"mean test top-1 error (%) over MACs ratios [{QUALITY_LOWER}, 1]; top1@r = best test "
+          f"top-1 at MACs ratio <= r")
+    print(f"{'method':<20}" + "".join(f"{c:>22}" for c in columns))
+    table = {}
+    for label, rows in per_seed.items():
+        cells = {}
+        line = f"{label:<20}"
+        for column in columns:
+            values = [row[column] for row in rows if row[column] is not None]
+            cells[column] = values
+            line += (f"{np.mean(values):>9.2f} ({min(values):.2f}..{max(values):.2f})"
+                     if values else f"{'-':>22}")
+        table[label] = cells
         print(line)
-        table.append((label, areas, cells))
-    print(f"fronts: {out_path}")
-    return table
+    print("\npaired differences per seed (the same seed's data order and initialization)")
+    differences = {}
+    for method in ("joslim-ei", "joslim-ucb"):
+        for column in columns:
+            pairs = [(a[column], b[column]) for a, b in zip(per_seed[method], per_seed["slim"])]
+            diffs = [a - b for a, b in pairs if a is not None and b is not None]
+            differences[f"{method} - slim, {column}"] = diffs
+            print(f"{method} - slim, {column:<9}" + "".join(f"{d:>+8.2f}" for d in diffs)
+                  + f"   mean {np.mean(diffs):+.2f}")
+    curves = [{"label": f"{label} (area {np.mean(table[label]['area']):.2f})",
+               "points": [(level, np.mean(table[label][f"top1@{level:g}"])) for level in levels
+                          if table[label][f"top1@{level:g}"]], "end": 1.0} for label in per_seed]
+    svg = evaluate.front_svg(curves, f"{dataset}: mean test top-1 at matched MACs, "
+                                     f"{len(seeds)} seeds", x_label="MACs ratio")
+    os.makedirs("results", exist_ok=True)
+    with open(os.path.join("results", f"{prefix}_quality.svg"), "w") as handle:
+        handle.write(svg)
+    with open(os.path.join("results", f"{prefix}_quality.json"), "w") as handle:
+        json.dump({"dataset": dataset, "seeds": list(seeds), "names": names,
+                   "per_seed": per_seed, "differences": differences}, handle, indent=1)
+    print(f"wrote results/{prefix}_quality.json and results/{prefix}_quality.svg")
+    return table, differences
+
+
+RECIPES = {  # label: the students' flags (train.py --kd_weight, --distill_after)
+    "reference": ["--kd_weight", "1", "--distill_after", "0"],   # (a) distil from step 0
+    "distill-after-1": ["--kd_weight", "1", "--distill_after", "1"],  # (b) the old default
+    "mix-0.5": ["--kd_weight", "0.5", "--distill_after", "0"],   # (c) labels + teacher
+    "labels": ["--kd_weight", "0", "--distill_after", "0"],      # (d) labels only
+}
+RECIPE_DATA = ["--dataset", "FashionMNIST", "--train_size", "10000", "--val_size", "5000",
+               "--epochs", "4", "--batch_size", "128", "--workers", "0", "--print_freq", "78"]
+
+
+def gradient_probe(name, batch, lower=0.42, sampled=(0.6, 0.8)):
+    """At the weights of ``runs/NAME/checkpoint.pt``: the gradients one sandwich step would put
+    on the shared weights, taken apart. On one training ``batch`` (inputs, targets): the full
+    network's label gradient g_full; the summed gradient of three students (``lower`` and the
+    uniform ``sampled`` widths) under distillation (g_kd) and under the labels (g_label); their
+    norms and cosines with g_full; the teacher's mean top probability and batch top-1; the lr
+    the run had at that step. Returns a dict of floats."""
+    checkpoint = torch.load(os.path.join("runs", name, "checkpoint.pt"), weights_only=False)
+    args = train.parse_args([])
+    vars(args).update(checkpoint["args"])
+    net = models.get_model(checkpoint["network"], checkpoint["num_classes"],
+                           **checkpoint["model_options"])
+    net.load_state_dict(checkpoint["model"])
+    net.train()
+    inputs, targets = batch
+    parameters = list(net.parameters())
+
+    def gradient(loss):
+        grads = torch.autograd.grad(loss, parameters, allow_unused=True)
+        return torch.cat([(g if g is not None else torch.zeros_like(p)).flatten()
+                          for g, p in zip(grads, parameters)])
+
+    slimmable.set_widths(net, 1.0)
+    logits = net(inputs)
+    g_full = gradient(torch.nn.functional.cross_entropy(logits, targets,
+                                                        label_smoothing=args.label_smoothing))
+    teacher = torch.softmax(logits.detach(), dim=1)
+    g_kd = g_label = 0
+    for width in (lower, *sampled):
+        slimmable.set_widths(net, width)
+        student = net(inputs)
+        g_kd = g_kd + gradient(train.distillation_loss(student, teacher))
+        slimmable.set_widths(net, width)
+        student = net(inputs)
+        g_label = g_label + gradient(torch.nn.functional.cross_entropy(
+            student, targets, label_smoothing=args.label_smoothing))
+    cosine = torch.nn.functional.cosine_similarity
+    lr = checkpoint["optimizer"]["param_groups"][0]["lr"]
+    return {"step": checkpoint["step"], "lr": lr,
+            "teacher_confidence": float(teacher.max(1).values.mean()),
+            "teacher_top1": float(100 * (teacher.argmax(1) == targets).float().mean()),
+            "full_grad_norm": float(g_full.norm()), "kd_grad_norm": float(g_kd.norm()),
+            "label_grad_norm": float(g_label.norm()),
+            "cos_kd_full": float(cosine(g_kd, g_full, dim=0)),
+            "cos_label_full": float(cosine(g_label, g_full, dim=0)),
+            "cos_kd_label": float(cosine(g_kd, g_label, dim=0))}
+
+
+def bench_recipe(seeds=(0, 1), threads=None, probe_every=26, out_dir="results", datapath=None):
+    """The students' recipe on Fashion-MNIST (README, "The sandwich recipe"): Joslim (EI)
+    training of slim_resnet20 with each of ``RECIPES`` and, as the yardstick, the full and the
+    smallest network each trained alone (``--method fixed``), the same steps and seeds for all
+    (``RECIPE_DATA``: 10,000 training images, 4 epochs of 78 steps). Seed 0 of the old default
+    (distillation after one epoch) is trained in pieces of ``probe_every`` steps (resume is
+    exact with --workers 0) and ``gradient_probe`` is taken after each. Finished runs are
+    skipped. Prints one table; writes ``recipe_curves.svg`` and ``recipe.json`` in ``out_dir``."""
+    import evaluate
+    threads = threads or torch.get_num_threads()
+    common = RECIPE_DATA + ["--network", "slim_resnet20", "--threads", str(threads)]
+    common += ["--datapath", datapath] if datapath else []
+    os.makedirs(out_dir, exist_ok=True)
+    probes, runs = [], {}
+    for seed in seeds:
+        net = models.get_model("slim_resnet20", 10, input_size=28, in_channels=1)
+        alone = {}
+        for label, widths in (("alone-full", 1.0), ("alone-smallest", 0.42)):
+            path = os.path.join(out_dir, f"recipe_{label}.json")
+            slimmable.save_config(path, net, widths)
+            alone[label] = ["--method", "fixed", "--channel_config", path]
+        for label, flags in {**RECIPES, **alone}.items():
+            name = f"recipe_{label}_s{seed}"
+            runs.setdefault(label, []).append(name)
+            argv = ["--name", name, "--seed", str(seed)] + flags + common
+            if label == "distill-after-1" and seed == 0:
+                probes = _train_with_probes(argv, name, probe_every)
+            elif train.main(argv) != 0:
+                raise SystemExit(f"training {name} failed")
+    everything = [name for names in runs.values() for name in names]
+    rows = {row["name"]: row for row in evaluate.compare(everything, os.path.join(
+        out_dir, "recipe_fronts.svg"))}
+    table = {}
+    print(f"\nFashion-MNIST, slim_resnet20, seeds {list(seeds)}: test top-1 (%) of the full and "
+          f"smallest network (BN calibrated), area; mean over seeds")
+    print(f"{'recipe':<18}{'full':>8}{'smallest':>10}{'area':>8}   per seed (full/smallest/area)")
+    for label, names in runs.items():
+        results = []
+        for name in names:
+            with open(os.path.join("results", f"{name}_eval_pareto.json")) as handle:
+                points = json.load(handle)["points"]
+            full = max(points, key=lambda p: p["macs"])["test"]["top1"]
+            small = min(points, key=lambda p: p["macs"])["test"]["top1"]
+            results.append((full, small, rows[name]["area"]))
+        table[label] = results
+        mean = np.mean(results, axis=0)
+        detail = "  ".join(f"{f:.2f}/{s:.2f}/{a:.2f}" for f, s, a in results)
+        print(f"{label:<18}{mean[0]:>8.2f}{mean[1]:>10.2f}{mean[2]:>8.2f}   {detail}")
+    curves = []
+    for label, names in runs.items():
+        with open(os.path.join("runs", names[0], "curves.json")) as handle:
+            curves.append((label, json.load(handle)["points"]))
+    with open(os.path.join(out_dir, "recipe_curves.svg"), "w") as handle:
+        handle.write(evaluate.training_curves_svg(curves, f"students' recipes, seed {seeds[0]}"))
+    if probes:
+        print("\ngradients at the shared weights, old default (distillation after epoch 1), "
+              f"seed {seeds[0]}: three students (0.42, 0.6, 0.8) vs the full network")
+        print(f"{'step':>5}{'lr':>8}{'teacher p':>10}{'teacher top1':>13}{'|g_full|':>9}"
+              f"{'|g_kd|':>8}{'|g_label|':>10}{'cos(kd,full)':>13}{'cos(label,full)':>16}")
+        for p in probes:
+            print(f"{p['step']:>5}{p['lr']:>8.4f}{p['teacher_confidence']:>10.3f}"
+                  f"{p['teacher_top1']:>13.1f}{p['full_grad_norm']:>9.3f}{p['kd_grad_norm']:>8.3f}"
+                  f"{p['label_grad_norm']:>10.3f}{p['cos_kd_full']:>13.3f}"
+                  f"{p['cos_label_full']:>16.3f}")
+    with open(os.path.join(out_dir, "recipe.json"), "w") as handle:
+        json.dump({"runs": runs, "table": table, "probes": probes}, handle, indent=1)
+    return table, probes
+
+
+def _train_with_probes(argv, name, every):
+    """Train ``argv`` in pieces of ``every`` steps, probing the gradients after each piece on
+    the same training batch; the probes are kept in runs/NAME/probes.json (resumable)."""
+    path = os.path.join("runs", name, "probes.json")
+    probes = []
+    if os.path.exists(path):
+        with open(path) as handle:
+            probes = json.load(handle)
+    args = train.parse_args(argv)
+    batch = None
+    while True:
+        if train.main(argv + ["--pause_after", str(every)]) != 0:
+            raise SystemExit(f"training {name} failed")
+        if batch is None:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(12345)
+                inputs, targets = next(iter(data.get_loaders(args, args.batch_size).train))
+            batch = (inputs, targets)
+        checkpoint = torch.load(os.path.join("runs", name, "checkpoint.pt"), weights_only=False)
+        if not probes or probes[-1]["step"] < checkpoint["step"]:
+            probes.append(gradient_probe(name, batch))
+            with open(path, "w") as handle:
+                json.dump(probes, handle, indent=1)
+        if checkpoint.get("finished"):
+            return probes
 
 
 def tiny_supernet(folder, threads=1):
@@ -442,9 +686,9 @@ def compare_with_uniform(name, bn=None, test_images=2000, threads=1):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__,
+    parser = argparse.ArgumentParser(description=__doc__, allow_abbrev=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["speed", "quality", "overhead", "macs", "sampler",
+    parser.add_argument("what", choices=["speed", "quality", "recipe", "overhead", "macs", "sampler",
                                          "training", "window", "converter", "search"],
                         help="which benchmark to run ('speed' runs every speed benchmark)")
     parser.add_argument("--networks", nargs="+", default=list(models.NETWORKS),
@@ -458,7 +702,13 @@ def main():
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch CPU threads")
     parser.add_argument("--quick", action="store_true",
                         help="quality: a few minutes instead of about an hour")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="quality: seeds")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+                        help="quality, recipe: seeds (default 0 1 2)")
+    parser.add_argument("--dataset", default="auto", choices=["auto", *QUALITY_DATA],
+                        help="quality: the study's data set (default auto: FashionMNIST when "
+                             "its files are at --datapath or Debian's folder, else synthetic)")
+    parser.add_argument("--datapath", default=None,
+                        help="quality, recipe: where the FashionMNIST files are (train.py's flag)")
     parser.add_argument("--name", help="search: time the search of this searched supernet "
                         "(runs/NAME) instead of a tiny one, and compare its configurations with "
                         "uniform widths at matched MACs")
@@ -467,8 +717,19 @@ def main():
     print(machine())
     kept = slimmable.keep_freed_memory()
     print(f"glibc malloc keeps freed memory (slimmable.keep_freed_memory): {kept}")
+    if args.what == "recipe":
+        bench_recipe(args.seeds, threads=args.threads, datapath=args.datapath)
     if args.what == "quality":
-        bench_quality(args.seeds, args.quick, threads=args.threads)
+        dataset = args.dataset
+        if dataset == "auto":
+            found = all(any(os.path.exists(os.path.join(data.idx_folder(
+                args.datapath, "FashionMNIST"), f + ext)) for ext in ("", ".gz"))
+                for f in data.IDX_FILES)
+            dataset = "FashionMNIST" if found else "synthetic"
+            print(f"quality: --dataset {dataset}" + ("" if found else " (no Fashion-MNIST files: "
+                  "apt-get install dataset-fashion-mnist, or pass --datapath)"))
+        bench_quality(args.seeds, dataset, args.quick, threads=args.threads,
+                      datapath=args.datapath)
     if args.what in ("speed", "macs"):
         bench_macs()
     if args.what in ("speed", "sampler"):

@@ -66,8 +66,9 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-DATASETS = ("synthetic", "CIFAR10", "CIFAR100", "ImageNet")
-DEFAULT_VAL_SIZE = {"synthetic": 1000, "CIFAR10": 5000, "CIFAR100": 5000, "ImageNet": 10000}
+DATASETS = ("synthetic", "CIFAR10", "CIFAR100", "FashionMNIST", "MNIST", "ImageNet")
+DEFAULT_VAL_SIZE = {"synthetic": 1000, "CIFAR10": 5000, "CIFAR100": 5000, "FashionMNIST": 5000,
+                    "MNIST": 5000, "ImageNet": 10000}
 HELD_OUT_SEED = 1995  # the seed AutoSlim used to pick its held-out ImageNet training images
 
 CIFAR_MEAN_STD = {"CIFAR10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
@@ -186,16 +187,18 @@ def read_cifar(datapath, name):
 
 
 class InMemoryImages(Dataset):
-    """uint8 images (N, 3, H, W) in memory, returned normalised; `augment` adds the CIFAR
-    RandomCrop(H, padding=4) + RandomHorizontalFlip, done by slicing uint8 tensors (the same
-    distribution as torchvision's PIL transforms, without a PIL round trip per image)."""
+    """uint8 images (N, C, H, W) in memory, returned normalised per channel (C = len(mean));
+    `augment` adds RandomCrop(H, padding) [+ RandomHorizontalFlip when `flip`], done by slicing
+    uint8 tensors (the same distribution as torchvision's PIL transforms, without a PIL round
+    trip per image). CIFAR: padding 4 and flips; Fashion-MNIST: padding 2 and flips; MNIST:
+    padding 2, no flips (a mirrored digit is another symbol or none)."""
 
-    def __init__(self, images, labels, mean, std, augment):
+    def __init__(self, images, labels, mean, std, augment, padding=4, flip=True):
         self.images = torch.as_tensor(images)
         self.labels = torch.as_tensor(labels)
-        self.mean_255 = torch.tensor(mean).view(3, 1, 1) * 255  # ToTensor's /255 folded in
-        self.std_255 = torch.tensor(std).view(3, 1, 1) * 255
-        self.augment = augment
+        self.mean_255 = torch.tensor(mean).view(-1, 1, 1) * 255  # ToTensor's /255 folded in
+        self.std_255 = torch.tensor(std).view(-1, 1, 1) * 255
+        self.augment, self.padding, self.flip = augment, padding, flip
 
     def __len__(self):
         return len(self.images)
@@ -203,12 +206,75 @@ class InMemoryImages(Dataset):
     def __getitem__(self, index):
         image = self.images[index]
         if self.augment:
-            size = image.shape[-1]
-            top, left = torch.randint(0, 9, (2,)).tolist()  # torch RNG: seeded per worker
-            image = F.pad(image, (4, 4, 4, 4))[:, top:top + size, left:left + size]
-            if torch.rand(()) < 0.5:
+            size, pad = image.shape[-1], self.padding
+            top, left = torch.randint(0, 2 * pad + 1, (2,)).tolist()  # torch RNG: seeded per worker
+            image = F.pad(image, (pad, pad, pad, pad))[:, top:top + size, left:left + size]
+            if self.flip and torch.rand(()) < 0.5:
                 image = image.flip(-1)
         return (image.float() - self.mean_255) / self.std_255, int(self.labels[index])
+
+
+# ----------------------------------------------------------------------------- MNIST format
+
+IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+             "t10k-labels-idx1-ubyte")
+# Where Debian's packages put the files (apt-get install dataset-fashion-mnist); MNIST has none.
+IDX_SYSTEM_FOLDERS = {"FashionMNIST": "/usr/share/datasets/fashion-mnist"}
+IDX_SOURCES = {"FashionMNIST": "apt-get install dataset-fashion-mnist puts them in "
+                               "/usr/share/datasets/fashion-mnist",
+               "MNIST": "torchvision.datasets.MNIST(ROOT, download=True) on a machine with "
+                        "internet puts them in ROOT/MNIST/raw"}
+# Mean and std of the 60,000 training images' pixels in [0, 1] (computed from the files).
+IDX_MEAN_STD = {"FashionMNIST": ((0.2860,), (0.3530,)), "MNIST": ((0.1307,), (0.3081,))}
+
+
+def idx_folder(datapath, name):
+    """The folder holding `name`'s four IDX files: `datapath` itself or torchvision's layout
+    `datapath/NAME/raw`; None for `datapath` means Debian's folder when it exists, else ./data."""
+    if datapath is None:
+        system = IDX_SYSTEM_FOLDERS.get(name)
+        datapath = system if system and os.path.isdir(system) else "./data"
+    nested = os.path.join(datapath, name, "raw")
+    has_files = lambda folder: any(os.path.exists(os.path.join(folder, f)) or
+                                   os.path.exists(os.path.join(folder, f + ".gz"))
+                                   for f in IDX_FILES)
+    return nested if not has_files(datapath) and has_files(nested) else datapath
+
+
+def read_idx(datapath, name):
+    """(train images (60000, 1, 28, 28) uint8, train labels int64, test images, test labels) of
+    MNIST or FashionMNIST: the four standard IDX files, each raw or gzipped (``.gz``), read by
+    torchvision's own IDX reader. DataError (one line) when a file is missing or malformed."""
+    from torchvision.datasets import mnist, utils  # seconds to import; only these sets need it
+    import tempfile
+    folder = idx_folder(datapath, name)
+    expected = (f"expected {', '.join(IDX_FILES)} (each raw or .gz) in {folder}; "
+                f"{IDX_SOURCES[name]}")
+    arrays = []
+    with tempfile.TemporaryDirectory(prefix="slimnets-idx-") as scratch:
+        for file in IDX_FILES:
+            path = os.path.join(folder, file)
+            if not os.path.exists(path):
+                path += ".gz"
+            if not os.path.exists(path):
+                raise DataError(f"no {name} at {folder}: missing {file}; {expected}")
+            try:
+                readable = utils.extract_archive(path, scratch) if path.endswith(".gz") else path
+                reader = mnist.read_image_file if "images" in file else mnist.read_label_file
+                arrays.append(reader(readable).numpy())
+            except Exception as error:  # truncated gzip, wrong magic number, wrong dimensions
+                raise DataError(f"{path} is not an IDX {'image' if 'images' in file else 'label'}"
+                                f" file ({type(error).__name__}); {expected}") from None
+    train_images, train_labels, test_images, test_labels = arrays
+    for images, labels, file in ((train_images, train_labels, "train"),
+                                 (test_images, test_labels, "t10k")):
+        if len(images) != len(labels):
+            raise DataError(f"{folder}: {file} has {len(images)} images but {len(labels)} "
+                            f"labels; {expected}")
+        if labels.size and not 0 <= labels.min() <= labels.max() <= 9:
+            raise DataError(f"{folder}: {file} labels outside 0..9; {expected}")
+    return (train_images[:, None], train_labels.astype(np.int64),
+            test_images[:, None], test_labels.astype(np.int64))
 
 
 # ----------------------------------------------------------------------------- ImageNet
@@ -421,13 +487,20 @@ def add_data_args(parser):
     """Add the data flags shared by train.py, search.py and evaluate.py."""
     group = parser.add_argument_group("data")
     group.add_argument("--dataset", type=canonical_dataset_name, default="synthetic", help=
-                       "synthetic (default, made in memory), CIFAR10, CIFAR100 or ImageNet; any case")
-    group.add_argument("--datapath", default="./data", help="CIFAR: the folder holding (or being) "
-                       "cifar-10-batches-py or cifar-100-python; ImageNet: the folder holding "
-                       "train.lmdb and val.lmdb (default ./data)")
+                       "synthetic (default, made in memory), CIFAR10, CIFAR100, FashionMNIST, "
+                       "MNIST or ImageNet; any case")
+    group.add_argument("--datapath", default=None, help="CIFAR: the folder holding (or being) "
+                       "cifar-10-batches-py or cifar-100-python; FashionMNIST/MNIST: the folder "
+                       "holding the four IDX files (raw or .gz; or NAME/raw below it); ImageNet: "
+                       "the folder holding train.lmdb and val.lmdb (default ./data; "
+                       "FashionMNIST: /usr/share/datasets/fashion-mnist when it exists)")
     group.add_argument("--val_size", type=int, default=None,
-                       help="images held out of the training set for width search "
-                            "(default: synthetic 1000, CIFAR 5000, ImageNet 10000; 0 = none)")
+                       help="images held out of the training set for width search (default: "
+                            "synthetic 1000, CIFAR/MNIST/FashionMNIST 5000, ImageNet 10000; "
+                            "0 = none)")
+    group.add_argument("--train_size", type=int, default=0,
+                       help="train on a fixed random subset of this many of the images left "
+                            "after the held-out split (default 0: all of them); short studies")
     group.add_argument("--workers", type=int, default=2,
                        help="DataLoader worker processes per training process (default 2)")
     group.add_argument("--pin_memory", action=argparse.BooleanOptionalAction, default=True,
@@ -452,23 +525,37 @@ class Loaders(NamedTuple):
     val: Optional[DataLoader]    # held out of the training set, eval transforms; None if val_size 0
     test: DataLoader             # eval transforms; report only
     num_classes: int
-    input_size: int              # 32 or 224
+    input_size: int              # 32, 28 or 224
     dataset: str                 # canonical name, e.g. "CIFAR100"
+    in_channels: int = 3         # 3 (RGB) or 1 (MNIST, FashionMNIST)
+
+
+def train_subset(train_indices, size, seed=HELD_OUT_SEED):
+    """`size` of the training indices (a fixed random choice, sorted); all of them for 0."""
+    if size == 0:
+        return train_indices
+    if not 0 < size <= len(train_indices):
+        raise DataError(f"--train_size {size} must be in 1..{len(train_indices)} (the training "
+                        f"images left after the held-out split), or 0 for all")
+    chosen = np.random.default_rng([seed, 1]).permutation(len(train_indices))[:size]
+    return train_indices[np.sort(chosen)]
 
 
 def build_datasets(args):
-    """(train, val or None, test) Datasets, number of classes, input size."""
+    """(train, val or None, test) Datasets, number of classes, input size, image channels."""
     name = canonical_dataset_name(args.dataset)
     if name not in DATASETS:
         raise DataError(f"unknown dataset {args.dataset!r}: choose one of {', '.join(DATASETS)}")
     val_size = DEFAULT_VAL_SIZE[name] if args.val_size is None else args.val_size
+    datapath = args.datapath or "./data"
     if name == "ImageNet":
-        train_path, test_path = (os.path.join(args.datapath, f) for f in ("train.lmdb", "val.lmdb"))
+        train_path, test_path = (os.path.join(datapath, f) for f in ("train.lmdb", "val.lmdb"))
         if not (os.path.exists(train_path) and os.path.exists(test_path)):
-            raise DataError(f"no ImageNet at {args.datapath}: expected train.lmdb and val.lmdb "
+            raise DataError(f"no ImageNet at {datapath}: expected train.lmdb and val.lmdb "
                             f"there (make them with python data.py to-lmdb)")
         num_train, classes = _read_lmdb_header(train_path)
         train_indices, val_indices = held_out_split(num_train, val_size)
+        train_indices = train_subset(train_indices, args.train_size)
         evaluation = imagenet_transform(train=False)
         train = LMDBImageFolder(train_path, imagenet_transform(True, args.scale_ratio,
                                                                args.slim_dataaug), train_indices)
@@ -476,7 +563,8 @@ def build_datasets(args):
         test = LMDBImageFolder(test_path, evaluation)
         if test.classes != classes:
             raise DataError(f"{test_path} and {train_path} list different classes")
-        return train, val, test, len(classes), 224
+        return train, val, test, len(classes), 224, 3
+    padding, flip = 4, True
     if name == "synthetic":
         if args.synthetic_classes < 2 or min(args.synthetic_train, args.synthetic_test) < 1:
             raise DataError("--synthetic_classes must be at least 2 and the sizes positive")
@@ -487,16 +575,22 @@ def build_datasets(args):
         pixels = torch.from_numpy(train_images).float().div_(255)  # the set's own mean/std
         mean, std = pixels.mean((0, 2, 3)).tolist(), pixels.std((0, 2, 3)).tolist()
         num_classes = args.synthetic_classes
+    elif name in IDX_MEAN_STD:
+        train_images, train_labels, test_images, test_labels = read_idx(args.datapath, name)
+        mean, std = IDX_MEAN_STD[name]
+        num_classes, padding, flip = 10, 2, name == "FashionMNIST"
     else:
-        train_images, train_labels, test_images, test_labels = read_cifar(args.datapath, name)
+        train_images, train_labels, test_images, test_labels = read_cifar(datapath, name)
         mean, std = CIFAR_MEAN_STD[name]
         num_classes = 10 if name == "CIFAR10" else 100
     train_indices, val_indices = held_out_split(len(train_images), val_size)
-    train = InMemoryImages(train_images[train_indices], train_labels[train_indices], mean, std, True)
+    train_indices = train_subset(train_indices, args.train_size)
+    train = InMemoryImages(train_images[train_indices], train_labels[train_indices], mean, std,
+                           True, padding, flip)
     val = InMemoryImages(train_images[val_indices], train_labels[val_indices], mean, std,
                          False) if val_size else None
     test = InMemoryImages(test_images, test_labels, mean, std, False)
-    return train, val, test, num_classes, 32
+    return train, val, test, num_classes, train_images.shape[-1], train_images.shape[1]
 
 
 def get_loaders(args, batch_size, eval_batch_size=None):
@@ -508,7 +602,7 @@ def get_loaders(args, batch_size, eval_batch_size=None):
     every image counts exactly once (shards may differ by one image: sum correct counts and
     totals across processes after the loop, do not all-reduce per batch).
     """
-    train_set, val_set, test_set, num_classes, input_size = build_datasets(args)
+    train_set, val_set, test_set, num_classes, input_size, in_channels = build_datasets(args)
     distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
     world_size = torch.distributed.get_world_size() if distributed else 1
     rank = torch.distributed.get_rank() if distributed else 0
@@ -518,19 +612,26 @@ def get_loaders(args, batch_size, eval_batch_size=None):
         raise DataError(f"batch size {batch_size} is smaller than the {world_size} processes")
     if len(train_set) < per_process * world_size:
         raise DataError(f"only {len(train_set)} training images for a batch of {batch_size}")
-    common = dict(num_workers=args.workers, pin_memory=args.pin_memory and torch.cuda.is_available(),
-                  persistent_workers=args.workers > 0)
+    common = dict(num_workers=args.workers, pin_memory=args.pin_memory and torch.cuda.is_available())
     train_sampler = DistributedSampler(train_set, world_size, rank, shuffle=True) if distributed else None
+    # Fresh training workers every epoch: each seeds its augmentation from torch's RNG when the
+    # epoch's iterator is made, so an epoch depends on (that RNG state, epoch) alone and a
+    # resumed run repeats it. Persistent workers would carry their RNG over from earlier epochs.
     train = DataLoader(train_set, per_process, shuffle=train_sampler is None, sampler=train_sampler,
-                       drop_last=True, **common)
+                       drop_last=True, persistent_workers=False, **common)
 
     def evaluation_loader(dataset):
+        # No randomness, so its workers may persist; its own generator, because every new
+        # iterator draws a seed from it, and drawing from torch's global RNG would shift the
+        # training augmentation whenever the trainer reads held-out batches.
         shard = range(rank, len(dataset), world_size) if distributed else None
-        return DataLoader(dataset, per_process_eval, shuffle=False, sampler=shard, **common)
+        return DataLoader(dataset, per_process_eval, shuffle=False, sampler=shard,
+                          persistent_workers=args.workers > 0, generator=torch.Generator(),
+                          **common)
 
     val = evaluation_loader(val_set) if val_set is not None else None
     return Loaders(train, val, evaluation_loader(test_set), num_classes, input_size,
-                   canonical_dataset_name(args.dataset))
+                   canonical_dataset_name(args.dataset), in_channels)
 
 
 def setup_distributed(device_flag):
@@ -580,11 +681,12 @@ def check_lmdb(path, workers=2):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="Inspect slimnets' data sets; convert and "
-                                     "check ImageNet LMDB databases.")
+    parser = argparse.ArgumentParser(allow_abbrev=False, description="Inspect slimnets' data "
+                                     "sets; convert and check ImageNet LMDB databases.")
     commands = parser.add_subparsers(dest="command", required=True)
     convert = commands.add_parser(
-        "to-lmdb", help="convert an ImageFolder tree (one sub-folder per class) to LMDB",
+        "to-lmdb", allow_abbrev=False,
+        help="convert an ImageFolder tree (one sub-folder per class) to LMDB",
         description="Store every image of SRC_DIR (class sub-folders, sorted -> labels "
                     "0..C-1), still encoded, in a new LMDB database DST. DST appears only "
                     "once the conversion has succeeded.")
@@ -592,8 +694,10 @@ def main(argv=None):
     convert.add_argument("lmdb_path", metavar="DST", help="e.g. ./data/train.lmdb (must not exist)")
     convert.add_argument("--records_per_commit", type=int, default=1000,
                          help="images written per LMDB transaction (default 1000)")
-    info = commands.add_parser("info", help="print the split sizes of a data set")
-    check = commands.add_parser("check", help="like info, and decode every ImageNet LMDB record")
+    info = commands.add_parser("info", allow_abbrev=False,
+                               help="print the split sizes of a data set")
+    check = commands.add_parser("check", allow_abbrev=False,
+                                help="like info, and decode every ImageNet LMDB record")
     for command in (info, check):
         add_data_args(command)
     args = parser.parse_args(argv)
@@ -604,12 +708,12 @@ def main(argv=None):
             return 0
         if args.command == "check" and canonical_dataset_name(args.dataset) == "ImageNet":
             for name in ("train.lmdb", "val.lmdb"):  # every record, whatever the split flags
-                path = os.path.join(args.datapath, name)
+                path = os.path.join(args.datapath or "./data", name)
                 print(f"check: {path}: all {check_lmdb(path, args.workers)} records decode")
             return 0
-        train, val, test, num_classes, input_size = build_datasets(args)
+        train, val, test, num_classes, input_size, in_channels = build_datasets(args)
         print(f"{canonical_dataset_name(args.dataset)}: {num_classes} classes, "
-              f"{input_size}x{input_size} inputs, train {len(train)}, "
+              f"{input_size}x{input_size}x{in_channels} inputs, train {len(train)}, "
               f"val {len(val) if val is not None else 0}, test {len(test)}")
     except DataError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -74,7 +74,7 @@ def first_line(error):
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(description=__doc__,
+    parser = argparse.ArgumentParser(description=__doc__, allow_abbrev=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.error = lambda message: parser.exit(2, f"error: {message}\n")
     add = parser.add_argument
@@ -404,7 +404,8 @@ def evaluate_run(name, overrides=None, argv=None):
               "calib_images": sum(len(y) for _, y in calibration), "source": source,
               "full_macs": full_macs, "full_params": slimmable.params(net, 1.0),
               "smallest_ratio": smallest_ratio, "area": area, "seconds": time.time() - start,
-              "checkpoint_stamp": stamp, "points": points, "candidates": candidates}
+              "checkpoint_stamp": stamp, "points": points, "candidates": candidates,
+              "training_curves": checkpoint.get("curves") or []}
     write_results(result, os.path.join(RESULTS_DIR, name + ("_configs" if args.configs else "")))
     return result
 
@@ -414,15 +415,20 @@ def write_results(result, stem):
     points = result["points"]
     table = np.array([[p["macs_ratio"] for p in points], [p["test"]["top1"] for p in points],
                       [p["test"]["top5"] for p in points]])
-    write_atomic(f"{stem}_eval_pareto.txt", lambda handle: np.savetxt(handle, table))
-    write_atomic(f"{stem}_eval_pareto.json", lambda handle: json.dump(result, handle, indent=1))
+    slimmable.write_atomic(f"{stem}_eval_pareto.txt", lambda handle: np.savetxt(handle, table))
+    slimmable.write_atomic(f"{stem}_eval_pareto.json",
+                           lambda handle: json.dump(result, handle, indent=1))
     curves = [{"label": "test top-1, front selected on held-out", "end": result["full_macs"] / 1e6,
                "points": [(p["macs"] / 1e6, p["test"]["top1"]) for p in points]},
               {"label": "held-out top-1, every candidate", "dots_only": True,
                "points": [(c["macs"] / 1e6, c["held_out"]["top1"]) for c in result["candidates"]]}]
     svg = front_svg(curves, f"{result['name']}: {result['method']} {result['network']}, "
                             f"area {result['area']:.2f} (mean test top-1 error %)")
-    write_atomic(f"{stem}_pareto.svg", lambda handle: handle.write(svg))
+    slimmable.write_atomic(f"{stem}_pareto.svg", lambda handle: handle.write(svg))
+    curves = result.get("training_curves") or []
+    if curves:
+        svg = training_curves_svg([("", curves)], f"{result['name']}: training curves")
+        slimmable.write_atomic(f"{stem}_curves.svg", lambda handle: handle.write(svg))
     print(f"{'MACs':>10}{'ratio':>8}{'params':>11}{'held-out top-1':>16}{'test top-1':>12}"
           f"{'test top-5':>12}")
     for p in points:
@@ -433,17 +439,9 @@ def write_results(result, stem):
           f"MACs ratios {result['smallest_ratio']:.3f}..1; lower is better)")
     exported = [p["subnet"] for p in points if p["subnet"]]
     print(f"wrote {stem}_eval_pareto.txt, .json, {stem}_pareto.svg"
+          + (f", {stem}_curves.svg" if curves else "")
           + (f" and {len(exported)} subnets in {os.path.dirname(exported[0])}" if exported else "")
           + f" ({result['seconds']:.1f} s)")
-
-
-def write_atomic(path, write, mode="w"):
-    """``write(handle)`` into a temporary file, then rename it to ``path``: never half written."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    temporary = f"{path}.tmp{os.getpid()}"
-    with open(temporary, mode) as handle:
-        write(handle)
-    os.replace(temporary, path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -461,7 +459,7 @@ def save_subnet(args, checkpoint, index, point, state_dict):
               **{key: point[key] for key in ("widths", "channels", "macs", "params", "held_out",
                                              "test", "target_mflops", "config_file")
                  if key in point}, "data": data_args}
-    write_atomic(path, lambda handle: torch.save(record, handle), "wb")
+    slimmable.write_atomic(path, lambda handle: torch.save(record, handle), "wb")
     return path
 
 
@@ -545,9 +543,11 @@ def tag(name, text=None, **attributes):
     return f"<{name} {written}/>" if text is None else f"<{name} {written}>{escape(str(text))}</{name}>"
 
 
-def front_svg(curves, title, x_label="MACs (millions)", y_label="top-1 accuracy (%)"):
-    """An SVG plot of curves ``{"label", "points": [(macs_millions, top1)], "end", "dots_only"}``:
-    each one's points and (unless dots_only) its step curve up to ``end``; axes, ticks, legend."""
+def front_svg(curves, title, x_label="MACs (millions)", y_label="top-1 accuracy (%)", y=0):
+    """An SVG plot of curves ``{"label", "points": [(macs_millions, top1)], "end", "dots_only",
+    "line"}``: each one's points and (unless dots_only) its step curve up to ``end``, or the
+    straight lines through its points when ``line``; axes, ticks, legend. ``y``: the plot's
+    offset when it is nested in another SVG (``panels_svg``)."""
     width, height, left, right, top, bottom = 760, 480, 72, 24, 44, 56
     xs = [x for c in curves for x, _ in c["points"]] + [c.get("end", 0.0) for c in curves]
     ys = [y for c in curves for _, y in c["points"]] or [0.0]
@@ -561,7 +561,7 @@ def front_svg(curves, title, x_label="MACs (millions)", y_label="top-1 accuracy 
         return round(height - bottom - (height - top - bottom) * (y - y_low) / (y_high - y_low), 1)
 
     middle = (top + height - bottom) / 2
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" y="{y}" width="{width}" height="{height}" '
            f'font-family="sans-serif" font-size="12">',
            tag("rect", width=width, height=height, fill="white"),
            tag("text", title, x=width / 2, y=24, text_anchor="middle", font_size=15)]
@@ -586,15 +586,46 @@ def front_svg(curves, title, x_label="MACs (millions)", y_label="top-1 accuracy 
         solid += not dots_only
         out.append(f'<g class="{"dots" if dots_only else "run"}" fill="{color}">')
         if not dots_only and curve["points"]:
-            path = " ".join(f"{sx(x)},{sy(y)}"
-                            for x, y in step_curve(curve["points"], curve.get("end", 0.0)))
+            line = curve["points"] if curve.get("line") else \
+                step_curve(curve["points"], curve.get("end", 0.0))
+            path = " ".join(f"{sx(x)},{sy(y)}" for x, y in line)
             out.append(tag("polyline", class_="front", points=path, fill="none", stroke=color,
                            stroke_width=2))
-        out += [tag("circle", cx=sx(x), cy=sy(y), r=2.5 if dots_only else 4) for x, y in curve["points"]]
+        out += [tag("circle", cx=sx(x), cy=sy(y), r=2.5 if dots_only or curve.get("line") else 4)
+                for x, y in curve["points"]]
         row_y = legend_y + 16 + 18 * index
         out += [tag("circle", cx=legend_x + 12, cy=row_y - 4, r=4),
                 tag("text", curve["label"], x=legend_x + 22, y=row_y, fill="black"), "</g>"]
     return "\n".join(out + ["</svg>"]) + "\n"
+
+
+def panels_svg(panels, title):
+    """Plots stacked in one SVG: ``panels`` is a list of ``(y_label, curves)`` drawn by
+    ``front_svg`` against the training step, each titled ``title``."""
+    plots = [front_svg(curves, title, "training step", y_label, y=480 * k)
+             for k, (y_label, curves) in enumerate(panels)]
+    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="760" height="{480 * len(plots)}">\n'
+            + "".join(plots) + "</svg>\n")
+
+
+def training_curves_svg(runs, title):
+    """The training curves of train.py's ``runs/NAME/curves.json``: the full and the smallest
+    network's training loss, then their held-out top-1, against the step. ``runs``: a list of
+    ``(label, points)``; one run draws both networks, several runs draw one line each per
+    network and panel."""
+    panels = []
+    for y_label, key in (("training loss", "loss"), ("held-out top-1 (%, BN batch statistics)",
+                                                      "top1")):
+        curves = []
+        for label, points in runs:
+            for end in ("full", "smallest"):
+                values = [(p["step"], p[f"{end}_{key}"]) for p in points if f"{end}_{key}" in p]
+                if values:
+                    curves.append({"label": f"{label} {end}".strip(), "points": values,
+                                   "line": True})
+        if curves:
+            panels.append((y_label, curves))
+    return panels_svg(panels, title)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -633,7 +664,7 @@ def compare(names, out_path=None, overrides=None, argv=None):
                "end": r["full_macs"] / 1e6,
                "points": [(p["macs"] / 1e6, p["test"]["top1"]) for p in r["points"]]} for r in results]
     svg = front_svg(curves, "test top-1 vs MACs (fronts selected on held-out data)")
-    write_atomic(out_path, lambda handle: handle.write(svg))
+    slimmable.write_atomic(out_path, lambda handle: handle.write(svg))
     rows = [{"name": r["name"], "network": r["network"], "method": r["method"], "area": r["area"],
              "top1_at": {level: top1_at(r["points"], level) for level in MATCHED_RATIOS}}
             for r in results]
@@ -658,7 +689,7 @@ def main(argv=None):
             compare(args.compare, args.out, argv=argv)
         else:
             evaluate_run(args.name, argv=argv)
-    except (Fail, data.DataError) as error:
+    except (Fail, data.DataError, slimmable.WriteError) as error:
         print(f"error: {first_line(error)}", file=sys.stderr)
         return 2
     finally:

@@ -127,11 +127,12 @@ class ResNet(nn.Module):
     first stage) and one per block's inner width (``layerK.B.inner``).
     """
 
-    def __init__(self, blocks_per_stage, stage_channels, num_classes, imagenet, input_size):
+    def __init__(self, blocks_per_stage, stage_channels, num_classes, imagenet, input_size,
+                 in_channels=3):
         super().__init__()
         divisor = 8 if imagenet else 1
         self.width_groups = []
-        self.input_size = input_size
+        self.input_size, self.in_channels = input_size, in_channels
         residual, inner = [], []  # groups in network order: each stage's residual, then its blocks
         for k, (count, channels) in enumerate(zip(blocks_per_stage, stage_channels)):
             residual.append(add_group(self.width_groups, f"layer{k + 1}.residual", channels, divisor))
@@ -139,9 +140,9 @@ class ResNet(nn.Module):
                           for b in range(count)])
         stem = residual[0]
         if imagenet:
-            self.conv1 = SlimConv2d(3, stem.channels, 7, 2, 3, out_slot=stem)
+            self.conv1 = SlimConv2d(in_channels, stem.channels, 7, 2, 3, out_slot=stem)
         else:
-            self.conv1 = SlimConv2d(3, stem.channels, 3, 1, 1, out_slot=stem)
+            self.conv1 = SlimConv2d(in_channels, stem.channels, 3, 1, 1, out_slot=stem)
         self.bn1 = SlimBatchNorm2d(stem.channels, stem)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, 2, 1) if imagenet else nn.Identity()
@@ -166,16 +167,17 @@ class ResNet(nn.Module):
         return self.fc(self.avgpool(x).flatten(1))
 
 
-def slim_cifar_resnet(depth, num_classes=10, input_size=32):
+def slim_cifar_resnet(depth, num_classes=10, input_size=32, in_channels=3):
     if (depth - 2) % 6:
         raise ValueError("CIFAR ResNet depth must be 6n+2")
     n = (depth - 2) // 6
-    return ResNet([n] * 3, [16, 32, 64], num_classes, imagenet=False, input_size=input_size)
+    return ResNet([n] * 3, [16, 32, 64], num_classes, imagenet=False, input_size=input_size,
+                  in_channels=in_channels)
 
 
-def slim_resnet18(num_classes=1000, input_size=224):
+def slim_resnet18(num_classes=1000, input_size=224, in_channels=3):
     return ResNet([2, 2, 2, 2], [64, 128, 256, 512], num_classes, imagenet=True,
-                  input_size=input_size)
+                  input_size=input_size, in_channels=in_channels)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -251,13 +253,14 @@ class MobileNetV2(nn.Module):
     block with an expansion layer (16).
     """
 
-    def __init__(self, num_classes=1000, width_mult=1.0, input_size=224, dropout=0.2):
+    def __init__(self, num_classes=1000, width_mult=1.0, input_size=224, dropout=0.2,
+                 in_channels=3):
         super().__init__()
-        self.width_groups, self.input_size = [], input_size
+        self.width_groups, self.input_size, self.in_channels = [], input_size, in_channels
         groups = self.width_groups
         in_slot = add_group(groups, "stem", make_divisible(32 * width_mult), 8)
         last_channels = make_divisible(1280 * max(1.0, width_mult))
-        features = [_conv_bn(3, in_slot, 3, 2, activation=nn.ReLU6(inplace=True))]
+        features = [_conv_bn(in_channels, in_slot, 3, 2, activation=nn.ReLU6(inplace=True))]
         for k, (t, c, n, s) in enumerate(MOBILENETV2_SETTING):
             out_slot = add_group(groups, f"stage{k + 1}.out", make_divisible(c * width_mult), 8)
             for i in range(n):
@@ -294,13 +297,13 @@ class MobileNetV3Large(nn.Module):
     residual to that block's output), one ``stageK.out`` per later output width (5), one
     ``features.N.expand`` per block with an expansion layer (14)."""
 
-    def __init__(self, num_classes=1000, input_size=224, dropout=0.2):
+    def __init__(self, num_classes=1000, input_size=224, dropout=0.2, in_channels=3):
         super().__init__()
-        self.width_groups, self.input_size = [], input_size
+        self.width_groups, self.input_size, self.in_channels = [], input_size, in_channels
         groups = self.width_groups
         norm = dict(bn_eps=0.001, bn_momentum=0.01)
         in_slot = add_group(groups, "stem", 16, 8)
-        features = [_conv_bn(3, in_slot, 3, 2, activation=nn.Hardswish(), **norm)]
+        features = [_conv_bn(in_channels, in_slot, 3, 2, activation=nn.Hardswish(), **norm)]
         out_slot, stage = in_slot, 0
         for kernel, expanded, out, use_se, hard_swish, stride in MOBILENETV3_LARGE_SETTING:
             if out != out_slot.channels:
@@ -345,7 +348,8 @@ CIFAR_NETWORKS = ("slim_resnet20", "slim_resnet32", "slim_resnet44", "slim_resne
 
 def get_model(name, num_classes, **options):
     """Build network ``name`` (see ``NETWORKS``). Options: ``input_size`` (the resolution the cost
-    is counted at; 32 for the CIFAR ResNets, 224 otherwise), ``width_mult`` (MobileNetV2 only)."""
+    is counted at; 32 for the CIFAR ResNets, 224 otherwise), ``in_channels`` (image channels: 3,
+    or 1 for grey images such as Fashion-MNIST), ``width_mult`` (MobileNetV2 only)."""
     if name not in NETWORKS:
         raise ValueError(f"unknown network '{name}'; valid: {', '.join(NETWORKS)}")
     try:

@@ -65,7 +65,7 @@ class Fail(Exception):
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(description=__doc__,
+    parser = argparse.ArgumentParser(description=__doc__, allow_abbrev=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.error = lambda message: parser.exit(2, f"error: {message}\n")
     add = parser.add_argument
@@ -393,10 +393,7 @@ def best_candidate(scores):
 
 
 def write_json(path, content):
-    temporary = f"{path}.tmp"
-    with open(temporary, "w") as handle:
-        json.dump(content, handle, indent=1)
-    os.replace(temporary, path)  # atomic: an interrupted write leaves the previous file
+    slimmable.write_atomic(path, lambda handle: json.dump(content, handle, indent=1))
 
 
 def fingerprint(calibration, score):
@@ -576,7 +573,7 @@ def main(argv=None):
     given = {key for key, value in vars(explicit).items() if value is not unset}
     try:
         search(args, given)
-    except (Fail, data.DataError) as error:
+    except (Fail, data.DataError, slimmable.WriteError) as error:
         print(f"error: {str(error).splitlines()[0] if str(error) else type(error).__name__}",
               file=sys.stderr)
         return 2

@@ -44,6 +44,7 @@ import copy
 import ctypes
 import json
 import os
+import tempfile
 from typing import NamedTuple, Optional
 
 import torch
@@ -312,14 +313,29 @@ def layer_channels(model, widths):
 # Cost: MACs and parameters as bilinear forms in the slot channel counts
 
 
+def image_channels(model):
+    """Channels of the image the model takes: ``model.in_channels`` when the network declares it
+    (every network of models.py does: 3 for RGB, 1 for grey), else the first conv's input."""
+    model = _unwrap(model)
+    if hasattr(model, "in_channels"):
+        return int(model.in_channels)
+    first = next((m for _, m in slim_layers(model) if isinstance(m, SlimConv2d)), None)
+    if first is None:
+        raise ValueError("the model has no SlimConv2d: give it an in_channels attribute")
+    return first.in_channels
+
+
 def _cost_terms(model):
     """(slots, macs_terms, params_terms); a term is ``coefficient * c[a] * c[b]`` where c are the
-    slot channel counts and index ``len(slots)`` stands for the constant 1. Built once from one full-width forward that
-    records each layer's output resolution (cached on the model)."""
+    slot channel counts and index ``len(slots)`` stands for the constant 1. Built from one
+    full-width forward of a ``(1, image_channels, input_size, input_size)`` zero image that
+    records each layer's output resolution; cached on the model for that input shape, so
+    changing ``model.input_size`` or ``model.in_channels`` rebuilds it."""
     model = _unwrap(model)
+    probe_shape = (1, image_channels(model), model.input_size, model.input_size)
     cached = model.__dict__.get("_cost_terms")
-    if cached is not None:
-        return cached
+    if cached is not None and cached[0] == probe_shape:
+        return cached[1]
     layers = slim_layers(model)
     sizes = {}
     hooks = [m.register_forward_hook(lambda m, i, o: sizes.__setitem__(m, o.shape[2:]))
@@ -329,7 +345,7 @@ def _cost_terms(model):
     set_widths(model, 1.0)
     device = next(model.parameters()).device
     with torch.no_grad():
-        model.eval()(torch.zeros(1, 3, model.input_size, model.input_size, device=device))
+        model.eval()(torch.zeros(probe_shape, device=device))
     model.train(was_training)
     for hook in hooks:
         hook.remove()
@@ -364,10 +380,10 @@ def _cost_terms(model):
         if m.bias is not None:
             params_terms.append((ka, a, one))
     # As three long tensors (coefficient, slot a, slot b) for the vectorized evaluation.
-    cached = (slots, torch.tensor(macs_terms, dtype=torch.long).T,
-              torch.tensor(params_terms, dtype=torch.long).T)
-    model.__dict__["_cost_terms"] = cached
-    return cached
+    terms = (slots, torch.tensor(macs_terms, dtype=torch.long).T,
+             torch.tensor(params_terms, dtype=torch.long).T)
+    model.__dict__["_cost_terms"] = (probe_shape, terms)
+    return terms
 
 
 def _evaluate_terms(model, widths, which):
@@ -458,6 +474,42 @@ def batch_statistics(model):
         net.train(was_training)
 
 
+class WriteError(OSError):
+    """A file could not be written (disk full, read-only folder...); str() is one line."""
+
+
+def write_atomic(path, write, mode="w"):
+    """Write a file so that a crash, a full disk or a concurrent writer never leaves it half
+    written: ``write(handle)`` fills a temporary file unique to this call in the same folder,
+    which is flushed to disk (fsync), renamed over ``path`` and the folder entry synced. On any
+    failure the temporary file is removed, ``path`` keeps its previous content, and a
+    ``WriteError`` says which file and why. Every file slimnets writes goes through here."""
+    folder = os.path.dirname(path) or "."
+    temporary = None
+    try:
+        os.makedirs(folder, exist_ok=True)
+        descriptor, temporary = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp",
+                                                 dir=folder)
+        with os.fdopen(descriptor, mode) as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+        temporary = None
+        directory = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+    except (OSError, RuntimeError) as error:  # torch.save reports a full disk as RuntimeError
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else \
+            str(error).splitlines()[0]
+        raise WriteError(f"cannot write {path}: {reason}") from None
+    finally:
+        if temporary is not None and os.path.exists(temporary):
+            os.remove(temporary)
+
+
 def save_config(path, model, widths, **extra):
     """Write one width configuration as JSON: widths per group, channels per group and per
     layer, MACs, params, and any ``extra`` fields (written atomically)."""
@@ -467,10 +519,7 @@ def save_config(path, model, widths, **extra):
               "channels": group_channels(net, widths), "macs": macs(net, widths),
               "params": params(net, widths), **extra,
               "layers": layer_channels(net, widths)}
-    temporary = f"{path}.tmp"
-    with open(temporary, "w") as handle:
-        json.dump(record, handle, indent=1)
-    os.replace(temporary, path)
+    write_atomic(path, lambda handle: json.dump(record, handle, indent=1))
     return record
 
 

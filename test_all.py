@@ -209,6 +209,35 @@ def test_export_equals_slimmable_model(name):
         torch.testing.assert_close(rebuilt(x), static(x))
 
 
+@pytest.mark.parametrize("name", ALL_NETWORKS)
+def test_grey_networks_count_and_export_exactly(name):
+    """A 1-channel network (Fashion-MNIST's 28x28 grey images for the CIFAR ResNets): MACs
+    exact against FlopCounterMode, params against the exported model, export equal."""
+    torch.manual_seed(2)
+    size = 28 if name in models.CIFAR_NETWORKS else 64
+    net = models.get_model(name, 10, input_size=size, in_channels=1).eval()
+    _randomize_bn(net)
+    x = torch.randn(2, 1, size, size)
+    for widths in [1.0, 0.42, random_widths(net, random.Random(name))]:
+        slimmable.set_widths(net, widths)
+        static = slimmable.export(net, widths)
+        with torch.no_grad():
+            assert (static(x) - net(x)).abs().max().item() <= 1e-5
+        assert sum(p.numel() for p in static.parameters()) == slimmable.params(net, widths)
+        with FlopCounterMode(display=False) as counter:
+            static(x[:1])
+        assert counter.get_total_flops() == 2 * slimmable.macs(net, widths)
+
+
+def test_costs_follow_the_models_input_shape():
+    net = models.get_model("slim_resnet18", 1000)
+    at_224 = slimmable.macs(net, 0.5)
+    net.input_size = 160  # the cached cost terms are rebuilt for the new resolution
+    built_at_160 = models.get_model("slim_resnet18", 1000, input_size=160)
+    assert slimmable.macs(net, 0.5) == slimmable.macs(built_at_160, 0.5) == 246_630_400
+    assert at_224 == 483_149_824
+
+
 def test_vectorized_costs_equal_one_by_one():
     net = models.get_model("slim_resnet56", 100)
     generator = torch.Generator().manual_seed(0)
@@ -356,6 +385,81 @@ def test_cifar100_folder_reads_back_with_held_out_split(tmp_path):
                                              str(tmp_path / "cifar-100-python"), "--val_size",
                                              "10", "--workers", "0"), batch_size=16)
     assert torch.equal(again.val.dataset.images, loaders.val.dataset.images)
+
+
+def write_idx(path, array, compress):
+    """One file in the IDX format of MNIST (big-endian: magic 0x0000080N for N uint8 dims,
+    then the N sizes), gzipped when ``compress``."""
+    import gzip
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(int(n).to_bytes(4, "big") for n in array.shape)
+    opener = gzip.open if compress else open
+    with opener(str(path) + (".gz" if compress else ""), "wb") as handle:
+        handle.write(header + array.astype(np.uint8).tobytes())
+
+
+def write_mnist_folder(folder, num_train=40, num_test=12, compress=True, seed=0):
+    """The four standard files of an MNIST-format data set; returns the arrays written."""
+    rng = np.random.default_rng(seed)
+    os.makedirs(folder, exist_ok=True)
+    arrays = {}
+    for split, count in (("train", num_train), ("t10k", num_test)):
+        images = rng.integers(0, 256, (count, 28, 28), dtype=np.uint8)
+        labels = rng.integers(0, 10, count).astype(np.uint8)
+        write_idx(os.path.join(folder, f"{split}-images-idx3-ubyte"), images, compress)
+        write_idx(os.path.join(folder, f"{split}-labels-idx1-ubyte"), labels, compress)
+        arrays[split] = (images, labels.astype(np.int64))
+    return arrays
+
+
+@pytest.mark.parametrize("name,compress,nested", [("FashionMNIST", True, False),
+                                                  ("FashionMNIST", False, False),
+                                                  ("MNIST", True, True)])
+def test_idx_files_read_back_through_the_loaders(tmp_path, name, compress, nested):
+    folder = tmp_path / name / "raw" if nested else tmp_path  # torchvision's layout, or flat
+    arrays = write_mnist_folder(folder, compress=compress)
+    args = parse_data_args("--dataset", name.lower(), "--datapath", str(tmp_path), "--val_size",
+                           "8", "--workers", "0", "--no-pin_memory")
+    loaders = data.get_loaders(args, batch_size=4)
+    assert (loaders.num_classes, loaders.input_size, loaders.in_channels) == (10, 28, 1)
+    mean, std = data.IDX_MEAN_STD[name]
+    train_indices, val_indices = data.held_out_split(40, 8)
+
+    def pixels(loader):  # undo the normalization: the uint8 pixels and the labels, in order
+        images, labels = zip(*[(x, y) for x, y in loader])
+        images = torch.cat(images) * (std[0] * 255) + mean[0] * 255
+        return images.round().to(torch.uint8).squeeze(1).numpy(), torch.cat(labels).numpy()
+
+    images, labels = pixels(loaders.test)
+    assert np.array_equal(images, arrays["t10k"][0]) and np.array_equal(labels, arrays["t10k"][1])
+    images, labels = pixels(loaders.val)
+    assert np.array_equal(images, arrays["train"][0][val_indices])
+    assert np.array_equal(labels, arrays["train"][1][val_indices])
+    train_set = loaders.train.dataset
+    assert np.array_equal(train_set.images.squeeze(1).numpy(), arrays["train"][0][train_indices])
+    assert (train_set.padding, train_set.flip) == (2, name == "FashionMNIST")
+    subset_args = argparse.Namespace(**{**vars(args), "train_size": 10})
+    subset = data.get_loaders(subset_args, batch_size=4).train.dataset
+    assert len(subset) == 10 and set(subset.labels.tolist()) <= set(arrays["train"][1].tolist())
+
+
+def test_missing_or_malformed_idx_files_are_one_line(tmp_path):
+    folder = tmp_path / "fmnist"
+    write_mnist_folder(folder)
+    os.remove(folder / "t10k-labels-idx1-ubyte.gz")
+    broken = tmp_path / "broken"
+    write_mnist_folder(broken)
+    (broken / "train-images-idx3-ubyte.gz").write_bytes(b"\x1f\x8b not really gzip")
+    missing, malformed, mnist = run_data_clis(
+        ("info", "--dataset", "fashionmnist", "--datapath", str(folder)),
+        ("info", "--dataset", "FashionMNIST", "--datapath", str(broken)),
+        ("info", "--dataset", "MNIST", "--datapath", str(tmp_path / "nowhere")))
+    files = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+             "t10k-labels-idx1-ubyte")
+    assert_one_line_error(missing, "missing t10k-labels-idx1-ubyte", str(folder),
+                          "apt-get install dataset-fashion-mnist", *files)
+    assert_one_line_error(malformed, "train-images-idx3-ubyte.gz is not an IDX image file",
+                          *files)
+    assert_one_line_error(mnist, "no MNIST at", "download=True", *files)
 
 
 def test_training_augmentation_is_a_padded_crop_with_flip():
@@ -883,6 +987,40 @@ def test_train_fixed_configurations(tmp_path, monkeypatch):
     assert checkpoint["fixed_configs"] == [[0.5] * 12, [0.75] * 12]
 
 
+def test_student_loss_mixes_distillation_and_labels():
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(6, 5, generator=generator)
+    teacher = torch.softmax(torch.randn(6, 5, generator=generator), dim=1)
+    targets = torch.randint(0, 5, (6,), generator=generator)
+    labels = nn.functional.cross_entropy(logits, targets, label_smoothing=0.1)
+    kd = -(teacher * torch.log_softmax(logits, dim=1)).sum(1).mean()
+    assert torch.equal(train.student_loss(logits, targets, teacher, 1.0, 0.1), kd)
+    assert torch.equal(train.student_loss(logits, targets, teacher, 0.0, 0.1), labels)
+    assert torch.equal(train.student_loss(logits, targets, None, 0.7, 0.1), labels)
+    torch.testing.assert_close(train.student_loss(logits, targets, teacher, 0.25, 0.1),
+                               0.25 * kd + 0.75 * labels)
+
+
+def test_kd_weight_changes_only_the_students(tmp_path, monkeypatch):
+    """--kd_weight 0 is the same run as --distill_after beyond the end (labels only), and the
+    training curves are written, kept in the checkpoint and evenly spaced."""
+    monkeypatch.chdir(tmp_path)
+    short = with_flag(TINY_RUN, "--epochs", "1") + ["--curve_points", "4", "--curve_images", "40"]
+    assert train.main(["--name", "labels", "--kd_weight", "0"] + short) == 0
+    assert train.main(["--name", "late", "--kd_weight", "1", "--distill_after", "5"] + short) == 0
+    assert train.main(["--name", "kd", "--kd_weight", "1", "--distill_after", "0"] + short) == 0
+    labels, late, kd = (load_run(tmp_path, n) for n in ("labels", "late", "kd"))
+    for key, value in labels["model"].items():
+        torch.testing.assert_close(late["model"][key], value, msg=key)
+    assert not torch.equal(kd["model"]["fc.weight"], labels["model"]["fc.weight"])
+    curves = json.loads((tmp_path / "runs" / "labels" / "curves.json").read_text())
+    assert [p["step"] for p in curves["points"]] == [2, 4, 6, 8] == \
+        [p["step"] for p in labels["curves"]]
+    for point in curves["points"]:
+        assert 0 <= point["full_top1"] <= 100 and 0 <= point["smallest_top1"] <= 100
+        assert point["full_loss"] > 0 and point["smallest_loss"] > 0 and point["lr"] >= 0
+
+
 def test_resume_reproduces_an_uninterrupted_run(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert train.main(["--name", "whole"] + TINY_RUN) == 0
@@ -896,22 +1034,93 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path, monkeypatch):
     for key, value in whole["model"].items():
         torch.testing.assert_close(parts["model"][key], value, msg=key)
     assert (whole["sampler"]["configs"] == parts["sampler"]["configs"]).all()
+    assert whole["curves"] == parts["curves"] and len(whole["curves"]) == 16
+
+
+def assert_same_weights(first, second):
+    for key, value in first["model"].items():
+        torch.testing.assert_close(second["model"][key], value, rtol=0, atol=0, msg=key)
+
+
+def test_resume_with_data_workers_is_exact(tmp_path, monkeypatch):
+    """Augmenting DataLoader workers (the default --workers 2): a paused and resumed run equals
+    the uninterrupted one, across an epoch boundary and inside an epoch."""
+    monkeypatch.chdir(tmp_path)
+    flags = with_flag(with_flag(TINY_RUN, "--workers", "2"), "--method", "random")
+    assert train.main(["--name", "whole"] + flags) == 0
+    assert train.main(["--name", "parts", "--pause_after", "11"] + flags) == 0
+    assert train.main(["--name", "parts"] + flags) == 0
+    assert_same_weights(load_run(tmp_path, "whole"), load_run(tmp_path, "parts"))
+
+
+@pytest.mark.parametrize("signum,status", [(2, 130), (15, 143)])
+def test_signal_stops_at_a_step_boundary_and_resumes_exactly(tmp_path, signum, status):
+    """Ctrl-C (SIGINT) or SIGTERM at any moment: the trainer finishes the step it is in, saves,
+    exits 128 + signal; rerunning the command ends with the uninterrupted run's weights."""
+    flags = with_flag(TINY_RUN, "--epochs", "3") + ["--print_freq", "1"]
+    whole = run_script("train.py", "--name", "whole", *flags, cwd=tmp_path)
+    assert whole.returncode == 0, whole.stderr
+    environment = dict(os.environ, PYTHONPATH=REPO)
+    process = subprocess.Popen([sys.executable, os.path.join(REPO, "train.py"), "--name", "parts",
+                                *flags], cwd=tmp_path, stdout=subprocess.PIPE, text=True,
+                               env=environment)
+    for line in process.stdout:  # wait until a few steps are done, then signal mid-run
+        if " step 5/" in line:
+            process.send_signal(signum)
+            break
+    process.stdout.read()
+    assert process.wait(timeout=300) == status
+    parts = load_run(tmp_path, "parts")
+    assert not parts["finished"] and 5 <= parts["step"] < 24
+    log = (tmp_path / "runs" / "parts" / "log.txt").read_text()
+    assert f"{signal_name(signum)} at step {parts['step']}: checkpoint saved" in log
+    resumed = run_script("train.py", "--name", "parts", *flags, cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert_same_weights(load_run(tmp_path, "whole"), load_run(tmp_path, "parts"))
+
+
+def signal_name(signum):
+    import signal
+    return signal.Signals(signum).name
 
 
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     path = str(tmp_path / "checkpoint.pt")
     train.save_checkpoint(path, {"step": 1})
 
-    def crash_midway(obj, target):
-        with open(target, "wb") as handle:
-            handle.write(b"half a checkpoint")
+    def crash_midway(obj, handle):
+        handle.write(b"half a checkpoint")
         raise KeyboardInterrupt  # killed while writing
 
     monkeypatch.setattr(torch, "save", crash_midway)
     with pytest.raises(KeyboardInterrupt):
         train.save_checkpoint(path, {"step": 2})
+
+    def disk_full(obj, handle):  # what torch.save raised on a full 3 MiB tmpfs
+        handle.write(b"x" * 100)
+        raise RuntimeError("[enforce fail at inline_container.cc:671] unexpected pos 64 vs 0")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(slimmable.WriteError, match=f"cannot write {path}: \\[enforce fail"):
+        train.save_checkpoint(path, {"step": 3})
     monkeypatch.undo()
     assert torch.load(path, weights_only=False) == {"step": 1}
+    assert os.listdir(tmp_path) == ["checkpoint.pt"]  # no temporary file left behind
+
+
+def test_a_full_disk_ends_training_in_one_line(tmp_path, monkeypatch, capsys):
+    import errno
+    monkeypatch.chdir(tmp_path)
+
+    def no_space(obj, handle):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(torch, "save", no_space)
+    assert train.main(["--name", "full"] + TINY_RUN) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert error == [f"error: cannot write {os.path.join('runs', 'full', 'checkpoint.pt')}: "
+                     f"No space left on device"]
+    assert sorted(os.listdir(tmp_path / "runs" / "full")) == ["curves.json", "log.txt"]
 
 
 def test_train_refuses_another_runs_checkpoint(tmp_path, monkeypatch):
@@ -937,6 +1146,20 @@ def test_train_user_errors_exit_2_with_one_line(args, message, tmp_path):
     assert result.returncode == 2, result.stderr
     assert result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_no_cli_accepts_an_abbreviated_flag(tmp_path):
+    """argparse's prefix matching would read --epoch as --epochs: off in every script."""
+    commands = [("train.py", "--epoch", "3"), ("search.py", "--target_ratio", "0.5"),
+                ("evaluate.py", "--nam", "x"), ("data.py", "info", "--datas", "x")]
+    environment = dict(os.environ, PYTHONPATH=REPO)
+    processes = [subprocess.Popen([sys.executable, os.path.join(REPO, script), *argv],
+                                  cwd=tmp_path, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                  text=True, env=environment) for script, *argv in commands]
+    for (script, *argv), process in zip(commands, processes):
+        error = process.communicate(timeout=120)[1]
+        assert process.returncode == 2, (script, error)
+        assert f"unrecognized arguments: {argv[-2]} {argv[-1]}" in error, (script, error)
 
 
 def test_torchrun_two_processes_agree(tmp_path):
@@ -1053,6 +1276,12 @@ def test_svg_plots_are_well_formed_with_one_curve_per_run(evaluated_tiny_run):
     assert rows[0]["top1_at"][1.0] == best and rows[1]["top1_at"][1.0] == max(0.0, best - 5)
     below_smallest = result["smallest_ratio"] / 2
     assert evaluate.top1_at(result["points"], below_smallest) is None
+    # The training curves next to the front: loss and held-out top-1, full and smallest.
+    root = ET.parse(workdir / "results" / "tiny_curves.svg").getroot()
+    panels = root.findall(f"{EVAL_SVG_NS}svg")
+    assert len(panels) == 2 and all(len(p.findall(f".//{EVAL_SVG_NS}polyline")) == 2
+                                    for p in panels)
+    assert len(result["training_curves"]) == 4  # one point per step of the 4-step epoch
 
 
 def test_compare_reevaluates_a_run_whose_checkpoint_changed(evaluated_tiny_run, monkeypatch,

@@ -1,10 +1,13 @@
 """Train a slimmable network: Joslim, Slim (US-Nets), the AutoSlim supernet, or fixed configurations.
 
-Every step follows the sandwich rule with in-place distillation (Yu & Huang, US-Nets, ICCV'19):
-the full network learns from the labels (label-smoothed cross-entropy), the smallest network and
-``--num_sampled_arch`` sampled configurations learn from the full network's detached soft
-predictions, the gradients are summed and one optimizer step is taken. The methods differ in
-which configurations are sampled:
+Every step follows the sandwich rule (Yu & Huang, US-Nets, ICCV'19): the full network learns
+from the labels (label-smoothed cross-entropy); the smallest network and ``--num_sampled_arch``
+sampled configurations, the students, learn from ``--kd_weight`` x in-place distillation (the
+full network's detached soft predictions) + (1 - ``--kd_weight``) x the labels; the gradients
+are summed and one optimizer step is taken. The reference code of Joslim and AutoSlim
+distils only (``--kd_weight 1 --distill_after 0``); on a short schedule that holds the full
+network far below the same network trained alone, so the default mixes both (README, "The
+sandwich recipe", has the measurements). The methods differ in which configurations are sampled:
 
 - ``joslim`` (Chin et al., ECML-PKDD'21, Sec. 3): every ``--tau`` steps the configurations of the
   history are re-scored on one held-out batch with the current weights, and a Gaussian process
@@ -34,6 +37,7 @@ stopped. Then: ``python evaluate.py --name NAME``.
 """
 import argparse
 import contextlib
+import json
 import math
 import os
 import random
@@ -54,9 +58,11 @@ import models
 import sampler as samplers
 import slimmable
 
+KD_WEIGHT, DISTILL_AFTER = 0.5, 0.0  # the students' recipe: README, "The sandwich recipe"
+
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__,
+    parser = argparse.ArgumentParser(description=__doc__, allow_abbrev=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.error = lambda message: parser.exit(2, f"error: {message}\n")
     add = parser.add_argument
@@ -79,9 +85,16 @@ def parse_args(argv=None):
     add("--nesterov", action="store_true", help="Nesterov momentum")
     add("--wd", type=float, default=5e-4,
         help="weight decay (not applied to BN parameters and biases)")
-    add("--distill_after", type=float, default=1,
-        help="epochs during which the students learn from the labels before in-place "
-             "distillation starts (0: distil from the first step, as the reference)")
+    add("--kd_weight", type=float, default=KD_WEIGHT,
+        help="the students' loss: kd_weight * in-place distillation (soft cross-entropy against "
+             "the full network's detached predictions) + (1 - kd_weight) * label-smoothed "
+             "cross-entropy with the labels. 1: distillation only, as the Joslim and AutoSlim "
+             "reference code; 0: labels only; default %(default)s (README, 'The sandwich "
+             "recipe': the best held-out area on Fashion-MNIST)")
+    add("--distill_after", type=float, default=DISTILL_AFTER,
+        help="epochs during which the students learn from the labels only, before the "
+             "--kd_weight mix starts (0: from the first step, as the reference; default "
+             "%(default)s)")
     add("--label_smoothing", type=float, default=0.1, help="label smoothing of the full network")
     add("--batch_size", type=int, default=128, help="global batch size over all processes")
     add("--lower_channel", type=float, default=0.42,
@@ -106,6 +119,12 @@ def parse_args(argv=None):
     add("--cost", default="macs", choices=["macs", "params"],
         help="joslim: the cost axis of the front")
     add("--print_freq", type=int, default=20, help="steps between progress lines")
+    add("--curve_points", type=int, default=16,
+        help="points of the training curves (runs/NAME/curves.json; evaluate.py plots them): "
+             "the full and smallest network's training loss and held-out top-1 (BN batch "
+             "statistics, on --curve_images held-out images), evenly spaced over the run; 0: none")
+    add("--curve_images", type=int, default=512,
+        help="held-out images each point of the training curves is measured on (default 512)")
     add("--seed", type=int, default=0, help="seed for weights, data order and sampling")
     add("--device", default="auto", help="auto (CUDA when available), cpu, cuda")
     add("--threads", type=int, default=0, help="CPU threads per process (0: cores / processes)")
@@ -121,6 +140,10 @@ def parse_args(argv=None):
         parser.error("--method fixed needs --channel_config FILE...")
     if not 0 < args.lower_channel <= 1:
         parser.error("--lower_channel must be in (0, 1]")
+    if not 0 <= args.kd_weight <= 1:
+        parser.error("--kd_weight must be in [0, 1]")
+    if args.curve_points < 0 or args.curve_images < 1:
+        parser.error("--curve_points must be at least 0 and --curve_images at least 1")
     for flag in ("epochs", "batch_size", "tau", "print_freq"):
         if getattr(args, flag) < 1:
             parser.error(f"--{flag} must be at least 1")
@@ -160,9 +183,9 @@ def average_over_ranks(values):
 
 
 def save_checkpoint(path, state):
-    temporary = f"{path}.tmp"
-    torch.save(state, temporary)
-    os.replace(temporary, path)  # atomic: a crash leaves the previous checkpoint intact
+    """``state`` to ``path`` atomically and durably (slimmable.write_atomic): a crash or a full
+    disk leaves the previous checkpoint intact."""
+    slimmable.write_atomic(path, lambda handle: torch.save(state, handle), mode="wb")
 
 
 def load_checkpoint(path, args):
@@ -176,6 +199,38 @@ def load_checkpoint(path, args):
                        f"{checkpoint.get('network')}, not a {args.method} run of {args.network}; "
                        f"pick another --name, or --restart to overwrite it")
     return checkpoint
+
+
+class StopRequest:
+    """Ctrl-C (SIGINT) and SIGTERM, deferred to the end of the current training step, so the
+    checkpoint then saved holds whole steps: weights after an optimizer step, never in the middle
+    of one, and the RNG state before the next batch is drawn (a resumed run is exact). A second
+    signal raises KeyboardInterrupt at once. Under torch.distributed every rank stops at the same
+    step (the request is all-reduced each step: a signal may reach one process only)."""
+
+    def __init__(self):
+        self.signum = 0
+        self.previous = {sig: signal.signal(sig, self._handle)
+                         for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def _handle(self, signum, frame):
+        if self.signum:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def requested(self):
+        """The signal number to stop for (the same on every rank), or 0."""
+        if not dist.is_initialized():
+            return self.signum
+        flag = torch.tensor([self.signum], dtype=torch.long)
+        if dist.get_backend() == "nccl":
+            flag = flag.cuda()
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return int(flag.item())
+
+    def restore(self):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
 
 
 def rng_states():
@@ -217,15 +272,27 @@ def distillation_loss(student_logits, teacher_probs):
     return -(teacher_probs * F.log_softmax(student_logits, dim=1)).sum(dim=1).mean()
 
 
+def student_loss(logits, targets, teacher_probs, kd_weight, label_smoothing):
+    """``kd_weight * distillation + (1 - kd_weight) * label-smoothed CE`` of one student
+    (logits (B, K), targets (B,), teacher_probs (B, K) or None = labels only)."""
+    if teacher_probs is None or kd_weight == 0:
+        return F.cross_entropy(logits, targets, label_smoothing=label_smoothing)
+    kd = distillation_loss(logits.float(), teacher_probs)
+    if kd_weight == 1:
+        return kd
+    return kd_weight * kd + (1 - kd_weight) * F.cross_entropy(
+        logits, targets, label_smoothing=label_smoothing)
+
+
 def train_step(model, net, inputs, targets, configs, args, autocast, distill=True):
     """One sandwich step; ``configs`` are the student configurations (multiplier lists).
 
-    Students learn from the full network's predictions when ``distill``, else from the labels
-    (during ``--distill_after``: a teacher at chance has nothing to teach, and three students
-    pulled towards its uniform output kept the shared weights at chance on the synthetic set).
-    With ``args.method == 'fixed'`` every configuration learns from the labels. Under DDP the
-    gradients are all-reduced once, in the last backward (``no_sync`` for the others). Returns
-    the losses of the first and the last network trained.
+    The full network learns from the labels; the students from ``student_loss``: the
+    ``--kd_weight`` mix of in-place distillation and the labels when ``distill``, else the labels
+    alone (during ``--distill_after``). Why not distillation alone, as the reference: README,
+    "The sandwich recipe". With ``args.method == 'fixed'`` every configuration learns from the
+    labels. Under DDP the gradients are all-reduced once, in the last backward (``no_sync`` for
+    the others). Returns the losses of the first and the last network trained.
     """
     teacher_probs, losses = None, []
     passes = [None] + configs if args.method != "fixed" else configs
@@ -236,8 +303,9 @@ def train_step(model, net, inputs, targets, configs, args, autocast, distill=Tru
             slimmable.set_widths(net, 1.0 if widths is None else widths)
             with autocast():
                 logits = model(inputs)
-                if index > 0 and distill and args.method != "fixed":
-                    loss = distillation_loss(logits.float(), teacher_probs)
+                if index > 0 and args.method != "fixed":
+                    loss = student_loss(logits, targets, teacher_probs if distill else None,
+                                        args.kd_weight, args.label_smoothing)
                 else:
                     loss = F.cross_entropy(logits, targets, label_smoothing=args.label_smoothing)
                 if index == 0:
@@ -259,6 +327,35 @@ def rescore(net, configs, inputs, targets, autocast):
             losses[i] = F.cross_entropy(logits.float(), targets,
                                         label_smoothing=0.0).double()
     return average_over_ranks(losses).cpu().numpy()
+
+
+def held_out_top1(net, batches, widths, autocast):
+    """Top-1 (%) of ``net`` at ``widths`` on ``batches`` (held-out (inputs, targets) pairs), BN
+    normalizing by each batch's own statistics as in ``rescore``; summed over ranks."""
+    counts = torch.zeros(2, dtype=torch.float64, device=batches[0][0].device)
+    with slimmable.batch_statistics(net):
+        slimmable.set_widths(net, widths)
+        for inputs, targets in batches:
+            with autocast():
+                counts[0] += (net(inputs).argmax(1) == targets).sum()
+            counts[1] += len(targets)
+    if dist.is_initialized():
+        dist.all_reduce(counts)
+    return float(100 * counts[0] / counts[1])
+
+
+def curve_batches(loader, images, device):
+    """The first ``images`` held-out images of ``loader`` as a list of batches on ``device``,
+    drawn without touching the global RNG (DataLoader workers seed from it)."""
+    batches, count = [], 0
+    with torch.random.fork_rng(devices=[]):
+        for batch in loader:
+            inputs, targets = batch[0][:images - count], batch[1][:images - count]
+            batches.append((inputs.to(device), targets.to(device)))
+            count += len(targets)
+            if count >= images:
+                break
+    return batches
 
 
 def build_sampler(args, net, num_dims):
@@ -285,7 +382,7 @@ def main(argv=None):
     args = parse_args(argv)
     try:
         status = run(args)
-    except (Fail, data.DataError) as error:
+    except (Fail, data.DataError, slimmable.WriteError) as error:
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
         print(f"error: {message}", file=sys.stderr)
         return 2
@@ -322,7 +419,7 @@ def run(args):
     loaders = data.get_loaders(args, args.batch_size)
     if args.method == "joslim" and loaders.val is None:
         raise Fail("--method joslim scores its history on the held-out split: use --val_size > 0")
-    options = {"input_size": loaders.input_size}
+    options = {"input_size": loaders.input_size, "in_channels": loaders.in_channels}
     if args.network == "slim_mobilenetv2":
         options["width_mult"] = args.width_mult
     net = models.get_model(args.network, loaders.num_classes, **options).to(device)
@@ -349,11 +446,13 @@ def run(args):
     peak_lr = args.baselr * args.batch_size / 256
     optimizer = make_optimizer(net, args, peak_lr)
     step, window_configs, val_batches_used = 0, None, 0
+    curves, curve_meter = [], [0.0, 0.0, 0]  # points so far; losses summed since the last point
     if checkpoint is not None:
         net.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         step, window_configs = checkpoint["step"], checkpoint["window_configs"]
         val_batches_used = checkpoint["val_batches_used"]
+        curves, curve_meter = checkpoint.get("curves", []), checkpoint.get("curve_meter", curve_meter)
         if sampler is not None:
             sampler.load_state_dict(checkpoint["sampler"])
         log(f"resuming {checkpoint_path} at step {step}/{total_steps}")
@@ -376,7 +475,7 @@ def run(args):
                 "method": args.method, "num_classes": loaders.num_classes,
                 "model_options": options, "lower_channel": args.lower_channel,
                 "fixed_configs": fixed_configs, "fixed_sources": fixed_sources,
-                "finished": finished}
+                "curves": curves, "curve_meter": curve_meter, "finished": finished}
 
     def save(finished=False):
         if rank == 0:
@@ -386,6 +485,30 @@ def run(args):
         log(f"{args.name} already finished {total_steps} steps; next: "
             f"python evaluate.py --name {args.name}")
         return 0
+
+    curve_every = max(1, total_steps // args.curve_points) if args.curve_points else 0
+    held_out_batches = curve_batches(loaders.val, args.curve_images, device) \
+        if curve_every and loaders.val is not None else []
+    # the sandwich's two ends; --method fixed: its first and last configuration
+    curve_ends = [fixed_configs[0], fixed_configs[-1]] if args.method == "fixed" else [1.0, smallest]
+    curves_path = os.path.join(run_dir, "curves.json")
+
+    def curve_point(lr):
+        """Append one point of the training curves and rewrite runs/NAME/curves.json."""
+        point = {"step": step, "epoch": step / steps_per_epoch, "lr": lr,
+                 "full_loss": curve_meter[0] / max(curve_meter[2], 1),
+                 "smallest_loss": curve_meter[1] / max(curve_meter[2], 1)}
+        if held_out_batches:
+            point["full_top1"], point["smallest_top1"] = (
+                held_out_top1(net, held_out_batches, widths, autocast) for widths in curve_ends)
+            net.train()
+        curves.append(point)
+        curve_meter[:] = [0.0, 0.0, 0]
+        if rank == 0:
+            content = {"name": args.name, "method": args.method, "kd_weight": args.kd_weight,
+                       "distill_after": args.distill_after, "steps_per_epoch": steps_per_epoch,
+                       "total_steps": total_steps, "points": curves}
+            slimmable.write_atomic(curves_path, lambda handle: json.dump(content, handle, indent=1))
 
     val_state = {"iterator": None, "position": -1}
 
@@ -409,8 +532,7 @@ def run(args):
     configs_digest = 0.0  # a fingerprint of every configuration trained, to compare ranks
     sampler_seconds, run_start, run_steps = 0.0, time.time(), 0
     meter = {"full": 0.0, "small": 0.0, "count": 0, "images": 0, "start": time.time()}
-    interrupted = False
-    previous_handler = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    stop = StopRequest()
     try:
         while step < total_steps:
             epoch, offset = divmod(step, steps_per_epoch)
@@ -445,27 +567,35 @@ def run(args):
                 optimizer.step()
                 step += 1
                 run_steps += 1
-                meter["full"] += full_loss.item()
-                meter["small"] += small_loss.item()
+                full_value, small_value = full_loss.item(), small_loss.item()
+                meter["full"] += full_value
+                meter["small"] += small_value
                 meter["count"] += 1
+                curve_meter[0] += full_value
+                curve_meter[1] += small_value
+                curve_meter[2] += 1
                 meter["images"] += inputs.shape[0] * world_size
                 if step % args.print_freq == 0 or step == total_steps:
                     report(meter, step, total_steps, steps_per_epoch, lr, args, log)
+                if curve_every and (step % curve_every == 0 or step == total_steps):
+                    curve_point(lr)
                 if step % steps_per_epoch == 0 and step < total_steps:
                     save()
                 if args.pause_after and run_steps >= args.pause_after and step < total_steps:
                     save()
                     log(f"paused after {run_steps} steps at step {step}; rerun to continue")
                     return 0
-    except KeyboardInterrupt:
-        interrupted = True
-        save()
-        log(f"interrupted at step {step}; checkpoint saved to {checkpoint_path}; "
-            f"rerun the same command to continue")
-    finally:
-        signal.signal(signal.SIGTERM, previous_handler)
-    if interrupted:
+                signum = stop.requested()
+                if signum and step < total_steps:
+                    save()
+                    log(f"{signal.Signals(signum).name} at step {step}: checkpoint saved to "
+                        f"{checkpoint_path}; rerun the same command to continue")
+                    return 128 + signum  # 130 for Ctrl-C, 143 for SIGTERM
+    except KeyboardInterrupt:  # a second Ctrl-C: leave now, keep the last saved checkpoint
+        log(f"aborted during step {step + 1}; {checkpoint_path} holds the last saved state")
         return 130
+    finally:
+        stop.restore()
     save(finished=True)
     elapsed = time.time() - run_start
     log(f"done: {step} steps in {elapsed:.0f} s; last losses: full {meter['last_full']:.3f}, "
