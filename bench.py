@@ -8,10 +8,13 @@ machine slows both sides alike. Nothing here is asserted by the tests.
     python bench.py macs                # vectorized MAC counting
     python bench.py overhead --networks slim_resnet20 --pairs 10
     python bench.py search --name autoslim  # a searched supernet: search speed, searched vs uniform
-    python bench.py quality [--quick]   # Joslim vs Slim vs AutoSlim fronts (about an hour)
-    python bench.py quality --seeds 0 --threads 1 &   # the same in about 59 minutes on 2 cores:
-    python bench.py quality --seeds 1 --threads 1     # one process per seed, then
-    python bench.py quality                           # the table of both (reads their results)
+    python bench.py quality [--quick]   # Joslim vs Slim vs AutoSlim vs uniform widths, 3 seeds,
+                                        # on Fashion-MNIST if installed, else synthetic
+    python bench.py quality --seeds 0 --threads 1 &   # the same, one process per seed:
+    python bench.py quality --seeds 1 --threads 1 &
+    python bench.py quality --seeds 2 --threads 1     # then, once all three are done,
+    python bench.py quality                           # the table (reads their results)
+    python bench.py recipe --seeds 0 1  # the students' recipes on Fashion-MNIST (README)
 """
 import argparse
 import contextlib

@@ -49,6 +49,7 @@ Example:
 import argparse
 import io
 import json
+import math
 import os
 import pickle
 import shutil
@@ -518,6 +519,20 @@ def add_data_args(parser):
     group.add_argument("--data_seed", type=int, default=0,
                        help="synthetic: seed the whole data set is generated from (default 0)")
     return parser
+
+
+def check_data_args(args):
+    """One line saying which flag of ``add_data_args`` is invalid, or None (the scripts call it
+    once while parsing their flags)."""
+    for flag, minimum in (("workers", 0), ("train_size", 0), ("synthetic_train", 1),
+                          ("synthetic_test", 1), ("synthetic_classes", 2)):
+        if getattr(args, flag) < minimum:
+            return f"--{flag} {getattr(args, flag)} is invalid: it must be at least {minimum}"
+    if args.val_size is not None and args.val_size < 0:
+        return f"--val_size {args.val_size} is invalid: it must be 0 (none) or more"
+    if not (math.isfinite(args.scale_ratio) and 0 < args.scale_ratio <= 1):
+        return f"--scale_ratio {args.scale_ratio} is invalid: it must be in (0, 1]"
+    return None
 
 
 class Loaders(NamedTuple):

@@ -543,11 +543,13 @@ def tag(name, text=None, **attributes):
     return f"<{name} {written}/>" if text is None else f"<{name} {written}>{escape(str(text))}</{name}>"
 
 
-def front_svg(curves, title, x_label="MACs (millions)", y_label="top-1 accuracy (%)", y=0):
+def front_svg(curves, title, x_label="MACs (millions)", y_label="top-1 accuracy (%)", y=0,
+              legend_top=False):
     """An SVG plot of curves ``{"label", "points": [(macs_millions, top1)], "end", "dots_only",
     "line"}``: each one's points and (unless dots_only) its step curve up to ``end``, or the
     straight lines through its points when ``line``; axes, ticks, legend. ``y``: the plot's
-    offset when it is nested in another SVG (``panels_svg``)."""
+    offset when it is nested in another SVG (``panels_svg``); ``legend_top``: the legend in the
+    top right corner (falling curves) instead of the bottom right."""
     width, height, left, right, top, bottom = 760, 480, 72, 24, 44, 56
     xs = [x for c in curves for x, _ in c["points"]] + [c.get("end", 0.0) for c in curves]
     ys = [y for c in curves for _, y in c["points"]] or [0.0]
@@ -577,6 +579,8 @@ def front_svg(curves, title, x_label="MACs (millions)", y_label="top-1 accuracy 
             tag("text", y_label, x=18, y=middle, text_anchor="middle",
                 transform=f"rotate(-90 18 {middle})")]
     legend_x, legend_y = width - right - 310, height - bottom - 10 - 18 * len(curves)
+    if legend_top:
+        legend_y = top + 8
     out.append(tag("rect", x=legend_x, y=legend_y, width=302, height=18 * len(curves) + 4,
                    fill="white", fill_opacity=0.85, stroke="#cccccc"))
     solid = 0
@@ -602,8 +606,8 @@ def front_svg(curves, title, x_label="MACs (millions)", y_label="top-1 accuracy 
 def panels_svg(panels, title):
     """Plots stacked in one SVG: ``panels`` is a list of ``(y_label, curves)`` drawn by
     ``front_svg`` against the training step, each titled ``title``."""
-    plots = [front_svg(curves, title, "training step", y_label, y=480 * k)
-             for k, (y_label, curves) in enumerate(panels)]
+    plots = [front_svg(curves, title, "training step", y_label, y=480 * k,
+                       legend_top="loss" in y_label) for k, (y_label, curves) in enumerate(panels)]
     return (f'<svg xmlns="http://www.w3.org/2000/svg" width="760" height="{480 * len(plots)}">\n'
             + "".join(plots) + "</svg>\n")
 
@@ -614,8 +618,8 @@ def training_curves_svg(runs, title):
     ``(label, points)``; one run draws both networks, several runs draw one line each per
     network and panel."""
     panels = []
-    for y_label, key in (("training loss", "loss"), ("held-out top-1 (%, BN batch statistics)",
-                                                      "top1")):
+    for y_label, key in (("training loss (full: labels; smallest: its students' loss)", "loss"),
+                         ("held-out top-1 (%, BN batch statistics)", "top1")):
         curves = []
         for label, points in runs:
             for end in ("full", "smallest"):

@@ -4,7 +4,9 @@
 #                       dataset, then its evaluation (under 10 minutes on a 2-core CPU)
 #   ./run.sh test       the test suite
 #   ./run.sh autoslim   the AutoSlim pipeline: supernet, search, retraining, split, test
-#   ./run.sh compare    Joslim vs Slim vs AutoSlim on one budget (python bench.py quality)
+#   ./run.sh compare    Joslim vs Slim vs AutoSlim vs uniform widths, 3 seeds, on Fashion-MNIST
+#                       when it is installed (apt-get install dataset-fashion-mnist), else on the
+#                       synthetic set (python bench.py quality; resumable)
 # Extra arguments go to the job's first command (e.g. ./run.sh --epochs 2).
 # The first call creates .venv/ (unless a virtual environment is already active)
 # and installs requirements.txt; later calls reuse it.

@@ -1123,7 +1123,7 @@ def test_a_full_disk_ends_training_in_one_line(tmp_path, monkeypatch, capsys):
     assert sorted(os.listdir(tmp_path / "runs" / "full")) == ["curves.json", "log.txt"]
 
 
-def test_train_refuses_another_runs_checkpoint(tmp_path, monkeypatch):
+def test_train_refuses_another_runs_checkpoint(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert train.main(["--name", "run"] + with_flag(TINY_RUN, "--epochs", "1")) == 0
     before = (tmp_path / "runs" / "run" / "checkpoint.pt").read_bytes()
@@ -1132,6 +1132,16 @@ def test_train_refuses_another_runs_checkpoint(tmp_path, monkeypatch):
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and "--restart" in result.stderr
     assert (tmp_path / "runs" / "run" / "checkpoint.pt").read_bytes() == before
+    # Settings that change the model, the data or the schedule are named, old and new values.
+    for flag, value in (("--synthetic_classes", "5"), ("--batch_size", "16"),
+                        ("--lower_channel", "0.6"), ("--kd_weight", "0.2")):
+        assert train.main(["--name", "run"] + with_flag(with_flag(TINY_RUN, "--epochs", "1"),
+                                                        flag, value)) == 2
+        assert f"{flag} " in capsys.readouterr().err
+    assert (tmp_path / "runs" / "run" / "checkpoint.pt").read_bytes() == before
+    # How it runs may change: threads, progress lines, pauses.
+    assert train.main(["--name", "run"] + with_flag(with_flag(with_flag(
+        TINY_RUN, "--epochs", "1"), "--threads", "2"), "--print_freq", "3")) == 0
 
 
 @pytest.mark.parametrize("args,message", [
@@ -1146,6 +1156,20 @@ def test_train_user_errors_exit_2_with_one_line(args, message, tmp_path):
     assert result.returncode == 2, result.stderr
     assert result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("argv", [
+    ["--baselr", "-1"], ["--baselr", "nan"], ["--momentum", "-1"], ["--label_smoothing", "2"],
+    ["--threads", "-1"], ["--workers", "-1"], ["--prior_points", "-1"], ["--wd", "-1"],
+    ["--warmup", "-1"], ["--rescore_limit", "-1"], ["--num_sampled_arch", "-1"],
+    ["--num_sampled_arch", "-1", "--method", "slim"], ["--device", "tpu"], ["--kd_weight", "1.5"],
+    ["--val_size", "-5"], ["--train_size", "-1"], ["--lower_channel", "0"]])
+def test_bad_flag_values_are_refused_in_one_line(argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        train.parse_args(argv)
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and error[0].startswith(f"error: {argv[0]} ") and "invalid" in error[0]
 
 
 def test_no_cli_accepts_an_abbreviated_flag(tmp_path):
