@@ -463,10 +463,21 @@ def save_subnet(args, checkpoint, index, point, state_dict):
     return path
 
 
+SUBNET_KEYS = {"network", "num_classes", "model_options", "widths", "state_dict"}
+
+
 def load_subnet(path):
     """``(model, record)``: the plain torch model saved by ``--export`` (eval mode) and its dict."""
+    not_a_subnet = f"{path} is not a subnet file written by evaluate.py --export"
     try:
         record = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise Fail(f"no subnet file at {path}") from None
+    except Exception:  # truncated, or a pickle that is not plain tensors and containers
+        raise Fail(not_a_subnet) from None
+    if not isinstance(record, dict) or not SUBNET_KEYS <= set(record):
+        raise Fail(not_a_subnet)
+    try:
         net = slimmable.export(models.get_model(record["network"], record["num_classes"],
                                                 **record["model_options"]), record["widths"])
         net.load_state_dict(record["state_dict"])

@@ -157,10 +157,15 @@ def load_supernet(name, device):
         raise Fail(f"no supernet at {path}; train one: python train.py --name {name} --method random")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:  # a truncated or foreign file
+        raise Fail(f"cannot load supernet {path}: {str(error).splitlines()[0]}") from None
+    if not isinstance(checkpoint, dict) or not {"model", "network", "num_classes"} <= set(checkpoint):
+        raise Fail(f"{path} is not a checkpoint written by train.py")
+    try:
         net = models.get_model(checkpoint["network"], checkpoint["num_classes"],
                                **(checkpoint.get("model_options") or {}))
         net.load_state_dict({k.removeprefix("module."): v for k, v in checkpoint["model"].items()})
-    except Exception as error:  # a truncated or foreign file
+    except Exception as error:  # weights that do not fit the network it names
         raise Fail(f"cannot load supernet {path}: {str(error).splitlines()[0]}") from None
     if checkpoint.get("method") == "fixed":
         raise Fail(f"{path} is a --method fixed run (its configurations are already chosen); "

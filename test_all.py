@@ -1158,6 +1158,28 @@ def test_train_user_errors_exit_2_with_one_line(args, message, tmp_path):
     assert "Traceback" not in result.stderr
 
 
+def test_foreign_pickles_are_refused_in_one_line(tmp_path):
+    """A list, or a dict that names a network but holds no weights, as runs/NAME/checkpoint.pt;
+    a training checkpoint given to --subnet."""
+    for name, content in (("a_list", [1, 2]), ("no_model", {"network": "slim_resnet20",
+                                                             "method": "random"})):
+        os.makedirs(tmp_path / "runs" / name)
+        torch.save(content, tmp_path / "runs" / name / "checkpoint.pt")
+    commands = [("train.py", "--name", "a_list"), ("train.py", "--name", "no_model",
+                                                   "--method", "random"),
+                ("search.py", "--name", "a_list", "--target_ratios", "0.5"),
+                ("search.py", "--name", "no_model", "--target_ratios", "0.5"),
+                ("evaluate.py", "--subnet", str(tmp_path / "runs" / "a_list" / "checkpoint.pt"))]
+    environment = dict(os.environ, PYTHONPATH=REPO)
+    processes = [subprocess.Popen([sys.executable, os.path.join(REPO, script), *argv],
+                                  cwd=tmp_path, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                  text=True, env=environment) for script, *argv in commands]
+    for command, process in zip(commands, processes):
+        error = process.communicate(timeout=120)[1]
+        assert process.returncode == 2 and error.count("\n") == 1, (command, error)
+        assert "is not a" in error and "\x1b" not in error, (command, error)
+
+
 @pytest.mark.parametrize("argv", [
     ["--baselr", "-1"], ["--baselr", "nan"], ["--momentum", "-1"], ["--label_smoothing", "2"],
     ["--threads", "-1"], ["--workers", "-1"], ["--prior_points", "-1"], ["--wd", "-1"],

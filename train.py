@@ -213,6 +213,7 @@ def save_checkpoint(path, state):
     slimmable.write_atomic(path, lambda handle: torch.save(state, handle), mode="wb")
 
 
+CHECKPOINT_KEYS = {"model", "optimizer", "step", "network", "method", "num_classes", "args"}
 # Flags that may change when a run is continued: how it runs, not what it computes.
 SESSION_FLAGS = {"name", "print_freq", "threads", "workers", "pin_memory", "pause_after", "device",
                  "restart", "resume", "curve_points", "curve_images"}
@@ -225,7 +226,12 @@ def load_checkpoint(path, args):
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as error:  # a truncated or foreign file
-        raise Fail(f"cannot read checkpoint {path}: {error}; use --restart to start over") from None
+        raise Fail(f"cannot read checkpoint {path}: {str(error).splitlines()[0]}; use --restart "
+                   f"to start over") from None
+    if not isinstance(checkpoint, dict) or not CHECKPOINT_KEYS <= set(checkpoint):
+        raise Fail(f"{path} is not a checkpoint written by train.py (a dict with "
+                   f"{', '.join(sorted(CHECKPOINT_KEYS))}); pick another --name, or --restart to "
+                   f"overwrite it")
     for key in ("network", "method"):
         if checkpoint.get(key) != getattr(args, key):
             raise Fail(f"{path} holds a {checkpoint.get('method')} run of "
