@@ -548,8 +548,8 @@ def export(model, widths):
     """A copy of ``model`` at ``widths`` whose slimmable layers are replaced by plain torch.nn
     layers holding the sliced weights and BN statistics (AutoSlim's "split checkpoint").
 
-    The copy has exactly ``params(model, widths)`` parameters and, in eval mode, the outputs of
-    ``model`` at ``widths``. Rebuild a saved one with
+    The copy has exactly ``params(model, widths)`` parameters, the dtype and device of
+    ``model``'s weights and, in eval mode, the outputs of ``model`` at ``widths``. Rebuild a saved one with
     ``export(get_model(name, num_classes), widths).load_state_dict(state)``.
     """
     source = _unwrap(model)
@@ -589,4 +589,4 @@ def _static_copy(layer, c_in, c_out):
             if layer.bias is not None:
                 new.bias.copy_(layer.bias[:c_out])
     new.train(layer.training)
-    return new.to(layer.weight.device if hasattr(layer, "weight") else "cpu")
+    return new.to(device=layer.weight.device, dtype=layer.weight.dtype)  # as the source: half...

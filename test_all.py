@@ -229,6 +229,17 @@ def test_grey_networks_count_and_export_exactly(name):
         assert counter.get_total_flops() == 2 * slimmable.macs(net, widths)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_export_keeps_the_dtype(dtype):
+    net = models.get_model("slim_resnet20", 10).to(dtype).eval()
+    static = slimmable.export(net, 0.5)
+    assert {p.dtype for p in static.parameters()} == {dtype}
+    x = torch.randn(2, 3, 32, 32, dtype=dtype)
+    slimmable.set_widths(net, 0.5)
+    with torch.no_grad():
+        torch.testing.assert_close(static(x), net(x))
+
+
 def test_costs_follow_the_models_input_shape():
     net = models.get_model("slim_resnet18", 1000)
     at_224 = slimmable.macs(net, 0.5)
