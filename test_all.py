@@ -1090,6 +1090,28 @@ def test_signal_stops_at_a_step_boundary_and_resumes_exactly(tmp_path, signum, s
     assert_same_weights(load_run(tmp_path, "whole"), load_run(tmp_path, "parts"))
 
 
+def test_a_second_trainer_on_the_same_run_is_refused(tmp_path):
+    flags = with_flag(TINY_RUN, "--epochs", "40") + ["--print_freq", "1"]
+    environment = dict(os.environ, PYTHONPATH=REPO)
+    first = subprocess.Popen([sys.executable, os.path.join(REPO, "train.py"), "--name", "l2",
+                              *flags], cwd=tmp_path, stdout=subprocess.PIPE, text=True,
+                             env=environment)
+    for line in first.stdout:
+        if " step 2/" in line:
+            break
+    second = run_script("train.py", "--name", "l2", *flags, cwd=tmp_path)
+    first.send_signal(15)
+    first.stdout.read()
+    assert first.wait(timeout=300) == 143
+    assert second.returncode == 2 and second.stderr.count("\n") == 1, second.stderr
+    assert f"runs/l2 is being trained by process {first.pid}" in second.stderr
+    log = (tmp_path / "runs" / "l2" / "log.txt").read_text()
+    assert "is being trained" not in log and log.count("training of slim_resnet20") == 1
+    # The lock went with the process: the run continues.
+    third = run_script("train.py", "--name", "l2", *flags, "--pause_after", "1", cwd=tmp_path)
+    assert third.returncode == 0 and "resuming" in third.stdout, third.stderr
+
+
 def signal_name(signum):
     import signal
     return signal.Signals(signum).name
@@ -1131,7 +1153,7 @@ def test_a_full_disk_ends_training_in_one_line(tmp_path, monkeypatch, capsys):
     error = capsys.readouterr().err.strip().splitlines()
     assert error == [f"error: cannot write {os.path.join('runs', 'full', 'checkpoint.pt')}: "
                      f"No space left on device"]
-    assert sorted(os.listdir(tmp_path / "runs" / "full")) == ["curves.json", "log.txt"]
+    assert sorted(os.listdir(tmp_path / "runs" / "full")) == ["curves.json", "log.txt", "train.lock"]
 
 
 def test_train_refuses_another_runs_checkpoint(tmp_path, monkeypatch, capsys):

@@ -426,7 +426,8 @@ def build_sampler(args, net, num_dims):
 def main(argv=None):
     args = parse_args(argv)
     try:
-        status = run(args)
+        with contextlib.ExitStack() as cleanup:  # releases the run's lock however run() ends
+            status = run(args, cleanup)
     except (Fail, data.DataError, slimmable.WriteError) as error:
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
         print(f"error: {message}", file=sys.stderr)
@@ -437,11 +438,39 @@ def main(argv=None):
     return status
 
 
-def run(args):
+@contextlib.contextmanager
+def run_lock(run_dir):
+    """Hold ``run_dir/train.lock`` (an flock, which the kernel releases when the process ends,
+    however it ends, so no lock goes stale) while one trainer uses the run; a second trainer on
+    the same --name gets a Fail naming the process that holds it."""
+    import fcntl
+    os.makedirs(run_dir, exist_ok=True)
+    path = os.path.join(run_dir, "train.lock")
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise Fail(f"{run_dir} is being trained by {holder}; wait for it to finish (or stop "
+                       f"it), or pick another --name") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"process {os.getpid()} on {os.uname().nodename}")
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def run(args, cleanup):
     device, rank, world_size = data.setup_distributed(args.device)
     slimmable.keep_freed_memory()  # sliced weights' full-size gradients: see its docstring
     torch.set_num_threads(args.threads or data.default_threads(world_size))
     run_dir = os.path.join("runs", args.name)
+    if rank == 0:
+        cleanup.enter_context(run_lock(run_dir))
     checkpoint_path = os.path.join(run_dir, "checkpoint.pt")
     checkpoint = None
     if os.path.exists(checkpoint_path) and not args.restart:
