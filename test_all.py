@@ -1153,7 +1153,8 @@ def test_a_full_disk_ends_training_in_one_line(tmp_path, monkeypatch, capsys):
     error = capsys.readouterr().err.strip().splitlines()
     assert error == [f"error: cannot write {os.path.join('runs', 'full', 'checkpoint.pt')}: "
                      f"No space left on device"]
-    assert sorted(os.listdir(tmp_path / "runs" / "full")) == ["curves.json", "log.txt", "train.lock"]
+    written = sorted(os.listdir(tmp_path / "runs" / "full"))
+    assert written == ["curves.json", "log.txt", "train.lock"]
 
 
 def test_train_refuses_another_runs_checkpoint(tmp_path, monkeypatch, capsys):
