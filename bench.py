@@ -315,7 +315,8 @@ def bench_quality(seeds=(0, 1, 2), dataset="FashionMNIST", quick=False, threads=
     ``results/PREFIX_quality.json`` and the mean fronts ``results/PREFIX_quality.svg``."""
     import evaluate
     threads = threads or torch.get_num_threads()
-    prefix = ("quality" if dataset == "synthetic" else dataset.lower()) + ("_quick" if quick else "")
+    prefix = "quality" if dataset == "synthetic" else dataset.lower()
+    prefix += "_quick" if quick else ""
     flags = QUALITY_DATA[dataset] + ["--network", "slim_resnet20", "--print_freq", "100",
                                      "--threads", str(threads)]
     flags += QUALITY_QUICK[dataset] if quick else []
@@ -691,7 +692,8 @@ def compare_with_uniform(name, bn=None, test_images=2000, threads=1):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, allow_abbrev=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["speed", "quality", "recipe", "overhead", "macs", "sampler",
+    parser.add_argument("what", choices=["speed", "quality", "recipe", "overhead", "macs",
+                                         "sampler",
                                          "training", "window", "converter", "search"],
                         help="which benchmark to run ('speed' runs every speed benchmark)")
     parser.add_argument("--networks", nargs="+", default=list(models.NETWORKS),

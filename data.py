@@ -627,7 +627,8 @@ def get_loaders(args, batch_size, eval_batch_size=None):
         raise DataError(f"batch size {batch_size} is smaller than the {world_size} processes")
     if len(train_set) < per_process * world_size:
         raise DataError(f"only {len(train_set)} training images for a batch of {batch_size}")
-    common = dict(num_workers=args.workers, pin_memory=args.pin_memory and torch.cuda.is_available())
+    common = dict(num_workers=args.workers,
+                  pin_memory=args.pin_memory and torch.cuda.is_available())
     train_sampler = DistributedSampler(train_set, world_size, rank, shuffle=True) if distributed else None
     # Fresh training workers every epoch: each seeds its augmentation from torch's RNG when the
     # epoch's iterator is made, so an epoch depends on (that RNG state, epoch) alone and a

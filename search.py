@@ -159,7 +159,8 @@ def load_supernet(name, device):
         checkpoint = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as error:  # a truncated or foreign file
         raise Fail(f"cannot load supernet {path}: {str(error).splitlines()[0]}") from None
-    if not isinstance(checkpoint, dict) or not {"model", "network", "num_classes"} <= set(checkpoint):
+    if not isinstance(checkpoint, dict) or \
+            not {"model", "network", "num_classes"} <= set(checkpoint):
         raise Fail(f"{path} is not a checkpoint written by train.py")
     try:
         net = models.get_model(checkpoint["network"], checkpoint["num_classes"],

@@ -549,7 +549,8 @@ def export(model, widths):
     layers holding the sliced weights and BN statistics (AutoSlim's "split checkpoint").
 
     The copy has exactly ``params(model, widths)`` parameters, the dtype and device of
-    ``model``'s weights and, in eval mode, the outputs of ``model`` at ``widths``. Rebuild a saved one with
+    ``model``'s weights and, in eval mode, the outputs of ``model`` at ``widths``. Rebuild a
+    saved one with
     ``export(get_model(name, num_classes), widths).load_state_dict(state)``.
     """
     source = _unwrap(model)

@@ -238,11 +238,13 @@ def load_checkpoint(path, args):
                        f"{checkpoint.get('network')}, not a {args.method} run of {args.network}; "
                        f"pick another --name, or --restart to overwrite it")
     recorded = checkpoint.get("args") or {}
-    changed = [f"--{key} {recorded[key]!r} -> {value!r}" for key, value in sorted(vars(args).items())
+    changed = [f"--{key} {recorded[key]!r} -> {value!r}"
+               for key, value in sorted(vars(args).items())
                if key in recorded and key not in SESSION_FLAGS and recorded[key] != value]
     if changed:
         raise Fail(f"{path} was trained with other settings ({'; '.join(changed)}): rerun with "
-                   f"its settings to continue it, pick another --name, or --restart to overwrite it")
+                   f"its settings to continue it, pick another --name, or --restart to "
+                   f"overwrite it")
     return checkpoint
 
 
@@ -526,7 +528,8 @@ def run(args, cleanup):
         optimizer.load_state_dict(checkpoint["optimizer"])
         step, window_configs = checkpoint["step"], checkpoint["window_configs"]
         val_batches_used = checkpoint["val_batches_used"]
-        curves, curve_meter = checkpoint.get("curves", []), checkpoint.get("curve_meter", curve_meter)
+        curves = checkpoint.get("curves", [])
+        curve_meter = checkpoint.get("curve_meter", curve_meter)
         if sampler is not None:
             sampler.load_state_dict(checkpoint["sampler"])
         recorded = checkpoint.get("args") or {}
@@ -569,7 +572,8 @@ def run(args, cleanup):
     held_out_batches = curve_batches(loaders.val, args.curve_images, device) \
         if curve_every and loaders.val is not None else []
     # the sandwich's two ends; --method fixed: its first and last configuration
-    curve_ends = [fixed_configs[0], fixed_configs[-1]] if args.method == "fixed" else [1.0, smallest]
+    curve_ends = [fixed_configs[0], fixed_configs[-1]] if args.method == "fixed" else \
+        [1.0, smallest]
     curves_path = os.path.join(run_dir, "curves.json")
 
     def curve_point(lr):
