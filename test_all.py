@@ -627,10 +627,10 @@ def test_synthetic_loaders_follow_the_size_flags():
 def test_user_errors_are_one_line_with_exit_status_2(tmp_path):
     missing_cifar, unknown, missing_lmdb = run_data_clis(
         ("info", "--dataset", "cifar10", "--datapath", str(tmp_path / "nowhere")),
-        ("info", "--dataset", "mnist"),
+        ("info", "--dataset", "svhn"),
         ("info", "--dataset", "imagenet", "--datapath", str(tmp_path)))
     assert_one_line_error(missing_cifar, "cifar-10-batches-py")
-    assert_one_line_error(unknown, "unknown dataset 'mnist'")
+    assert_one_line_error(unknown, "unknown dataset 'svhn'")
     assert_one_line_error(missing_lmdb, "train.lmdb")
     os.makedirs(tmp_path / "cifar-10-batches-py")
     with open(tmp_path / "cifar-10-batches-py" / "test_batch", "wb") as f:
