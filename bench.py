@@ -527,12 +527,19 @@ def bench_recipe(seeds=(0, 1), threads=None, probe_every=26, out_dir="results", 
         mean = np.mean(results, axis=0)
         detail = "  ".join(f"{f:.2f}/{s:.2f}/{a:.2f}" for f, s, a in results)
         print(f"{label:<18}{mean[0]:>8.2f}{mean[1]:>10.2f}{mean[2]:>8.2f}   {detail}")
-    curves = []
+    panels = {"full": [], "smallest": []}  # held-out top-1 against the step, one line a run
     for label, names in runs.items():
         with open(os.path.join("runs", names[0], "curves.json")) as handle:
-            curves.append((label, json.load(handle)["points"]))
-    with open(os.path.join(out_dir, "recipe_curves.svg"), "w") as handle:
-        handle.write(evaluate.training_curves_svg(curves, f"students' recipes, seed {seeds[0]}"))
+            points = json.load(handle)["points"]
+        for end, curves in panels.items():
+            if not label.startswith("alone") or label.endswith(end):
+                curves.append({"label": label, "line": True,
+                               "points": [(p["step"], p[f"{end}_top1"]) for p in points]})
+    svg = evaluate.panels_svg([(f"{end} network: held-out top-1 (%)", curves)
+                               for end, curves in panels.items()],
+                              f"Fashion-MNIST, the students' recipes, seed {seeds[0]}")
+    slimmable.write_atomic(os.path.join(out_dir, "recipe_curves.svg"),
+                           lambda handle: handle.write(svg))
     if probes:
         print("\ngradients at the shared weights, old default (distillation after epoch 1), "
               f"seed {seeds[0]}: three students (0.42, 0.6, 0.8) vs the full network")

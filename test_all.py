@@ -996,6 +996,9 @@ def test_train_fixed_configurations(tmp_path, monkeypatch):
                       + TINY_RUN) == 0
     checkpoint = load_run(tmp_path, "fixed")
     assert checkpoint["fixed_configs"] == [[0.5] * 12, [0.75] * 12]
+    # Flags --method fixed never reads may differ on a rerun (a changed default, say).
+    assert train.main(["--name", "fixed", "--method", "fixed", "--channel_config", *paths,
+                       "--kd_weight", "0.7", "--tau", "9"] + TINY_RUN) == 0
 
 
 def test_student_loss_mixes_distillation_and_labels():

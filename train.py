@@ -214,6 +214,11 @@ def save_checkpoint(path, state):
 
 
 CHECKPOINT_KEYS = {"model", "optimizer", "step", "network", "method", "num_classes", "args"}
+# Flags a method never reads: a rerun may differ in them (a default changed since, say).
+JOSLIM_FLAGS = {"tau", "prior_points", "acquisition", "beta", "baseline", "rescore_limit", "cost"}
+UNUSED_FLAGS = {"joslim": {"channel_config"}, "slim": JOSLIM_FLAGS | {"channel_config"},
+                "random": JOSLIM_FLAGS | {"channel_config"},
+                "fixed": JOSLIM_FLAGS | {"kd_weight", "distill_after", "num_sampled_arch"}}
 # Flags that may change when a run is continued: how it runs, not what it computes.
 SESSION_FLAGS = {"name", "print_freq", "threads", "workers", "pin_memory", "pause_after", "device",
                  "restart", "resume", "curve_points", "curve_images"}
@@ -221,8 +226,9 @@ SESSION_FLAGS = {"name", "print_freq", "threads", "workers", "pin_memory", "paus
 
 def load_checkpoint(path, args):
     """The checkpoint at ``path``, if it continues the run ``args`` describe: every flag outside
-    ``SESSION_FLAGS`` must equal the recorded one (a flag the checkpoint does not record, from an
-    older version, is not compared). Fail (one line naming the flags, old and new values) if not."""
+    ``SESSION_FLAGS`` that its method reads must equal the recorded one (a flag the checkpoint
+    does not record, from an older version, is not compared). Fail (one line naming the flags,
+    old and new values) if not."""
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as error:  # a truncated or foreign file
@@ -238,9 +244,10 @@ def load_checkpoint(path, args):
                        f"{checkpoint.get('network')}, not a {args.method} run of {args.network}; "
                        f"pick another --name, or --restart to overwrite it")
     recorded = checkpoint.get("args") or {}
+    ignored = SESSION_FLAGS | UNUSED_FLAGS[args.method]
     changed = [f"--{key} {recorded[key]!r} -> {value!r}"
                for key, value in sorted(vars(args).items())
-               if key in recorded and key not in SESSION_FLAGS and recorded[key] != value]
+               if key in recorded and key not in ignored and recorded[key] != value]
     if changed:
         raise Fail(f"{path} was trained with other settings ({'; '.join(changed)}): rerun with "
                    f"its settings to continue it, pick another --name, or --restart to "
