@@ -257,6 +257,7 @@ class MobileNetV2(nn.Module):
                  in_channels=3):
         super().__init__()
         self.width_groups, self.input_size, self.in_channels = [], input_size, in_channels
+        self.width_mult = width_mult
         groups = self.width_groups
         in_slot = add_group(groups, "stem", make_divisible(32 * width_mult), 8)
         last_channels = make_divisible(1280 * max(1.0, width_mult))

@@ -510,38 +510,106 @@ def write_atomic(path, write, mode="w"):
             os.remove(temporary)
 
 
+def model_identity(model):
+    """What a channel configuration must agree with: the network's name and its width multiplier
+    (they fix each group's full channel count), and, for information, its input size, image
+    channels and number of classes."""
+    net = _unwrap(model)
+    linears = [m for _, m in slim_layers(net) if isinstance(m, SlimLinear)]
+    identity = {"network": getattr(net, "network_name", type(net).__name__),
+                "width_mult": float(getattr(net, "width_mult", 1.0)),
+                "input_size": getattr(net, "input_size", None),
+                "in_channels": getattr(net, "in_channels", None),
+                "num_classes": linears[-1].out_features if linears else None}
+    return identity
+
+
+IDENTITY_CHECKED = ("network", "width_mult")  # the fields load_config refuses to see differ
+
+
 def save_config(path, model, widths, **extra):
-    """Write one width configuration as JSON: widths per group, channels per group and per
-    layer, MACs, params, and any ``extra`` fields (written atomically)."""
+    """Write one width configuration as JSON: the model's identity (``model_identity``), widths
+    and channels per group, channels per layer, MACs, params, and any ``extra`` fields (written
+    atomically)."""
     net = _unwrap(model)
     widths = width_matrix(net, widths)[0].tolist()
-    record = {"network": getattr(net, "network_name", type(net).__name__), "widths": widths,
-              "channels": group_channels(net, widths), "macs": macs(net, widths),
-              "params": params(net, widths), **extra,
+    record = {**model_identity(net), "widths": widths, "channels": group_channels(net, widths),
+              "macs": macs(net, widths), "params": params(net, widths), **extra,
               "layers": layer_channels(net, widths)}
     write_atomic(path, lambda handle: json.dump(record, handle, indent=1))
     return record
 
 
+def possible_channels(group):
+    """Every channel count ``group`` (a WidthGroup) can take, ascending."""
+    full = group.channels
+    return sorted(set(round_channels(torch.arange(1, full + 1) / full, full,
+                                     group.divisor).tolist()))
+
+
 def load_config(path, model):
-    """Read a configuration written by ``save_config`` (or any JSON with ``channels`` per group
-    or ``widths``); returns ``(widths, record)``. Raises ValueError with a one-line reason."""
+    """Read a configuration written by ``save_config`` (or any JSON object with ``channels`` per
+    group, or ``widths``: one multiplier per group); returns ``(widths, record)`` whose widths
+    reproduce the recorded channels exactly. Raises ValueError with a one-line reason: an
+    unreadable file, another network or width multiplier, a group missing or unknown, a count
+    the group cannot take (naming the nearest it can), a malformed value."""
     try:
         with open(path) as handle:
             record = json.load(handle)
     except (OSError, ValueError) as error:
         raise ValueError(f"cannot read channel config {path}: {error}") from None
+    if not isinstance(record, dict):
+        raise ValueError(f"channel config {path} is not a JSON object with 'channels' or 'widths'")
     net = _unwrap(model)
-    name = getattr(net, "network_name", None)
-    if name and record.get("network") not in (None, name):
-        raise ValueError(f"channel config {path} is for {record['network']}, not {name}")
+    identity = model_identity(net)
+    for key in IDENTITY_CHECKED:
+        if key in record and record[key] != identity[key] and \
+                (key != "network" or hasattr(net, "network_name")):
+            raise ValueError(f"channel config {path} is for {key} {record[key]!r}, this model "
+                             f"has {identity[key]!r}")
+    groups = net.width_groups
     if "channels" in record:
-        widths = channels_to_widths(net, record["channels"])
+        channels = record["channels"]
+        if not isinstance(channels, dict):
+            raise ValueError(f"channel config {path}: 'channels' must map group names to counts")
+        unknown = sorted(set(channels) - {g.name for g in groups})
+        missing = [g.name for g in groups if g.name not in channels]
+        if unknown or missing:
+            def names(found):
+                return ", ".join(found[:4]) + (f" and {len(found) - 4} more" if len(found) > 4
+                                               else "")
+            raise ValueError(f"channel config {path} does not fit {identity['network']}: "
+                             + "; ".join(part for part in (
+                                 f"unknown groups {names(unknown)}" if unknown else "",
+                                 f"missing groups {names(missing)}" if missing else "")
+                                 if part))
+        for group in groups:
+            count = channels[group.name]
+            possible = possible_channels(group)
+            if isinstance(count, bool) or not isinstance(count, int) or count not in possible:
+                below = [c for c in possible if isinstance(count, (int, float)) and c < count]
+                above = [c for c in possible if isinstance(count, (int, float)) and c > count]
+                near = " or ".join(str(c) for c in (below[-1:] + above[:1])) or \
+                    f"{possible[0]}..{possible[-1]}"
+                raise ValueError(f"channel config {path}: group '{group.name}' has {count!r} "
+                                 f"channels, which it cannot take (nearest possible: {near}; "
+                                 f"full width {group.channels})")
+        widths = channels_to_widths(net, channels)
+        if group_channels(net, widths) != {g.name: channels[g.name] for g in groups}:
+            raise ValueError(f"channel config {path}: its channels do not round-trip (a bug)")
     elif "widths" in record:
         widths = record["widths"]
+        if not isinstance(widths, list) or len(widths) != len(groups) or not all(
+                isinstance(w, (int, float)) and not isinstance(w, bool) for w in widths):
+            raise ValueError(f"channel config {path}: 'widths' must be a list of "
+                             f"{len(groups)} numbers in (0, 1], one per width group")
     else:
         raise ValueError(f"channel config {path} has neither 'channels' nor 'widths'")
-    return width_matrix(net, widths)[0].tolist(), record
+    try:
+        widths = width_matrix(net, widths)[0].tolist()
+    except ValueError as error:
+        raise ValueError(f"channel config {path}: {error}") from None
+    return widths, record
 
 
 def export(model, widths):

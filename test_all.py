@@ -265,6 +265,42 @@ def test_vectorized_costs_equal_one_by_one():
     assert (slimmable.macs(net, higher) >= slimmable.macs(net, configs)).all()
 
 
+def test_channel_configs_reproduce_their_channels_or_are_refused(tmp_path):
+    wide = models.get_model("slim_mobilenetv2", 10, width_mult=1.5)
+    path = str(tmp_path / "c.json")
+    record = slimmable.save_config(path, wide, 0.7)
+    assert (record["network"], record["width_mult"], record["num_classes"]) == \
+        ("slim_mobilenetv2", 1.5, 10)
+    widths, _ = slimmable.load_config(path, wide)
+    assert slimmable.group_channels(wide, widths) == record["channels"]
+    assert slimmable.macs(wide, widths) == record["macs"]
+    with pytest.raises(ValueError, match="width_mult 1.5, this model has 1.0"):
+        slimmable.load_config(path, models.get_model("slim_mobilenetv2", 10))
+
+    def refused(content, *fragments):
+        bad = tmp_path / "bad.json"
+        bad.write_text(json.dumps(content))
+        with pytest.raises(ValueError) as error:
+            slimmable.load_config(str(bad), wide)
+        assert "\n" not in str(error.value)
+        for fragment in fragments:
+            assert fragment in str(error.value), str(error.value)
+
+    def edited(group, count):
+        changed = json.loads(json.dumps(record))
+        changed["channels"][group] = count
+        return changed
+
+    refused(edited("stem", 20), "'stem' has 20 channels", "nearest possible: 16 or 24")
+    refused(edited("stem", 400), "'stem' has 400", "nearest possible: 48")
+    refused(edited("stem", "8"), "'stem' has '8'")
+    refused([1, 2], "not a JSON object")
+    refused({"widths": "abc"}, "'widths' must be a list of 24 numbers")
+    refused({"widths": [1.5] * 24}, "must be in (0, 1]")
+    refused({"channels": {"stem": 8, "nonsense": 3}}, "unknown groups nonsense",
+            "missing groups stage1.out")
+
+
 def test_channel_config_round_trip():
     net = models.get_model("slim_mobilenetv2", 1000)
     widths = random_widths(net, random.Random(3))
