@@ -315,10 +315,20 @@ def _open_lmdb(path):
     if not os.path.exists(path):
         raise DataError(f"missing {path}: make it with python data.py to-lmdb IMAGE_FOLDER {path}")
     try:
-        return lmdb.open(path, subdir=os.path.isdir(path), readonly=True, lock=False,
-                         readahead=False, meminit=False)
+        env = lmdb.open(path, subdir=os.path.isdir(path), readonly=True, lock=False,
+                        readahead=False, meminit=False)
+        # A truncated copy would kill the process with SIGBUS at its first read past the end:
+        # the meta page says how far the pages go, so check that before reading any.
+        needed = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
     except lmdb.Error as error:
         raise DataError(f"{path} is not a readable LMDB database ({_first_line(error)})") from None
+    data_file = os.path.join(path, "data.mdb") if os.path.isdir(path) else path
+    size = os.path.getsize(data_file)
+    if needed > size:
+        env.close()
+        raise DataError(f"{path} is truncated: its pages need {needed} bytes, {data_file} holds "
+                        f"{size}; copy it again, or rebuild it with python data.py to-lmdb")
+    return env
 
 
 def _read_lmdb_header(path):
@@ -439,6 +449,11 @@ def convert_folder_to_lmdb(source_dir, lmdb_path, records_per_commit=1000, log=p
     """
     if os.path.exists(lmdb_path):
         raise DataError(f"{lmdb_path} already exists; delete it or choose another destination")
+    parent = os.path.dirname(os.path.abspath(lmdb_path))
+    if not os.path.isdir(parent):
+        raise DataError(f"the folder {parent} does not exist; create it first")
+    if records_per_commit < 1:
+        raise DataError(f"--records_per_commit {records_per_commit} must be at least 1")
     classes, samples = scan_image_folder(source_dir)
     log(f"to-lmdb: {len(samples)} images in {len(classes)} classes from {source_dir}")
     temporary_path = f"{lmdb_path}.tmp-{os.getpid()}"

@@ -614,6 +614,24 @@ def test_corrupt_lmdb_record_is_one_clear_error(imagenet_lmdb, tmp_path):
     assert "record 7" in str(caught.value) and "\n" not in str(caught.value)
 
 
+def test_truncated_lmdb_and_bad_converter_targets_are_one_line(imagenet_lmdb, tmp_path):
+    lmdb_dir, _ = imagenet_lmdb
+    images = str(lmdb_dir.parent / "src" / "train")
+    broken = tmp_path / "db"
+    shutil.copytree(lmdb_dir, broken)
+    data_file = broken / "train.lmdb" / "data.mdb"
+    os.truncate(data_file, os.path.getsize(data_file) // 2)
+    check, info, missing_parent, zero = run_data_clis(
+        ("check", "--dataset", "imagenet", "--datapath", str(broken)),
+        ("info", "--dataset", "imagenet", "--datapath", str(broken)),
+        ("to-lmdb", images, str(tmp_path / "nowhere" / "x.lmdb")),
+        ("to-lmdb", images, str(tmp_path / "x.lmdb"), "--records_per_commit", "0"))
+    for result in (check, info):  # not a SIGBUS (exit 135)
+        assert_one_line_error(result, "train.lmdb is truncated")
+    assert_one_line_error(missing_parent, "does not exist")
+    assert_one_line_error(zero, "--records_per_commit 0")
+
+
 def test_converter_failure_leaves_no_database(tmp_path, capsys):
     make_image_folder(str(tmp_path / "src"), per_class=2)
     with open(tmp_path / "src" / "dog" / "broken.jpg", "wb") as f:
