@@ -1456,6 +1456,19 @@ def test_user_errors_exit_2_with_one_line(evaluated_tiny_run, capsys):
         assert error.startswith("error: ") and len(error.strip().splitlines()) == 1, (argv, error)
 
 
+def test_draw_batches_is_the_same_on_every_call_with_workers():
+    """BN calibration batches come from the augmenting training loader; with DataLoader
+    workers they must not depend on what the loader served before."""
+    args = parse_data_args("--synthetic_train", "200", "--synthetic_test", "20", "--val_size",
+                           "20", "--workers", "2", "--no-pin_memory")
+    loaders = data.get_loaders(args, 16)
+    first = evaluate.draw_batches(loaders.train, 2, "cpu")
+    next(iter(loaders.train))  # the trainer used it in between
+    again = evaluate.draw_batches(loaders.train, 2, "cpu")
+    for (images, labels), (images_again, labels_again) in zip(first, again):
+        assert torch.equal(images, images_again) and torch.equal(labels, labels_again)
+
+
 def test_uniform_configs_are_evenly_spaced_in_macs():
     net = models.get_model("slim_resnet20", 10)
     configs, targets = evaluate.uniform_configs(net, 0.42)
