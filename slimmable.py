@@ -24,7 +24,8 @@ everything that is about widths and nothing that is about a particular network:
   the cost of a configuration never decreases when a multiplier grows.
 - Cost. ``macs`` and ``params`` are analytic: every conv/linear contributes
   ``coefficient * c_in * c_out`` (a bilinear form in the slot channel counts), so the cost of N
-  configurations is one (N, terms) product, with no forward pass. "FLOPs" in the slimmable
+  configurations is one (N, terms) product, with no forward pass. Plain torch layers count at
+  their fixed width, so an exported model is counted as it is. "FLOPs" in the slimmable
   literature are these multiply-accumulates of conv and linear layers.
 - ``export``: an ordinary model whose leaves are plain ``nn.Conv2d``/``nn.BatchNorm2d``/``nn.Linear``
   holding the sliced weights and statistics (AutoSlim's "split checkpoint").
@@ -284,11 +285,14 @@ def _layer_channels(model, widths):
 
 
 def _full_in_out(layer):
-    if isinstance(layer, SlimConv2d):
+    if isinstance(layer, nn.Conv2d):
         return layer.in_channels, layer.out_channels
-    if isinstance(layer, SlimLinear):
+    if isinstance(layer, nn.Linear):
         return layer.in_features, layer.out_features
     return layer.num_features, layer.num_features
+
+
+COUNTED_LAYERS = (nn.Conv2d, nn.Linear, nn.BatchNorm2d)  # slimmable or plain: both are counted
 
 
 def set_widths(model, widths):
@@ -336,10 +340,12 @@ def _cost_terms(model):
     cached = model.__dict__.get("_cost_terms")
     if cached is not None and cached[0] == probe_shape:
         return cached[1]
-    layers = slim_layers(model)
+    # Plain torch layers count too, at their fixed width: an exported model, or a network that
+    # mixes slimmable and plain layers, is counted as it is.
+    layers = [m for m in model.modules() if isinstance(m, COUNTED_LAYERS)]
     sizes = {}
     hooks = [m.register_forward_hook(lambda m, i, o: sizes.__setitem__(m, o.shape[2:]))
-             for _, m in layers if isinstance(m, SlimConv2d)]
+             for m in layers if isinstance(m, nn.Conv2d)]
     previous = getattr(model, "current_widths", 1.0)
     was_training = model.training
     set_widths(model, 1.0)
@@ -351,7 +357,11 @@ def _cost_terms(model):
         hook.remove()
     set_widths(model, previous)
 
-    slots = sorted({s for _, m in layers for s in (m.in_slot, m.out_slot) if s is not None})
+    def slot(m, side):  # a plain layer's widths never change
+        return getattr(m, side, None)
+
+    slots = sorted({s for m in layers for s in (slot(m, "in_slot"), slot(m, "out_slot"))
+                    if s is not None})
     one = len(slots)
     index = {s: i for i, s in enumerate(slots)}
     macs_terms, params_terms = [], []
@@ -359,22 +369,23 @@ def _cost_terms(model):
     def factor(slot, full):  # (slot index, constant multiplier)
         return (index[slot], 1) if slot is not None else (one, full)
 
-    for _, m in layers:
+    for m in layers:
         full_in, full_out = _full_in_out(m)
-        if isinstance(m, SlimBatchNorm2d):
-            a, k = factor(m.out_slot, full_out)
-            params_terms.append((2 * k, a, one))
+        if isinstance(m, nn.BatchNorm2d):
+            if m.affine:
+                a, k = factor(slot(m, "out_slot"), full_out)
+                params_terms.append((2 * k, a, one))
             continue
-        if isinstance(m, SlimConv2d):
+        if isinstance(m, nn.Conv2d):
             kernel = m.kernel_size[0] * m.kernel_size[1]
             pixels = sizes[m][0] * sizes[m][1]
         else:
             kernel, pixels = 1, 1
-        a, ka = factor(m.out_slot, full_out)
+        a, ka = factor(slot(m, "out_slot"), full_out)
         if getattr(m, "depthwise", False):
             b, kb = one, 1  # one filter per channel: cost linear in the width
         else:
-            b, kb = factor(m.in_slot, full_in)
+            b, kb = factor(slot(m, "in_slot"), full_in // getattr(m, "groups", 1))
         macs_terms.append((kernel * pixels * ka * kb, a, b))
         params_terms.append((kernel * ka * kb, a, b))
         if m.bias is not None:

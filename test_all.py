@@ -202,6 +202,9 @@ def test_export_equals_slimmable_model(name):
         with FlopCounterMode(display=False) as counter:
             static(x[:1])
         assert counter.get_total_flops() == 2 * slimmable.macs(net, widths)
+        # The exported model is counted as it is (plain layers at their fixed widths).
+        assert slimmable.macs(static) == slimmable.macs(net, widths)
+        assert slimmable.params(static) == slimmable.params(net, widths)
     # The state_dict plus the configuration rebuild the exported model.
     rebuilt = slimmable.export(small_model(name), widths).eval()
     rebuilt.load_state_dict(static.state_dict())
