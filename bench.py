@@ -438,7 +438,7 @@ def gradient_probe(name, batch, lower=0.42, sampled=(0.6, 0.8)):
     uniform ``sampled`` widths) under distillation (g_kd) and under the labels (g_label); their
     norms and cosines with g_full; the teacher's mean top probability and batch top-1; the lr
     the run had at that step. Returns a dict of floats."""
-    checkpoint = torch.load(os.path.join("runs", name, "checkpoint.pt"), weights_only=False)
+    checkpoint = slimmable.load_checkpoint_file(os.path.join("runs", name, "checkpoint.pt"))
     args = train.parse_args([])
     vars(args).update(checkpoint["args"])
     net = models.get_model(checkpoint["network"], checkpoint["num_classes"],
@@ -573,7 +573,7 @@ def _train_with_probes(argv, name, every):
                 torch.manual_seed(12345)
                 inputs, targets = next(iter(data.get_loaders(args, args.batch_size).train))
             batch = (inputs, targets)
-        checkpoint = torch.load(os.path.join("runs", name, "checkpoint.pt"), weights_only=False)
+        checkpoint = slimmable.load_checkpoint_file(os.path.join("runs", name, "checkpoint.pt"))
         if not probes or probes[-1]["step"] < checkpoint["step"]:
             probes.append(gradient_probe(name, batch))
             with open(path, "w") as handle:

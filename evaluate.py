@@ -114,7 +114,7 @@ def load_checkpoint(name):
     if not os.path.exists(path):
         raise Fail(f"no checkpoint at {path}; train it first: python train.py --name {name}")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        checkpoint = slimmable.load_checkpoint_file(path)
     except Exception as error:  # a truncated or foreign file
         raise Fail(f"cannot read checkpoint {path}: {first_line(error)}") from None
     required = {"model", "network", "num_classes", "method"}
@@ -198,7 +198,7 @@ def candidate_configs(net, checkpoint, args, say):
     if args.configs:
         return [config_widths(path, net) for path in args.configs], f"{len(args.configs)} files"
     if method == "joslim":
-        state = checkpoint.get("sampler") or {}
+        state = slimmable.as_numpy(checkpoint.get("sampler") or {})
         configs = np.asarray(state.get("configs", []), float).reshape(-1, num_groups)
         losses = np.asarray(state.get("losses", []), float).reshape(-1)
         scored = np.isfinite(losses)  # the last proposals of a run are never scored

@@ -156,7 +156,7 @@ def load_supernet(name, device):
     if not os.path.exists(path):
         raise Fail(f"no supernet at {path}; train one: python train.py --name {name} --method random")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        checkpoint = slimmable.load_checkpoint_file(path)
     except Exception as error:  # a truncated or foreign file
         raise Fail(f"cannot load supernet {path}: {str(error).splitlines()[0]}") from None
     if not isinstance(checkpoint, dict) or \

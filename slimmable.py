@@ -45,6 +45,7 @@ import copy
 import ctypes
 import json
 import os
+import pickle
 import tempfile
 from typing import NamedTuple, Optional
 
@@ -519,6 +520,52 @@ def write_atomic(path, write, mode="w"):
     finally:
         if temporary is not None and os.path.exists(temporary):
             os.remove(temporary)
+
+
+def plain(value):
+    """``value`` with every NumPy array made a tensor and every NumPy scalar a Python number,
+    recursively through dicts, lists and tuples: what ``torch.load(..., weights_only=True)``
+    reads back without running any code from the file."""
+    if isinstance(value, dict):
+        return {key: plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(plain(item) for item in value)
+    if type(value).__module__ == "numpy":
+        return torch.from_numpy(value.copy()) if hasattr(value, "shape") and value.shape \
+            else value.item()
+    return value
+
+
+def as_numpy(value):
+    """The inverse of ``plain``: every tensor made a NumPy array, recursively (for sampler.py,
+    which knows NumPy only)."""
+    if isinstance(value, dict):
+        return {key: as_numpy(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(as_numpy(item) for item in value)
+    return value.numpy() if torch.is_tensor(value) else value
+
+
+def load_checkpoint_file(path):
+    """``torch.load(path, weights_only=True)`` on the CPU: tensors, numbers, strings and
+    containers only, so a shared checkpoint cannot run code. Files of slimnets before
+    checkpoints were ``plain`` also hold NumPy arrays: those types, and no others, are allowed
+    too. Raises what torch.load raises; ``pickle.UnpicklingError`` (one line) for a file holding
+    anything else."""
+    import numpy  # only to name the array types of older checkpoints; not needed otherwise
+    core = getattr(numpy, "_core", None) or numpy.core
+    allowed = [numpy.ndarray, numpy.dtype, core.multiarray._reconstruct]
+    dtypes = getattr(numpy, "dtypes", None)  # NumPy >= 1.25 pickles arrays with their dtype class
+    allowed += [getattr(dtypes, f"{kind}DType") for kind in (
+        "Float16", "Float32", "Float64", "Int8", "Int16", "Int32", "Int64", "UInt8", "UInt16",
+        "UInt32", "UInt64", "Bool") if hasattr(dtypes, f"{kind}DType")]
+    try:
+        with torch.serialization.safe_globals(allowed):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise pickle.UnpicklingError(f"{path} holds objects other than tensors, numbers, strings "
+                                     f"and containers, so slimnets did not write it (nothing in "
+                                     f"it was run)") from None
 
 
 def model_identity(model):

@@ -230,7 +230,7 @@ def load_checkpoint(path, args):
     does not record, from an older version, is not compared). Fail (one line naming the flags,
     old and new values) if not."""
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        checkpoint = slimmable.load_checkpoint_file(path)
     except Exception as error:  # a truncated or foreign file
         raise Fail(f"cannot read checkpoint {path}: {str(error).splitlines()[0]}; use --restart "
                    f"to start over") from None
@@ -295,7 +295,8 @@ def rng_states():
 def set_rng_states(states):
     torch.set_rng_state(states["torch"])
     random.setstate(states["python"])
-    np.random.set_state(states["numpy"])
+    name, keys, *rest = states["numpy"]  # keys: a tensor in the checkpoint (slimmable.plain)
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), *rest))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -538,7 +539,7 @@ def run(args, cleanup):
         curves = checkpoint.get("curves", [])
         curve_meter = checkpoint.get("curve_meter", curve_meter)
         if sampler is not None:
-            sampler.load_state_dict(checkpoint["sampler"])
+            sampler.load_state_dict(slimmable.as_numpy(checkpoint["sampler"]))
         recorded = checkpoint.get("args") or {}
         session = [f"--{key} {recorded[key]!r} -> {getattr(args, key)!r}" for key in
                    sorted(SESSION_FLAGS - {"restart", "resume"})
@@ -559,8 +560,8 @@ def run(args, cleanup):
     def state(finished=False):
         return {"model": net.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
                 "window_configs": window_configs, "val_batches_used": val_batches_used,
-                "sampler": sampler.state_dict() if sampler is not None else None,
-                "rng": rng_states(), "args": vars(args), "network": args.network,
+                "sampler": slimmable.plain(sampler.state_dict()) if sampler is not None else None,
+                "rng": slimmable.plain(rng_states()), "args": vars(args), "network": args.network,
                 "method": args.method, "num_classes": loaders.num_classes,
                 "model_options": options, "lower_channel": args.lower_channel,
                 "fixed_configs": fixed_configs, "fixed_sources": fixed_sources,
