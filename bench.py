@@ -411,12 +411,12 @@ def quality_table(names, seeds, dataset, prefix):
                           if table[label][f"top1@{level:g}"]], "end": 1.0} for label in per_seed]
     svg = evaluate.front_svg(curves, f"{dataset}: mean test top-1 at matched MACs, "
                                      f"{len(seeds)} seeds", x_label="MACs ratio")
-    os.makedirs("results", exist_ok=True)
-    with open(os.path.join("results", f"{prefix}_quality.svg"), "w") as handle:
-        handle.write(svg)
-    with open(os.path.join("results", f"{prefix}_quality.json"), "w") as handle:
-        json.dump({"dataset": dataset, "seeds": list(seeds), "names": names,
-                   "per_seed": per_seed, "differences": differences}, handle, indent=1)
+    slimmable.write_atomic(os.path.join("results", f"{prefix}_quality.svg"),
+                           lambda handle: handle.write(svg))
+    content = {"dataset": dataset, "seeds": list(seeds), "names": names, "per_seed": per_seed,
+               "differences": differences}
+    slimmable.write_atomic(os.path.join("results", f"{prefix}_quality.json"),
+                           lambda handle: json.dump(content, handle, indent=1))
     print(f"wrote results/{prefix}_quality.json and results/{prefix}_quality.svg")
     return table, differences
 
@@ -550,8 +550,9 @@ def bench_recipe(seeds=(0, 1), threads=None, probe_every=26, out_dir="results", 
                   f"{p['teacher_top1']:>13.1f}{p['full_grad_norm']:>9.3f}{p['kd_grad_norm']:>8.3f}"
                   f"{p['label_grad_norm']:>10.3f}{p['cos_kd_full']:>13.3f}"
                   f"{p['cos_label_full']:>16.3f}")
-    with open(os.path.join(out_dir, "recipe.json"), "w") as handle:
-        json.dump({"runs": runs, "table": table, "probes": probes}, handle, indent=1)
+    content = {"runs": runs, "table": table, "probes": probes}
+    slimmable.write_atomic(os.path.join(out_dir, "recipe.json"),
+                           lambda handle: json.dump(content, handle, indent=1))
     return table, probes
 
 
@@ -576,8 +577,7 @@ def _train_with_probes(argv, name, every):
         checkpoint = slimmable.load_checkpoint_file(os.path.join("runs", name, "checkpoint.pt"))
         if not probes or probes[-1]["step"] < checkpoint["step"]:
             probes.append(gradient_probe(name, batch))
-            with open(path, "w") as handle:
-                json.dump(probes, handle, indent=1)
+            slimmable.write_atomic(path, lambda handle: json.dump(probes, handle, indent=1))
         if checkpoint.get("finished"):
             return probes
 
