@@ -506,8 +506,8 @@ def bench_recipe(seeds=(0, 1), threads=None, probe_every=26, out_dir="results", 
             argv = ["--name", name, "--seed", str(seed)] + flags + common
             if label == "distill-after-1" and seed == 0:
                 probes = _train_with_probes(argv, name, probe_every)
-            elif train.main(argv) != 0:
-                raise SystemExit(f"training {name} failed")
+            else:
+                _train(argv)
     everything = [name for names in runs.values() for name in names]
     rows = {row["name"]: row for row in evaluate.compare(everything, os.path.join(
         out_dir, "recipe_fronts.svg"))}
@@ -567,8 +567,7 @@ def _train_with_probes(argv, name, every):
     args = train.parse_args(argv)
     batch = None
     while True:
-        if train.main(argv + ["--pause_after", str(every)]) != 0:
-            raise SystemExit(f"training {name} failed")
+        _train(argv + ["--pause_after", str(every)])
         if batch is None:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(12345)
