@@ -202,9 +202,9 @@ def candidate_configs(net, checkpoint, args, say):
         configs = np.asarray(state.get("configs", []), float).reshape(-1, num_groups)
         losses = np.asarray(state.get("losses", []), float).reshape(-1)
         scored = np.isfinite(losses)  # the last proposals of a run are never scored
-        by_params = (checkpoint.get("args") or {}).get("cost") == "params"
-        costs = np.asarray((slimmable.params if by_params else slimmable.macs)(net, configs[scored]),
-                           float) if scored.any() else np.zeros(0)
+        kind = (checkpoint.get("args") or {}).get("cost", "macs")
+        costs = np.asarray(slimmable.cost(net, configs[scored], kind), float) \
+            if scored.any() else np.zeros(0)
         front = configs[scored][pareto_front(costs, losses[scored])]
         return ends + front.tolist(), (f"the smallest, the full network and {len(front)} "
                                        f"non-dominated of {int(scored.sum())} scored history entries")

@@ -426,6 +426,18 @@ def params(model, widths=1.0):
     return _evaluate_terms(model, widths, "params")
 
 
+# The cost axes a width search can be run against: name -> function(model, widths) with the
+# signature and return types of ``macs``. train.py --cost, evaluate.py and search.py read this.
+COSTS = {"macs": macs, "params": params}
+
+
+def cost(model, widths=1.0, kind="macs"):
+    """The cost ``kind`` (a key of ``COSTS``) of ``widths``; ValueError for an unknown kind."""
+    if kind not in COSTS:
+        raise ValueError(f"unknown cost {kind!r}: one of {', '.join(COSTS)}")
+    return COSTS[kind](model, widths)
+
+
 # ---------------------------------------------------------------------------------------------
 # BN calibration and export
 

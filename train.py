@@ -120,7 +120,7 @@ def parse_args(argv=None):
         help="joslim: re-score at most this many history configurations per window (the "
              "newest and the Pareto layers first; 0: the whole history, as the reference). "
              "120 keeps re-scoring under 5%% of a CIFAR window of 235 steps (bench.py window)")
-    add("--cost", default="macs", choices=["macs", "params"],
+    add("--cost", default="macs", choices=list(slimmable.COSTS),
         help="joslim: the cost axis of the front")
     add("--print_freq", type=int, default=20, help="steps between progress lines")
     add("--curve_points", type=int, default=16,
@@ -419,7 +419,7 @@ def build_sampler(args, net, num_dims):
     if args.method == "random":
         return samplers.RandomSampler(num_dims, args.lower_channel, seed=args.seed)
     if args.method == "joslim":
-        cost = slimmable.macs if args.cost == "macs" else slimmable.params
+        cost = slimmable.COSTS[args.cost]
         full = float(cost(net, 1.0))
         return samplers.JoslimSampler(num_dims, args.lower_channel,
                                       lambda X: np.asarray(cost(net, X), dtype=np.float64) / full,
