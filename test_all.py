@@ -1218,6 +1218,20 @@ def test_a_full_disk_ends_training_in_one_line(tmp_path, monkeypatch, capsys):
     assert written == ["curves.json", "log.txt", "train.lock"]
 
 
+def test_a_run_refused_by_its_data_leaves_no_folder(tmp_path, monkeypatch, capsys):
+    """A failed data check ends in one line and leaves neither runs/NAME/log.txt nor the lock;
+    a run that already has files keeps them all."""
+    monkeypatch.chdir(tmp_path)
+    argv = ["--name", "bad", "--dataset", "CIFAR10", "--datapath", str(tmp_path / "none")]
+    assert train.main(argv + ["--threads", "1"]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+    assert not (tmp_path / "runs" / "bad").exists()
+    (tmp_path / "runs" / "bad").mkdir()
+    (tmp_path / "runs" / "bad" / "notes.txt").write_text("mine")
+    assert train.main(argv + ["--threads", "1"]) == 2
+    assert sorted(os.listdir(tmp_path / "runs" / "bad")) == ["notes.txt", "train.lock"]
+
+
 def test_train_refuses_another_runs_checkpoint(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert train.main(["--name", "run"] + with_flag(TINY_RUN, "--epochs", "1")) == 0

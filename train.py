@@ -454,6 +454,7 @@ def run_lock(run_dir):
     however it ends, so no lock goes stale) while one trainer uses the run; a second trainer on
     the same --name gets a Fail naming the process that holds it."""
     import fcntl
+    created = not os.path.isdir(run_dir)
     os.makedirs(run_dir, exist_ok=True)
     path = os.path.join(run_dir, "train.lock")
     with open(path, "a+") as handle:
@@ -471,6 +472,10 @@ def run_lock(run_dir):
         try:
             yield
         finally:
+            # a run that failed before writing anything (bad data flags) leaves no folder behind
+            if created and os.listdir(run_dir) == ["train.lock"]:
+                os.remove(path)
+                os.rmdir(run_dir)
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
@@ -487,13 +492,15 @@ def run(args, cleanup):
         checkpoint = load_checkpoint(checkpoint_path, args)
     elif args.resume:
         raise Fail(f"--resume: no checkpoint at {checkpoint_path}")
-    if rank == 0:
-        os.makedirs(run_dir, exist_ok=True)
-    log_file = open(os.path.join(run_dir, "log.txt"), "a") if rank == 0 else None
+    log_file = None  # opened at the first message: a run refused before that leaves no log
 
     def log(message):
+        nonlocal log_file
         if rank == 0:
             print(message, flush=True)
+            if log_file is None:
+                os.makedirs(run_dir, exist_ok=True)
+                log_file = cleanup.enter_context(open(os.path.join(run_dir, "log.txt"), "a"))
             log_file.write(message + "\n")
             log_file.flush()
 
@@ -544,8 +551,9 @@ def run(args, cleanup):
         session = [f"--{key} {recorded[key]!r} -> {getattr(args, key)!r}" for key in
                    sorted(SESSION_FLAGS - {"restart", "resume"})
                    if key in recorded and recorded[key] != getattr(args, key)]
-        log(f"resuming {checkpoint_path} at step {step}/{total_steps}"
-            + (f" (changed for this session: {'; '.join(session)})" if session else ""))
+        if step < total_steps:  # a finished run says so below
+            log(f"resuming {checkpoint_path} at step {step}/{total_steps}"
+                + (f" (changed for this session: {'; '.join(session)})" if session else ""))
     model = net
     if world_size > 1:
         model = torch.nn.parallel.DistributedDataParallel(
@@ -738,7 +746,7 @@ def report(meter, step, total_steps, steps_per_epoch, lr, args, log):
     images_per_second = meter["images"] / max(elapsed, 1e-9)
     seconds_per_step = elapsed / meter["count"]
     eta = seconds_per_step * (total_steps - step)
-    log(f"epoch {step // steps_per_epoch} step {step}/{total_steps} loss full {full:.3f} "
+    log(f"epoch {step / steps_per_epoch:.2f}/{args.epochs} step {step}/{total_steps} loss full {full:.3f} "
         f"smallest {small:.3f} lr {lr:.4f} {images_per_second:.0f} img/s eta {eta / 60:.1f} min")
     meter.update(full=0.0, small=0.0, count=0, images=0, start=time.time(), last_full=full,
                  last_small=small)
