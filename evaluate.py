@@ -459,7 +459,7 @@ def save_subnet(args, checkpoint, index, point, state_dict):
               **{key: point[key] for key in ("widths", "channels", "macs", "params", "held_out",
                                              "test", "target_mflops", "config_file")
                  if key in point}, "data": data_args}
-    slimmable.write_atomic(path, lambda handle: torch.save(record, handle), "wb")
+    slimmable.save_file(path, record)
     return path
 
 

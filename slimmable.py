@@ -43,6 +43,7 @@ Example::
 import contextlib
 import copy
 import ctypes
+import io
 import json
 import os
 import pickle
@@ -532,6 +533,15 @@ def write_atomic(path, write, mode="w"):
     finally:
         if temporary is not None and os.path.exists(temporary):
             os.remove(temporary)
+
+
+def save_file(path, obj):
+    """``torch.save(obj)`` to ``path`` through ``write_atomic``. The object is serialized in
+    memory first and written with one plain write, so a full disk or a file-size limit is an
+    OSError that names its cause ("No space left on device"), not torch's "unexpected pos"."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    write_atomic(path, lambda handle: handle.write(buffer.getbuffer()), mode="wb")
 
 
 def plain(value):

@@ -1178,44 +1178,45 @@ def signal_name(signum):
     return signal.Signals(signum).name
 
 
-def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+def test_checkpoint_write_is_atomic(tmp_path):
     path = str(tmp_path / "checkpoint.pt")
     train.save_checkpoint(path, {"step": 1})
 
-    def crash_midway(obj, handle):
+    def crash_midway(handle):
         handle.write(b"half a checkpoint")
         raise KeyboardInterrupt  # killed while writing
 
-    monkeypatch.setattr(torch, "save", crash_midway)
     with pytest.raises(KeyboardInterrupt):
-        train.save_checkpoint(path, {"step": 2})
-
-    def disk_full(obj, handle):  # what torch.save raised on a full 3 MiB tmpfs
-        handle.write(b"x" * 100)
-        raise RuntimeError("[enforce fail at inline_container.cc:671] unexpected pos 64 vs 0")
-
-    monkeypatch.setattr(torch, "save", disk_full)
-    with pytest.raises(slimmable.WriteError, match=f"cannot write {path}: \\[enforce fail"):
-        train.save_checkpoint(path, {"step": 3})
-    monkeypatch.undo()
-    assert torch.load(path, weights_only=False) == {"step": 1}
+        slimmable.write_atomic(path, crash_midway, mode="wb")
+    assert torch.load(path, weights_only=True) == {"step": 1}
     assert os.listdir(tmp_path) == ["checkpoint.pt"]  # no temporary file left behind
 
 
-def test_a_full_disk_ends_training_in_one_line(tmp_path, monkeypatch, capsys):
-    import errno
-    monkeypatch.chdir(tmp_path)
+def test_a_full_disk_ends_training_in_one_line(tmp_path):
+    """A real write failure (the kernel's file-size limit, RLIMIT_FSIZE, as a full disk would):
+    one line naming the file and the OS's reason, the previous checkpoint intact, no temporary
+    file left, so the rerun with room continues."""
+    import resource
+    import signal
 
-    def no_space(obj, handle):
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    def small_files():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # else the kernel kills the process
+        resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
 
-    monkeypatch.setattr(torch, "save", no_space)
-    assert train.main(["--name", "full"] + TINY_RUN) == 2
-    error = capsys.readouterr().err.strip().splitlines()
-    assert error == [f"error: cannot write {os.path.join('runs', 'full', 'checkpoint.pt')}: "
-                     f"No space left on device"]
-    written = sorted(os.listdir(tmp_path / "runs" / "full"))
-    assert written == ["curves.json", "log.txt", "train.lock"]
+    first = run_script("train.py", "--name", "full", *TINY_RUN, "--pause_after", "10", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    checkpoint = tmp_path / "runs" / "full" / "checkpoint.pt"
+    before = checkpoint.read_bytes()
+    assert len(before) > 200_000
+    environment = dict(os.environ, PYTHONPATH=REPO)
+    limited = subprocess.run([sys.executable, os.path.join(REPO, "train.py"), "--name", "full",
+                              *TINY_RUN], cwd=tmp_path, capture_output=True, text=True,
+                             env=environment, preexec_fn=small_files, timeout=300)
+    assert limited.returncode == 2
+    assert limited.stderr.splitlines() == [
+        f"error: cannot write {os.path.join('runs', 'full', 'checkpoint.pt')}: File too large"]
+    assert checkpoint.read_bytes() == before
+    assert not [f for f in os.listdir(checkpoint.parent) if f.endswith(".tmp")]
 
 
 def test_a_run_refused_by_its_data_leaves_no_folder(tmp_path, monkeypatch, capsys):

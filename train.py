@@ -210,7 +210,7 @@ def average_over_ranks(values):
 def save_checkpoint(path, state):
     """``state`` to ``path`` atomically and durably (slimmable.write_atomic): a crash or a full
     disk leaves the previous checkpoint intact."""
-    slimmable.write_atomic(path, lambda handle: torch.save(state, handle), mode="wb")
+    slimmable.save_file(path, state)
 
 
 CHECKPOINT_KEYS = {"model", "optimizer", "step", "network", "method", "num_classes", "args"}
