@@ -1093,15 +1093,27 @@ def test_kd_weight_changes_only_the_students(tmp_path, monkeypatch):
         assert point["full_loss"] > 0 and point["smallest_loss"] > 0 and point["lr"] >= 0
 
 
-def test_resume_reproduces_an_uninterrupted_run(tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def tiny_whole_run(tmp_path_factory):
+    """The checkpoint of one uninterrupted TINY_RUN, trained once for the resume tests."""
+    folder = tmp_path_factory.mktemp("whole")
+    previous = os.getcwd()
+    os.chdir(folder)
+    try:
+        assert train.main(["--name", "whole"] + TINY_RUN) == 0
+    finally:
+        os.chdir(previous)
+    return load_run(folder, "whole")
+
+
+def test_resume_reproduces_an_uninterrupted_run(tmp_path, monkeypatch, tiny_whole_run):
     monkeypatch.chdir(tmp_path)
-    assert train.main(["--name", "whole"] + TINY_RUN) == 0
     # Pause mid-epoch, inside a Joslim window, then rerun the same command twice.
     assert train.main(["--name", "parts", "--pause_after", "7"] + TINY_RUN) == 0
     assert not load_run(tmp_path, "parts")["finished"]
     assert train.main(["--name", "parts", "--pause_after", "6"] + TINY_RUN) == 0
     assert train.main(["--name", "parts"] + TINY_RUN) == 0
-    whole, parts = load_run(tmp_path, "whole"), load_run(tmp_path, "parts")
+    whole, parts = tiny_whole_run, load_run(tmp_path, "parts")
     assert parts["finished"] and parts["step"] == whole["step"]
     for key, value in whole["model"].items():
         torch.testing.assert_close(parts["model"][key], value, msg=key)
@@ -1126,12 +1138,11 @@ def test_resume_with_data_workers_is_exact(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("signum,status", [(2, 130), (15, 143)])
-def test_signal_stops_at_a_step_boundary_and_resumes_exactly(tmp_path, signum, status):
+def test_signal_stops_at_a_step_boundary_and_resumes_exactly(tmp_path, signum, status,
+                                                            tiny_whole_run):
     """Ctrl-C (SIGINT) or SIGTERM at any moment: the trainer finishes the step it is in, saves,
     exits 128 + signal; rerunning the command ends with the uninterrupted run's weights."""
     flags = TINY_RUN + ["--print_freq", "1"]
-    whole = run_script("train.py", "--name", "whole", *flags, cwd=tmp_path)
-    assert whole.returncode == 0, whole.stderr
     environment = dict(os.environ, PYTHONPATH=REPO)
     process = subprocess.Popen([sys.executable, os.path.join(REPO, "train.py"), "--name", "parts",
                                 *flags], cwd=tmp_path, stdout=subprocess.PIPE, text=True,
@@ -1148,7 +1159,7 @@ def test_signal_stops_at_a_step_boundary_and_resumes_exactly(tmp_path, signum, s
     assert f"{signal_name(signum)} at step {parts['step']}: checkpoint saved" in log
     resumed = run_script("train.py", "--name", "parts", *flags, cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
-    assert_same_weights(load_run(tmp_path, "whole"), load_run(tmp_path, "parts"))
+    assert_same_weights(tiny_whole_run, load_run(tmp_path, "parts"))
 
 
 def test_a_second_trainer_on_the_same_run_is_refused(tmp_path):
