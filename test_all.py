@@ -1124,8 +1124,9 @@ def test_train_one_short_run_per_method(method, tmp_path, monkeypatch):
     assert "already finished" in (tmp_path / "runs" / method / "log.txt").read_text()
 
 
-def test_joslim_trains_against_memory(tmp_path, monkeypatch):
-    """--cost memory: the sampler's proposals are placed by their peak activation memory."""
+def test_joslim_trains_and_evaluates_against_memory(tmp_path, monkeypatch, capsys):
+    """--cost memory: the sampler's proposals are placed by their peak activation memory, and
+    evaluate.py selects, sorts, plots and measures the area of the front against it."""
     monkeypatch.chdir(tmp_path)
     run = with_flag(TINY_RUN, "--epochs", "1") + ["--cost", "memory"]
     assert train.main(["--name", "memory", "--method", "joslim"] + run) == 0
@@ -1133,10 +1134,37 @@ def test_joslim_trains_against_memory(tmp_path, monkeypatch):
     assert checkpoint["finished"] and checkpoint["args"]["cost"] == "memory"
     net = models.get_model("slim_resnet20", 10)
     configs = np.asarray(checkpoint["sampler"]["configs"])
-    ratios = slimmable.memory(net, configs[-2:]) / slimmable.memory(net, 1.0)
+    full = slimmable.memory(net, 1.0)
+    ratios = slimmable.memory(net, configs[-2:]) / full
     last = [line for line in (tmp_path / "runs" / "memory" / "log.txt").read_text().splitlines()
             if "proposed costs" in line][-1]
     assert last.endswith("[" + ", ".join(f"{r:.2f}" for r in ratios) + "]")
+
+    result = evaluate.evaluate_run("memory", argv=["--calib_batches", "1", "--threads", "1"])
+    assert result["cost"] == "memory" and result["full_cost"] == full
+    assert result["smallest_ratio"] == slimmable.memory(net, 0.42) / full
+    points, candidates = result["points"], result["candidates"]
+    for record in points + candidates:
+        assert record["memory"] == slimmable.memory(net, record["widths"])
+        assert record["cost_ratio"] == record["memory"] / full
+        assert record["macs"] == slimmable.macs(net, record["widths"])  # still reported
+    assert [p["memory"] for p in points] == sorted(p["memory"] for p in points)
+    front = pareto_front([c["memory"] for c in candidates],
+                         [100 - c["held_out"]["top1"] for c in candidates])
+    assert {candidates[i]["memory"] for i in front} <= {p["memory"] for p in points}
+    assert result["area"] == pytest.approx(area_under_front(
+        [p["cost_ratio"] for p in points], [100 - p["test"]["top1"] for p in points],
+        result["smallest_ratio"], 1.0))
+    table = np.loadtxt(tmp_path / "results" / "memory_eval_pareto.txt", ndmin=2)
+    np.testing.assert_allclose(table[0], [p["cost_ratio"] for p in points])
+    svg = (tmp_path / "results" / "memory_pareto.svg").read_text()
+    assert "peak activation memory" in svg and "MACs" not in svg
+    assert "memory   ratio      MACs" in capsys.readouterr().out
+    # --cost overrides the run's: the same run against MACs.
+    result = evaluate.evaluate_run("memory", argv=["--calib_batches", "1", "--threads", "1",
+                                                   "--cost", "macs"])
+    assert result["cost"] == "macs" and result["full_cost"] == result["full_macs"]
+    assert all(p["cost_ratio"] == p["macs_ratio"] for p in result["points"])
 
 
 def np_all_finite(values):
