@@ -464,11 +464,13 @@ def write_results(result, stem):
     if curves:
         svg = training_curves_svg([("", curves)], f"{result['name']}: training curves")
         slimmable.write_atomic(f"{stem}_curves.svg", lambda handle: handle.write(svg))
-    macs_column = kind != "macs"  # the front's cost first, then MACs too
-    print(f"{name:>10}{'ratio':>8}" + (f"{'MACs':>10}" if macs_column else "")
+    macs_column = kind != "macs"  # the front's cost first (a count), then MACs too
+    print((f"{name:>12}" if macs_column else f"{name:>10}") + f"{'ratio':>8}"
+          + (f"{'MACs':>10}" if macs_column else "")
           + f"{'params':>11}{'held-out top-1':>16}{'test top-1':>12}{'test top-5':>12}")
     for p in points:
-        print(f"{p[kind] / 1e6:>9.2f}M{cost_ratio(p):>8.3f}"
+        print((f"{p[kind]:>12,}" if macs_column else f"{p[kind] / 1e6:>9.2f}M")
+              + f"{cost_ratio(p):>8.3f}"
               + (f"{p['macs'] / 1e6:>9.2f}M" if macs_column else "") + f"{p['params']:>11,}"
               f"{p['held_out']['top1']:>16.2f}{p['test']['top1']:>12.2f}{p['test']['top5']:>12.2f}"
               + ("" if p["on_held_out_front"] else "  (full network, dominated on held-out)"))

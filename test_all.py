@@ -1159,7 +1159,9 @@ def test_joslim_trains_and_evaluates_against_memory(tmp_path, monkeypatch, capsy
     np.testing.assert_allclose(table[0], [p["cost_ratio"] for p in points])
     svg = (tmp_path / "results" / "memory_pareto.svg").read_text()
     assert "peak activation memory" in svg and "MACs" not in svg
-    assert "memory   ratio      MACs" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "      memory   ratio      MACs" in printed
+    assert f"{points[-1]['memory']:>12,}{points[-1]['cost_ratio']:>8.3f}" in printed
     # --cost overrides the run's: the same run against MACs.
     result = evaluate.evaluate_run("memory", argv=["--calib_batches", "1", "--threads", "1",
                                                    "--cost", "macs"])
