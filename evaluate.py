@@ -1,7 +1,10 @@
 """Evaluate a trained slimmable network: its cost-vs-accuracy Pareto front, files, plots, subnets.
 
-A slimmable network is judged by a curve: the best top-1 accuracy it reaches at each cost
-(multiply-accumulates, "MACs", the papers' "FLOPs"). For a run of train.py this script
+A slimmable network is judged by a curve: the best top-1 accuracy it reaches at each cost.
+The cost is the run's ``--cost`` (a key of ``slimmable.COSTS``; ``--cost`` here overrides it):
+multiply-accumulates ("MACs", the papers' "FLOPs") by default, or parameters, or the peak
+activation memory of inference (``slimmable.memory``). Below, "MACs" stands for that cost.
+For a run of train.py this script
 
 1. takes candidate configurations. Joslim (Chin et al., ECML-PKDD'21): the non-dominated
    (cost, loss) entries of the sampler's history. Slim (US-Nets): 40 uniform widths evenly
@@ -19,7 +22,7 @@ A slimmable network is judged by a curve: the best top-1 accuracy it reaches at 
    error step curve over MACs ratios [smallest, 1], divided by that range (lower is better;
    digest Sec. 6). The full network is always reported when it is a candidate.
 
-Files in ``results/``: ``NAME_eval_pareto.txt`` (the reference's format: 3 rows, MACs ratio
+Files in ``results/``: ``NAME_eval_pareto.txt`` (the reference's format: 3 rows, cost ratio
 ascending to 1.0, test top-1 %, test top-5 %; ``numpy.loadtxt`` gives shape (3, K)),
 ``NAME_eval_pareto.json`` (see ``evaluate_run``) and the plot ``NAME_pareto.svg``.
 
@@ -62,6 +65,9 @@ RUNS_DIR, RESULTS_DIR = "runs", "results"
 UNIFORM_COUNT = 40                       # Slim's evaluation grid (PareCO's evaluation)
 CALIBRATION_IMAGES = 2048                # AutoSlim and mmrazor calibrate BN on about 2k images
 MATCHED_RATIOS = (0.25, 0.5, 0.75, 1.0)  # where --compare reads top-1 off each front
+# How each cost is printed and plotted (values in millions); slimmable.COSTS lists the costs.
+COST_NAMES = {"macs": ("MACs", "MACs (millions)"), "params": ("params", "parameters (millions)"),
+              "memory": ("memory", "peak activation memory (millions of elements, batch 1)")}
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
 
 
@@ -87,19 +93,21 @@ def build_parser():
         "also the low end of the area (default: the run's)")
     add("--calib_batches", type=int, metavar="N", help="training batches that calibrate BN for "
         f"each configuration, the same for all (default: about {CALIBRATION_IMAGES} images)")
+    add("--cost", choices=list(slimmable.COSTS), help="the cost axis of the front, area and "
+        "plot (default: the run's --cost, else macs)")
     add("--configs", nargs="+", default=[], metavar="FILE", help="evaluate these JSON channel "
         "configs instead of the run's candidates (files results/NAME_configs_*)")
     add("--export", metavar="DIR", help="save each front configuration as a standalone model in DIR")
     add("--subnet", nargs="+", metavar="FILE", help="test models saved by --export on the test "
         "split; several files end with one table (target, MACs, params, top-1)")
     add("--compare", nargs="+", metavar="NAME", help="plot the fronts of these runs on one SVG, "
-        "print their areas and top-1 at matched MACs (runs without results are evaluated)")
+        "print their areas and top-1 at matched cost ratios (runs without results are evaluated)")
     add("--out", metavar="PATH", help="--compare: SVG path (default: results/compare_NAMES.svg)")
     add("--device", default="auto", help="auto (CUDA when available), cpu, cuda")
     add("--threads", type=int, default=0, help="CPU threads per process (0: cores / processes)")
     data.add_data_args(parser)
-    parser.epilog = ("Data flags, --network, --batch_size and --lower_channel default to the "
-                     "values the run was trained with.")
+    parser.epilog = ("Data flags, --network, --batch_size, --lower_channel and --cost default to "
+                     "the values the run was trained with.")
     return parser
 
 
@@ -140,7 +148,7 @@ def run_settings(name, argv=None, overrides=None):
     then the values recorded at training (data flags, network, batch size, lower channel)."""
     checkpoint = load_checkpoint(name)
     recorded = checkpoint.get("args") or {}
-    inherited = data_flags() | {"network", "batch_size", "lower_channel"}
+    inherited = data_flags() | {"network", "batch_size", "lower_channel", "cost"}
     parser = build_parser()
     parser.set_defaults(**{key: recorded[key] for key in inherited if key in recorded})
     args = parser.parse_args(argv if argv is not None else [])
@@ -153,6 +161,10 @@ def run_settings(name, argv=None, overrides=None):
     if not 0 < args.lower_channel <= 1:
         raise Fail("--lower_channel must be in (0, 1]")
     args.batch_size = args.batch_size or 128
+    args.cost = args.cost or "macs"  # runs from before train.py had --cost
+    if args.cost not in slimmable.COSTS:
+        raise Fail(f"run {name} was trained against cost {args.cost!r}, unknown here; pass "
+                   f"--cost ({', '.join(slimmable.COSTS)})")
     if args.batch_size < 1 or (args.calib_batches or 1) < 1:
         raise Fail("--batch_size and --calib_batches must be at least 1")
     return args, checkpoint
@@ -162,19 +174,21 @@ def run_settings(name, argv=None, overrides=None):
 # Which configurations
 
 
-def uniform_configs(net, lower, count=UNIFORM_COUNT):
-    """``count`` uniform configurations (one multiplier for every group) whose MACs are evenly
-    spaced from the smallest network (``lower``) to the full one: ``(configs (count, D), targets)``.
+def uniform_configs(net, lower, count=UNIFORM_COUNT, kind="macs"):
+    """``count`` uniform configurations (one multiplier for every group) whose cost ``kind``
+    (MACs by default) is evenly spaced from the smallest network (``lower``) to the full one:
+    ``(configs (count, D), targets)``.
 
-    Bisection on ``slimmable.macs`` brackets each target between two channel-rounding steps;
-    the nearer one is kept.
+    Bisection on the cost, which never decreases with the multiplier, brackets each target
+    between two channel-rounding steps; the nearer one is kept.
     """
     num_groups = len(net.width_groups)
 
     def cost(multipliers):
-        return np.asarray(slimmable.macs(net, np.repeat(multipliers[:, None], num_groups, 1)), float)
+        return np.asarray(slimmable.cost(net, np.repeat(multipliers[:, None], num_groups, 1), kind),
+                          float)
 
-    targets = np.linspace(slimmable.macs(net, lower), slimmable.macs(net, 1.0), count)
+    targets = np.linspace(slimmable.cost(net, lower, kind), slimmable.cost(net, 1.0, kind), count)
     below, above = np.full(count, float(lower)), np.ones(count)  # cost(below) <= target <= cost(above)
     for _ in range(50):
         middle = (below + above) / 2
@@ -202,8 +216,7 @@ def candidate_configs(net, checkpoint, args, say):
         configs = np.asarray(state.get("configs", []), float).reshape(-1, num_groups)
         losses = np.asarray(state.get("losses", []), float).reshape(-1)
         scored = np.isfinite(losses)  # the last proposals of a run are never scored
-        kind = (checkpoint.get("args") or {}).get("cost", "macs")
-        costs = np.asarray(slimmable.cost(net, configs[scored], kind), float) \
+        costs = np.asarray(slimmable.cost(net, configs[scored], args.cost), float) \
             if scored.any() else np.zeros(0)
         front = configs[scored][pareto_front(costs, losses[scored])]
         return ends + front.tolist(), (f"the smallest, the full network and {len(front)} "
@@ -218,16 +231,20 @@ def candidate_configs(net, checkpoint, args, say):
                 f"the smallest, the full network and {len(paths)} searched configurations"
         say(f"note: no runs/{args.name}/search/FLOPS_*.json yet (search.py writes AutoSlim's widths "
             f"there); evaluating {UNIFORM_COUNT} uniform widths instead")
-    return ends + uniform_configs(net, args.lower_channel)[0].tolist(), \
-        f"{UNIFORM_COUNT} uniform widths evenly spaced in MACs"
+    return ends + uniform_configs(net, args.lower_channel, kind=args.cost)[0].tolist(), \
+        f"{UNIFORM_COUNT} uniform widths evenly spaced in {COST_NAMES.get(args.cost, (args.cost,))[0]}"
 
 
-def describe(net, widths, full_macs):
-    """The cost side of one configuration, JSON-ready."""
+def describe(net, widths, full_macs, kind="macs", full_cost=None):
+    """The cost side of one configuration, JSON-ready: every cost of ``slimmable.COSTS`` (MACs,
+    params, peak activation memory in elements), ``macs_ratio`` and ``cost_ratio``, the ratio
+    of cost ``kind`` to ``full_cost`` (the full network's; MACs by default)."""
     widths = slimmable.width_matrix(net, widths)[0].tolist()
-    macs = int(slimmable.macs(net, widths))
-    return {"widths": widths, "channels": slimmable.group_channels(net, widths), "macs": macs,
-            "macs_ratio": macs / full_macs, "params": int(slimmable.params(net, widths))}
+    record = {"widths": widths, "channels": slimmable.group_channels(net, widths)}
+    record.update({name: int(function(net, widths)) for name, function in slimmable.COSTS.items()})
+    record["macs_ratio"] = record["macs"] / full_macs
+    record["cost_ratio"] = record[kind] / (full_cost or full_macs)
+    return record
 
 
 # ---------------------------------------------------------------------------------------------
@@ -310,13 +327,15 @@ def evaluate_run(name, overrides=None, argv=None):
     write its result files and return the JSON content (on rank 0; None on the other ranks):
 
     ``name, network, method, num_classes, model_options, dataset, lower_channel, calib_batches,
-    calib_images, source, full_macs, full_params, smallest_ratio, area, seconds,
-    checkpoint_stamp, points, candidates``. A point (front member, by ascending MACs):
-    ``widths``, ``channels`` (per group), ``macs``, ``macs_ratio``, ``params``, ``held_out`` and
+    calib_images, source, cost, full_cost, full_macs, full_params, smallest_ratio, area,
+    seconds, checkpoint_stamp, points, candidates``. ``cost`` names the front's axis (``macs``,
+    ``params``, ``memory``) and ``full_cost`` is the full network's. A point (front member, by
+    ascending cost): ``widths``, ``channels`` (per group), ``macs``, ``params``, ``memory``,
+    ``macs_ratio``, ``cost_ratio`` (to ``full_cost``), ``held_out`` and
     ``test`` (each ``{top1, top5, loss, images}``), ``on_held_out_front`` (False only for the
     full network when a cheaper candidate beats it on held-out data) and ``subnet`` (the --export
     file or None). A candidate: the same without ``test`` and ``subnet``. ``area``: mean test
-    top-1 error (%) of the step curve over MACs ratios [smallest_ratio, 1].
+    top-1 error (%) of the step curve over cost ratios [smallest_ratio, 1].
     """
     stamp = checkpoint_stamp(name)
     args, checkpoint = run_settings(name, argv, overrides)
@@ -336,7 +355,8 @@ def evaluate_run(name, overrides=None, argv=None):
                    f"{checkpoint['num_classes']}; pass the run's --dataset")
     if loaders.val is None or len(loaders.val.dataset) == 0:
         raise Fail("no held-out split to select the front on; pass --val_size N (N > 0)")
-    full_macs = slimmable.macs(net, 1.0)
+    full_macs, kind = slimmable.macs(net, 1.0), args.cost
+    full_cost = slimmable.cost(net, 1.0, kind)
     configs, source = candidate_configs(net, checkpoint, args, say)
     if not configs:
         raise Fail(f"run {name} has no configurations to evaluate; pass --configs FILE...")
@@ -344,7 +364,7 @@ def evaluate_run(name, overrides=None, argv=None):
     sources = (checkpoint.get("fixed_sources") or []) if retrained else []
     candidates = {}
     for index, widths in enumerate(configs):  # of configs with the same channels, keep the first
-        record = describe(net, widths, full_macs)
+        record = describe(net, widths, full_macs, kind, full_cost)
         if index < len(sources):
             record.update(config_file=sources[index]["file"],
                           target_mflops=sources[index]["target_mflops"])
@@ -369,13 +389,13 @@ def evaluate_run(name, overrides=None, argv=None):
 
     for i, result in share_out(held_out, len(candidates), rank, world_size).items():
         candidates[i]["held_out"] = result
-    front = set(pareto_front([c["macs"] for c in candidates],
+    front = set(pareto_front([c[kind] for c in candidates],
                              [100 - c["held_out"]["top1"] for c in candidates]).tolist())
     full = {i for i, c in enumerate(candidates) if c["macs"] == full_macs}  # the reference's anchor
     # Retrained configurations are separate models, each trained for its own target: all of them
     # are reported (and exported), dominated or not.
     reported = set(range(len(candidates))) if retrained else front | full
-    chosen = sorted(reported, key=lambda i: candidates[i]["macs"])
+    chosen = sorted(reported, key=lambda i: (candidates[i][kind], candidates[i]["macs"]))
 
     def test(k):
         widths = candidates[chosen[k]]["widths"]
@@ -394,15 +414,16 @@ def evaluate_run(name, overrides=None, argv=None):
         point["subnet"] = save_subnet(args, checkpoint, k, point, tested[k]["state_dict"]) \
             if args.export else None
         points.append(point)
-    smallest_ratio = slimmable.macs(net, args.lower_channel) / full_macs
-    ratios = [p["macs_ratio"] for p in points]
+    smallest_ratio = slimmable.cost(net, args.lower_channel, kind) / full_cost
+    ratios = [p["cost_ratio"] for p in points]
     area = area_under_front(ratios, [100 - p["test"]["top1"] for p in points], smallest_ratio, 1.0)
     result = {"name": name, "network": args.network, "method": checkpoint["method"],
               "num_classes": checkpoint["num_classes"],
               "model_options": checkpoint.get("model_options") or {}, "dataset": loaders.dataset,
               "lower_channel": args.lower_channel, "calib_batches": len(calibration),
               "calib_images": sum(len(y) for _, y in calibration), "source": source,
-              "full_macs": full_macs, "full_params": slimmable.params(net, 1.0),
+              "cost": kind, "full_cost": full_cost, "full_macs": full_macs,
+              "full_params": slimmable.params(net, 1.0),
               "smallest_ratio": smallest_ratio, "area": area, "seconds": time.time() - start,
               "checkpoint_stamp": stamp, "points": points, "candidates": candidates,
               "training_curves": checkpoint.get("curves") or []}
@@ -410,33 +431,51 @@ def evaluate_run(name, overrides=None, argv=None):
     return result
 
 
+def cost_kind(result):
+    """The cost a result's front is drawn against (results before --cost: macs)."""
+    return result.get("cost", "macs")
+
+
+def full_cost(result):
+    return result.get("full_cost", result["full_macs"])
+
+
+def cost_ratio(point):
+    return point.get("cost_ratio", point["macs_ratio"])
+
+
 def write_results(result, stem):
     """The reference's 3-row text file, the JSON, the SVG plot; a table and the area on stdout."""
-    points = result["points"]
-    table = np.array([[p["macs_ratio"] for p in points], [p["test"]["top1"] for p in points],
+    points, kind = result["points"], cost_kind(result)
+    name, x_label = COST_NAMES.get(kind, (kind, f"{kind} (millions)"))
+    table = np.array([[cost_ratio(p) for p in points], [p["test"]["top1"] for p in points],
                       [p["test"]["top5"] for p in points]])
     slimmable.write_atomic(f"{stem}_eval_pareto.txt", lambda handle: np.savetxt(handle, table))
     slimmable.write_atomic(f"{stem}_eval_pareto.json",
                            lambda handle: json.dump(result, handle, indent=1))
-    curves = [{"label": "test top-1, front selected on held-out", "end": result["full_macs"] / 1e6,
-               "points": [(p["macs"] / 1e6, p["test"]["top1"]) for p in points]},
+    curves = [{"label": "test top-1, front selected on held-out", "end": full_cost(result) / 1e6,
+               "points": [(p[kind] / 1e6, p["test"]["top1"]) for p in points]},
               {"label": "held-out top-1, every candidate", "dots_only": True,
-               "points": [(c["macs"] / 1e6, c["held_out"]["top1"]) for c in result["candidates"]]}]
+               "points": [(c[kind] / 1e6, c["held_out"]["top1"]) for c in result["candidates"]]}]
     svg = front_svg(curves, f"{result['name']}: {result['method']} {result['network']}, "
-                            f"area {result['area']:.2f} (mean test top-1 error %)")
+                            f"area {result['area']:.2f} (mean test top-1 error %)", x_label)
     slimmable.write_atomic(f"{stem}_pareto.svg", lambda handle: handle.write(svg))
     curves = result.get("training_curves") or []
     if curves:
         svg = training_curves_svg([("", curves)], f"{result['name']}: training curves")
         slimmable.write_atomic(f"{stem}_curves.svg", lambda handle: handle.write(svg))
-    print(f"{'MACs':>10}{'ratio':>8}{'params':>11}{'held-out top-1':>16}{'test top-1':>12}"
-          f"{'test top-5':>12}")
+    macs_column = kind != "macs"  # the front's cost first (a count), then MACs too
+    print((f"{name:>12}" if macs_column else f"{name:>10}") + f"{'ratio':>8}"
+          + (f"{'MACs':>10}" if macs_column else "")
+          + f"{'params':>11}{'held-out top-1':>16}{'test top-1':>12}{'test top-5':>12}")
     for p in points:
-        print(f"{p['macs'] / 1e6:>9.2f}M{p['macs_ratio']:>8.3f}{p['params']:>11,}"
+        print((f"{p[kind]:>12,}" if macs_column else f"{p[kind] / 1e6:>9.2f}M")
+              + f"{cost_ratio(p):>8.3f}"
+              + (f"{p['macs'] / 1e6:>9.2f}M" if macs_column else "") + f"{p['params']:>11,}"
               f"{p['held_out']['top1']:>16.2f}{p['test']['top1']:>12.2f}{p['test']['top5']:>12.2f}"
               + ("" if p["on_held_out_front"] else "  (full network, dominated on held-out)"))
     print(f"area under the test top-1 error front: {result['area']:.3f} (% error averaged over "
-          f"MACs ratios {result['smallest_ratio']:.3f}..1; lower is better)")
+          f"{name} ratios {result['smallest_ratio']:.3f}..1; lower is better)")
     exported = [p["subnet"] for p in points if p["subnet"]]
     print(f"wrote {stem}_eval_pareto.txt, .json, {stem}_pareto.svg"
           + (f", {stem}_curves.svg" if curves else "")
@@ -648,8 +687,8 @@ def training_curves_svg(runs, title):
 
 
 def top1_at(points, ratio):
-    """The step curve at ``ratio``: best test top-1 among points with MACs ratio <= ratio, or None."""
-    affordable = [p["test"]["top1"] for p in points if p["macs_ratio"] <= ratio + 1e-9]
+    """The step curve at ``ratio``: best test top-1 among points with cost ratio <= ratio, or None."""
+    affordable = [p["test"]["top1"] for p in points if cost_ratio(p) <= ratio + 1e-9]
     return max(affordable) if affordable else None
 
 
@@ -659,7 +698,10 @@ def compare(names, out_path=None, overrides=None, argv=None):
     it (see ``checkpoint_stamp``), are evaluated first (``overrides`` and ``argv`` as for
     ``evaluate_run``); a result whose run directory is gone is plotted as it is. Returns one
     row per run (rank 0; [] on the others):
-    ``{"name", "network", "method", "area", "top1_at": {ratio: top1 or None}}``."""
+    ``{"name", "network", "method", "area", "top1_at": {ratio: top1 or None}}``. All fronts
+    must be against one cost: a result against another cost than an explicit ``--cost`` is
+    evaluated again; runs that still differ are refused (``Fail``)."""
+    wanted = (overrides or {}).get("cost") or build_parser().parse_args(argv or []).cost
     results = []
     for name in names:
         path = os.path.join(RESULTS_DIR, f"{name}_eval_pareto.json")
@@ -667,18 +709,26 @@ def compare(names, out_path=None, overrides=None, argv=None):
             with open(path) as handle:
                 result = json.load(handle)
             stamp = checkpoint_stamp(name)
-            if stamp is None or result.get("checkpoint_stamp") == stamp:
+            if stamp is None or (result.get("checkpoint_stamp") == stamp
+                                 and wanted in (None, cost_kind(result))):
                 results.append(result)
                 continue
-            print(f"{path} is older than runs/{name}/checkpoint.pt: evaluating it again")
+            print(f"{path} is older than runs/{name}/checkpoint.pt, or against another cost: "
+                  f"evaluating it again")
         results.append(evaluate_run(name, overrides, argv))
     if any(result is None for result in results):  # not rank 0 of a torchrun job
         return []
+    kinds = sorted({cost_kind(r) for r in results})
+    if len(kinds) > 1:
+        raise Fail(f"the runs' fronts are against different costs ({', '.join(kinds)}); pass "
+                   f"--cost {kinds[0]} to compare them on one axis")
+    kind = kinds[0]
+    name, x_label = COST_NAMES.get(kind, (kind, f"{kind} (millions)"))
     out_path = out_path or os.path.join(RESULTS_DIR, f"compare_{'_'.join(names)}.svg")
     curves = [{"label": f"{r['name']} ({r['method']}, area {r['area']:.2f})",
-               "end": r["full_macs"] / 1e6,
-               "points": [(p["macs"] / 1e6, p["test"]["top1"]) for p in r["points"]]} for r in results]
-    svg = front_svg(curves, "test top-1 vs MACs (fronts selected on held-out data)")
+               "end": full_cost(r) / 1e6,
+               "points": [(p[kind] / 1e6, p["test"]["top1"]) for p in r["points"]]} for r in results]
+    svg = front_svg(curves, f"test top-1 vs {name} (fronts selected on held-out data)", x_label)
     slimmable.write_atomic(out_path, lambda handle: handle.write(svg))
     rows = [{"name": r["name"], "network": r["network"], "method": r["method"], "area": r["area"],
              "top1_at": {level: top1_at(r["points"], level) for level in MATCHED_RATIOS}}
@@ -689,8 +739,8 @@ def compare(names, out_path=None, overrides=None, argv=None):
     for row in rows:
         print(f"{row['name']:<{width}}{row['network']:<24}{row['method']:<8}{row['area']:>8.3f}"
               + "".join(f"{'-' if v is None else f'{v:.2f}':>12}" for v in row["top1_at"].values()))
-    print(f"area: mean test top-1 error (%) over MACs ratios [smallest, 1], lower is better; "
-          f"top1@X%: best test top-1 within X% of the full network's MACs. Plot: {out_path}")
+    print(f"area: mean test top-1 error (%) over {name} ratios [smallest, 1], lower is better; "
+          f"top1@X%: best test top-1 within X% of the full network's {name}. Plot: {out_path}")
     return rows
 
 

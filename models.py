@@ -107,6 +107,8 @@ class BasicBlock(nn.Module):
                 SlimBatchNorm2d(out_slot.channels, out_slot))
         self.stride = stride
         self.option_a = not projection and (stride != 1 or in_slot != out_slot)
+        # For slimmable.memory: x waits for the shortcut; a projection runs after the main path.
+        self.keeps_alive = ("input", "bn2") if projection else ("input",)
 
     def forward(self, x):
         out = self.relu(self.bn1(self.conv1(x)))
@@ -216,6 +218,7 @@ class InvertedResidual(nn.Module):
         setattr(self, attribute, nn.Sequential(*layers))
         self.body_name = attribute
         self.use_residual = stride == 1 and in_slot == out_slot
+        self.keeps_alive = ("input",) if self.use_residual else ()  # x waits for the addition
 
     def forward(self, x):
         out = getattr(self, self.body_name)(x)
@@ -234,6 +237,7 @@ class SqueezeExcitation(nn.Module):
                               in_slot=squeeze_slot, out_slot=channel_slot)
         self.activation = nn.ReLU()
         self.scale_activation = nn.Hardsigmoid()
+        self.keeps_alive = ("input",)  # x waits for the rescale (slimmable.memory)
 
     def forward(self, x):
         scale = self.scale_activation(self.fc2(self.activation(self.fc1(self.avgpool(x)))))
@@ -275,13 +279,13 @@ class MobileNetV2(nn.Module):
         features.append(_conv_bn(in_slot, last_channels, 1,
                                  activation=nn.ReLU6(inplace=True)))
         self.features = nn.Sequential(*features)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)  # a module, so slimmable.memory sees the layer
         self.classifier = nn.Sequential(nn.Dropout(dropout),
                                         SlimLinear(last_channels, num_classes))
         _init_weights(self, linear_std=0.01)
 
     def forward(self, x):
-        x = nn.functional.adaptive_avg_pool2d(self.features(x), 1)
-        return self.classifier(x.flatten(1))
+        return self.classifier(self.avgpool(self.features(x)).flatten(1))
 
 
 # (kernel, expanded, out, use SE, hard-swish, stride), Howard et al. 2019, Table 1 (Large).

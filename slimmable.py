@@ -27,6 +27,9 @@ everything that is about widths and nothing that is about a particular network:
   configurations is one (N, terms) product, with no forward pass. Plain torch layers count at
   their fixed width, so an exported model is counted as it is. "FLOPs" in the slimmable
   literature are these multiply-accumulates of conv and linear layers.
+- Memory. ``memory`` is the peak activation memory of layer-by-layer inference, in elements:
+  per layer a sum of (pixels x one slot's channels), so also analytic; residual blocks and
+  squeeze-excitation declare the tensors they keep alive in ``keeps_alive``.
 - ``export``: an ordinary model whose leaves are plain ``nn.Conv2d``/``nn.BatchNorm2d``/``nn.Linear``
   holding the sliced weights and statistics (AutoSlim's "split checkpoint").
 
@@ -295,6 +298,10 @@ def _full_in_out(layer):
 
 
 COUNTED_LAYERS = (nn.Conv2d, nn.Linear, nn.BatchNorm2d)  # slimmable or plain: both are counted
+# The layers of layer-by-layer execution that ``memory`` counts: convs, linears, pooling.
+MEMORY_LAYERS = (nn.Conv2d, nn.Linear, nn.modules.pooling._MaxPoolNd,
+                 nn.modules.pooling._AvgPoolNd, nn.modules.pooling._AdaptiveAvgPoolNd,
+                 nn.modules.pooling._AdaptiveMaxPoolNd)
 
 
 def set_widths(model, widths):
@@ -332,11 +339,12 @@ def image_channels(model):
 
 
 def _cost_terms(model):
-    """(slots, macs_terms, params_terms); a term is ``coefficient * c[a] * c[b]`` where c are the
-    slot channel counts and index ``len(slots)`` stands for the constant 1. Built from one
+    """(slots, macs_terms, params_terms, memory_terms); a term is ``coefficient * c[a] * c[b]``
+    where c are the slot channel counts and index ``len(slots)`` stands for the constant 1; a
+    memory term has a fourth row, the index of its layer in execution order. Built from one
     full-width forward of a ``(1, image_channels, input_size, input_size)`` zero image that
-    records each layer's output resolution; cached on the model for that input shape, so
-    changing ``model.input_size`` or ``model.in_channels`` rebuilds it."""
+    records each layer's resolution and the tensors held across it; cached on the model for that
+    input shape, so changing ``model.input_size`` or ``model.in_channels`` rebuilds it."""
     model = _unwrap(model)
     probe_shape = (1, image_channels(model), model.input_size, model.input_size)
     cached = model.__dict__.get("_cost_terms")
@@ -345,19 +353,66 @@ def _cost_terms(model):
     # Plain torch layers count too, at their fixed width: an exported model, or a network that
     # mixes slimmable and plain layers, is counted as it is.
     layers = [m for m in model.modules() if isinstance(m, COUNTED_LAYERS)]
-    sizes = {}
-    hooks = [m.register_forward_hook(lambda m, i, o: sizes.__setitem__(m, o.shape[2:]))
-             for m in layers if isinstance(m, nn.Conv2d)]
+    sizes, tensors_of_layer = {}, []  # tensors_of_layer: per memory layer, [(elements, slot)]
+    held = []  # (owner module, tensor, (elements, slot)) alive across the layers inside owner
+    latest = [None]  # out_slot of the latest counted layer that ran: the width of what it made
+
+    def activation(tensor, slot):  # (elements per channel, slot), or (elements, None): fixed
+        if slot is None:
+            return tensor.numel(), None
+        if slot.channels != tensor.shape[1]:
+            raise ValueError(f"memory: a tensor of {tensor.shape[1]} channels follows a layer of "
+                             f"{slot.channels}; declare the layer's slots")
+        return tensor.numel() // tensor.shape[1], slot
+
+    def on_counted(m, inputs, output):
+        latest[0] = getattr(m, "out_slot", None)
+        if isinstance(m, nn.Conv2d):
+            sizes[m] = output.shape[2:]
+
+    def on_memory_layer(m, inputs, output):
+        if isinstance(m, COUNTED_LAYERS):  # its own slots; a plain one has a fixed width
+            ends = [activation(inputs[0], getattr(m, "in_slot", None)),
+                    activation(output, getattr(m, "out_slot", None))]
+        else:  # pooling keeps the width of what it pools
+            ends = [activation(inputs[0], latest[0]), activation(output, latest[0])]
+        alive = {inputs[0].untyped_storage().data_ptr(), output.untyped_storage().data_ptr()}
+        ends += [term for _, tensor, term in held  # a held tensor that is the input counts once
+                 if tensor.untyped_storage().data_ptr() not in alive]
+        tensors_of_layer.append(ends)
+
+    def on_block_start(m, inputs):
+        if "input" in m.keeps_alive:
+            held.append((m, inputs[0], activation(inputs[0], latest[0])))
+
+    def on_block_end(m, inputs, output):
+        held[:] = [entry for entry in held if entry[0] is not m]
+
+    def keeper(owner):
+        def on_kept_output(m, inputs, output):
+            held.append((owner, output, activation(output, getattr(m, "out_slot", None))))
+        return on_kept_output
+
+    hooks = [m.register_forward_hook(on_counted) for m in layers]
+    hooks += [m.register_forward_hook(on_memory_layer) for m in model.modules()
+              if isinstance(m, MEMORY_LAYERS)]
+    for owner in [m for m in model.modules() if getattr(m, "keeps_alive", ())]:
+        hooks += [owner.register_forward_pre_hook(on_block_start),
+                  owner.register_forward_hook(on_block_end)]
+        hooks += [owner.get_submodule(name).register_forward_hook(keeper(owner))
+                  for name in owner.keeps_alive if name != "input"]
     previous = getattr(model, "current_widths", 1.0)
     was_training = model.training
     set_widths(model, 1.0)
     device = next(model.parameters()).device
-    with torch.no_grad():
-        model.eval()(torch.zeros(probe_shape, device=device))
-    model.train(was_training)
-    for hook in hooks:
-        hook.remove()
-    set_widths(model, previous)
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(probe_shape, device=device))
+    finally:
+        model.train(was_training)
+        for hook in hooks:
+            hook.remove()
+        set_widths(model, previous)
 
     def slot(m, side):  # a plain layer's widths never change
         return getattr(m, side, None)
@@ -392,20 +447,30 @@ def _cost_terms(model):
         params_terms.append((kernel * ka * kb, a, b))
         if m.bias is not None:
             params_terms.append((ka, a, one))
-    # As three long tensors (coefficient, slot a, slot b) for the vectorized evaluation.
+    memory_terms = [(elements, index[s] if s is not None else one, one, layer)
+                    for layer, ends in enumerate(tensors_of_layer) for elements, s in ends]
+    # As long tensors (coefficient, slot a, slot b[, layer]) for the vectorized evaluation.
     terms = (slots, torch.tensor(macs_terms, dtype=torch.long).T,
-             torch.tensor(params_terms, dtype=torch.long).T)
+             torch.tensor(params_terms, dtype=torch.long).T,
+             torch.tensor(memory_terms, dtype=torch.long).reshape(-1, 4).T)
     model.__dict__["_cost_terms"] = (probe_shape, terms)
     return terms
 
 
+def _channels_and_one(slots, matrix):
+    """int64 (N, len(slots) + 1): the slot channel counts, then the constant 1."""
+    return torch.cat([_slot_channels(slots, matrix), torch.ones(len(matrix), 1, dtype=torch.long)],
+                     dim=1)
+
+
 def _evaluate_terms(model, widths, which):
-    slots, macs_terms, params_terms = _cost_terms(model)
-    coef, a, b = macs_terms if which == "macs" else params_terms
-    matrix = width_matrix(model, widths)
-    channels = torch.cat([_slot_channels(slots, matrix),
-                          torch.ones(len(matrix), 1, dtype=torch.long)], dim=1)
-    total = (channels[:, a] * channels[:, b] * coef).sum(dim=1)
+    slots, macs_terms, params_terms, _ = _cost_terms(model)
+    if which == "memory":
+        total = memory_by_layer(model, widths).max(dim=1).values
+    else:
+        coef, a, b = macs_terms if which == "macs" else params_terms
+        channels = _channels_and_one(slots, width_matrix(model, widths))
+        total = (channels[:, a] * channels[:, b] * coef).sum(dim=1)
     if torch.is_tensor(widths) and widths.dim() == 2:
         return total
     if isinstance(widths, (int, float)) or torch.as_tensor(widths).dim() == 1:
@@ -427,9 +492,48 @@ def params(model, widths=1.0):
     return _evaluate_terms(model, widths, "params")
 
 
+def memory(model, widths=1.0):
+    """Peak activation memory of inference for one image at ``model.input_size``, in elements
+    (bytes = elements x element size: 4 in float32, 1 in int8). Weights are not included.
+
+    Definition: the peak over operations of the tensors alive at once (Sandler et al.,
+    MobileNetV2, Sec. 5.1), for layer-by-layer execution in the order of the network's forward,
+    every layer output materialized (MCUNet's "peak SRAM", Lin et al. NeurIPS'20). A layer is a
+    conv, a linear or a pooling module; BN and activations are applied in place, fused into the
+    conv before them. While a layer runs, memory holds its input, its output, and every tensor a
+    later step still needs: a residual block's input (kept for the skip addition, which adds in
+    place into the block's output), a squeeze-excitation's input (kept for the channel rescale),
+    a projection block's main-path output while its shortcut conv runs. A module declares what
+    it keeps in ``keeps_alive``: ``"input"`` and/or names of children whose outputs it keeps
+    until it returns. A tensor counts once, whatever its roles. Every addend is (pixels x the
+    channels of one slot), so N configurations are one (N, layers) matrix and a max, with no
+    forward pass (the pixels come from the probe forward of ``_cost_terms``).
+
+    Example: MobileNetV2 at 224, full width, peaks at 1,505,280 elements (5.7 MiB in float32),
+    at the stride-2 depthwise conv of ``features.2`` (96x112x112 in, 96x56x56 out). MCUNetV2
+    (Lin et al. NeurIPS'21, Fig. 1) reports 1372 kB in int8 = 1,404,928 elements, our value at
+    the 16 -> 96 expansion before it: MCUNet's engine runs depthwise convs in place.
+
+    One configuration → int. An (N, D) array → N values (a NumPy array, or a tensor for a tensor
+    input). Raises ValueError for bad widths (see ``width_matrix``), or when a tensor's width
+    cannot be told from the slots the network declares.
+    """
+    return _evaluate_terms(model, widths, "memory")
+
+
+def memory_by_layer(model, widths=1.0):
+    """The elements alive while each layer runs (see ``memory``), layers in execution order:
+    an int64 tensor (N, layers), N = 1 for one configuration. Its row maximum is ``memory``;
+    its argmax says which layer sets the peak."""
+    slots, _, _, (coef, a, _, layer) = _cost_terms(model)
+    channels = _channels_and_one(slots, width_matrix(model, widths))
+    per_layer = torch.zeros(len(channels), int(layer.max()) + 1, dtype=torch.long)
+    return per_layer.index_add_(1, layer, channels[:, a] * coef)
+
+
 # The cost axes a width search can be run against: name -> function(model, widths) with the
 # signature and return types of ``macs``. train.py --cost, evaluate.py and search.py read this.
-COSTS = {"macs": macs, "params": params}
+COSTS = {"macs": macs, "params": params, "memory": memory}
 
 
 def cost(model, widths=1.0, kind="macs"):

@@ -268,6 +268,91 @@ def test_vectorized_costs_equal_one_by_one():
     assert (slimmable.macs(net, higher) >= slimmable.macs(net, configs)).all()
 
 
+def measured_memory(static, size, in_channels=3):
+    """Peak activation memory (elements) of one batch-1 forward of an exported model, seen by
+    hooks on the real tensors: at every conv, linear and pooling layer, the elements of its
+    input, its output and the tensors held for later (a residual block's input; a projection
+    block's main path while its shortcut conv runs; an SE block's input), each storage once.
+    Returns the per-layer list, in execution order (its maximum is the peak)."""
+    held, per_layer = [], []  # held: (owning block, tensor)
+
+    def on_layer(m, inputs, output):
+        tensors = [inputs[0], output] + [t for _, t in held]
+        per_layer.append(sum({t.untyped_storage().data_ptr(): t.numel() for t in tensors}.values()))
+
+    def hold(block):
+        return lambda m, inputs, output=None: held.append((block, inputs[0] if output is None
+                                                           else output))
+
+    def release(block, inputs, output):
+        held[:] = [(b, t) for b, t in held if b is not block]
+
+    hooks = []
+    for m in static.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear, nn.MaxPool2d, nn.AdaptiveAvgPool2d)):
+            hooks.append(m.register_forward_hook(on_layer))
+        keeps_input = isinstance(m, (models.BasicBlock, models.SqueezeExcitation)) or \
+            (isinstance(m, models.InvertedResidual) and m.use_residual)
+        if keeps_input:
+            hooks += [m.register_forward_pre_hook(hold(m)), m.register_forward_hook(release)]
+        if isinstance(m, models.BasicBlock) and m.downsample is not None:
+            hooks.append(m.bn2.register_forward_hook(lambda _, i, o, block=m: held.append((block, o))))
+    with torch.no_grad():
+        static.eval()(torch.randn(1, in_channels, size, size))
+    for hook in hooks:
+        hook.remove()
+    return per_layer
+
+
+@pytest.mark.parametrize("name", ALL_NETWORKS)
+def test_memory_equals_the_peak_measured_on_the_exported_model(name):
+    """slimmable.memory, computed analytically, equals the peak seen by hooks on the real
+    tensors of the exported model, at the smallest, the full and random configurations."""
+    net = small_model(name)
+    generator = random.Random(name)
+    configs = [1.0, 0.42, 0.05] + [random_widths(net, generator, lower=0.05) for _ in range(2)]
+    for widths in configs:
+        static = slimmable.export(net, widths)
+        measured = measured_memory(static, net.input_size)
+        # Every layer, not only the one at the peak: the held tensors count where they are held.
+        assert slimmable.memory_by_layer(net, widths)[0].tolist() == measured, widths
+        assert slimmable.memory(net, widths) == max(measured)
+        assert slimmable.memory(static) == slimmable.memory(net, widths)  # counted as it is
+    grey = models.get_model(name, 10, input_size=28, in_channels=1)
+    widths = random_widths(grey, generator)
+    assert slimmable.memory(grey, widths) == max(measured_memory(slimmable.export(grey, widths),
+                                                                 28, 1))
+
+
+def test_memory_hand_examples_and_registration():
+    # ResNet-20 at 32x32, full width: a block's second conv holds 16 channels in, 16 out and the
+    # block's 16-channel input for the skip, at 32x32.
+    assert slimmable.memory(models.get_model("slim_resnet20", 10)) == 3 * 16 * 32 * 32
+    # MobileNetV2 at 224: the stride-2 depthwise conv of features.2, 96x112x112 in, 96x56x56 out.
+    net = models.get_model("slim_mobilenetv2", 1000)
+    assert slimmable.memory(net) == 96 * 112 * 112 + 96 * 56 * 56 == 1_505_280
+    assert slimmable.cost(net, 0.5, "memory") == slimmable.memory(net, 0.5)
+    assert slimmable.COSTS["memory"] is slimmable.memory
+
+
+def test_vectorized_memory_equals_one_by_one():
+    net = small_model("slim_mobilenetv3_large")
+    generator = torch.Generator().manual_seed(0)
+    configs = 0.05 + 0.95 * torch.rand(40, len(net.width_groups), generator=generator,
+                                       dtype=torch.float64)
+    one_by_one = [slimmable.memory(net, row.tolist()) for row in configs]
+    batch = slimmable.memory(net, configs.numpy())
+    assert isinstance(batch, np.ndarray) and batch.shape == (40,)
+    assert batch.tolist() == one_by_one
+    assert torch.equal(slimmable.memory(net, configs), torch.tensor(one_by_one))
+    assert isinstance(slimmable.memory(net, configs[0].tolist()), int)
+    # Monotone: raising any one multiplier never lowers the peak.
+    for column in range(configs.shape[1]):
+        higher = configs.clone()
+        higher[:, column] = 1.0
+        assert (slimmable.memory(net, higher) >= slimmable.memory(net, configs)).all()
+
+
 def test_channel_configs_reproduce_their_channels_or_are_refused(tmp_path):
     wide = models.get_model("slim_mobilenetv2", 10, width_mult=1.5)
     path = str(tmp_path / "c.json")
@@ -1037,6 +1122,51 @@ def test_train_one_short_run_per_method(method, tmp_path, monkeypatch):
     # Rerunning a finished run changes nothing and says so.
     assert train.main(["--name", method, "--method", method] + TINY_RUN) == 0
     assert "already finished" in (tmp_path / "runs" / method / "log.txt").read_text()
+
+
+def test_joslim_trains_and_evaluates_against_memory(tmp_path, monkeypatch, capsys):
+    """--cost memory: the sampler's proposals are placed by their peak activation memory, and
+    evaluate.py selects, sorts, plots and measures the area of the front against it."""
+    monkeypatch.chdir(tmp_path)
+    run = with_flag(TINY_RUN, "--epochs", "1") + ["--cost", "memory"]
+    assert train.main(["--name", "memory", "--method", "joslim"] + run) == 0
+    checkpoint = load_run(tmp_path, "memory")
+    assert checkpoint["finished"] and checkpoint["args"]["cost"] == "memory"
+    net = models.get_model("slim_resnet20", 10)
+    configs = np.asarray(checkpoint["sampler"]["configs"])
+    full = slimmable.memory(net, 1.0)
+    ratios = slimmable.memory(net, configs[-2:]) / full
+    last = [line for line in (tmp_path / "runs" / "memory" / "log.txt").read_text().splitlines()
+            if "proposed costs" in line][-1]
+    assert last.endswith("[" + ", ".join(f"{r:.2f}" for r in ratios) + "]")
+
+    result = evaluate.evaluate_run("memory", argv=["--calib_batches", "1", "--threads", "1"])
+    assert result["cost"] == "memory" and result["full_cost"] == full
+    assert result["smallest_ratio"] == slimmable.memory(net, 0.42) / full
+    points, candidates = result["points"], result["candidates"]
+    for record in points + candidates:
+        assert record["memory"] == slimmable.memory(net, record["widths"])
+        assert record["cost_ratio"] == record["memory"] / full
+        assert record["macs"] == slimmable.macs(net, record["widths"])  # still reported
+    assert [p["memory"] for p in points] == sorted(p["memory"] for p in points)
+    front = pareto_front([c["memory"] for c in candidates],
+                         [100 - c["held_out"]["top1"] for c in candidates])
+    assert {candidates[i]["memory"] for i in front} <= {p["memory"] for p in points}
+    assert result["area"] == pytest.approx(area_under_front(
+        [p["cost_ratio"] for p in points], [100 - p["test"]["top1"] for p in points],
+        result["smallest_ratio"], 1.0))
+    table = np.loadtxt(tmp_path / "results" / "memory_eval_pareto.txt", ndmin=2)
+    np.testing.assert_allclose(table[0], [p["cost_ratio"] for p in points])
+    svg = (tmp_path / "results" / "memory_pareto.svg").read_text()
+    assert "peak activation memory" in svg and "MACs" not in svg
+    printed = capsys.readouterr().out
+    assert "      memory   ratio      MACs" in printed
+    assert f"{points[-1]['memory']:>12,}{points[-1]['cost_ratio']:>8.3f}" in printed
+    # --cost overrides the run's: the same run against MACs.
+    result = evaluate.evaluate_run("memory", argv=["--calib_batches", "1", "--threads", "1",
+                                                   "--cost", "macs"])
+    assert result["cost"] == "macs" and result["full_cost"] == result["full_macs"]
+    assert all(p["cost_ratio"] == p["macs_ratio"] for p in result["points"])
 
 
 def np_all_finite(values):
