@@ -381,10 +381,20 @@ def evaluate_run(name, overrides=None, argv=None):
         f"selected on {len(loaders.val.dataset)} held-out images, reported on "
         f"{len(loaders.test.dataset)} test images")
 
+    phase_start = time.time()
+
+    def progress(phase, i, count, record, result):
+        """``phase [i+1/count] MACs ... top-1 ...``, then this process's elapsed time and the
+        time its remaining configurations will take at its mean pace so far."""
+        done, mine = (i - rank) // world_size + 1, len(range(rank, count, world_size))
+        elapsed = time.time() - phase_start
+        print(f"  {phase} [{i + 1}/{count}] MACs {record['macs'] / 1e6:.2f}M "
+              f"({100 * record['macs_ratio']:.1f}%) top-1 {result['top1']:.2f}  "
+              f"{elapsed:.0f} s, eta {elapsed / done * (mine - done):.0f} s", flush=True)
+
     def held_out(i):
         result = accuracy(calibrated(net, candidates[i]["widths"], calibration), loaders.val, device)
-        print(f"  held-out [{i + 1}/{len(candidates)}] MACs {candidates[i]['macs'] / 1e6:.2f}M "
-              f"({100 * candidates[i]['macs_ratio']:.1f}%) top-1 {result['top1']:.2f}", flush=True)
+        progress("held-out", i, len(candidates), candidates[i], result)
         return result
 
     for i, result in share_out(held_out, len(candidates), rank, world_size).items():
@@ -400,11 +410,13 @@ def evaluate_run(name, overrides=None, argv=None):
     def test(k):
         widths = candidates[chosen[k]]["widths"]
         result = {"test": accuracy(calibrated(net, widths, calibration), loaders.test, device)}
+        progress("test", k, len(chosen), candidates[chosen[k]], result["test"])
         if args.export:  # the statistics just calibrated go into the standalone model
             result["state_dict"] = {key: value.cpu() for key, value in
                                     slimmable.export(net, widths).state_dict().items()}
         return result
 
+    phase_start = time.time()
     tested = share_out(test, len(chosen), rank, world_size)
     if rank != 0:
         return None

@@ -1161,6 +1161,8 @@ def test_joslim_trains_and_evaluates_against_memory(tmp_path, monkeypatch, capsy
     assert "peak activation memory" in svg and "MACs" not in svg
     printed = capsys.readouterr().out
     assert "      memory   ratio      MACs" in printed
+    progress = [line for line in printed.splitlines() if line.startswith("  test [")]
+    assert len(progress) == len(points) and all(" s, eta " in line for line in progress)
     assert f"{points[-1]['memory']:>12,}{points[-1]['cost_ratio']:>8.3f}" in printed
     # --cost overrides the run's: the same run against MACs.
     result = evaluate.evaluate_run("memory", argv=["--calib_batches", "1", "--threads", "1",
