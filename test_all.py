@@ -268,6 +268,90 @@ def test_vectorized_costs_equal_one_by_one():
     assert (slimmable.macs(net, higher) >= slimmable.macs(net, configs)).all()
 
 
+def mmcv_style_count(model, size):
+    """mmcv's counting rules (slimmable.mmcv_flops' docstring), applied by forward hooks to a
+    model's plain modules: an independent check of the analytic count."""
+    total = [0]
+
+    def hook(m, inputs, output):
+        x = inputs[0]
+        if isinstance(m, nn.Conv2d):
+            per_position = m.kernel_size[0] * m.kernel_size[1] * m.in_channels // m.groups
+            total[0] += output.numel() * per_position + (output.numel() if m.bias is not None else 0)
+        elif isinstance(m, nn.Linear):
+            total[0] += x.numel() * m.out_features
+        elif isinstance(m, nn.BatchNorm2d):
+            total[0] += x.numel() * (2 if m.affine else 1)
+        elif isinstance(m, (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU)):
+            total[0] += output.numel()
+        elif isinstance(m, (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
+            total[0] += x.numel()
+
+    hooks = [m.register_forward_hook(hook) for m in model.modules()]
+    with torch.no_grad():
+        model.eval()(torch.zeros(1, 3, size, size))
+    for handle in hooks:
+        handle.remove()
+    return total[0]
+
+
+@pytest.mark.parametrize("name", ALL_NETWORKS)
+def test_mmcv_flops_equal_a_hook_count_of_the_exported_model(name):
+    """The analytic mmcv-style count equals mmcv's rules applied module by module to the
+    exported (plain torch) model, at several widths; vectorized equals one by one."""
+    net = small_model(name)
+    generator = random.Random(name)
+    configs = [1.0, 0.42, random_widths(net, generator), random_widths(net, generator)]
+    for widths in configs:
+        static = slimmable.export(net, widths)
+        expected = mmcv_style_count(static, net.input_size)
+        assert slimmable.mmcv_flops(net, widths) == expected == slimmable.mmcv_flops(static)
+        assert slimmable.cost(net, widths, "mmcv_flops") == expected
+        assert expected > slimmable.macs(net, widths)
+    matrix = slimmable.width_matrix(net, configs[2:])
+    assert slimmable.mmcv_flops(net, matrix).tolist() == \
+        [slimmable.mmcv_flops(net, row.tolist()) for row in matrix]
+
+
+AUTOSLIM_PUBLISHED = {  # file: (MACs = the paper's, params = mmrazor's, mmcv FLOPs in G = mmrazor's)
+    "autoslim_mbv2_530M.json": (504_934_400, 6_495_992, 0.53),
+    "autoslim_mbv2_320M.json": (305_072_416, 5_767_288, 0.32),
+    "autoslim_mbv2_220M.json": (206_767_048, 4_125_104, 0.22),
+}
+
+
+def test_the_shipped_autoslim_configs_reproduce_the_published_counts(tmp_path):
+    net = models.get_model("slim_mobilenetv2", 1000, width_mult=1.5)
+    folder = os.path.join(HERE, "configs")
+    assert sorted(os.listdir(folder)) == sorted(AUTOSLIM_PUBLISHED)
+    for file, (mac_count, param_count, giga_mmcv) in AUTOSLIM_PUBLISHED.items():
+        widths, record = slimmable.load_config(os.path.join(folder, file), net)
+        assert slimmable.macs(net, widths) == record["macs"] == mac_count
+        assert slimmable.params(net, widths) == record["params"] == param_count
+        assert round(slimmable.mmcv_flops(net, widths) / 1e9, 2) == giga_mmcv
+        assert record["mmcv_flops"] == slimmable.mmcv_flops(net, widths)
+        assert "slimmable_networks" in record["source"] and "mmrazor" in record["source"]
+        # the published flat list, mapped onto our groups, is what the file holds
+        label = file.split("_")[-1][:-len(".json")]
+        assert record["channels"] == models.channels_from_flat_list(
+            net, models.AUTOSLIM_MOBILENETV2[label])
+        # a supernet trained down to 2/12 (the README's AutoSlim recipe) can run it, one
+        # trained down to Joslim's 0.42 cannot (the 320M and 220M networks have stem 8 of 48)
+        lowest = slimmable.group_channels(net, 0.1667)
+        assert all(record["channels"][g] >= c for g, c in lowest.items())
+    assert record["channels"]["stem"] < slimmable.group_channels(net, 0.42)["stem"]
+    # the files are exactly what models.write_autoslim_configs writes
+    for path in models.write_autoslim_configs(str(tmp_path)):
+        with open(path) as written, open(os.path.join(folder, os.path.basename(path))) as shipped:
+            assert json.load(written) == json.load(shipped)
+    with pytest.raises(ValueError, match="group 'stage2.out' already has 24"):
+        flat = list(models.AUTOSLIM_MOBILENETV2["530M"])
+        flat[5] = 16  # block 2's output, tied to block 1's by the residual
+        models.channels_from_flat_list(net, flat)
+    with pytest.raises(ValueError, match="fixed at 1920"):
+        models.channels_from_flat_list(net, models.AUTOSLIM_MOBILENETV2["530M"][:34] + [1280, 1000])
+
+
 def test_channel_configs_reproduce_their_channels_or_are_refused(tmp_path):
     wide = models.get_model("slim_mobilenetv2", 10, width_mult=1.5)
     path = str(tmp_path / "c.json")
