@@ -1629,11 +1629,12 @@ def test_configs_meet_their_targets_and_shrink_as_targets_do(workdir, searched):
     full = slimmable.macs(models.get_model("slim_resnet20", 10), 1.0)
     records = searched["records"]
     assert searched["finished"] and len(records) == 3
-    targets = [r["target_mflops"] for r in records]
+    targets = [r["target"] for r in records]
     assert targets == sorted(targets, reverse=True)
     assert targets == pytest.approx([r * full / 1e6 for r in RATIOS])
     for record in records:
-        assert record["macs"] <= record["target_mflops"] * 1e6
+        assert record["cost"] == "macs" and record["file"] == search.target_name("macs", record["target"])
+        assert record["macs"] <= record["target"] * 1e6
         assert os.path.exists(os.path.join("runs", "sn", "search", record["file"]))
     macs = [r["macs"] for r in records]
     assert macs == sorted(macs, reverse=True)
@@ -1643,7 +1644,7 @@ def test_configs_meet_their_targets_and_shrink_as_targets_do(workdir, searched):
     assert all(a["macs"] > b["macs"] for a, b in zip(history, history[1:]))
     for record in records:
         before = history[record["step"] - 2]["macs"] if record["step"] > 1 else full
-        assert before > record["target_mflops"] * 1e6
+        assert before > record["target"] * 1e6
     assert searched["total_evaluations"] == searched["evaluations"] > searched["steps"]
 
 
@@ -1688,17 +1689,43 @@ def test_resuming_with_other_settings_is_refused(workdir, searched, capsys):
     assert len(error) == 1 and error[0].startswith("error: ") and "search_images" in error[0]
 
 
-@pytest.mark.parametrize("flags", [["--target_flops", "1000"], ["--target_flops", "0.5"],
-                                   ["--target_ratios", "0.8", "1.5"], []])
-def test_bad_targets_end_in_one_line_and_status_2(workdir, flags, capsys):
-    assert search.main(["--name", "sn", *flags]) == 2
+@pytest.mark.parametrize("flags,says", [
+    (["--targets", "1000"], "above the full network's"), (["--targets", "0.5"], "below the smallest"),
+    (["--cost", "mmcv_flops", "--targets", "1000"], "1000M mmcv_flops is above"),
+    (["--target_ratios", "0.8", "1.5"], "--target_ratios 0.8 1.5 is invalid"), ([], "give the targets"),
+    (["--target_flops", "30", "20"], "--target_flops is ambiguous"),
+    (["--targets", "nan"], "--targets nan is invalid"), (["--target_ratios", "inf"], "invalid"),
+    (["--cost", "latency", "--targets", "20"], "invalid choice"),
+    (["--targets", "20", "--steps", "0"], "--steps 0 is invalid"),
+    (["--targets", "20", "--eval_batch_size", "0"], "--eval_batch_size 0 is invalid"),
+    (["--targets", "20", "--device", "tpu"], "--device tpu is invalid"),
+    (["--targets", "20", "--val_size", "-1"], "--val_size -1 is invalid")])
+def test_bad_flags_end_in_one_line_and_status_2(workdir, flags, says, capsys):
+    try:
+        status = search.main(["--name", "sn", *flags])
+    except SystemExit as leaving:  # argparse's own refusals (choices) exit too
+        status = leaving.code
+    assert status == 2
     error = capsys.readouterr().err.strip().splitlines()
-    assert len(error) == 1 and error[0].startswith("error: ")
+    assert len(error) == 1 and error[0].startswith("error: ") and says in error[0], error
+
+
+def test_batch_statistics_search_needs_no_training_batch(workdir):
+    """--bn batch draws no training batch, so a training split smaller than --batch_size is
+    fine (it was refused); --bn calibrate, which draws them, still says what to lower."""
+    os.makedirs("runs/sn_bn", exist_ok=True)
+    shutil.copy("runs/sn/checkpoint.pt", "runs/sn_bn/checkpoint.pt")
+    result = search.run_search("sn_bn", target_ratios=[0.9], max_steps=1, batch_size=100_000,
+                               bn="batch", search_images=20, steps=4, threads=1)
+    assert result["steps"] == 1
+    with pytest.raises(search.Fail, match="training images for a calibration batch of 100000"):
+        search.run_search("sn_bn", target_ratios=[0.9], max_steps=1, batch_size=100_000,
+                          bn="calibrate", search_images=20, steps=4, threads=1, restart=True)
 
 
 def test_command_line_exit_status(workdir):
     done = subprocess.run([sys.executable, os.path.join(HERE, "search.py"), "--name", "sn",
-                           "--target_flops", "1"], capture_output=True, text=True)
+                           "--targets", "1"], capture_output=True, text=True)
     assert done.returncode == 2
     assert done.stderr.strip().startswith("error: ") and len(done.stderr.strip().splitlines()) == 1
     assert "below the smallest reachable" in done.stderr
@@ -1723,19 +1750,83 @@ def test_configs_round_trip_through_load_config_train_and_evaluate(workdir, sear
     capsys.readouterr()
     report = evaluate.evaluate_run("retrained", argv=["--name", "retrained", "--calib_batches", "1",
                                                       "--export", "subnets"])
-    assert sorted(p["target_mflops"] for p in report["points"]) == \
-        sorted(r["target_mflops"] for r in searched["records"])
+    assert sorted(p["target"] for p in report["points"]) == \
+        sorted(r["target"] for r in searched["records"])
+    assert all(p["cost"] == "macs" and p["mmcv_flops"] > p["macs"] for p in report["points"])
     subnets = sorted(glob.glob("subnets/*.pt"))
     assert len(subnets) == len(files)
     assert evaluate.main(["--subnet", *subnets]) == 0
     table = capsys.readouterr().out.split("\n\n")[-1].strip().splitlines()
-    assert table[0].split() == ["subnet", "target", "MACs", "params", "top-1", "top-5"]
+    assert table[0].split() == ["subnet", "target", "MACs", "params", "mmcv_flops", "top-1", "top-5"]
     assert sorted(row.split()[1] for row in table[1:]) == \
-        sorted(f"{r['target_mflops']:.2f}M" for r in searched["records"])
+        sorted(f"macs_{r['target']:g}M" for r in searched["records"])
     result = evaluate.evaluate_run("sn", argv=["--name", "sn", "--configs", *files,
                                                "--calib_batches", "1", "--batch_size", "100"])
     evaluated = sorted(list(c["channels"].values()) for c in result["candidates"])
     assert evaluated == sorted(list(r["channels"].values()) for r in searched["records"])
+
+
+MBV2_DATA = ["--synthetic_train", "80", "--val_size", "40", "--synthetic_test", "20",
+             "--workers", "0", "--threads", "1", "--curve_points", "0"]
+
+
+@pytest.fixture(scope="module")
+def mbv2_workdir(tmp_path_factory):
+    """runs/mbv2/checkpoint.pt: a 1.5x MobileNetV2 supernet trained down to 2/12 (AutoSlim's
+    recipe) for one 2-step epoch on 32x32 synthetic images."""
+    path = tmp_path_factory.mktemp("mbv2")
+    previous = os.getcwd()
+    os.chdir(path)
+    assert train.main(["--name", "mbv2", "--method", "random", "--network", "slim_mobilenetv2",
+                       "--width_mult", "1.5", "--lower_channel", "0.1667", "--epochs", "1",
+                       "--batch_size", "20", *MBV2_DATA]) == 0
+    yield path
+    os.chdir(previous)
+
+
+def test_mmcv_flops_targets_on_a_1_5x_supernet_are_met_just_below(mbv2_workdir):
+    """--cost mmcv_flops --targets: each configuration is the first of the greedy path at or
+    below its target in mmcv-style FLOPs (named so in the file), and records both counts."""
+    net = models.get_model("slim_mobilenetv2", 10, width_mult=1.5, input_size=32)
+    full = slimmable.mmcv_flops(net, 1.0)
+    targets = [round(0.97 * full / 1e6, 3), round(0.93 * full / 1e6, 3)]
+    result = search.run_search("mbv2", targets=targets, cost="mmcv_flops", steps=4,
+                               search_images=20, eval_batch_size=20, threads=1)
+    assert result["finished"] and result["full_cost"] == full
+    history = result["history"]
+    for record, target in zip(result["records"], targets):
+        assert (record["cost"], record["target"]) == ("mmcv_flops", target)
+        assert record["file"] == search.target_name("mmcv_flops", target)
+        assert record["mmcv_flops"] == slimmable.mmcv_flops(net, record["widths"]) <= target * 1e6
+        before = history[record["step"] - 2]["mmcv_flops"] if record["step"] > 1 else full
+        assert before > target * 1e6  # the step before was still above: "just below"
+        saved = json.load(open(os.path.join("runs", "mbv2", "search", record["file"])))
+        assert (saved["cost"], saved["target"], saved["mmcv_flops"], saved["macs"]) == \
+            ("mmcv_flops", target, record["mmcv_flops"], record["macs"])
+
+
+def test_the_official_configs_retrain_split_and_test(mbv2_workdir, capsys):
+    """train.py --method fixed --width_mult 1.5 --channel_config configs/*.json retrains the three
+    published networks jointly (32x32 images: other MACs, the same channels); evaluate.py
+    --export splits them and --subnet tests them, labelled with mmrazor's names."""
+    files = sorted(glob.glob(os.path.join(HERE, "configs", "autoslim_mbv2_*.json")))
+    assert train.main(["--name", "official", "--method", "fixed", "--network", "slim_mobilenetv2",
+                       "--width_mult", "1.5", "--channel_config", *files, "--epochs", "1",
+                       "--batch_size", "20", "--pause_after", "1", *MBV2_DATA]) == 0
+    checkpoint = torch.load("runs/official/checkpoint.pt", weights_only=True)
+    net = models.get_model("slim_mobilenetv2", 10, width_mult=1.5, input_size=32)
+    assert [slimmable.group_channels(net, w) for w in checkpoint["fixed_configs"]] == \
+        [json.load(open(f))["channels"] for f in files]
+    report = evaluate.evaluate_run("official", argv=["--name", "official", "--calib_batches", "1",
+                                                     "--export", "subnets", "--batch_size", "20"])
+    assert sorted((p["cost"], p["target"]) for p in report["points"]) == \
+        [("mmcv_flops", 220.0), ("mmcv_flops", 320.0), ("mmcv_flops", 530.0)]
+    capsys.readouterr()
+    subnets = sorted(glob.glob("subnets/official_*.pt"))
+    assert evaluate.main(["--subnet", *subnets, "--batch_size", "20"]) == 0
+    table = capsys.readouterr().out.split("\n\n")[-1].strip().splitlines()
+    assert sorted(row.split()[1] for row in table[1:]) == \
+        ["mmcv_flops_220M", "mmcv_flops_320M", "mmcv_flops_530M"]
 
 
 def test_resumed_scoring_equals_scoring_from_the_image():
@@ -1775,9 +1866,9 @@ def test_resumed_scoring_equals_scoring_from_the_image():
 
 def test_best_candidate_and_file_names():
     assert search.best_candidate({0: (5, 1.0), 1: (6, 2.0), 2: (6, 1.5), 3: (6, 1.5)}) == 2
-    assert search.mflops_name(20) == "FLOPS_20M.json"
-    assert search.mflops_name(12.5) == "FLOPS_12.5M.json"
-    assert search.mflops_name(36.495936) == "FLOPS_36.5M.json"
+    assert search.target_name("macs", 20) == "macs_20M.json"
+    assert search.target_name("mmcv_flops", 12.5) == "mmcv_flops_12.5M.json"
+    assert search.target_name("macs", 36.495936) == "macs_36.5M.json"
 
 
 def test_torchrun_ranks_share_the_candidates_and_agree(workdir, searched):
@@ -1814,7 +1905,7 @@ def test_every_flag_is_explained(capsys):
         search.main(["--help"])
     assert leaving.value.code == 0
     text = capsys.readouterr().out
-    for flag in ("--target_flops", "--target_ratios", "--steps", "--bn", "--search_images",
+    for flag in ("--cost", "--targets", "--target_ratios", "--steps", "--bn", "--search_images",
                  "--eval_batch_size", "--calib_batches", "--pause_after", "--restart", "--val_size"):
         assert flag in text
     assert all(action.help for action in search.build_parser()._actions)
