@@ -1776,17 +1776,20 @@ def mbv2_workdir(tmp_path_factory):
     recipe) for one 2-step epoch on 32x32 synthetic images."""
     path = tmp_path_factory.mktemp("mbv2")
     previous = os.getcwd()
-    os.chdir(path)
-    assert train.main(["--name", "mbv2", "--method", "random", "--network", "slim_mobilenetv2",
-                       "--width_mult", "1.5", "--lower_channel", "0.1667", "--epochs", "1",
-                       "--batch_size", "20", *MBV2_DATA]) == 0
-    yield path
-    os.chdir(previous)
+    os.chdir(path)  # and back at once: the search tests' module fixture keeps its own folder
+    try:
+        assert train.main(["--name", "mbv2", "--method", "random", "--network", "slim_mobilenetv2",
+                           "--width_mult", "1.5", "--lower_channel", "0.1667", "--epochs", "1",
+                           "--batch_size", "20", *MBV2_DATA]) == 0
+    finally:
+        os.chdir(previous)
+    return path
 
 
-def test_mmcv_flops_targets_on_a_1_5x_supernet_are_met_just_below(mbv2_workdir):
+def test_mmcv_flops_targets_on_a_1_5x_supernet_are_met_just_below(mbv2_workdir, monkeypatch):
     """--cost mmcv_flops --targets: each configuration is the first of the greedy path at or
     below its target in mmcv-style FLOPs (named so in the file), and records both counts."""
+    monkeypatch.chdir(mbv2_workdir)
     net = models.get_model("slim_mobilenetv2", 10, width_mult=1.5, input_size=32)
     full = slimmable.mmcv_flops(net, 1.0)
     targets = [round(0.97 * full / 1e6, 3), round(0.93 * full / 1e6, 3)]
@@ -1805,10 +1808,11 @@ def test_mmcv_flops_targets_on_a_1_5x_supernet_are_met_just_below(mbv2_workdir):
             ("mmcv_flops", target, record["mmcv_flops"], record["macs"])
 
 
-def test_the_official_configs_retrain_split_and_test(mbv2_workdir, capsys):
+def test_the_official_configs_retrain_split_and_test(mbv2_workdir, monkeypatch, capsys):
     """train.py --method fixed --width_mult 1.5 --channel_config configs/*.json retrains the three
     published networks jointly (32x32 images: other MACs, the same channels); evaluate.py
     --export splits them and --subnet tests them, labelled with mmrazor's names."""
+    monkeypatch.chdir(mbv2_workdir)
     files = sorted(glob.glob(os.path.join(HERE, "configs", "autoslim_mbv2_*.json")))
     assert train.main(["--name", "official", "--method", "fixed", "--network", "slim_mobilenetv2",
                        "--width_mult", "1.5", "--channel_config", *files, "--epochs", "1",
