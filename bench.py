@@ -331,7 +331,7 @@ def bench_quality(seeds=(0, 1, 2), dataset="FashionMNIST", quick=False, threads=
         supernet = names["autoslim"][-1][0]
         search.run_search(supernet, target_ratios=list(QUALITY_TARGETS), threads=threads,
                           search_images=500, steps=8)
-        searched = sorted(glob.glob(os.path.join("runs", supernet, "search", "FLOPS_*.json")))
+        searched = sorted(glob.glob(os.path.join("runs", supernet, "search", "macs_*.json")))
         net = search.load_supernet(supernet, torch.device("cpu"))[0]
         full_config = os.path.join("runs", supernet, "search", "full.json")
         slimmable.save_config(full_config, net, 1.0)
@@ -661,8 +661,8 @@ def compare_with_uniform(name, bn=None, test_images=2000, threads=1):
     net, checkpoint = search.load_supernet(name, torch.device("cpu"))
     search.resolve_data_flags(args, set(), checkpoint)
     args.workers = 0
-    calibration, held_out, loaders = search.fixed_images(args, torch.device("cpu"), 0)
-    test_set = torch.utils.data.Subset(loaders.test.dataset, range(min(test_images, len(loaders.test.dataset))))
+    calibration, held_out, datasets = search.fixed_images(args, torch.device("cpu"), 0)
+    test_set = torch.utils.data.Subset(datasets[2], range(min(test_images, len(datasets[2]))))
     test = search.load_tensors(test_set, args.eval_batch_size, 0, torch.Generator().manual_seed(0))
     scorers = {split: search.CandidateScorer(net, calibration, images, args.bn)
                for split, images in (("held-out", held_out), ("test", test))}
@@ -679,7 +679,7 @@ def compare_with_uniform(name, bn=None, test_images=2000, threads=1):
     for record in state["records"]:
         multiplier = uniform_below(net, record["macs"], lower)
         uniform_macs = slimmable.macs(net, multiplier)
-        rows.append({"target_mflops": record["target_mflops"], "searched_macs": record["macs"],
+        rows.append({"cost": record["cost"], "target": record["target"], "searched_macs": record["macs"],
                      "searched": top1(record["widths"]), "uniform_multiplier": multiplier,
                      "uniform_macs": uniform_macs, "uniform": top1(multiplier)})
     print(f"{name}: searched vs uniform widths at matched MACs, top-1 % with BN {args.bn} "
@@ -687,7 +687,7 @@ def compare_with_uniform(name, bn=None, test_images=2000, threads=1):
     print(f"{'target':>8}{'searched MACs':>15}{'held-out':>9}{'test':>7}{'uniform x':>11}"
           f"{'MACs':>9}{'held-out':>9}{'test':>7}{'gain (test)':>12}")
     for row in rows:
-        print(f"{row['target_mflops']:>7.2f}M{row['searched_macs'] / 1e6:>8.2f}M {100 * row['searched_macs'] / full:4.1f}%"
+        print(f"{row['target']:>7.2f}M{row['searched_macs'] / 1e6:>8.2f}M {100 * row['searched_macs'] / full:4.1f}%"
               f"{row['searched']['held-out']:>9.2f}{row['searched']['test']:>7.2f}"
               f"{row['uniform_multiplier']:>11.3f}{row['uniform_macs'] / 1e6:>8.2f}M"
               f"{row['uniform']['held-out']:>9.2f}{row['uniform']['test']:>7.2f}"

@@ -67,6 +67,7 @@ CALIBRATION_IMAGES = 2048                # AutoSlim and mmrazor calibrate BN on 
 MATCHED_RATIOS = (0.25, 0.5, 0.75, 1.0)  # where --compare reads top-1 off each front
 # How each cost is printed and plotted (values in millions); slimmable.COSTS lists the costs.
 COST_NAMES = {"macs": ("MACs", "MACs (millions)"), "params": ("params", "parameters (millions)"),
+              "mmcv_flops": ("mmcv FLOPs", "FLOPs, mmcv's convention (millions)"),
               "memory": ("memory", "peak activation memory (millions of elements, batch 1)")}
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
 
@@ -225,19 +226,29 @@ def candidate_configs(net, checkpoint, args, say):
         return [list(map(float, c)) for c in checkpoint.get("fixed_configs") or []], \
             "the retrained --channel_config configurations"
     if method == "random":
-        paths = sorted(glob.glob(os.path.join(RUNS_DIR, args.name, "search", "FLOPS_*.json")))
+        paths = searched_configs(args.name)
         if paths:
             return ends + [config_widths(path, net) for path in paths], \
                 f"the smallest, the full network and {len(paths)} searched configurations"
-        say(f"note: no runs/{args.name}/search/FLOPS_*.json yet (search.py writes AutoSlim's widths "
-            f"there); evaluating {UNIFORM_COUNT} uniform widths instead")
+        say(f"note: no runs/{args.name}/search/<cost>_<M>M.json yet (search.py writes AutoSlim's "
+            f"widths there); evaluating {UNIFORM_COUNT} uniform widths instead")
     return ends + uniform_configs(net, args.lower_channel, kind=args.cost)[0].tolist(), \
         f"{UNIFORM_COUNT} uniform widths evenly spaced in {COST_NAMES.get(args.cost, (args.cost,))[0]}"
 
 
+def searched_configs(name):
+    """search.py's configurations of run ``name``: ``runs/NAME/search/<cost>_<M>M.json`` for
+    every cost of ``slimmable.COSTS`` (and ``FLOPS_<M>M.json``, its name before costs had one)."""
+    folder = os.path.join(RUNS_DIR, name, "search")
+    patterns = [f"{kind}_*M.json" for kind in slimmable.COSTS] + ["FLOPS_*M.json"]
+    return sorted({path for pattern in patterns
+                   for path in glob.glob(os.path.join(folder, pattern))})
+
+
 def describe(net, widths, full_macs, kind="macs", full_cost=None):
     """The cost side of one configuration, JSON-ready: every cost of ``slimmable.COSTS`` (MACs,
-    params, peak activation memory in elements), ``macs_ratio`` and ``cost_ratio``, the ratio
+    params, mmcv-style FLOPs, peak activation memory in elements), ``macs_ratio`` and
+    ``cost_ratio``, the ratio
     of cost ``kind`` to ``full_cost`` (the full network's; MACs by default)."""
     widths = slimmable.width_matrix(net, widths)[0].tolist()
     record = {"widths": widths, "channels": slimmable.group_channels(net, widths)}
@@ -365,9 +376,10 @@ def evaluate_run(name, overrides=None, argv=None):
     candidates = {}
     for index, widths in enumerate(configs):  # of configs with the same channels, keep the first
         record = describe(net, widths, full_macs, kind, full_cost)
-        if index < len(sources):
-            record.update(config_file=sources[index]["file"],
-                          target_mflops=sources[index]["target_mflops"])
+        if index < len(sources):  # older checkpoints: target_mflops, in MACs
+            origin = sources[index]
+            record.update(config_file=origin["file"], cost=origin.get("cost", "macs"),
+                          target=origin.get("target", origin.get("target_mflops")))
         candidates.setdefault(tuple(record["channels"].values()), record)
     candidates = list(candidates.values())
     calib_count = args.calib_batches or math.ceil(CALIBRATION_IMAGES / args.batch_size)
@@ -436,6 +448,7 @@ def evaluate_run(name, overrides=None, argv=None):
               "calib_images": sum(len(y) for _, y in calibration), "source": source,
               "cost": kind, "full_cost": full_cost, "full_macs": full_macs,
               "full_params": slimmable.params(net, 1.0),
+              "full_mmcv_flops": slimmable.mmcv_flops(net, 1.0),
               "smallest_ratio": smallest_ratio, "area": area, "seconds": time.time() - start,
               "checkpoint_stamp": stamp, "points": points, "candidates": candidates,
               "training_curves": checkpoint.get("curves") or []}
@@ -479,11 +492,13 @@ def write_results(result, stem):
     macs_column = kind != "macs"  # the front's cost first (a count), then MACs too
     print((f"{name:>12}" if macs_column else f"{name:>10}") + f"{'ratio':>8}"
           + (f"{'MACs':>10}" if macs_column else "")
-          + f"{'params':>11}{'held-out top-1':>16}{'test top-1':>12}{'test top-5':>12}")
+          + f"{'params':>11}{'mmcv FLOPs':>12}{'held-out top-1':>16}{'test top-1':>12}"
+          + f"{'test top-5':>12}")
     for p in points:
         print((f"{p[kind]:>12,}" if macs_column else f"{p[kind] / 1e6:>9.2f}M")
               + f"{cost_ratio(p):>8.3f}"
               + (f"{p['macs'] / 1e6:>9.2f}M" if macs_column else "") + f"{p['params']:>11,}"
+              + f"{p['mmcv_flops'] / 1e6:>11.2f}M"
               f"{p['held_out']['top1']:>16.2f}{p['test']['top1']:>12.2f}{p['test']['top5']:>12.2f}"
               + ("" if p["on_held_out_front"] else "  (full network, dominated on held-out)"))
     print(f"area under the test top-1 error front: {result['area']:.3f} (% error averaged over "
@@ -507,8 +522,8 @@ def save_subnet(args, checkpoint, index, point, state_dict):
     record = {"state_dict": state_dict, "network": args.network,
               "num_classes": checkpoint["num_classes"],
               "model_options": checkpoint.get("model_options") or {}, "run": args.name,
-              **{key: point[key] for key in ("widths", "channels", "macs", "params", "held_out",
-                                             "test", "target_mflops", "config_file")
+              **{key: point[key] for key in ("widths", "channels", "macs", "params", "mmcv_flops",
+                                             "held_out", "test", "cost", "target", "config_file")
                  if key in point}, "data": data_args}
     slimmable.save_file(path, record)
     return path
@@ -558,7 +573,9 @@ def evaluate_subnet(path, argv=None, loaders_cache=None):
           f"test top-1 {result['top1']:.2f}, top-5 {result['top5']:.2f} on {result['images']} "
           f"{loaders.dataset} images")
     return {**result, "macs": record["macs"], "params": counted,
-            "target_mflops": record.get("target_mflops")}
+            "mmcv_flops": slimmable.mmcv_flops(net),
+            "cost": record.get("cost", "macs" if record.get("target_mflops") else None),
+            "target": record.get("target", record.get("target_mflops"))}
 
 
 def evaluate_subnets(paths, argv=None):
@@ -567,11 +584,13 @@ def evaluate_subnets(paths, argv=None):
     loaders_cache = {}
     rows = [(path, evaluate_subnet(path, argv, loaders_cache)) for path in paths]
     if len(rows) > 1:
-        print(f"\n{'subnet':<40}{'target':>9}{'MACs':>10}{'params':>10}{'top-1':>8}{'top-5':>8}")
-        for path, row in rows:
-            target = f"{row['target_mflops']:.2f}M" if row["target_mflops"] else "-"
-            print(f"{os.path.basename(path):<40}{target:>9}{row['macs'] / 1e6:>9.2f}M"
-                  f"{row['params']:>10,}{row['top1']:>8.2f}{row['top5']:>8.2f}")
+        print(f"\n{'subnet':<40}{'target':>22}{'MACs':>10}{'params':>11}{'mmcv_flops':>12}"
+              f"{'top-1':>8}{'top-5':>8}")
+        for path, row in rows:  # the target named as search.py names its files: mmcv_flops_530M
+            target = f"{row['cost']}_{row['target']:g}M" if row["target"] else "-"
+            print(f"{os.path.basename(path):<40}{target:>22}{row['macs'] / 1e6:>9.2f}M"
+                  f"{row['params']:>11,}{row['mmcv_flops'] / 1e6:>11.2f}M{row['top1']:>8.2f}"
+                  f"{row['top5']:>8.2f}")
     return rows
 
 

@@ -26,15 +26,17 @@ Design choices worth knowing:
 - At full width the ImageNet networks have torchvision's parameter names and shapes, so
   ``model.load_state_dict(torchvision.models.resnet18(weights=...).state_dict())`` works.
 
-``python models.py`` prints every network's width groups, MACs and parameters at full and at the
-smallest width (0.42).
+``python models.py`` prints every network's width groups, MACs, mmcv-style FLOPs and parameters
+at full and at the smallest width (0.42), then the published AutoSlim-MobileNetV2 networks.
+``python models.py write-configs`` (re)writes those networks as ``configs/autoslim_mbv2_*.json``.
 """
+import os
 import sys
 
 import torch.nn as nn
 
 from slimmable import (SlimBatchNorm2d, SlimConv2d, SlimLinear, add_group, divisible, macs,
-                       params)
+                       mmcv_flops, params, save_config, slim_layers)
 
 
 def option_a_shortcut(x, channels, stride):
@@ -279,7 +281,9 @@ class MobileNetV2(nn.Module):
         features.append(_conv_bn(in_slot, last_channels, 1,
                                  activation=nn.ReLU6(inplace=True)))
         self.features = nn.Sequential(*features)
-        self.avgpool = nn.AdaptiveAvgPool2d(1)  # a module, so slimmable.memory sees the layer
+        # A module, not torchvision's functional call: slimmable.memory sees the layer, and mmcv's
+        # counter (slimmable.mmcv_flops) counts modules only (mmcls's MobileNetV2 pools in its neck).
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Sequential(nn.Dropout(dropout),
                                         SlimLinear(last_channels, num_classes))
         _init_weights(self, linear_std=0.01)
@@ -365,20 +369,107 @@ def get_model(name, num_classes, **options):
     return model
 
 
+# ---------------------------------------------------------------------------------------------
+# The published AutoSlim networks
+
+# AutoSlim-MobileNetV2 (Yu & Huang, arXiv 1903.11728, Table 1), searched in a 1.5x supernet, in
+# the authors' flat layout: one entry per conv or linear output in network order (stem, block 0's
+# projection, expansion and projection of blocks 1-16, the last 1x1 conv, the classes). Keyed by
+# mmrazor's labels (its mmcv counter); the paper's MACs are 505M / 305M / 207M.
+AUTOSLIM_MOBILENETV2 = {
+    "530M": [32, 16, 144, 24, 176, 24, 192, 48, 240, 48, 144, 48, 264, 88, 288, 88, 336, 88, 432,
+             88, 576, 144, 576, 144, 648, 144, 864, 240, 1440, 240, 1440, 240, 1440, 480, 1920,
+             1000],
+    "320M": [8, 8, 96, 16, 96, 16, 96, 24, 144, 24, 144, 24, 144, 56, 288, 56, 288, 56, 288, 56,
+             288, 96, 432, 96, 432, 96, 864, 240, 1440, 240, 960, 240, 1440, 480, 1920, 1000],
+    "220M": [8, 8, 96, 16, 96, 16, 96, 24, 144, 24, 144, 24, 144, 48, 288, 48, 288, 48, 288, 48,
+             288, 64, 432, 64, 432, 64, 648, 176, 720, 176, 720, 176, 1440, 280, 1920, 1000],
+}
+AUTOSLIM_PAPER_MACS = {"530M": "505M", "320M": "305M", "220M": "207M"}
+AUTOSLIM_SOURCE = ("JiahuiYu/slimmable_networks apps/autoslim_mobilenet_v2_train_val.yml "
+                   "(channel_num_list), and open-mmlab/mmrazor 0.x "
+                   "configs/pruning/autoslim/AUTOSLIM_MBV2_{label}_OFFICIAL.yaml (the same network)")
+
+
+def channels_from_flat_list(model, flat):
+    """``{group name: channels}`` from a flat channel list in the AutoSlim authors' layout: one
+    count per conv or linear *output* in network order, depthwise convs left out (they follow
+    their input). A count for a fixed-width layer must be that width; counts for layers one
+    group ties together must agree. Raises ValueError saying which entry does not fit (its
+    length, a fixed width, a disagreement)."""
+    outputs = [(name, m) for name, m in slim_layers(model)
+               if isinstance(m, (SlimConv2d, SlimLinear)) and not getattr(m, "depthwise", False)]
+    if len(flat) != len(outputs):
+        raise ValueError(f"the list has {len(flat)} entries, the network {len(outputs)} conv and "
+                         f"linear outputs")
+    groups, channels = model.width_groups, {}
+    for position, ((name, layer), count) in enumerate(zip(outputs, flat)):
+        full = layer.out_features if isinstance(layer, SlimLinear) else layer.out_channels
+        if layer.out_slot is None:
+            if count != full:
+                raise ValueError(f"entry {position} ({name}) is {count}; that layer is fixed at "
+                                 f"{full}")
+            continue
+        group = groups[layer.out_slot.group].name
+        if channels.setdefault(group, count) != count:
+            raise ValueError(f"entry {position} ({name}) is {count}, but group '{group}' already "
+                             f"has {channels[group]} from an earlier entry")
+    return channels
+
+
+def write_autoslim_configs(folder="configs"):
+    """Write the three published AutoSlim-MobileNetV2 networks as channel configurations of
+    ``get_model("slim_mobilenetv2", 1000, width_mult=1.5)`` (``slimmable.save_config``'s
+    format, which ``train.py --channel_config`` reads): ``FOLDER/autoslim_mbv2_{530M,320M,220M}.json``.
+    Each records its source, the paper's MACs and mmrazor's label (``cost``/``target``: the
+    mmcv-style FLOPs it is known by). Returns the paths."""
+    from slimmable import load_config  # noqa: E402  (the round trip below checks the file)
+    net = get_model("slim_mobilenetv2", 1000, width_mult=1.5)
+    paths = []
+    for label, flat in AUTOSLIM_MOBILENETV2.items():
+        channels = channels_from_flat_list(net, flat)
+        widths = [channels[g.name] / g.channels for g in net.width_groups]
+        path = os.path.join(folder, f"autoslim_mbv2_{label}.json")
+        save_config(path, net, widths, cost="mmcv_flops", target=float(label[:-1]),
+                    paper_macs=AUTOSLIM_PAPER_MACS[label], flat_channels=flat,
+                    source=AUTOSLIM_SOURCE.format(label=label))
+        if load_config(path, net)[1]["channels"] != channels:
+            raise RuntimeError(f"{path} does not hold the published channels (a bug)")
+        paths.append(path)
+    return paths
+
+
 def print_table(lower=0.42, file=sys.stdout):
-    """The model table: width groups, MACs and params at full width and at ``lower``."""
-    header = (f"{'network':<24}{'groups':>7}{'MACs@1.0':>15}{'params@1.0':>13}"
+    """The model table: width groups, MACs, mmcv-style FLOPs and params at full width and at
+    ``lower``; then the published AutoSlim-MobileNetV2 networks."""
+    header = (f"{'network':<24}{'groups':>7}{'MACs@1.0':>15}{'mmcv@1.0':>15}{'params@1.0':>13}"
               f"{f'MACs@{lower}':>15}{f'params@{lower}':>14}")
     print(header, file=file)
     print("-" * len(header), file=file)
     for name in NETWORKS:
         num_classes = 10 if name in CIFAR_NETWORKS else 1000
         net = get_model(name, num_classes)
-        print(f"{name:<24}{len(net.width_groups):>7}{macs(net, 1.0):>15,}{params(net, 1.0):>13,}"
+        print(f"{name:<24}{len(net.width_groups):>7}{macs(net, 1.0):>15,}"
+              f"{mmcv_flops(net, 1.0):>15,}{params(net, 1.0):>13,}"
               f"{macs(net, lower):>15,}{params(net, lower):>14,}", file=file)
     print("MACs: conv+linear multiply-accumulates per image (32x32 CIFAR nets with 10 classes, "
-          "224x224 ImageNet nets with 1000 classes).", file=file)
+          "224x224 ImageNet nets with 1000 classes), the papers' FLOPs. mmcv: the same plus BN, "
+          "activations and pooling, as mmcv's counter (slimmable.mmcv_flops).", file=file)
+    net = get_model("slim_mobilenetv2", 1000, width_mult=1.5)
+    print(f"\n{'AutoSlim-MobileNetV2 (1.5x supernet)':<38}{'MACs':>13}{'paper':>7}{'params':>11}"
+          f"{'mmcv FLOPs':>13}{'mmrazor':>9}", file=file)
+    for label, flat in AUTOSLIM_MOBILENETV2.items():
+        channels = channels_from_flat_list(net, flat)
+        widths = [channels[g.name] / g.channels for g in net.width_groups]
+        print(f"{f'configs/autoslim_mbv2_{label}.json':<38}{macs(net, widths):>13,}"
+              f"{AUTOSLIM_PAPER_MACS[label]:>7}{params(net, widths):>11,}"
+              f"{mmcv_flops(net, widths):>13,}{label:>9}", file=file)
 
 
 if __name__ == "__main__":
-    print_table()
+    if sys.argv[1:] == ["write-configs"]:
+        print("wrote " + ", ".join(write_autoslim_configs()))
+    elif sys.argv[1:]:
+        sys.exit("usage: python models.py [write-configs]")
+    else:
+        print_table()

@@ -4,11 +4,17 @@ AutoSlim (Yu & Huang, arXiv 1903.11728, Sec. 3) trains one supernet on random pe
 (``train.py --method random``), then searches it greedily. Start from the full network; at every
 step try slimming each width group by one step, score every candidate on held-out images, and
 keep the best (highest top-1; ties go to the lower loss, then to the earlier group). Each time the
-MACs fall to or below a target, that configuration is written out; the search stops after the
+cost falls to or below a target, that configuration is written out; the search stops after the
 smallest target. Retrain the configurations afterwards (``train.py --method fixed``).
 
 Choices, and the bugs of earlier versions they avoid (digest of the method, Sec. 3):
 
+- Targets name their convention. ``--cost macs`` (default): multiply-accumulates of conv and
+  linear layers, what the AutoSlim paper calls FLOPs (its MobileNetV2 networks: 505M, 305M,
+  207M). ``--cost mmcv_flops``: mmcv's counter, which adds BN, activations and pooling, and
+  which mmrazor's labels use (the same networks: 530M, 320M, 220M). The two differ by about 5%,
+  so "--target_flops 530" would be ambiguous and is refused. ``--target_ratios`` are fractions
+  of the full network's cost in ``--cost``.
 - Steps. Group g moves on the grid ``round(k/12 * C_g)`` (``--steps``), rounded as the network
   rounds channels (``slimmable.round_channels``), duplicates removed (mmrazor 1.x keeps repeated
   levels, so some of its "steps" remove nothing and still cost an evaluation), and never below
@@ -24,26 +30,30 @@ Choices, and the bugs of earlier versions they avoid (digest of the method, Sec.
   torchrun, rank r scores candidates r, r + W, ... and the scores are gathered, so every rank
   picks the same winner.
 
-Files, in ``runs/NAME/search/``: ``FLOPS_<M>M.json`` per target (``slimmable.save_config``, the
-format ``train.py --channel_config`` and ``evaluate.py --configs`` read), ``search.state`` (JSON,
-rewritten atomically after every step: rerunning the same command resumes), ``log.txt``.
+Files, in ``runs/NAME/search/``: ``<cost>_<M>M.json`` per target, e.g. ``macs_20M.json``
+(``slimmable.save_config``, the format ``train.py --channel_config`` and ``evaluate.py --configs``
+read; the record holds ``cost`` and ``target`` in millions, and MACs, params and mmcv FLOPs),
+``search.state`` (JSON, rewritten atomically after every step: rerunning the same command
+resumes), ``log.txt``.
 
-    python train.py --name sn --method random --epochs 30      # the supernet
-    python search.py --name sn --target_ratios 0.75 0.5 0.3    # or --target_flops 30 20 12.5
-    python train.py --name sn_fixed --method fixed --channel_config runs/sn/search/FLOPS_*.json
-    torchrun --nproc_per_node=4 search.py --name sn --target_flops 30 20 12.5
+    python train.py --name sn --method random --epochs 30 --lower_channel 0.1667  # the supernet
+    python search.py --name sn --target_ratios 0.75 0.5 0.3         # fractions of the full MACs
+    python search.py --name sn --cost macs --targets 30 20 12.5 --restart      # millions of MACs
+    python train.py --name sn_fixed --method fixed --channel_config runs/sn/search/macs_*.json
+    torchrun --nproc_per_node=4 search.py --name sn --cost mmcv_flops --targets 31 21 13
 
 From Python (the flags are keyword arguments)::
 
     import search
     result = search.run_search("sn", target_ratios=[0.75, 0.5, 0.3], search_images=500)
     for record in result["records"]:
-        print(record["file"], record["macs"], record["heldout_top1"])
+        print(record["file"], record["macs"], record["mmcv_flops"], record["heldout_top1"])
 """
 import argparse
 import glob
 import itertools
 import json
+import math
 import os
 import sys
 import time
@@ -71,12 +81,20 @@ def build_parser():
     add = parser.add_argument
     add("--name", default="demo", help="run to search: reads runs/NAME/checkpoint.pt, writes "
         "runs/NAME/search/ (default: demo)")
-    targets = parser.add_mutually_exclusive_group()
-    targets.add_argument("--target_flops", type=float, nargs="+", metavar="M",
-                         help="targets in MFLOPs = millions of multiply-accumulates per image, as "
-                              "slimmable.macs counts them (mmrazor's unit), e.g. 30 20 12.5")
-    targets.add_argument("--target_ratios", type=float, nargs="+", metavar="R",
-                         help="targets as fractions of the full network's MACs, e.g. 0.75 0.5 0.3")
+    add("--cost", default="macs", choices=list(slimmable.COSTS),
+        help="the convention of the targets: macs (default; conv + linear multiply-accumulates, "
+             "the AutoSlim paper's FLOPs: its MobileNetV2 networks are 505M, 305M, 207M), "
+             "mmcv_flops (mmcv's counter, MACs plus BN, activations and pooling: mmrazor's "
+             "labels 530M, 320M, 220M for the same networks), params")
+    add("--targets", type=float, nargs="+", metavar="M",
+        help="targets in millions of --cost per image, e.g. --cost macs --targets 505 305 207 "
+             "or --cost mmcv_flops --targets 530 320 220")
+    add("--target_ratios", type=float, nargs="+", metavar="R",
+        help="targets as fractions of the full network's --cost, e.g. 0.75 0.5 0.3 (may be "
+             "given with --targets)")
+    add("--target_flops", nargs="*", metavar="M",
+        help="refused: ambiguous between MACs and mmcv-style FLOPs (about 5%% apart); use "
+             "--cost macs|mmcv_flops --targets M...")
     add("--steps", type=int, default=12,
         help="levels per group: k/STEPS of its full width, k = 1..STEPS, cut at the trained "
              "minimum (default 12 as AutoSlim's code; its paper: 10)")
@@ -101,7 +119,7 @@ def build_parser():
     add("--pause_after", type=int, default=0,
         help="save and stop after this many steps of this call (rerun to go on)")
     add("--restart", action="store_true",
-        help="discard runs/NAME/search/ (the state and the FLOPS_*.json written so far) and "
+        help="discard runs/NAME/search/ (the state and the configurations written so far) and "
              "search from the full network again")
     add("--full_forward", action="store_true",
         help="run every candidate from the image instead of resuming at the first block it "
@@ -114,18 +132,44 @@ def build_parser():
     return parser
 
 
+FLAG_RULES = {  # flag: (test of its value, or of each of its values, what it must be)
+    "cost": (lambda v: v in slimmable.COSTS, f"one of {', '.join(slimmable.COSTS)}"),
+    "targets": (lambda v: v > 0, "positive numbers (millions of --cost)"),
+    "target_ratios": (lambda v: 0 < v <= 1, "fractions in (0, 1]"),
+    "steps": (lambda v: v >= 1, "at least 1"),
+    "bn": (lambda v: v in ("batch", "calibrate"), "batch or calibrate"),
+    "search_images": (lambda v: v >= 1, "at least 1"),
+    "eval_batch_size": (lambda v: v >= 1, "at least 1"),
+    "calib_batches": (lambda v: v >= 1, "at least 1"),
+    "batch_size": (lambda v: v >= 1, "at least 1"),
+    "seed": (lambda v: True, "an integer"),
+    "pause_after": (lambda v: v >= 0, "0 (never) or more"),
+    "threads": (lambda v: v >= 0, "0 (automatic) or more"),
+    "device": (lambda v: v in ("auto", "cpu", "cuda") or v.startswith("cuda:"),
+               "auto, cpu, cuda or cuda:N"),
+}
+
+
 def check_args(args):
-    if not args.target_flops and not args.target_ratios:
-        raise Fail("give the targets: --target_flops M... or --target_ratios R...")
-    for flag in ("steps", "search_images", "eval_batch_size", "calib_batches", "batch_size"):
-        if getattr(args, flag) < 1:
-            raise Fail(f"--{flag} must be at least 1")
-    if args.bn not in ("batch", "calibrate"):
-        raise Fail(f"--bn must be batch or calibrate, not {args.bn!r}")
-    if any(not 0 < r <= 1 for r in args.target_ratios or []):
-        raise Fail("--target_ratios must be in (0, 1]")
-    if any(not m > 0 for m in args.target_flops or []):
-        raise Fail("--target_flops must be positive")
+    """Every flag's value, in one place (the command line and ``run_search`` alike): raises
+    Fail with one line naming the first invalid flag."""
+    if args.target_flops is not None:
+        raise Fail("--target_flops is ambiguous (MACs as the AutoSlim paper counts, or mmcv-style "
+                   "FLOPs as mmrazor labels, about 5% apart): use --cost macs --targets M... or "
+                   "--cost mmcv_flops --targets M... (or --target_ratios R...)")
+    if not args.targets and not args.target_ratios:
+        raise Fail("give the targets: --cost macs|mmcv_flops --targets M... or --target_ratios R...")
+    for flag, (valid, meaning) in FLAG_RULES.items():
+        value = getattr(args, flag)
+        if value is None:  # an optional list flag not given
+            continue
+        for item in value if isinstance(value, (list, tuple)) else [value]:
+            if isinstance(item, float) and not math.isfinite(item) or not valid(item):
+                shown = " ".join(map(str, value)) if isinstance(value, (list, tuple)) else value
+                raise Fail(f"--{flag} {shown} is invalid: it must be {meaning}")
+    problem = data.check_data_args(args)
+    if problem:
+        raise Fail(problem)
 
 
 def data_flags():
@@ -142,9 +186,10 @@ def resolve_data_flags(args, given, checkpoint):
             setattr(args, key, recorded[key])
 
 
-def mflops_name(mflops):
-    """``FLOPS_<M>M.json`` with M compact: 20 -> FLOPS_20M.json, 12.5 -> FLOPS_12.5M.json."""
-    return f"FLOPS_{f'{mflops:.2f}'.rstrip('0').rstrip('.')}M.json"
+def target_name(cost, millions):
+    """``<cost>_<M>M.json`` with M compact: ("macs", 20) -> macs_20M.json, ("mmcv_flops", 12.5)
+    -> mmcv_flops_12.5M.json."""
+    return f"{cost}_{f'{millions:.2f}'.rstrip('0').rstrip('.')}M.json"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -188,19 +233,23 @@ def widths_at(net, levels, index):
 
 
 def fixed_images(args, device, rank):
-    """``(calibration inputs, [(inputs, labels)] for scoring)``: drawn once, the same on every
-    rank and on every resume (the training images are a seeded sample, with train transforms)."""
-    loaders = data.get_loaders(args, args.batch_size, eval_batch_size=args.eval_batch_size)
-    if loaders.val is None or len(loaders.val.dataset) == 0:
+    """``(calibration inputs, [(inputs, labels)] for scoring, datasets)``: drawn once, the same
+    on every rank and on every resume (the training images are a seeded sample, with train
+    transforms; only ``--bn calibrate`` draws them, so only it needs a training batch).
+    ``datasets`` is data.build_datasets' tuple (train, val, test, classes, size, channels)."""
+    datasets = data.build_datasets(args)
+    train, held_out = datasets[0], datasets[1]
+    if held_out is None or len(held_out) == 0:
         raise Fail("no held-out split to score candidates on; pass --val_size N (N > 0)")
-    held_out = loaders.val.dataset
     count = min(args.search_images, len(held_out))
     generator = torch.Generator().manual_seed(args.seed)
     score = load_tensors(torch.utils.data.Subset(held_out, range(count)), args.eval_batch_size,
                          args.workers, generator)
     calibration = []
     if args.bn == "calibrate":
-        train = loaders.train.dataset
+        if len(train) < args.batch_size:
+            raise Fail(f"only {len(train)} training images for a calibration batch of "
+                       f"{args.batch_size}; lower --batch_size")
         picks = torch.randperm(len(train), generator=generator)[:args.calib_batches * args.batch_size]
         # In this process: worker processes would draw other augmentations for other --workers.
         calibration = [x for x, _ in load_tensors(torch.utils.data.Subset(train, picks.tolist()),
@@ -210,7 +259,7 @@ def fixed_images(args, device, rank):
     if dist.is_initialized():  # the same images on every rank, whatever each machine's data does
         for tensor in calibration + [t for batch in score for t in batch]:
             dist.broadcast(tensor, 0)
-    return calibration, score, loaders
+    return calibration, score, datasets
 
 
 def load_tensors(dataset, batch_size, workers, generator):
@@ -409,18 +458,21 @@ def fingerprint(calibration, score):
     return f"{total:.6e}/{sum(len(x) for x in calibration)}/{sum(len(y) for _, y in score)}"
 
 
-def run_search(name="demo", targets_mflops=None, target_ratios=None, max_steps=0, **settings):
-    """Search supernet ``name``; ``settings`` are the command-line flags (``bn="calibrate"``,
-    ``search_images=500``, ``restart=True``, data flags...). ``max_steps`` pauses after that many
-    steps of this call. Returns (on every rank) ``{"records": [one per target, largest first:
-    target_mflops, file, macs, params, widths, channels, heldout_top1, heldout_loss, step],
-    "history": [per step], "steps", "evaluations" (this call), "total_evaluations", "seconds"
-    (this call), "finished", "full_macs", "smallest_macs"}``."""
+def run_search(name="demo", targets=None, target_ratios=None, max_steps=0, **settings):
+    """Search supernet ``name`` for ``targets`` (millions of ``settings["cost"]``, default
+    "macs") and/or ``target_ratios`` (fractions of the full network's cost); ``settings`` are the
+    other command-line flags (``cost="mmcv_flops"``, ``bn="calibrate"``, ``search_images=500``,
+    ``restart=True``, data flags...). ``max_steps`` pauses after that many steps of this call.
+    Raises Fail (one line) for an invalid flag or a user error. Returns (on every rank)
+    ``{"records": [one per target, largest first: cost, target (millions), file, macs, params,
+    mmcv_flops, widths, channels, heldout_top1, heldout_loss, step], "history": [per step],
+    "steps", "evaluations" (this call), "total_evaluations", "seconds" (this call), "finished",
+    "cost", "full_cost", "smallest_cost", "full_macs", "smallest_macs"}``."""
     args = build_parser().parse_args(["--name", name])
     unknown = set(settings) - set(vars(args))
     if unknown:
         raise TypeError(f"run_search() got unknown settings: {', '.join(sorted(unknown))}")
-    vars(args).update(settings, target_flops=targets_mflops, target_ratios=target_ratios,
+    vars(args).update(settings, targets=targets, target_ratios=target_ratios,
                       pause_after=max_steps or settings.get("pause_after", 0))
     return search(args, given=set(settings))
 
@@ -435,26 +487,33 @@ def search(args, given):
     resolve_data_flags(args, given, checkpoint)
     lower = float(checkpoint.get("lower_channel", 0.42))
     levels = width_levels(net, lower, args.steps)
+
+    def cost(widths):  # the convention the targets are in (--cost)
+        return slimmable.cost(net, widths, args.cost)
+
     full_macs = slimmable.macs(net, 1.0)
     smallest_macs = slimmable.macs(net, widths_at(net, levels, [0] * len(levels)))
-    targets = sorted({round(m, 6) for m in args.target_flops or []} |
-                     {round(r * full_macs / 1e6, 6) for r in args.target_ratios or []}, reverse=True)
-    span = f"targets must lie in [{smallest_macs / 1e6:.4g}, {full_macs / 1e6:.4g}] MFLOPs"
+    full_cost, smallest_cost = cost(1.0), cost(widths_at(net, levels, [0] * len(levels)))
+    targets = sorted({round(m, 6) for m in args.targets or []} |
+                     {round(r * full_cost / 1e6, 6) for r in args.target_ratios or []}, reverse=True)
+    unit = f"M {args.cost}"
+    span = f"targets must lie in [{smallest_cost / 1e6:.4g}, {full_cost / 1e6:.4g}]{unit}"
     for target in targets:
-        if target * 1e6 > full_macs:
-            raise Fail(f"target {target:g} MFLOPs is above the full network's; {span}")
-        if target * 1e6 < smallest_macs:
-            raise Fail(f"target {target:g} MFLOPs is below the smallest reachable (every group at "
+        if target * 1e6 > full_cost:
+            raise Fail(f"target {target:g}{unit} is above the full network's; {span}")
+        if target * 1e6 < smallest_cost:
+            raise Fail(f"target {target:g}{unit} is below the smallest reachable (every group at "
                        f"its trained minimum, lower_channel {lower:g}); {span}")
     try:
-        calibration, score, loaders = fixed_images(args, device, rank)
+        calibration, score, datasets = fixed_images(args, device, rank)
     except data.DataError as error:
         raise Fail(str(error).splitlines()[0]) from None
-    if loaders.num_classes != checkpoint["num_classes"]:
-        raise Fail(f"the data has {loaders.num_classes} classes, the supernet "
+    if datasets[3] != checkpoint["num_classes"]:
+        raise Fail(f"the data has {datasets[3]} classes, the supernet "
                    f"{checkpoint['num_classes']}; pass the supernet's --dataset")
     images = sum(len(y) for _, y in score)
-    settings = {"network": checkpoint["network"], "targets_mflops": targets, "steps": args.steps,
+    settings = {"network": checkpoint["network"], "cost": args.cost, "targets": targets,
+                "steps": args.steps,
                 "lower_channel": lower, "bn": args.bn, "search_images": images,
                 "eval_batch_size": args.eval_batch_size, "seed": args.seed,
                 "supernet": f"{sum(float(v.double().sum()) for v in checkpoint['model'].values()):.9e}",
@@ -478,8 +537,8 @@ def search(args, given):
         say(f"note: the supernet's training has not finished (step {checkpoint.get('step')})")
     say(("resuming" if state["current"] else "AutoSlim") + f" search of {args.name} at step "
         f"{state['step']}: {checkpoint['network']}, {len(levels)} groups, "
-        f"{sum(map(len, levels))} levels, {full_macs / 1e6:.4g} MFLOPs full, "
-        f"{smallest_macs / 1e6:.4g} smallest; targets {', '.join(f'{t:g}' for t in targets)}; "
+        f"{sum(map(len, levels))} levels, {full_cost / 1e6:.4g}{unit} full, "
+        f"{smallest_cost / 1e6:.4g} smallest; targets {', '.join(f'{t:g}' for t in targets)}{unit}; "
         f"{images} held-out images, BN {args.bn}"
         + (f" calibrated on {len(calibration)} training batches" if args.bn == "calibrate" else "")
         + f"; {world_size} process(es)")
@@ -494,10 +553,11 @@ def search(args, given):
         while True:
             widths = widths_at(net, levels, index)
             for target in targets:
-                done = {r["target_mflops"] for r in state["records"]}
-                if target not in done and slimmable.macs(net, widths) <= target * 1e6:
-                    state["records"].append(record_target(net, widths, target, state, out_dir, rank))
-                    say(f"  reached {target:g} MFLOPs: {state['records'][-1]['file']}")
+                done = {r["target"] for r in state["records"]}
+                if target not in done and cost(widths) <= target * 1e6:
+                    state["records"].append(record_target(net, widths, args.cost, target, state,
+                                                          out_dir, rank))
+                    say(f"  reached {target:g}{unit}: {state['records'][-1]['file']}")
             state["finished"] = len(state["records"]) == len(targets)
             state["evaluations"] = earlier_evaluations + evaluations
             state["seconds"] = earlier_seconds + time.time() - start_time
@@ -510,19 +570,23 @@ def search(args, given):
             evaluations, steps, state["step"] = evaluations + count, steps + 1, state["step"] + 1
             state["current"] = {"top1": 100 * hits / images, "loss": loss / images}
             macs_now = slimmable.macs(net, widths_at(net, levels, index))
+            cost_now = cost(widths_at(net, levels, index))
             group, seconds = net.width_groups[best].name, time.time() - step_start
             state["history"].append({"step": state["step"], "group": group, "macs": macs_now,
-                                     "channels": levels[best][index[best]], **state["current"],
-                                     "seconds": seconds})
-            say(f"step {state['step']:3d}  MACs {macs_now / 1e6:7.3f}M "
-                f"({100 * macs_now / full_macs:5.1f}%)  {group} {levels[best][index[best] + 1]}->"
+                                     args.cost: cost_now, "channels": levels[best][index[best]],
+                                     **state["current"], "seconds": seconds})
+            say(f"step {state['step']:3d}  {args.cost} {cost_now / 1e6:7.3f}M "
+                f"({100 * cost_now / full_cost:5.1f}%)  {group} {levels[best][index[best] + 1]}->"
                 f"{levels[best][index[best]]}  held-out top-1 {state['current']['top1']:6.2f}% "
                 f"loss {state['current']['loss']:.4f}  {count} candidates {seconds:.1f} s")
     if state["finished"]:
         files = " ".join(os.path.join(out_dir, r["file"]) for r in state["records"])
+        options = checkpoint.get("model_options") or {}
+        network = f"--network {checkpoint['network']}" + (
+            f" --width_mult {options['width_mult']:g}" if "width_mult" in options else "")
         say(f"done: {state['step']} steps, {state['evaluations']} candidate evaluations, "
             f"{state['seconds']:.0f} s; next: python train.py --name {args.name}_fixed --method "
-            f"fixed --channel_config {files}")
+            f"fixed {network} --channel_config {files}")
     else:
         say(f"paused at step {state['step']}; rerun the same command to go on")
     if log_file:
@@ -530,6 +594,7 @@ def search(args, given):
     return {"records": state["records"], "history": state["history"], "steps": state["step"],
             "evaluations": evaluations, "total_evaluations": state["evaluations"],
             "seconds": time.time() - start_time, "finished": state["finished"],
+            "cost": args.cost, "full_cost": full_cost, "smallest_cost": smallest_cost,
             "full_macs": full_macs, "smallest_macs": smallest_macs}
 
 
@@ -537,7 +602,7 @@ def start_or_resume(out_dir, settings, levels, restart, rank):
     """The saved search state if its settings are these (else Fail), or a fresh one."""
     path = os.path.join(out_dir, STATE_FILE)
     if restart and rank == 0:  # the old configurations would otherwise mix with the new ones
-        for old in glob.glob(os.path.join(out_dir, "FLOPS_*.json")) + glob.glob(path):
+        for old in glob.glob(os.path.join(out_dir, "*.json")) + glob.glob(path):
             os.remove(old)
     state = None
     if os.path.exists(path) and not restart:
@@ -559,15 +624,17 @@ def start_or_resume(out_dir, settings, levels, restart, rank):
                      "seconds": 0.0, "finished": False}
 
 
-def record_target(net, widths, target, state, out_dir, rank):
-    """Write ``FLOPS_<M>M.json`` for the current configuration and return its record."""
-    file = mflops_name(target)
-    extra = {"target_mflops": target, "heldout_top1": state["current"]["top1"],
+def record_target(net, widths, cost, target, state, out_dir, rank):
+    """Write ``<cost>_<target>M.json`` for the current configuration and return its record."""
+    file = target_name(cost, target)
+    extra = {"cost": cost, "target": target, "heldout_top1": state["current"]["top1"],
              "heldout_loss": state["current"]["loss"], "step": state["step"]}
     if rank == 0:
         slimmable.save_config(os.path.join(out_dir, file), net, widths, **extra)
     return {"file": file, **extra, "macs": slimmable.macs(net, widths),
-            "params": slimmable.params(net, widths), "widths": widths,
+            "params": slimmable.params(net, widths),
+            "mmcv_flops": slimmable.mmcv_flops(net, widths),
+            cost: slimmable.cost(net, widths, cost), "widths": widths,
             "channels": slimmable.group_channels(net, widths)}
 
 

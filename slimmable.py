@@ -26,7 +26,9 @@ everything that is about widths and nothing that is about a particular network:
   ``coefficient * c_in * c_out`` (a bilinear form in the slot channel counts), so the cost of N
   configurations is one (N, terms) product, with no forward pass. Plain torch layers count at
   their fixed width, so an exported model is counted as it is. "FLOPs" in the slimmable
-  literature are these multiply-accumulates of conv and linear layers.
+  literature are these multiply-accumulates of conv and linear layers. ``mmcv_flops`` is the
+  other convention, mmcv's counter (mmrazor, mmcls): MACs plus BN, activations and pooling,
+  about 5% more on MobileNetV2 (AutoSlim's 505M network is mmrazor's "530M").
 - Memory. ``memory`` is the peak activation memory of layer-by-layer inference, in elements:
   per layer a sum of (pixels x one slot's channels), so also analytic; residual blocks and
   squeeze-excitation declare the tensors they keep alive in ``keeps_alive``.
@@ -302,6 +304,9 @@ COUNTED_LAYERS = (nn.Conv2d, nn.Linear, nn.BatchNorm2d)  # slimmable or plain: b
 MEMORY_LAYERS = (nn.Conv2d, nn.Linear, nn.modules.pooling._MaxPoolNd,
                  nn.modules.pooling._AvgPoolNd, nn.modules.pooling._AdaptiveAvgPoolNd,
                  nn.modules.pooling._AdaptiveMaxPoolNd)
+# The modules besides those that mmcv's FLOPs counter counts (``mmcv_flops``): per element.
+MMCV_ELEMENTWISE = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU)
+MMCV_POOLING = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveMaxPool2d, nn.AdaptiveAvgPool2d)
 
 
 def set_widths(model, widths):
@@ -339,12 +344,13 @@ def image_channels(model):
 
 
 def _cost_terms(model):
-    """(slots, macs_terms, params_terms, memory_terms); a term is ``coefficient * c[a] * c[b]``
-    where c are the slot channel counts and index ``len(slots)`` stands for the constant 1; a
-    memory term has a fourth row, the index of its layer in execution order. Built from one
-    full-width forward of a ``(1, image_channels, input_size, input_size)`` zero image that
-    records each layer's resolution and the tensors held across it; cached on the model for that
-    input shape, so changing ``model.input_size`` or ``model.in_channels`` rebuilds it."""
+    """(slots, macs_terms, params_terms, mmcv_terms, memory_terms); a term is
+    ``coefficient * c[a] * c[b]`` where c are the slot channel counts and index ``len(slots)``
+    stands for the constant 1; a memory term has a fourth row, the index of its layer in
+    execution order. Built from one full-width forward of a ``(1, image_channels, input_size,
+    input_size)`` zero image that records each layer's resolution, each activation or pooling
+    call and the tensors held across each layer; cached on the model for that input shape, so
+    changing ``model.input_size`` or ``model.in_channels`` rebuilds it."""
     model = _unwrap(model)
     probe_shape = (1, image_channels(model), model.input_size, model.input_size)
     cached = model.__dict__.get("_cost_terms")
@@ -353,7 +359,8 @@ def _cost_terms(model):
     # Plain torch layers count too, at their fixed width: an exported model, or a network that
     # mixes slimmable and plain layers, is counted as it is.
     layers = [m for m in model.modules() if isinstance(m, COUNTED_LAYERS)]
-    sizes, tensors_of_layer = {}, []  # tensors_of_layer: per memory layer, [(elements, slot)]
+    sizes, calls = {}, []  # calls: every layer, activation and pooling call, in forward order
+    tensors_of_layer = []  # per memory layer, [(elements, slot)]
     held = []  # (owner module, tensor, (elements, slot)) alive across the layers inside owner
     latest = [None]  # out_slot of the latest counted layer that ran: the width of what it made
 
@@ -367,8 +374,10 @@ def _cost_terms(model):
 
     def on_counted(m, inputs, output):
         latest[0] = getattr(m, "out_slot", None)
-        if isinstance(m, nn.Conv2d):
-            sizes[m] = output.shape[2:]
+        sizes.setdefault(m, (inputs[0].shape[2:], output.shape[2:]))
+
+    def on_call(m, inputs, output):
+        calls.append((m, inputs[0].shape))
 
     def on_memory_layer(m, inputs, output):
         if isinstance(m, COUNTED_LAYERS):  # its own slots; a plain one has a fixed width
@@ -394,6 +403,8 @@ def _cost_terms(model):
         return on_kept_output
 
     hooks = [m.register_forward_hook(on_counted) for m in layers]
+    hooks += [m.register_forward_hook(on_call) for m in model.modules()
+              if isinstance(m, COUNTED_LAYERS + MMCV_ELEMENTWISE + MMCV_POOLING)]
     hooks += [m.register_forward_hook(on_memory_layer) for m in model.modules()
               if isinstance(m, MEMORY_LAYERS)]
     for owner in [m for m in model.modules() if getattr(m, "keeps_alive", ())]:
@@ -421,21 +432,26 @@ def _cost_terms(model):
                     if s is not None})
     one = len(slots)
     index = {s: i for i, s in enumerate(slots)}
-    macs_terms, params_terms = [], []
+    macs_terms, params_terms, mmcv_terms = [], [], []
 
     def factor(slot, full):  # (slot index, constant multiplier)
         return (index[slot], 1) if slot is not None else (one, full)
 
+    def pixels_of(shape):
+        return int(shape[0] * shape[1]) if len(shape) == 2 else 1
+
     for m in layers:
         full_in, full_out = _full_in_out(m)
         if isinstance(m, nn.BatchNorm2d):
+            a, k = factor(slot(m, "out_slot"), full_out)
             if m.affine:
-                a, k = factor(slot(m, "out_slot"), full_out)
                 params_terms.append((2 * k, a, one))
+            if m in sizes:  # a layer that never runs costs no operations
+                mmcv_terms.append(((2 if m.affine else 1) * pixels_of(sizes[m][0]) * k, a, one))
             continue
         if isinstance(m, nn.Conv2d):
             kernel = m.kernel_size[0] * m.kernel_size[1]
-            pixels = sizes[m][0] * sizes[m][1]
+            pixels = pixels_of(sizes[m][1])
         else:
             kernel, pixels = 1, 1
         a, ka = factor(slot(m, "out_slot"), full_out)
@@ -444,14 +460,31 @@ def _cost_terms(model):
         else:
             b, kb = factor(slot(m, "in_slot"), full_in // getattr(m, "groups", 1))
         macs_terms.append((kernel * pixels * ka * kb, a, b))
+        mmcv_terms.append((kernel * pixels * ka * kb, a, b))
         params_terms.append((kernel * ka * kb, a, b))
         if m.bias is not None:
             params_terms.append((ka, a, one))
+            if isinstance(m, nn.Conv2d):  # mmcv counts a conv's bias, not a linear layer's
+                mmcv_terms.append((pixels * ka, a, one))
+    # An activation or pooling call counts its input elements; its channels are those of the
+    # conv/BN/linear layer that ran last before it (checked: the counts must agree).
+    last = None
+    for m, shape in calls:
+        if isinstance(m, COUNTED_LAYERS):
+            last = m
+            continue
+        source = slot(last, "out_slot") if last is not None else None
+        if source is not None and _full_in_out(last)[1] != shape[1]:
+            raise RuntimeError(f"cannot tell the channels of {type(m).__name__}: its input has "
+                               f"{shape[1]}, the layer before it {_full_in_out(last)[1]}")
+        a, k = factor(source, int(shape[1]))
+        mmcv_terms.append((pixels_of(shape[2:]) * k, a, one))
     memory_terms = [(elements, index[s] if s is not None else one, one, layer)
                     for layer, ends in enumerate(tensors_of_layer) for elements, s in ends]
-    # As long tensors (coefficient, slot a, slot b[, layer]) for the vectorized evaluation.
-    terms = (slots, torch.tensor(macs_terms, dtype=torch.long).T,
-             torch.tensor(params_terms, dtype=torch.long).T,
+    # As long tensors (coefficient, slot a, slot b[, layer]) per count, for the vectorized
+    # evaluation.
+    terms = (slots, *(torch.tensor(t, dtype=torch.long).reshape(-1, 3).T
+                      for t in (macs_terms, params_terms, mmcv_terms)),
              torch.tensor(memory_terms, dtype=torch.long).reshape(-1, 4).T)
     model.__dict__["_cost_terms"] = (probe_shape, terms)
     return terms
@@ -464,11 +497,11 @@ def _channels_and_one(slots, matrix):
 
 
 def _evaluate_terms(model, widths, which):
-    slots, macs_terms, params_terms, _ = _cost_terms(model)
+    slots, macs_terms, params_terms, mmcv_terms, _ = _cost_terms(model)
     if which == "memory":
         total = memory_by_layer(model, widths).max(dim=1).values
     else:
-        coef, a, b = macs_terms if which == "macs" else params_terms
+        coef, a, b = {"macs": macs_terms, "params": params_terms, "mmcv_flops": mmcv_terms}[which]
         channels = _channels_and_one(slots, width_matrix(model, widths))
         total = (channels[:, a] * channels[:, b] * coef).sum(dim=1)
     if torch.is_tensor(widths) and widths.dim() == 2:
@@ -479,7 +512,8 @@ def _evaluate_terms(model, widths, which):
 
 
 def macs(model, widths=1.0):
-    """Multiply-accumulates of conv and linear layers for one image at ``model.input_size``.
+    """Multiply-accumulates of conv and linear layers for one image at ``model.input_size``:
+    what the slimmable papers (S-Nets, US-Nets, AutoSlim, Joslim) call FLOPs.
 
     One configuration → int. An (N, D) array → N counts (a NumPy array, or a tensor for a tensor
     input), computed analytically without running the network.
@@ -490,6 +524,28 @@ def macs(model, widths=1.0):
 def params(model, widths=1.0):
     """Parameter count of the subnet at ``widths`` (conv/linear weights and biases, BN affine)."""
     return _evaluate_terms(model, widths, "params")
+
+
+def mmcv_flops(model, widths=1.0):
+    """FLOPs for one image at ``model.input_size`` as mmcv's counter counts them
+    (``mmcv.cnn.utils.flops_counter.get_model_complexity_info``, mmcv 1.x; what mmrazor 0.x and
+    mmcls report, e.g. AutoSlim-MobileNetV2 "530M / 320M / 220M"). Per module call:
+
+    - conv: output elements x kernel_h x kernel_w x in_channels / groups, plus the output
+      elements again if it has a bias (so its MACs, plus the bias);
+    - linear: input elements x out_features (its MACs; the bias is not counted);
+    - BatchNorm: input elements, twice if affine;
+    - ReLU, ReLU6, LeakyReLU, PReLU, ELU: output elements;
+    - max / average pooling, adaptive ones included: input elements;
+    - anything else (Hardswish, Hardsigmoid, Sigmoid, Dropout, residual additions, SE scaling): 0.
+
+    mmcv only sees modules. Every activation and pooling of the networks in models.py runs as a
+    module, as in their mmcls counterparts, so this is what mmcv counts on the equivalent mmcls
+    network (MobileNetV2: ConvModule + ReLU6, the neck's global average pooling, the linear head).
+    About 5% above ``macs`` for MobileNetV2. Same signature and return types as ``macs``;
+    ValueError for widths outside (0, 1].
+    """
+    return _evaluate_terms(model, widths, "mmcv_flops")
 
 
 def memory(model, widths=1.0):
@@ -525,7 +581,7 @@ def memory_by_layer(model, widths=1.0):
     """The elements alive while each layer runs (see ``memory``), layers in execution order:
     an int64 tensor (N, layers), N = 1 for one configuration. Its row maximum is ``memory``;
     its argmax says which layer sets the peak."""
-    slots, _, _, (coef, a, _, layer) = _cost_terms(model)
+    slots, _, _, _, (coef, a, _, layer) = _cost_terms(model)
     channels = _channels_and_one(slots, width_matrix(model, widths))
     per_layer = torch.zeros(len(channels), int(layer.max()) + 1, dtype=torch.long)
     return per_layer.index_add_(1, layer, channels[:, a] * coef)
@@ -533,7 +589,7 @@ def memory_by_layer(model, widths=1.0):
 
 # The cost axes a width search can be run against: name -> function(model, widths) with the
 # signature and return types of ``macs``. train.py --cost, evaluate.py and search.py read this.
-COSTS = {"macs": macs, "params": params, "memory": memory}
+COSTS = {"macs": macs, "params": params, "mmcv_flops": mmcv_flops, "memory": memory}
 
 
 def cost(model, widths=1.0, kind="macs"):
@@ -713,12 +769,13 @@ IDENTITY_CHECKED = ("network", "width_mult")  # the fields load_config refuses t
 
 def save_config(path, model, widths, **extra):
     """Write one width configuration as JSON: the model's identity (``model_identity``), widths
-    and channels per group, channels per layer, MACs, params, and any ``extra`` fields (written
-    atomically)."""
+    and channels per group, channels per layer, MACs, params, mmcv-style FLOPs (``mmcv_flops``)
+    and any ``extra`` fields (written atomically)."""
     net = _unwrap(model)
     widths = width_matrix(net, widths)[0].tolist()
     record = {**model_identity(net), "widths": widths, "channels": group_channels(net, widths),
-              "macs": macs(net, widths), "params": params(net, widths), **extra,
+              "macs": macs(net, widths), "params": params(net, widths),
+              "mmcv_flops": mmcv_flops(net, widths), **extra,
               "layers": layer_channels(net, widths)}
     write_atomic(path, lambda handle: json.dump(record, handle, indent=1))
     return record

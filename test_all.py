@@ -353,6 +353,90 @@ def test_vectorized_memory_equals_one_by_one():
         assert (slimmable.memory(net, higher) >= slimmable.memory(net, configs)).all()
 
 
+def mmcv_style_count(model, size):
+    """mmcv's counting rules (slimmable.mmcv_flops' docstring), applied by forward hooks to a
+    model's plain modules: an independent check of the analytic count."""
+    total = [0]
+
+    def hook(m, inputs, output):
+        x = inputs[0]
+        if isinstance(m, nn.Conv2d):
+            per_position = m.kernel_size[0] * m.kernel_size[1] * m.in_channels // m.groups
+            total[0] += output.numel() * per_position + (output.numel() if m.bias is not None else 0)
+        elif isinstance(m, nn.Linear):
+            total[0] += x.numel() * m.out_features
+        elif isinstance(m, nn.BatchNorm2d):
+            total[0] += x.numel() * (2 if m.affine else 1)
+        elif isinstance(m, (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU)):
+            total[0] += output.numel()
+        elif isinstance(m, (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
+            total[0] += x.numel()
+
+    hooks = [m.register_forward_hook(hook) for m in model.modules()]
+    with torch.no_grad():
+        model.eval()(torch.zeros(1, 3, size, size))
+    for handle in hooks:
+        handle.remove()
+    return total[0]
+
+
+@pytest.mark.parametrize("name", ALL_NETWORKS)
+def test_mmcv_flops_equal_a_hook_count_of_the_exported_model(name):
+    """The analytic mmcv-style count equals mmcv's rules applied module by module to the
+    exported (plain torch) model, at several widths; vectorized equals one by one."""
+    net = small_model(name)
+    generator = random.Random(name)
+    configs = [1.0, 0.42, random_widths(net, generator), random_widths(net, generator)]
+    for widths in configs:
+        static = slimmable.export(net, widths)
+        expected = mmcv_style_count(static, net.input_size)
+        assert slimmable.mmcv_flops(net, widths) == expected == slimmable.mmcv_flops(static)
+        assert slimmable.cost(net, widths, "mmcv_flops") == expected
+        assert expected > slimmable.macs(net, widths)
+    matrix = slimmable.width_matrix(net, configs[2:])
+    assert slimmable.mmcv_flops(net, matrix).tolist() == \
+        [slimmable.mmcv_flops(net, row.tolist()) for row in matrix]
+
+
+AUTOSLIM_PUBLISHED = {  # file: (MACs = the paper's, params = mmrazor's, mmcv FLOPs in G = mmrazor's)
+    "autoslim_mbv2_530M.json": (504_934_400, 6_495_992, 0.53),
+    "autoslim_mbv2_320M.json": (305_072_416, 5_767_288, 0.32),
+    "autoslim_mbv2_220M.json": (206_767_048, 4_125_104, 0.22),
+}
+
+
+def test_the_shipped_autoslim_configs_reproduce_the_published_counts(tmp_path):
+    net = models.get_model("slim_mobilenetv2", 1000, width_mult=1.5)
+    folder = os.path.join(HERE, "configs")
+    assert sorted(os.listdir(folder)) == sorted(AUTOSLIM_PUBLISHED)
+    for file, (mac_count, param_count, giga_mmcv) in AUTOSLIM_PUBLISHED.items():
+        widths, record = slimmable.load_config(os.path.join(folder, file), net)
+        assert slimmable.macs(net, widths) == record["macs"] == mac_count
+        assert slimmable.params(net, widths) == record["params"] == param_count
+        assert round(slimmable.mmcv_flops(net, widths) / 1e9, 2) == giga_mmcv
+        assert record["mmcv_flops"] == slimmable.mmcv_flops(net, widths)
+        assert "slimmable_networks" in record["source"] and "mmrazor" in record["source"]
+        # the published flat list, mapped onto our groups, is what the file holds
+        label = file.split("_")[-1][:-len(".json")]
+        assert record["channels"] == models.channels_from_flat_list(
+            net, models.AUTOSLIM_MOBILENETV2[label])
+        # a supernet trained down to 2/12 (the README's AutoSlim recipe) can run it, one
+        # trained down to Joslim's 0.42 cannot (the 320M and 220M networks have stem 8 of 48)
+        lowest = slimmable.group_channels(net, 0.1667)
+        assert all(record["channels"][g] >= c for g, c in lowest.items())
+    assert record["channels"]["stem"] < slimmable.group_channels(net, 0.42)["stem"]
+    # the files are exactly what models.write_autoslim_configs writes
+    for path in models.write_autoslim_configs(str(tmp_path)):
+        with open(path) as written, open(os.path.join(folder, os.path.basename(path))) as shipped:
+            assert json.load(written) == json.load(shipped)
+    with pytest.raises(ValueError, match="group 'stage2.out' already has 24"):
+        flat = list(models.AUTOSLIM_MOBILENETV2["530M"])
+        flat[5] = 16  # block 2's output, tied to block 1's by the residual
+        models.channels_from_flat_list(net, flat)
+    with pytest.raises(ValueError, match="fixed at 1920"):
+        models.channels_from_flat_list(net, models.AUTOSLIM_MOBILENETV2["530M"][:34] + [1280, 1000])
+
+
 def test_channel_configs_reproduce_their_channels_or_are_refused(tmp_path):
     wide = models.get_model("slim_mobilenetv2", 10, width_mult=1.5)
     path = str(tmp_path / "c.json")
@@ -1703,11 +1787,12 @@ def test_configs_meet_their_targets_and_shrink_as_targets_do(workdir, searched):
     full = slimmable.macs(models.get_model("slim_resnet20", 10), 1.0)
     records = searched["records"]
     assert searched["finished"] and len(records) == 3
-    targets = [r["target_mflops"] for r in records]
+    targets = [r["target"] for r in records]
     assert targets == sorted(targets, reverse=True)
     assert targets == pytest.approx([r * full / 1e6 for r in RATIOS])
     for record in records:
-        assert record["macs"] <= record["target_mflops"] * 1e6
+        assert record["cost"] == "macs" and record["file"] == search.target_name("macs", record["target"])
+        assert record["macs"] <= record["target"] * 1e6
         assert os.path.exists(os.path.join("runs", "sn", "search", record["file"]))
     macs = [r["macs"] for r in records]
     assert macs == sorted(macs, reverse=True)
@@ -1717,7 +1802,7 @@ def test_configs_meet_their_targets_and_shrink_as_targets_do(workdir, searched):
     assert all(a["macs"] > b["macs"] for a, b in zip(history, history[1:]))
     for record in records:
         before = history[record["step"] - 2]["macs"] if record["step"] > 1 else full
-        assert before > record["target_mflops"] * 1e6
+        assert before > record["target"] * 1e6
     assert searched["total_evaluations"] == searched["evaluations"] > searched["steps"]
 
 
@@ -1762,17 +1847,43 @@ def test_resuming_with_other_settings_is_refused(workdir, searched, capsys):
     assert len(error) == 1 and error[0].startswith("error: ") and "search_images" in error[0]
 
 
-@pytest.mark.parametrize("flags", [["--target_flops", "1000"], ["--target_flops", "0.5"],
-                                   ["--target_ratios", "0.8", "1.5"], []])
-def test_bad_targets_end_in_one_line_and_status_2(workdir, flags, capsys):
-    assert search.main(["--name", "sn", *flags]) == 2
+@pytest.mark.parametrize("flags,says", [
+    (["--targets", "1000"], "above the full network's"), (["--targets", "0.5"], "below the smallest"),
+    (["--cost", "mmcv_flops", "--targets", "1000"], "1000M mmcv_flops is above"),
+    (["--target_ratios", "0.8", "1.5"], "--target_ratios 0.8 1.5 is invalid"), ([], "give the targets"),
+    (["--target_flops", "30", "20"], "--target_flops is ambiguous"),
+    (["--targets", "nan"], "--targets nan is invalid"), (["--target_ratios", "inf"], "invalid"),
+    (["--cost", "latency", "--targets", "20"], "invalid choice"),
+    (["--targets", "20", "--steps", "0"], "--steps 0 is invalid"),
+    (["--targets", "20", "--eval_batch_size", "0"], "--eval_batch_size 0 is invalid"),
+    (["--targets", "20", "--device", "tpu"], "--device tpu is invalid"),
+    (["--targets", "20", "--val_size", "-1"], "--val_size -1 is invalid")])
+def test_bad_flags_end_in_one_line_and_status_2(workdir, flags, says, capsys):
+    try:
+        status = search.main(["--name", "sn", *flags])
+    except SystemExit as leaving:  # argparse's own refusals (choices) exit too
+        status = leaving.code
+    assert status == 2
     error = capsys.readouterr().err.strip().splitlines()
-    assert len(error) == 1 and error[0].startswith("error: ")
+    assert len(error) == 1 and error[0].startswith("error: ") and says in error[0], error
+
+
+def test_batch_statistics_search_needs_no_training_batch(workdir):
+    """--bn batch draws no training batch, so a training split smaller than --batch_size is
+    fine (it was refused); --bn calibrate, which draws them, still says what to lower."""
+    os.makedirs("runs/sn_bn", exist_ok=True)
+    shutil.copy("runs/sn/checkpoint.pt", "runs/sn_bn/checkpoint.pt")
+    result = search.run_search("sn_bn", target_ratios=[0.9], max_steps=1, batch_size=100_000,
+                               bn="batch", search_images=20, steps=4, threads=1)
+    assert result["steps"] == 1
+    with pytest.raises(search.Fail, match="training images for a calibration batch of 100000"):
+        search.run_search("sn_bn", target_ratios=[0.9], max_steps=1, batch_size=100_000,
+                          bn="calibrate", search_images=20, steps=4, threads=1, restart=True)
 
 
 def test_command_line_exit_status(workdir):
     done = subprocess.run([sys.executable, os.path.join(HERE, "search.py"), "--name", "sn",
-                           "--target_flops", "1"], capture_output=True, text=True)
+                           "--targets", "1"], capture_output=True, text=True)
     assert done.returncode == 2
     assert done.stderr.strip().startswith("error: ") and len(done.stderr.strip().splitlines()) == 1
     assert "below the smallest reachable" in done.stderr
@@ -1797,19 +1908,87 @@ def test_configs_round_trip_through_load_config_train_and_evaluate(workdir, sear
     capsys.readouterr()
     report = evaluate.evaluate_run("retrained", argv=["--name", "retrained", "--calib_batches", "1",
                                                       "--export", "subnets"])
-    assert sorted(p["target_mflops"] for p in report["points"]) == \
-        sorted(r["target_mflops"] for r in searched["records"])
+    assert sorted(p["target"] for p in report["points"]) == \
+        sorted(r["target"] for r in searched["records"])
+    assert all(p["cost"] == "macs" and p["mmcv_flops"] > p["macs"] for p in report["points"])
     subnets = sorted(glob.glob("subnets/*.pt"))
     assert len(subnets) == len(files)
     assert evaluate.main(["--subnet", *subnets]) == 0
     table = capsys.readouterr().out.split("\n\n")[-1].strip().splitlines()
-    assert table[0].split() == ["subnet", "target", "MACs", "params", "top-1", "top-5"]
+    assert table[0].split() == ["subnet", "target", "MACs", "params", "mmcv_flops", "top-1", "top-5"]
     assert sorted(row.split()[1] for row in table[1:]) == \
-        sorted(f"{r['target_mflops']:.2f}M" for r in searched["records"])
+        sorted(f"macs_{r['target']:g}M" for r in searched["records"])
     result = evaluate.evaluate_run("sn", argv=["--name", "sn", "--configs", *files,
                                                "--calib_batches", "1", "--batch_size", "100"])
     evaluated = sorted(list(c["channels"].values()) for c in result["candidates"])
     assert evaluated == sorted(list(r["channels"].values()) for r in searched["records"])
+
+
+MBV2_DATA = ["--synthetic_train", "80", "--val_size", "40", "--synthetic_test", "20",
+             "--workers", "0", "--threads", "1", "--curve_points", "0"]
+
+
+@pytest.fixture(scope="module")
+def mbv2_workdir(tmp_path_factory):
+    """runs/mbv2/checkpoint.pt: a 1.5x MobileNetV2 supernet trained down to 2/12 (AutoSlim's
+    recipe) for one 2-step epoch on 32x32 synthetic images."""
+    path = tmp_path_factory.mktemp("mbv2")
+    previous = os.getcwd()
+    os.chdir(path)  # and back at once: the search tests' module fixture keeps its own folder
+    try:
+        assert train.main(["--name", "mbv2", "--method", "random", "--network", "slim_mobilenetv2",
+                           "--width_mult", "1.5", "--lower_channel", "0.1667", "--epochs", "1",
+                           "--batch_size", "20", *MBV2_DATA]) == 0
+    finally:
+        os.chdir(previous)
+    return path
+
+
+def test_mmcv_flops_targets_on_a_1_5x_supernet_are_met_just_below(mbv2_workdir, monkeypatch):
+    """--cost mmcv_flops --targets: each configuration is the first of the greedy path at or
+    below its target in mmcv-style FLOPs (named so in the file), and records both counts."""
+    monkeypatch.chdir(mbv2_workdir)
+    net = models.get_model("slim_mobilenetv2", 10, width_mult=1.5, input_size=32)
+    full = slimmable.mmcv_flops(net, 1.0)
+    targets = [round(0.97 * full / 1e6, 3), round(0.93 * full / 1e6, 3)]
+    result = search.run_search("mbv2", targets=targets, cost="mmcv_flops", steps=4,
+                               search_images=20, eval_batch_size=20, threads=1)
+    assert result["finished"] and result["full_cost"] == full
+    history = result["history"]
+    for record, target in zip(result["records"], targets):
+        assert (record["cost"], record["target"]) == ("mmcv_flops", target)
+        assert record["file"] == search.target_name("mmcv_flops", target)
+        assert record["mmcv_flops"] == slimmable.mmcv_flops(net, record["widths"]) <= target * 1e6
+        before = history[record["step"] - 2]["mmcv_flops"] if record["step"] > 1 else full
+        assert before > target * 1e6  # the step before was still above: "just below"
+        saved = json.load(open(os.path.join("runs", "mbv2", "search", record["file"])))
+        assert (saved["cost"], saved["target"], saved["mmcv_flops"], saved["macs"]) == \
+            ("mmcv_flops", target, record["mmcv_flops"], record["macs"])
+
+
+def test_the_official_configs_retrain_split_and_test(mbv2_workdir, monkeypatch, capsys):
+    """train.py --method fixed --width_mult 1.5 --channel_config configs/*.json retrains the three
+    published networks jointly (32x32 images: other MACs, the same channels); evaluate.py
+    --export splits them and --subnet tests them, labelled with mmrazor's names."""
+    monkeypatch.chdir(mbv2_workdir)
+    files = sorted(glob.glob(os.path.join(HERE, "configs", "autoslim_mbv2_*.json")))
+    assert train.main(["--name", "official", "--method", "fixed", "--network", "slim_mobilenetv2",
+                       "--width_mult", "1.5", "--channel_config", *files, "--epochs", "1",
+                       "--batch_size", "20", "--pause_after", "1", *MBV2_DATA]) == 0
+    checkpoint = torch.load("runs/official/checkpoint.pt", weights_only=True)
+    net = models.get_model("slim_mobilenetv2", 10, width_mult=1.5, input_size=32)
+    assert [slimmable.group_channels(net, w) for w in checkpoint["fixed_configs"]] == \
+        [json.load(open(f))["channels"] for f in files]
+    report = evaluate.evaluate_run("official", argv=["--name", "official", "--calib_batches", "1",
+                                                     "--export", "subnets", "--batch_size", "20"])
+    assert sorted((p["cost"], p["target"]) for p in report["points"]) == \
+        [("mmcv_flops", 220.0), ("mmcv_flops", 320.0), ("mmcv_flops", 530.0)]
+    capsys.readouterr()
+    subnets = sorted(glob.glob("subnets/official_*.pt"))
+    assert evaluate.main(["--subnet", *subnets, "--batch_size", "20"]) == 0
+    table = capsys.readouterr().out.split("\n\n")[-1].strip().splitlines()
+    assert sorted(row.split()[1] for row in table[1:]) == \
+        ["mmcv_flops_220M", "mmcv_flops_320M", "mmcv_flops_530M"]
 
 
 def test_resumed_scoring_equals_scoring_from_the_image():
@@ -1849,9 +2028,9 @@ def test_resumed_scoring_equals_scoring_from_the_image():
 
 def test_best_candidate_and_file_names():
     assert search.best_candidate({0: (5, 1.0), 1: (6, 2.0), 2: (6, 1.5), 3: (6, 1.5)}) == 2
-    assert search.mflops_name(20) == "FLOPS_20M.json"
-    assert search.mflops_name(12.5) == "FLOPS_12.5M.json"
-    assert search.mflops_name(36.495936) == "FLOPS_36.5M.json"
+    assert search.target_name("macs", 20) == "macs_20M.json"
+    assert search.target_name("mmcv_flops", 12.5) == "mmcv_flops_12.5M.json"
+    assert search.target_name("macs", 36.495936) == "macs_36.5M.json"
 
 
 def test_torchrun_ranks_share_the_candidates_and_agree(workdir, searched):
@@ -1888,7 +2067,7 @@ def test_every_flag_is_explained(capsys):
         search.main(["--help"])
     assert leaving.value.code == 0
     text = capsys.readouterr().out
-    for flag in ("--target_flops", "--target_ratios", "--steps", "--bn", "--search_images",
+    for flag in ("--cost", "--targets", "--target_ratios", "--steps", "--bn", "--search_images",
                  "--eval_batch_size", "--calib_batches", "--pause_after", "--restart", "--val_size"):
         assert flag in text
     assert all(action.help for action in search.build_parser()._actions)

@@ -523,8 +523,11 @@ def run(args, cleanup):
     except ValueError as error:
         raise Fail(str(error)) from None
     fixed_configs = [widths for widths, _ in loaded]
-    # where each configuration came from, so that evaluate.py can label the retrained models
-    fixed_sources = [{"file": path, "target_mflops": record.get("target_mflops")}
+    # where each configuration came from, so that evaluate.py can label the retrained models:
+    # search.py's target, in millions of its cost (files of before the cost had a name: MACs)
+    fixed_sources = [{"file": path,
+                      "cost": record.get("cost", "macs" if "target_mflops" in record else None),
+                      "target": record.get("target", record.get("target_mflops"))}
                      for path, (_, record) in zip(args.channel_config, loaded)]
     sampler = build_sampler(args, net, num_dims)
 
