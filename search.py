@@ -187,9 +187,10 @@ def resolve_data_flags(args, given, checkpoint):
 
 
 def target_name(cost, millions):
-    """``<cost>_<M>M.json`` with M compact: ("macs", 20) -> macs_20M.json, ("mmcv_flops", 12.5)
-    -> mmcv_flops_12.5M.json."""
-    return f"{cost}_{f'{millions:.2f}'.rstrip('0').rstrip('.')}M.json"
+    """``<cost>_<M>M.json`` with M in 4 significant digits: ("macs", 20) -> macs_20M.json,
+    ("mmcv_flops", 12.5) -> mmcv_flops_12.5M.json, ("memory", 0.024576) -> memory_0.02458M.json
+    (significant digits, not decimals: small costs such as CIFAR memory peaks stay apart)."""
+    return f"{cost}_{f'{millions:.0f}' if millions >= 1000 else f'{millions:.4g}'}M.json"
 
 
 # ---------------------------------------------------------------------------------------------

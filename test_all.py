@@ -2031,6 +2031,8 @@ def test_best_candidate_and_file_names():
     assert search.target_name("macs", 20) == "macs_20M.json"
     assert search.target_name("mmcv_flops", 12.5) == "mmcv_flops_12.5M.json"
     assert search.target_name("macs", 36.495936) == "macs_36.5M.json"
+    assert search.target_name("memory", 0.024576) == "memory_0.02458M.json"
+    assert search.target_name("memory", 0.023552) == "memory_0.02355M.json"
 
 
 def test_torchrun_ranks_share_the_candidates_and_agree(workdir, searched):
