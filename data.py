@@ -682,11 +682,20 @@ def setup_distributed(device_flag):
     return device, rank, world_size
 
 
+def usable_cpus():
+    """CPUs this process may run on: its affinity mask (``taskset``, a container's or a batch
+    scheduler's cpuset), not ``os.cpu_count()``, which counts every CPU of the machine."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def default_threads(world_size):
-    """torch CPU threads for one of this machine's processes of a run: the cores shared out
-    (``LOCAL_WORLD_SIZE`` processes here under torchrun; ``world_size`` without it)."""
+    """torch CPU threads for one of this machine's processes of a run: the usable CPUs shared
+    out (``LOCAL_WORLD_SIZE`` processes here under torchrun; ``world_size`` without it). Counting
+    os.cpu_count() instead would give a job pinned to 2 of 16 CPUs 16 threads, 8 per CPU."""
     local_size = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
-    return max(1, (os.cpu_count() or 1) // local_size)
+    return max(1, usable_cpus() // local_size)
 
 
 def set_epoch(loaders, epoch):
