@@ -15,6 +15,8 @@ machine slows both sides alike. Nothing here is asserted by the tests.
     python bench.py quality --seeds 2 --threads 1     # then, once all three are done,
     python bench.py quality                           # the table (reads their results)
     python bench.py recipe --seeds 0 1  # the students' recipes on Fashion-MNIST (README)
+    taskset -c 0,1 python bench.py contention  # training beside one busy process: threads and
+                                               # OpenMP waiting, each setting in a fresh process
 """
 import argparse
 import contextlib
@@ -25,6 +27,8 @@ import shutil
 import tempfile
 import platform
 import statistics
+import subprocess
+import sys
 import time
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # as train.py: NumPy serves the sampler only
@@ -197,6 +201,31 @@ def _train_args(**overrides):
     return args
 
 
+def sandwich_step_seconds(name="slim_resnet20", batch_size=128, steps=6, warmup=1,
+                          max_seconds=None):
+    """Wall times (seconds) of the whole sandwich step as train.py takes it (full + 2 sampled +
+    smallest network, one optimizer step) on random CIFAR-shaped data, after ``warmup`` untimed
+    steps; stops early once the timed steps add up to ``max_seconds``."""
+    torch.manual_seed(0)
+    net = models.get_model(name, 10)
+    args = _train_args(method="joslim")
+    optimizer = train.make_optimizer(net, args, 0.05)
+    random_configs = samplers.RandomSampler(len(net.width_groups), 0.42, seed=0)
+    inputs, targets = torch.randn(batch_size, 3, 32, 32), torch.randint(0, 10, (batch_size,))
+    times = []
+    for i in range(warmup + steps):
+        configs = [row.tolist() for row in random_configs.propose(2)] + [0.42]
+        start = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        train.train_step(net, net, inputs, targets, configs, args, contextlib.nullcontext)
+        optimizer.step()
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+            if max_seconds and sum(times) >= max_seconds:
+                break
+    return times
+
+
 def bench_training(networks=("slim_resnet20", "slim_resnet56"), batch_size=128, steps=6):
     """Images/s through the whole sandwich step (full + 2 sampled + smallest network, one
     optimizer step) on random CIFAR-shaped data, median step time of ``steps``."""
@@ -204,25 +233,137 @@ def bench_training(networks=("slim_resnet20", "slim_resnet56"), batch_size=128, 
     print(f"{'network':<16}{'s/step':>8}{'images/s':>10}")
     rates = {}
     for name in networks:
-        torch.manual_seed(0)
-        net = models.get_model(name, 10)
-        args = _train_args(method="joslim")
-        optimizer = train.make_optimizer(net, args, 0.05)
-        random_configs = samplers.RandomSampler(len(net.width_groups), 0.42, seed=0)
-        inputs, targets = torch.randn(batch_size, 3, 32, 32), torch.randint(0, 10, (batch_size,))
-        times = []
-        for i in range(steps + 1):
-            configs = [row.tolist() for row in random_configs.propose(2)] + [0.42]
-            start = time.perf_counter()
-            optimizer.zero_grad(set_to_none=True)
-            train.train_step(net, net, inputs, targets, configs, args, contextlib.nullcontext)
-            optimizer.step()
-            if i:
-                times.append(time.perf_counter() - start)
-        seconds = statistics.median(times)
+        seconds = statistics.median(sandwich_step_seconds(name, batch_size, steps))
         rates[name] = batch_size / seconds
         print(f"{name:<16}{seconds:>8.3f}{batch_size / seconds:>10.0f}", flush=True)
     return rates
+
+
+# OpenMP's knobs, read once when torch loads libgomp: every measurement starts from none of them
+CONTENTION_KNOBS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def contention_settings(cores, quick=False):
+    """The settings ``bench_contention`` measures: (label, torch threads, environment added to
+    the process, inter-op threads or 0 for torch's default). At one thread OpenMP never waits at
+    a barrier, so only the thread count is varied there."""
+    settings = [("1 thread", 1, {}, 0)]
+    for threads in sorted({min(2, cores), cores} - {1}):
+        variants = [("OpenMP defaults", {}, 0),
+                    ("OMP_WAIT_POLICY=PASSIVE", {"OMP_WAIT_POLICY": "PASSIVE"}, 0)]
+        if not quick:
+            variants += [("OMP_WAIT_POLICY=ACTIVE", {"OMP_WAIT_POLICY": "ACTIVE"}, 0),
+                         ("GOMP_SPINCOUNT=10000", {"GOMP_SPINCOUNT": "10000"}, 0),
+                         ("PASSIVE, inter-op threads 1", {"OMP_WAIT_POLICY": "PASSIVE"}, 1)]
+        settings += [(f"{threads} threads, {label}", threads, env, interop)
+                     for label, env, interop in variants]
+    return settings
+
+
+_CONTENTION_CHILD = """import json, os, sys
+seen = {{key: os.environ.get(key) for key in {knobs!r}}}
+import torch  # OpenMP reads its environment here, before bench.py or train.py can set defaults
+torch.set_num_threads({threads})
+if {interop}:
+    torch.set_num_interop_threads({interop})
+import bench
+times = bench.sandwich_step_seconds(batch_size={batch_size}, steps={steps},
+                                    max_seconds={max_seconds})
+print(json.dumps({{"times": times, "environment": seen, "threads": torch.get_num_threads(),
+                  "interop_threads": torch.get_num_interop_threads(),
+                  "cores": len(os.sched_getaffinity(0))}}))
+"""
+
+
+@contextlib.contextmanager
+def busy_process(warmup_seconds=1.0):
+    """One CPU-bound process (a Python busy loop: one core's worth of work) for the ``with``
+    block. Spawned from here, it inherits this process's CPU affinity: it competes for the same
+    cores as the measurement, which is checked."""
+    process = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        if hasattr(os, "sched_getaffinity") and (os.sched_getaffinity(process.pid)
+                                                 != os.sched_getaffinity(0)):
+            raise RuntimeError("the busy process does not share this process's CPUs")
+        time.sleep(warmup_seconds)  # let it reach full speed and the scheduler settle
+        yield process
+    finally:
+        process.kill()
+        process.wait()
+
+
+def contention_rate(threads, environment, interop_threads, steps, max_seconds, batch_size=128):
+    """Images/s (median step) of the sandwich step in a fresh Python process with ``threads``
+    torch threads and ``environment`` added to the OpenMP-free environment of this one (OpenMP
+    reads it once, at load); also returns what that process saw."""
+    env = {key: value for key, value in os.environ.items() if key not in CONTENTION_KNOBS}
+    env.update(environment)
+    code = _CONTENTION_CHILD.format(knobs=CONTENTION_KNOBS, threads=threads,
+                                    interop=interop_threads, steps=steps, max_seconds=max_seconds,
+                                    batch_size=batch_size)
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                            cwd=os.path.dirname(os.path.abspath(__file__)))
+    if result.returncode:
+        raise RuntimeError(f"contention measurement failed:\n{result.stderr}")
+    seen = json.loads(result.stdout.strip().splitlines()[-1])
+    seen["images_per_second"] = batch_size / statistics.median(seen["times"])
+    return seen
+
+
+def contention_table(rows, busy_share=0.40, quiet_share=0.95):
+    """Add to each row (``setting``, ``quiet`` and ``busy`` images/s) its ``busy_share`` (busy /
+    quiet), ``quiet_share_of_best`` and whether it ``meets_rule``: issue 14 H's rule for the
+    defaults, keep >= ``busy_share`` of the quiet rate beside one busy process and stay within
+    ``1 - quiet_share`` of the best quiet rate. Prints the table."""
+    best_quiet = max(row["quiet"] for row in rows)
+    print(f"{'setting':<40}{'quiet img/s':>12}{'busy img/s':>11}{'busy/quiet':>11}"
+          f"{'quiet/best':>11}  meets rule")
+    for row in rows:
+        row["busy_share"] = row["busy"] / row["quiet"]
+        row["quiet_share_of_best"] = row["quiet"] / best_quiet
+        row["meets_rule"] = (row["busy_share"] >= busy_share
+                             and row["quiet_share_of_best"] >= quiet_share)
+        print(f"{row['setting']:<40}{row['quiet']:>12.1f}{row['busy']:>11.1f}"
+              f"{100 * row['busy_share']:>10.0f}%{100 * row['quiet_share_of_best']:>10.0f}%  "
+              f"{'yes' if row['meets_rule'] else 'no'}")
+    return rows
+
+
+def bench_contention(cores=None, steps=5, quick=False, max_seconds=12.0, settings=None,
+                     batch_size=128, out_path=os.path.join("results", "contention.json")):
+    """Training throughput of train.py's step (slim_resnet20, batch 128, the sandwich of full +
+    2 sampled + smallest, synthetic 32x32 data) under each of ``contention_settings``: quiet,
+    and beside one busy process (one core's worth of other work on the same CPUs), each in a
+    fresh process (OpenMP reads its settings at load), the two interleaved per setting so a
+    drifting machine shifts both alike. Images/s of the median of ``steps`` timed steps after
+    one warm-up (fewer once they take ``max_seconds``). ``cores``: torch threads of the widest
+    setting (default: the CPUs this process may use). The rule for the defaults (issue 14 H):
+    beside one busy process keep >= 40% of the quiet rate, and quiet within 5% of the best quiet
+    rate. ``settings``: instead of ``contention_settings(cores, quick)``. Prints the table and
+    writes ``out_path``."""
+    cores = cores or data.usable_cpus()
+    settings = settings or contention_settings(cores, quick)
+    print(f"contention: slim_resnet20 sandwich step, batch {batch_size}, median of {steps} steps "
+          f"after 1 warm-up; quiet and beside one busy process; {data.usable_cpus()} usable CPUs, "
+          f"load average {os.getloadavg()[0]:.2f}")
+    rows = []
+    for label, threads, environment, interop_threads in settings:
+        quiet = contention_rate(threads, environment, interop_threads, steps, max_seconds,
+                                batch_size)
+        with busy_process():
+            busy = contention_rate(threads, environment, interop_threads, steps, max_seconds,
+                                   batch_size)
+        rows.append({"setting": label, "threads": threads, "environment": environment,
+                     "interop_threads": interop_threads, "quiet": quiet["images_per_second"],
+                     "busy": busy["images_per_second"], "quiet_run": quiet, "busy_run": busy})
+        print(f"  {label}: {rows[-1]['quiet']:.1f} quiet, {rows[-1]['busy']:.1f} busy images/s",
+              flush=True)
+    contention_table(rows)
+    content = {"machine": machine(), "usable_cpus": data.usable_cpus(), "cores": cores,
+               "steps": steps, "batch_size": batch_size, "load_average": os.getloadavg(), "rows": rows}
+    slimmable.write_atomic(out_path, lambda handle: json.dump(content, handle, indent=1))
+    print(f"written: {out_path}")
+    return rows
 
 
 def bench_window_share(network="slim_resnet56", history=1000, tau=235, batch_size=128,
@@ -700,7 +841,8 @@ def main():
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("what", choices=["speed", "quality", "recipe", "overhead", "macs",
                                          "sampler",
-                                         "training", "window", "converter", "search"],
+                                         "training", "window", "converter", "search",
+                                         "contention"],
                         help="which benchmark to run ('speed' runs every speed benchmark)")
     parser.add_argument("--networks", nargs="+", default=list(models.NETWORKS),
                         choices=list(models.NETWORKS), metavar="NAME",
@@ -712,7 +854,13 @@ def main():
                         help="input resolution of the ImageNet networks in the overhead benchmark")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch CPU threads")
     parser.add_argument("--quick", action="store_true",
-                        help="quality: a few minutes instead of about an hour")
+                        help="quality: a few minutes instead of about an hour; contention: "
+                             "the thread counts and OMP_WAIT_POLICY=PASSIVE only")
+    parser.add_argument("--steps", type=int, default=5,
+                        help="contention: timed training steps per measurement (default 5)")
+    parser.add_argument("--cores", type=int, default=None,
+                        help="contention: torch threads of the widest setting (default: the "
+                             "CPUs this process may use, e.g. under taskset)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
                         help="quality, recipe: seeds (default 0 1 2)")
     parser.add_argument("--dataset", default="auto", choices=["auto", *QUALITY_DATA],
@@ -724,6 +872,8 @@ def main():
                         "(runs/NAME) instead of a tiny one, and compare its configurations with "
                         "uniform widths at matched MACs")
     args = parser.parse_args()
+    if args.steps < 1 or (args.cores is not None and args.cores < 1):
+        parser.exit(2, "error: --steps and --cores take a positive number\n")
     torch.set_num_threads(args.threads)
     print(machine())
     kept = slimmable.keep_freed_memory()
@@ -756,6 +906,8 @@ def main():
         bench_training()
     if args.what in ("speed", "window"):
         bench_window_share()
+    if args.what == "contention":
+        bench_contention(args.cores, args.steps, args.quick)
     if args.what in ("speed", "overhead"):
         bench_overhead(args.networks, batch_size=args.batch_size, pairs=args.pairs,
                        imagenet_size=args.imagenet_size)
