@@ -60,7 +60,10 @@ import zlib
 from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple, Optional
 
-import lmdb
+try:
+    import lmdb
+except ImportError:  # only ImageNet's LMDB files need it; bench.py runs where it is missing
+    lmdb = None
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -310,10 +313,16 @@ def imagenet_transform(train, scale_ratio=0.08, slim_dataaug=False):
     return transforms.Compose(steps + [normalize])
 
 
+def _require_lmdb():
+    if lmdb is None:
+        raise DataError("ImageNet LMDB files need the lmdb package: pip install lmdb")
+
+
 def _open_lmdb(path):
     """A read-only environment; lock=False because readers never write (and NFS has no locks)."""
     if not os.path.exists(path):
         raise DataError(f"missing {path}: make it with python data.py to-lmdb IMAGE_FOLDER {path}")
+    _require_lmdb()
     try:
         env = lmdb.open(path, subdir=os.path.isdir(path), readonly=True, lock=False,
                         readahead=False, meminit=False)
@@ -454,6 +463,7 @@ def convert_folder_to_lmdb(source_dir, lmdb_path, records_per_commit=1000, log=p
         raise DataError(f"the folder {parent} does not exist; create it first")
     if records_per_commit < 1:
         raise DataError(f"--records_per_commit {records_per_commit} must be at least 1")
+    _require_lmdb()
     classes, samples = scan_image_folder(source_dir)
     log(f"to-lmdb: {len(samples)} images in {len(classes)} classes from {source_dir}")
     temporary_path = f"{lmdb_path}.tmp-{os.getpid()}"
