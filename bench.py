@@ -32,6 +32,7 @@ import sys
 import time
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # as train.py: NumPy serves the sampler only
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as train.py: idle OpenMP threads sleep
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
