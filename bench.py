@@ -366,8 +366,8 @@ def bench_contention(cores=None, steps=5, quick=False, spincounts=(30000,), max_
     timed steps, after one warm-up step for the quiet half (fewer steps once they take
     ``max_seconds``: a stalled setting costs seconds a step). ``cores``: torch threads of the
     widest setting (default: the CPUs this process may use). ``settings``: instead of
-    ``contention_settings(cores, quick, spincounts)``. Prints the table (``contention_table``), writes
-    ``out_path`` and returns its rows."""
+    ``contention_settings(cores, quick, spincounts)``. Prints the table (``contention_table``),
+    writes ``out_path`` and returns its rows."""
     cores = cores or data.usable_cpus()
     settings = settings or contention_settings(cores, quick, spincounts)
     print(f"contention: slim_resnet20 sandwich step, batch {batch_size}, median of up to {steps} "
