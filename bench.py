@@ -15,6 +15,8 @@ machine slows both sides alike. Nothing here is asserted by the tests.
     python bench.py quality --seeds 2 --threads 1     # then, once all three are done,
     python bench.py quality                           # the table (reads their results)
     python bench.py recipe --seeds 0 1  # the students' recipes on Fashion-MNIST (README)
+    taskset -c 0,1 python bench.py contention  # training beside one busy process: threads and
+                                               # OpenMP waiting, each setting in a fresh process
 """
 import argparse
 import contextlib
@@ -25,9 +27,12 @@ import shutil
 import tempfile
 import platform
 import statistics
+import subprocess
+import sys
 import time
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # as train.py: NumPy serves the sampler only
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as train.py: idle OpenMP threads sleep
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
@@ -197,6 +202,38 @@ def _train_args(**overrides):
     return args
 
 
+def sandwich_step(name="slim_resnet20", batch_size=128):
+    """A function that takes one whole sandwich step as train.py does (full + 2 sampled +
+    smallest network, one optimizer step) on random CIFAR-shaped data, and returns its wall
+    time in seconds."""
+    torch.manual_seed(0)
+    net = models.get_model(name, 10)
+    args = _train_args(method="joslim")
+    optimizer = train.make_optimizer(net, args, 0.05)
+    random_configs = samplers.RandomSampler(len(net.width_groups), 0.42, seed=0)
+    inputs, targets = torch.randn(batch_size, 3, 32, 32), torch.randint(0, 10, (batch_size,))
+
+    def step():
+        configs = [row.tolist() for row in random_configs.propose(2)] + [0.42]
+        start = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        train.train_step(net, net, inputs, targets, configs, args, contextlib.nullcontext)
+        optimizer.step()
+        return time.perf_counter() - start
+    return step
+
+
+def timed_steps(step, steps, warmup=1, max_seconds=None):
+    """Seconds of ``steps`` calls of ``step`` after ``warmup`` untimed ones; fewer once they add
+    up to ``max_seconds`` (at least one)."""
+    for _ in range(warmup):
+        step()
+    times = []
+    while len(times) < steps and not (max_seconds and sum(times) >= max_seconds):
+        times.append(step())
+    return times
+
+
 def bench_training(networks=("slim_resnet20", "slim_resnet56"), batch_size=128, steps=6):
     """Images/s through the whole sandwich step (full + 2 sampled + smallest network, one
     optimizer step) on random CIFAR-shaped data, median step time of ``steps``."""
@@ -204,25 +241,154 @@ def bench_training(networks=("slim_resnet20", "slim_resnet56"), batch_size=128, 
     print(f"{'network':<16}{'s/step':>8}{'images/s':>10}")
     rates = {}
     for name in networks:
-        torch.manual_seed(0)
-        net = models.get_model(name, 10)
-        args = _train_args(method="joslim")
-        optimizer = train.make_optimizer(net, args, 0.05)
-        random_configs = samplers.RandomSampler(len(net.width_groups), 0.42, seed=0)
-        inputs, targets = torch.randn(batch_size, 3, 32, 32), torch.randint(0, 10, (batch_size,))
-        times = []
-        for i in range(steps + 1):
-            configs = [row.tolist() for row in random_configs.propose(2)] + [0.42]
-            start = time.perf_counter()
-            optimizer.zero_grad(set_to_none=True)
-            train.train_step(net, net, inputs, targets, configs, args, contextlib.nullcontext)
-            optimizer.step()
-            if i:
-                times.append(time.perf_counter() - start)
-        seconds = statistics.median(times)
+        seconds = statistics.median(timed_steps(sandwich_step(name, batch_size), steps))
         rates[name] = batch_size / seconds
         print(f"{name:<16}{seconds:>8.3f}{batch_size / seconds:>10.0f}", flush=True)
     return rates
+
+
+# OpenMP's knobs, read once when torch loads libgomp: every measurement starts from none of them
+CONTENTION_KNOBS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def contention_settings(cores, quick=False, spincounts=(30000,)):
+    """The settings ``bench_contention`` measures: (label, torch threads, environment added to
+    the process, inter-op threads or 0 for torch's default). At one thread OpenMP never waits at
+    a barrier, so only the thread count is varied there. ``spincounts``: GOMP_SPINCOUNT values
+    (libgomp's busy-wait iterations before a waiting thread sleeps; PASSIVE is 0)."""
+    settings = [("1 thread", 1, {}, 0)]
+    for threads in sorted({min(2, cores), cores} - {1}):
+        variants = [("OpenMP defaults", {}, 0),
+                    ("OMP_WAIT_POLICY=PASSIVE", {"OMP_WAIT_POLICY": "PASSIVE"}, 0)]
+        if not quick:
+            variants += [("OMP_WAIT_POLICY=ACTIVE", {"OMP_WAIT_POLICY": "ACTIVE"}, 0)]
+            variants += [(f"GOMP_SPINCOUNT={count}", {"GOMP_SPINCOUNT": str(count)}, 0)
+                         for count in spincounts]
+            variants += [("PASSIVE, inter-op threads 1", {"OMP_WAIT_POLICY": "PASSIVE"}, 1)]
+        settings += [(f"{threads} threads, {label}", threads, env, interop)
+                     for label, env, interop in variants]
+    return settings
+
+
+_CONTENTION_CHILD = """import json, os
+seen = {{key: os.environ.get(key) for key in {knobs!r}}}
+import torch  # OpenMP reads its environment here, before bench.py or train.py can set defaults
+torch.set_num_threads({threads})
+if {interop}:
+    torch.set_num_interop_threads({interop})
+import bench
+result = bench.quiet_and_busy_seconds({steps}, {max_seconds}, {batch_size})
+print(json.dumps(dict(result, environment=seen, threads=torch.get_num_threads(),
+                      interop_threads=torch.get_num_interop_threads(),
+                      cpus=bench.data.usable_cpus())))
+"""
+
+
+@contextlib.contextmanager
+def busy_process(warmup_seconds=1.0):
+    """One CPU-bound process (a Python busy loop: one core's worth of work) for the ``with``
+    block. Spawned from here, it inherits this process's CPU affinity: it competes for the same
+    cores as the measurement, which is checked."""
+    process = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        if hasattr(os, "sched_getaffinity") and (os.sched_getaffinity(process.pid)
+                                                 != os.sched_getaffinity(0)):
+            raise RuntimeError("the busy process does not share this process's CPUs")
+        time.sleep(warmup_seconds)  # let it reach full speed and the scheduler settle
+        yield process
+    finally:
+        process.kill()
+        process.wait()
+
+
+def quiet_and_busy_seconds(steps, max_seconds, batch_size=128, busy_warmup_seconds=1.0):
+    """Step times (``timed_steps`` of ``sandwich_step``) in this process: quiet, then at once
+    beside ``busy_process``; one process for both halves the seconds spent importing torch."""
+    step = sandwich_step(batch_size=batch_size)
+    quiet = timed_steps(step, steps, 1, max_seconds)
+    with busy_process(busy_warmup_seconds):
+        busy = timed_steps(step, steps, 0, max_seconds)
+    return {"quiet_seconds": quiet, "busy_seconds": busy}
+
+
+def contention_rates(threads, environment, interop_threads, steps, max_seconds, batch_size=128):
+    """Images/s (median step) of the sandwich step quiet and beside one busy process, in a fresh
+    Python process with ``threads`` torch threads and ``environment`` added to the OpenMP-free
+    environment of this one (OpenMP reads it once, at load); also what that process saw."""
+    env = {key: value for key, value in os.environ.items() if key not in CONTENTION_KNOBS}
+    env.update(environment)
+    code = _CONTENTION_CHILD.format(knobs=CONTENTION_KNOBS, threads=threads,
+                                    interop=interop_threads, steps=steps, max_seconds=max_seconds,
+                                    batch_size=batch_size)
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                            cwd=os.path.dirname(os.path.abspath(__file__)))
+    if result.returncode:
+        raise RuntimeError(f"contention measurement failed:\n{result.stderr}")
+    seen = json.loads(result.stdout.strip().splitlines()[-1])
+    for phase in ("quiet", "busy"):
+        seconds = statistics.median(seen[f"{phase}_seconds"])
+        seen[f"{phase}_images_per_second"] = batch_size / seconds
+    return seen
+
+
+def contention_table(rows, busy_share=0.40, quiet_share=0.95):
+    """Add to each row (``setting``, ``quiet`` and ``busy`` images/s) its ``busy_share`` (busy /
+    quiet), ``quiet_share_of_best`` and whether it ``meets_rule``: issue 14 H's rule for the
+    defaults, keep >= ``busy_share`` of the quiet rate beside one busy process and stay within
+    ``1 - quiet_share`` of the best quiet rate. Prints the table."""
+    best_quiet = max(row["quiet"] for row in rows)
+    print(f"{'setting':<40}{'quiet img/s':>12}{'busy img/s':>11}{'busy/quiet':>11}"
+          f"{'quiet/best':>11}  meets rule")
+    for row in rows:
+        row["busy_share"] = row["busy"] / row["quiet"]
+        row["quiet_share_of_best"] = row["quiet"] / best_quiet
+        row["meets_rule"] = (row["busy_share"] >= busy_share
+                             and row["quiet_share_of_best"] >= quiet_share)
+        print(f"{row['setting']:<40}{row['quiet']:>12.1f}{row['busy']:>11.1f}"
+              f"{100 * row['busy_share']:>10.0f}%{100 * row['quiet_share_of_best']:>10.0f}%  "
+              f"{'yes' if row['meets_rule'] else 'no'}")
+    robust = [row for row in rows if row["busy_share"] >= busy_share]
+    if robust:
+        fastest = max(robust, key=lambda row: row["quiet"])
+        print(f"fastest quiet of the settings keeping >= {100 * busy_share:.0f}% beside the busy "
+              f"process: {fastest['setting']} ({100 * fastest['quiet_share_of_best']:.0f}% of the "
+              "best quiet)")
+    return rows
+
+
+def bench_contention(cores=None, steps=5, quick=False, spincounts=(30000,), max_seconds=8.0,
+                     settings=None, batch_size=128,
+                     out_path=os.path.join("results", "contention.json")):
+    """Training throughput of train.py's step (slim_resnet20, batch 128, the sandwich of full +
+    2 sampled + smallest, synthetic 32x32 data) under each of ``contention_settings``, quiet and
+    then beside one busy process (one core's worth of other work on the same CPUs), each setting
+    in a fresh process (OpenMP reads its settings at load). Images/s of the median of ``steps``
+    timed steps, after one warm-up step for the quiet half (fewer steps once they take
+    ``max_seconds``: a stalled setting costs seconds a step). ``cores``: torch threads of the
+    widest setting (default: the CPUs this process may use). ``settings``: instead of
+    ``contention_settings(cores, quick, spincounts)``. Prints the table (``contention_table``),
+    writes ``out_path`` and returns its rows."""
+    cores = cores or data.usable_cpus()
+    settings = settings or contention_settings(cores, quick, spincounts)
+    print(f"contention: slim_resnet20 sandwich step, batch {batch_size}, median of up to {steps} "
+          f"steps, quiet and beside one busy process; {data.usable_cpus()} usable CPUs, load "
+          f"average {os.getloadavg()[0]:.2f}", flush=True)
+    rows = []
+    for label, threads, environment, interop_threads in settings:
+        run = contention_rates(threads, environment, interop_threads, steps, max_seconds,
+                               batch_size)
+        rows.append({"setting": label, "threads": threads, "environment": environment,
+                     "interop_threads": interop_threads, "quiet": run["quiet_images_per_second"],
+                     "busy": run["busy_images_per_second"], "run": run})
+        print(f"  {label}: {rows[-1]['quiet']:.1f} quiet, {rows[-1]['busy']:.1f} busy images/s",
+              flush=True)
+    contention_table(rows)
+    content = {"machine": machine(), "usable_cpus": data.usable_cpus(), "cores": cores,
+               "steps": steps, "batch_size": batch_size, "load_average": os.getloadavg(),
+               "rows": rows}
+    slimmable.write_atomic(out_path, lambda handle: json.dump(content, handle, indent=1))
+    print(f"written: {out_path}")
+    return rows
 
 
 def bench_window_share(network="slim_resnet56", history=1000, tau=235, batch_size=128,
@@ -700,7 +866,8 @@ def main():
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("what", choices=["speed", "quality", "recipe", "overhead", "macs",
                                          "sampler",
-                                         "training", "window", "converter", "search"],
+                                         "training", "window", "converter", "search",
+                                         "contention"],
                         help="which benchmark to run ('speed' runs every speed benchmark)")
     parser.add_argument("--networks", nargs="+", default=list(models.NETWORKS),
                         choices=list(models.NETWORKS), metavar="NAME",
@@ -712,7 +879,15 @@ def main():
                         help="input resolution of the ImageNet networks in the overhead benchmark")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch CPU threads")
     parser.add_argument("--quick", action="store_true",
-                        help="quality: a few minutes instead of about an hour")
+                        help="quality: a few minutes instead of about an hour; contention: "
+                             "the thread counts and OMP_WAIT_POLICY=PASSIVE only")
+    parser.add_argument("--steps", type=int, default=5,
+                        help="contention: timed training steps per measurement (default 5)")
+    parser.add_argument("--cores", type=int, default=None,
+                        help="contention: torch threads of the widest setting (default: the "
+                             "CPUs this process may use, e.g. under taskset)")
+    parser.add_argument("--spincounts", type=int, nargs="+", default=[30000],
+                        help="contention: GOMP_SPINCOUNT values to measure (default 30000)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
                         help="quality, recipe: seeds (default 0 1 2)")
     parser.add_argument("--dataset", default="auto", choices=["auto", *QUALITY_DATA],
@@ -724,6 +899,10 @@ def main():
                         "(runs/NAME) instead of a tiny one, and compare its configurations with "
                         "uniform widths at matched MACs")
     args = parser.parse_args()
+    if args.steps < 1 or (args.cores is not None and args.cores < 1):
+        parser.exit(2, "error: --steps and --cores take a positive number\n")
+    if min(args.spincounts) < 0:
+        parser.exit(2, "error: --spincounts take numbers >= 0\n")
     torch.set_num_threads(args.threads)
     print(machine())
     kept = slimmable.keep_freed_memory()
@@ -756,6 +935,8 @@ def main():
         bench_training()
     if args.what in ("speed", "window"):
         bench_window_share()
+    if args.what == "contention":
+        bench_contention(args.cores, args.steps, args.quick, args.spincounts)
     if args.what in ("speed", "overhead"):
         bench_overhead(args.networks, batch_size=args.batch_size, pairs=args.pairs,
                        imagenet_size=args.imagenet_size)

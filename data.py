@@ -60,7 +60,10 @@ import zlib
 from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple, Optional
 
-import lmdb
+try:
+    import lmdb
+except ImportError:  # only ImageNet's LMDB files need it; bench.py runs where it is missing
+    lmdb = None
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -310,10 +313,16 @@ def imagenet_transform(train, scale_ratio=0.08, slim_dataaug=False):
     return transforms.Compose(steps + [normalize])
 
 
+def _require_lmdb():
+    if lmdb is None:
+        raise DataError("ImageNet LMDB files need the lmdb package: pip install lmdb")
+
+
 def _open_lmdb(path):
     """A read-only environment; lock=False because readers never write (and NFS has no locks)."""
     if not os.path.exists(path):
         raise DataError(f"missing {path}: make it with python data.py to-lmdb IMAGE_FOLDER {path}")
+    _require_lmdb()
     try:
         env = lmdb.open(path, subdir=os.path.isdir(path), readonly=True, lock=False,
                         readahead=False, meminit=False)
@@ -454,6 +463,7 @@ def convert_folder_to_lmdb(source_dir, lmdb_path, records_per_commit=1000, log=p
         raise DataError(f"the folder {parent} does not exist; create it first")
     if records_per_commit < 1:
         raise DataError(f"--records_per_commit {records_per_commit} must be at least 1")
+    _require_lmdb()
     classes, samples = scan_image_folder(source_dir)
     log(f"to-lmdb: {len(samples)} images in {len(classes)} classes from {source_dir}")
     temporary_path = f"{lmdb_path}.tmp-{os.getpid()}"
@@ -682,11 +692,20 @@ def setup_distributed(device_flag):
     return device, rank, world_size
 
 
+def usable_cpus():
+    """CPUs this process may run on: its affinity mask (``taskset``, a container's or a batch
+    scheduler's cpuset), not ``os.cpu_count()``, which counts every CPU of the machine."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def default_threads(world_size):
-    """torch CPU threads for one of this machine's processes of a run: the cores shared out
-    (``LOCAL_WORLD_SIZE`` processes here under torchrun; ``world_size`` without it)."""
+    """torch CPU threads for one of this machine's processes of a run: the usable CPUs shared
+    out (``LOCAL_WORLD_SIZE`` processes here under torchrun; ``world_size`` without it). Counting
+    os.cpu_count() instead would give a job pinned to 2 of 16 CPUs 16 threads, 8 per CPU."""
     local_size = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
-    return max(1, (os.cpu_count() or 1) // local_size)
+    return max(1, usable_cpus() // local_size)
 
 
 def set_epoch(loaders, epoch):

@@ -51,7 +51,9 @@ import sys
 import time
 from xml.sax.saxutils import escape
 
-import numpy as np
+# as train.py: idle OpenMP threads sleep, as spinning stalls training 10x on shared CPUs
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import numpy as np  # noqa: E402
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F

@@ -58,7 +58,9 @@ import os
 import sys
 import time
 
-import torch
+# as train.py: idle OpenMP threads sleep, as spinning stalls training 10x on shared CPUs
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import torch  # noqa: E402
 import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F

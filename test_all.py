@@ -2073,3 +2073,60 @@ def test_every_flag_is_explained(capsys):
                  "--eval_batch_size", "--calib_batches", "--pause_after", "--restart", "--val_size"):
         assert flag in text
     assert all(action.help for action in search.build_parser()._actions)
+
+
+# ----------------------------------------------------------------------------- CPU contention
+
+def test_default_threads_follow_the_cpus_this_process_may_use(monkeypatch):
+    """Pinned (taskset) to 2 of 16 CPUs, a run takes 2 threads, not 16 on 2 CPUs."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {4, 5}, raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert data.usable_cpus() == 2
+    assert (data.default_threads(1), data.default_threads(2)) == (2, 1)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert data.default_threads(8) == 1
+
+
+@pytest.mark.parametrize("script", ["train.py", "search.py", "evaluate.py", "bench.py"])
+def test_openmp_threads_sleep_by_default_but_the_user_decides(script, monkeypatch):
+    """Each script sets OMP_WAIT_POLICY=PASSIVE before it imports torch (OpenMP reads it once,
+    at load; spinning threads stall training 10x beside one busy process, README "CPU
+    contention"), and keeps a value the user set."""
+    import importlib.util
+    path = Path(__file__).with_name(script)
+    source = path.read_text()
+    assert source.index('os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")') < source.index(
+        "\nimport torch")
+    for given, expected in ((None, "PASSIVE"), ("ACTIVE", "ACTIVE")):
+        if given is None:
+            monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+        else:
+            monkeypatch.setenv("OMP_WAIT_POLICY", given)
+        spec = importlib.util.spec_from_file_location(f"fresh_{path.stem}", path)
+        spec.loader.exec_module(importlib.util.module_from_spec(spec))
+        assert os.environ.get("OMP_WAIT_POLICY") == expected
+
+
+def test_bench_contention_runs_each_setting_in_its_own_environment(monkeypatch, capsys):
+    """bench.py contention: a setting runs in a fresh process that sees its own OpenMP variables
+    and none of the caller's, quiet and then beside a busy process on the same CPUs; the table
+    marks the settings that meet issue 14 H's rule (busy >= 40% of quiet, quiet >= 95% of the
+    best quiet)."""
+    import bench
+    monkeypatch.setenv("GOMP_SPINCOUNT", "5")
+    run = bench.contention_rates(1, {"OMP_WAIT_POLICY": "PASSIVE"}, 1, steps=1, max_seconds=None,
+                                 batch_size=4)
+    assert run["environment"] == {"OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": None,
+                                  "OMP_NUM_THREADS": None, "MKL_NUM_THREADS": None}
+    assert (run["threads"], run["interop_threads"], run["cpus"]) == (1, 1, data.usable_cpus())
+    assert len(run["quiet_seconds"]) == len(run["busy_seconds"]) == 1
+    assert run["quiet_images_per_second"] > 0 and run["busy_images_per_second"] > 0
+    rows = bench.contention_table([{"setting": "spins", "quiet": 100.0, "busy": 10.0},
+                                   {"setting": "sleeps", "quiet": 96.0, "busy": 60.0},
+                                   {"setting": "one thread", "quiet": 60.0, "busy": 50.0}])
+    assert [row["meets_rule"] for row in rows] == [False, True, False]
+    assert "sleeps" in capsys.readouterr().out
+    labels = [setting[0] for setting in bench.contention_settings(4, spincounts=(0, 30000))]
+    assert labels[0] == "1 thread" and len(set(labels)) == len(labels) == 13
+    assert {threads for _, threads, _, _ in bench.contention_settings(4)} == {1, 2, 4}

@@ -50,6 +50,9 @@ import time
 # NumPy serves only the sampler here; its multi-threaded BLAS stalls 10x when the cores are busy
 # with training (measured: 0.7 s vs 9 s per proposal), so it gets one thread unless told otherwise.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+# torch's idle OpenMP threads sleep instead of spinning: spinning is faster on idle cores but
+# stalls training 10x beside one busy process (README, "CPU contention"); a user's value wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np  # noqa: E402
 import torch
 import torch.distributed as dist
