@@ -335,9 +335,28 @@ def _open_lmdb(path):
     return env
 
 
+_ENVIRONMENTS = {}  # database path -> (process id, its read-only environment there)
+
+
+def _shared_lmdb(path):
+    """This process's read-only environment of `path`, opened on first use and shared by every
+    dataset that reads it: py-lmdb refuses to open one database twice in a process, and the
+    ImageNet train and val splits both read train.lmdb (with --workers 0, in one process). A
+    forked DataLoader worker closes the copy it inherited (an environment must not cross a
+    fork) and opens its own."""
+    pid, env = _ENVIRONMENTS.get(path, (None, None))
+    if pid != os.getpid():
+        if env is not None:
+            env.close()  # the parent's, inherited by fork: unmapped here only
+        env = _open_lmdb(path)
+        _ENVIRONMENTS[path] = (os.getpid(), env)
+    return env
+
+
 def _read_lmdb_header(path):
     """(record count, class names) of a database written by `to-lmdb`."""
-    env = _open_lmdb(path)
+    pid, shared = _ENVIRONMENTS.get(path, (None, None))
+    env = shared if pid == os.getpid() else _open_lmdb(path)
     try:
         with env.begin() as txn:
             length, classes = txn.get(LEN_KEY), txn.get(CLASSES_KEY)
@@ -348,35 +367,32 @@ def _read_lmdb_header(path):
     except (lmdb.Error, ValueError) as error:
         raise DataError(f"{path} is not a to-lmdb database ({_first_line(error)})") from None
     finally:
-        env.close()
+        if env is not shared:
+            env.close()
 
 
 class LMDBImageFolder(Dataset):
     """Images from a `to-lmdb` database; `indices` picks a subset of its records.
 
-    The LMDB environment is opened lazily, once per process: an environment must not cross
-    a fork or a pickle into DataLoader workers, so each worker opens its own on first use.
+    The LMDB environment is opened lazily, once per process and database (`_shared_lmdb`):
+    an environment must not cross a fork or a pickle into DataLoader workers, so each worker
+    opens its own on first use, and the train and val splits of one file share it.
     """
 
     def __init__(self, path, transform, indices=None):
         self.path, self.transform = path, transform
         self.num_records, self.classes = _read_lmdb_header(path)
         self.indices = range(self.num_records) if indices is None else indices
-        self._env, self._env_pid = None, None
 
     def __len__(self):
         return len(self.indices)
 
-    def __getstate__(self):
-        return {**self.__dict__, "_env": None, "_env_pid": None}
-
     def read_record(self, record):
         """(encoded image bytes, label) of record number `record`, checked against its CRC."""
-        if self._env is None or self._env_pid != os.getpid():
-            self._env, self._env_pid = _open_lmdb(self.path), os.getpid()
+        env = _shared_lmdb(self.path)
         where = f"{self.path}: record {record}"
         try:
-            with self._env.begin() as txn:
+            with env.begin() as txn:
                 value = txn.get(b"%08d" % record)
         except lmdb.Error as error:
             raise DataError(f"{where} cannot be read ({_first_line(error)}); rebuild the "

@@ -587,6 +587,19 @@ def test_lmdb_converter_round_trip_through_workers(imagenet_lmdb):
         assert record[data.RECORD_HEADER.size:] == f.read()
 
 
+def test_train_and_val_splits_share_one_database_in_one_process(imagenet_lmdb, tmp_path):
+    """--workers 0: the train and val splits both read train.lmdb in the main process, which
+    py-lmdb would refuse to open twice; --image_size sets both crops."""
+    lmdb_dir, _ = imagenet_lmdb
+    shutil.copytree(lmdb_dir, tmp_path / "db")  # this process keeps it open: a private copy
+    args = parse_data_args("--dataset", "ImageNet", "--datapath", str(tmp_path / "db"),
+                           "--val_size", "3", "--workers", "0", "--image_size", "20")
+    loaders = data.get_loaders(args, batch_size=4)
+    assert loaders.input_size == 20 and next(iter(loaders.train))[0].shape == (4, 3, 20, 20)
+    assert next(iter(loaders.val))[0].shape == (3, 3, 20, 20)
+    assert data.get_loaders(args, batch_size=4).num_classes == 3  # headers read again
+
+
 def test_slim_dataaug_train_transform_shape_and_lighting():
     image = Image.fromarray(np.full((300, 260, 3), 128, np.uint8))
     transform = data.imagenet_transform(train=True, scale_ratio=0.25, slim_dataaug=True)
@@ -1734,3 +1747,4 @@ def test_every_flag_is_explained(capsys):
                  "--eval_batch_size", "--calib_batches", "--pause_after", "--restart", "--val_size"):
         assert flag in text
     assert all(action.help for action in search.build_parser()._actions)
+
