@@ -1786,6 +1786,7 @@ SEED_IMAGE_SIZE = "16"  # the training and test crop; every network still ends a
 SEED_VAL_SIZE = "64"
 SEED_TRAIN_IMAGES = 1024 + 64  # one batch of the seeds' 1024 after the held-out 64
 SEED_SESSION = ["--threads", "1", "--workers", "0"]
+TWO_NODE_SEED = "joslim_res18"  # run by test_seed_two_torchrun_agents_as_two_nodes
 
 
 def torchrun_command(nproc, script, *args, rendezvous=("--rdzv_backend=c10d",
@@ -1795,12 +1796,14 @@ def torchrun_command(nproc, script, *args, rendezvous=("--rdzv_backend=c10d",
             *rendezvous, os.path.join(REPO, script), *args]
 
 
-def seed_command(command, datapath, extra=()):
-    """A README command line as run here: the launcher replaced, the data path filled in,
-    --epochs 1, then ``extra`` (data size and session flags) appended."""
+def seed_command(command, datapath, extra=(), nproc=None, rendezvous=None):
+    """A README command line as run here: the launcher replaced (torchrun, ``nproc`` or at
+    most 2 processes, ``rendezvous`` flags), the data path filled in, --epochs 1, then
+    ``extra`` (data size and session flags) appended."""
     words = command.split()
     if words[0] == "./distributed_train.sh":  # torch.distributed.launch --nproc_per_node=N
-        argv = torchrun_command(min(int(words[1]), 2), "train.py", *words[2:])
+        argv = torchrun_command(nproc or min(int(words[1]), 2), "train.py", *words[2:],
+                                **({"rendezvous": rendezvous} if rendezvous else {}))
     else:
         assert words[:2] == ["python", "eval_checkpoints.py"]
         argv = [sys.executable, os.path.join(REPO, "evaluate.py"), *words[2:]]
@@ -1869,11 +1872,12 @@ def test_seed_joslim_commands_train_and_evaluate(seed_imagenet, tmp_path, monkey
     # CIFAR: the seed's batch of 128 makes 8 steps of the 1024 images its evaluation's batch of
     # 1024 needs; one step (--pause_after 1) is enough here, evaluated as an unfinished run.
     cifar_extra = ["--val_size", SEED_VAL_SIZE, "--pause_after", "1", *SEED_SESSION]
+    names = [name for name in JOSLIM_SEED_COMMANDS if name != TWO_NODE_SEED]
     trainings = [start(seed_command(command, cifar if "CIFAR" in command else seed_imagenet,
                                     cifar_extra if "CIFAR" in command else imagenet_extra),
-                       tmp_path) for command in JOSLIM_SEED_COMMANDS.values()]
+                       tmp_path) for command in map(JOSLIM_SEED_COMMANDS.get, names)]
     finish(*trainings)
-    for name in JOSLIM_SEED_COMMANDS:
+    for name in names:
         log = (tmp_path / "runs" / name / "log.txt").read_text()
         checkpoint = load_run(tmp_path, name)
         if name == "joslim_res56":
@@ -1923,30 +1927,31 @@ AUTOSLIM_SEED_STEPS = (  # mmrazor's five AutoSlim steps for MobileNetV2 x1.5, a
 
 def test_seed_autoslim_five_steps(seed_imagenet, tmp_path):
     """The AutoSlim pipeline of the mmrazor README (AUTOSLIM_SEED_STEPS): MobileNetV2 x1.5 on
-    ImageNet, batches of 256 over 2 processes, one step of each training (--train_size 256)."""
+    ImageNet, each step one plain python command as there; trainings of one batch of 256
+    (--train_size 256; the torchrun path is the other seed tests')."""
     data_flags = ["--dataset", "ImageNet", "--datapath", seed_imagenet, "--image_size",
                   SEED_IMAGE_SIZE, "--val_size", SEED_VAL_SIZE, "--train_size", "256"]
     network = ["--network", "slim_mobilenetv2", "--width_mult", "1.5", "--batch_size", "256",
                "--epochs", "1"]
-    finish(start(torchrun_command(2, "train.py", "--name", "autoslim_mbv2", "--method", "random",
-                                  *network, *data_flags, *SEED_SESSION), tmp_path))
+
+    def python(script, *args):
+        return finish(start([sys.executable, os.path.join(REPO, script), *args], tmp_path))[0]
+
+    python("train.py", "--name", "autoslim_mbv2", "--method", "random", *network, *data_flags,
+           *SEED_SESSION)
     # mmrazor's three targets, 530M, 320M and 220M of about 700M, as ratios; a coarse grid
     # (--steps 2) and 32 held-out images keep the greedy search to a few dozen candidates
-    finish(start([sys.executable, os.path.join(REPO, "search.py"), "--name", "autoslim_mbv2",
-                  "--target_ratios", "0.75", "0.5", "0.3", "--steps", "2", "--search_images",
-                  "32", "--threads", "1"], tmp_path))
+    python("search.py", "--name", "autoslim_mbv2", "--target_ratios", "0.75", "0.5", "0.3",
+           "--steps", "2", "--search_images", "32", "--threads", "1")
     # whatever search.py names its configs (the FLOPs target in the name), they are its *.json
     configs = sorted(glob.glob(str(tmp_path / "runs" / "autoslim_mbv2" / "search" / "*.json")))
     assert len(configs) == 3, configs
-    finish(start(torchrun_command(2, "train.py", "--name", "autoslim_mbv2_subnet", "--method",
-                                  "fixed", "--channel_config", *configs, *network, *data_flags,
-                                  *SEED_SESSION), tmp_path))
-    finish(start([sys.executable, os.path.join(REPO, "evaluate.py"), "--name",
-                  "autoslim_mbv2_subnet", "--export", "subnets", "--threads", "1"], tmp_path))
+    python("train.py", "--name", "autoslim_mbv2_subnet", "--method", "fixed", "--channel_config",
+           *configs, *network, *data_flags, *SEED_SESSION)
+    python("evaluate.py", "--name", "autoslim_mbv2_subnet", "--export", "subnets", "--threads", "1")
     subnets = sorted(glob.glob(str(tmp_path / "subnets" / "*.pt")))
     assert len(subnets) == 3, subnets
-    output = finish(start([sys.executable, os.path.join(REPO, "evaluate.py"), "--subnet",
-                           *subnets, "--threads", "1"], tmp_path))[0]
+    output = python("evaluate.py", "--subnet", *subnets, "--threads", "1")
     table = output[output.index("\nsubnet"):].strip().splitlines()
     assert len(table) == 4 and all(os.path.basename(path) in output for path in subnets)
     searched_macs = sorted(json.loads(Path(path).read_text())["macs"] for path in configs)
@@ -1960,20 +1965,21 @@ def free_port():
         return probe.getsockname()[1]
 
 
-def test_seed_two_torchrun_agents_as_two_nodes(tmp_path):
+def test_seed_two_torchrun_agents_as_two_nodes(seed_imagenet, tmp_path):
     """Two machines, as torchrun sees them: one agent per node (--nnodes=2, one process each),
-    meeting at a c10d rendezvous; each node in its own folder (no shared file system)."""
+    meeting at a c10d rendezvous, running the README's ResNet-18 command; each node in its own
+    folder (no shared file system)."""
     rendezvous = ["--nnodes=2", "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{free_port()}",
                   "--rdzv_id=seeds_two_nodes"]
+    extra = ["--image_size", SEED_IMAGE_SIZE, "--val_size", SEED_VAL_SIZE, *SEED_SESSION]
     nodes = []
     for node in ("node0", "node1"):
         os.makedirs(tmp_path / node)
-        nodes.append(start(torchrun_command(1, "train.py", "--name", "two_nodes",
-                                            *with_flag(TINY_RUN, "--epochs", "1"),
-                                            rendezvous=rendezvous), tmp_path / node))
+        nodes.append(start(seed_command(JOSLIM_SEED_COMMANDS[TWO_NODE_SEED], seed_imagenet, extra,
+                                        nproc=1, rendezvous=rendezvous), tmp_path / node))
     outputs = finish(*nodes)
-    logs = [tmp_path / node / "runs" / "two_nodes" / "log.txt" for node in ("node0", "node1")]
+    logs = [tmp_path / node / "runs" / TWO_NODE_SEED / "log.txt" for node in ("node0", "node1")]
     assert sum(log.exists() for log in logs) == 1  # rank 0's node alone writes the run
     log = next(log for log in logs if log.exists()).read_text()
-    assert "over 2 process(es)" in log, outputs
+    assert "batch 1024 over 2 process(es)" in log, outputs
     assert "all 2 ranks hold identical weights and trained the same configurations" in log
