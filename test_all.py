@@ -1903,7 +1903,11 @@ def test_seed_joslim_commands_train_and_evaluate(seed_imagenet, tmp_path, monkey
         error = capsys.readouterr().err.strip().splitlines()
         assert leaving.value.code == 2 and len(error) == 1 and flag in error[0], (argv, error)
     mbv2 = seed_command(JOSLIM_SEED_COMMANDS["joslim_mbv2"], seed_imagenet, imagenet_extra)
-    assert train.main(with_flag(mbv2[mbv2.index("--name"):], "--image_size", "32")) == 2
+    threads = torch.get_num_threads()  # train.main sets this process's (--threads 1)
+    try:
+        assert train.main(with_flag(mbv2[mbv2.index("--name"):], "--image_size", "32")) == 2
+    finally:
+        torch.set_num_threads(threads)
     assert "--image_size 16 -> 32" in capsys.readouterr().err
     outputs = finish(*evaluations)
     assert "(unfinished, step 1)" in outputs[1]
