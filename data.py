@@ -11,7 +11,7 @@ Datasets (`--dataset`, any case):
   CIFAR10 / CIFAR100  the python-pickle folders (`cifar-10-batches-py`, `cifar-100-python`)
              under `--datapath` (the parent or the folder itself). Nothing is downloaded.
   ImageNet   any ImageFolder tree converted to LMDB: `--datapath` holds train.lmdb and
-             val.lmdb (val.lmdb becomes the test split).
+             val.lmdb (val.lmdb becomes the test split); --image_size crops (224).
 
 How the synthetic set is made, and why width matters on it. A "world" drawn from the seed
 holds 10 classes (--synthetic_classes) x 2 modes = 20 prototype textures: each a 16x16 patch
@@ -78,6 +78,7 @@ HELD_OUT_SEED = 1995  # the seed AutoSlim used to pick its held-out ImageNet tra
 CIFAR_MEAN_STD = {"CIFAR10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
                   "CIFAR100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))}
 IMAGENET_MEAN_STD = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+IMAGENET_SIZE = 224  # the papers' training crop and test centre crop (--image_size), pixels
 # AlexNet's PCA of ImageNet RGB pixels (Krizhevsky et al. 2012, §4.1), as used by US-Nets.
 PCA_EIGVAL = torch.tensor([0.2175, 0.0188, 0.0045])
 PCA_EIGVEC = torch.tensor([[-0.5675, 0.7192, 0.4009],
@@ -296,15 +297,18 @@ class PCALighting:
         return image + rgb_shift.view(3, 1, 1)
 
 
-def imagenet_transform(train, scale_ratio=0.08, slim_dataaug=False):
-    """Train: RandomResizedCrop(224, scale=(scale_ratio, 1)) [+ ColorJitter + PCA lighting]
-    + flip. Eval: Resize(256) + CenterCrop(224). Both end in ImageNet's Normalize."""
+def imagenet_transform(train, scale_ratio=0.08, slim_dataaug=False, image_size=224):
+    """Train: RandomResizedCrop(image_size, scale=(scale_ratio, 1)) [+ ColorJitter + PCA
+    lighting] + flip. Eval: Resize(round(image_size * 256 / 224)) + CenterCrop(image_size), the
+    standard 256 -> 224 ratio (224: Resize(256) + CenterCrop(224), as the papers). Both end in
+    ImageNet's Normalize. ``image_size`` in pixels (``--image_size``)."""
     from torchvision import transforms  # imported here: it takes seconds, and only ImageNet needs it
     normalize = transforms.Normalize(*IMAGENET_MEAN_STD)
     if not train:
-        return transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224),
-                                   transforms.ToTensor(), normalize])
-    steps = [transforms.RandomResizedCrop(224, scale=(scale_ratio, 1.0))]
+        return transforms.Compose([transforms.Resize(round(image_size * 256 / 224)),
+                                   transforms.CenterCrop(image_size), transforms.ToTensor(),
+                                   normalize])
+    steps = [transforms.RandomResizedCrop(image_size, scale=(scale_ratio, 1.0))]
     if slim_dataaug:
         steps.append(transforms.ColorJitter(0.4, 0.4, 0.4))
     steps += [transforms.RandomHorizontalFlip(), transforms.ToTensor()]
@@ -340,9 +344,28 @@ def _open_lmdb(path):
     return env
 
 
+_ENVIRONMENTS = {}  # database path -> (process id, its read-only environment there)
+
+
+def _shared_lmdb(path):
+    """This process's read-only environment of `path`, opened on first use and shared by every
+    dataset that reads it: py-lmdb refuses to open one database twice in a process, and the
+    ImageNet train and val splits both read train.lmdb (with --workers 0, in one process). A
+    forked DataLoader worker closes the copy it inherited (an environment must not cross a
+    fork) and opens its own."""
+    pid, env = _ENVIRONMENTS.get(path, (None, None))
+    if pid != os.getpid():
+        if env is not None:
+            env.close()  # the parent's, inherited by fork: unmapped here only
+        env = _open_lmdb(path)
+        _ENVIRONMENTS[path] = (os.getpid(), env)
+    return env
+
+
 def _read_lmdb_header(path):
     """(record count, class names) of a database written by `to-lmdb`."""
-    env = _open_lmdb(path)
+    pid, shared = _ENVIRONMENTS.get(path, (None, None))
+    env = shared if pid == os.getpid() else _open_lmdb(path)
     try:
         with env.begin() as txn:
             length, classes = txn.get(LEN_KEY), txn.get(CLASSES_KEY)
@@ -353,35 +376,32 @@ def _read_lmdb_header(path):
     except (lmdb.Error, ValueError) as error:
         raise DataError(f"{path} is not a to-lmdb database ({_first_line(error)})") from None
     finally:
-        env.close()
+        if env is not shared:
+            env.close()
 
 
 class LMDBImageFolder(Dataset):
     """Images from a `to-lmdb` database; `indices` picks a subset of its records.
 
-    The LMDB environment is opened lazily, once per process: an environment must not cross
-    a fork or a pickle into DataLoader workers, so each worker opens its own on first use.
+    The LMDB environment is opened lazily, once per process and database (`_shared_lmdb`):
+    an environment must not cross a fork or a pickle into DataLoader workers, so each worker
+    opens its own on first use, and the train and val splits of one file share it.
     """
 
     def __init__(self, path, transform, indices=None):
         self.path, self.transform = path, transform
         self.num_records, self.classes = _read_lmdb_header(path)
         self.indices = range(self.num_records) if indices is None else indices
-        self._env, self._env_pid = None, None
 
     def __len__(self):
         return len(self.indices)
 
-    def __getstate__(self):
-        return {**self.__dict__, "_env": None, "_env_pid": None}
-
     def read_record(self, record):
         """(encoded image bytes, label) of record number `record`, checked against its CRC."""
-        if self._env is None or self._env_pid != os.getpid():
-            self._env, self._env_pid = _open_lmdb(self.path), os.getpid()
+        env = _shared_lmdb(self.path)
         where = f"{self.path}: record {record}"
         try:
-            with self._env.begin() as txn:
+            with env.begin() as txn:
                 value = txn.get(b"%08d" % record)
         except lmdb.Error as error:
             raise DataError(f"{where} cannot be read ({_first_line(error)}); rebuild the "
@@ -533,6 +553,11 @@ def add_data_args(parser):
                        help="page-locked batches for faster GPU copies (default on)")
     group.add_argument("--scale_ratio", type=float, default=0.08,
                        help="ImageNet: smallest area fraction of RandomResizedCrop (default 0.08)")
+    group.add_argument("--image_size", type=int, default=IMAGENET_SIZE,
+                       help="ImageNet: side in pixels of the training crop and of the test centre "
+                            "crop (the test image is first resized to image_size * 256/224); "
+                            "the networks' MACs are counted at it (default 224, the papers'; "
+                            "smaller: quick studies and tests)")
     group.add_argument("--slim_dataaug", action="store_true",
                        help="ImageNet: add ColorJitter(0.4, 0.4, 0.4) and PCA lighting (0.1)")
     group.add_argument("--synthetic_train", type=int, default=10000,
@@ -557,6 +582,11 @@ def check_data_args(args):
         return f"--val_size {args.val_size} is invalid: it must be 0 (none) or more"
     if not (math.isfinite(args.scale_ratio) and 0 < args.scale_ratio <= 1):
         return f"--scale_ratio {args.scale_ratio} is invalid: it must be in (0, 1]"
+    if args.image_size < 1:
+        return f"--image_size {args.image_size} is invalid: it must be at least 1 (pixels)"
+    if args.image_size != IMAGENET_SIZE and canonical_dataset_name(args.dataset) != "ImageNet":
+        return (f"--image_size {args.image_size} applies to ImageNet only: "
+                f"{canonical_dataset_name(args.dataset)} images keep their own size")
     return None
 
 
@@ -565,7 +595,7 @@ class Loaders(NamedTuple):
     val: Optional[DataLoader]    # held out of the training set, eval transforms; None if val_size 0
     test: DataLoader             # eval transforms; report only
     num_classes: int
-    input_size: int              # 32, 28 or 224
+    input_size: int              # 32, 28, or ImageNet's --image_size (224)
     dataset: str                 # canonical name, e.g. "CIFAR100"
     in_channels: int = 3         # 3 (RGB) or 1 (MNIST, FashionMNIST)
 
@@ -596,14 +626,14 @@ def build_datasets(args):
         num_train, classes = _read_lmdb_header(train_path)
         train_indices, val_indices = held_out_split(num_train, val_size)
         train_indices = train_subset(train_indices, args.train_size)
-        evaluation = imagenet_transform(train=False)
-        train = LMDBImageFolder(train_path, imagenet_transform(True, args.scale_ratio,
-                                                               args.slim_dataaug), train_indices)
+        evaluation = imagenet_transform(False, image_size=args.image_size)
+        train = LMDBImageFolder(train_path, imagenet_transform(
+            True, args.scale_ratio, args.slim_dataaug, args.image_size), train_indices)
         val = LMDBImageFolder(train_path, evaluation, val_indices) if val_size else None
         test = LMDBImageFolder(test_path, evaluation)
         if test.classes != classes:
             raise DataError(f"{test_path} and {train_path} list different classes")
-        return train, val, test, len(classes), 224, 3
+        return train, val, test, len(classes), args.image_size, 3
     padding, flip = 4, True
     if name == "synthetic":
         if args.synthetic_classes < 2 or min(args.synthetic_train, args.synthetic_test) < 1:

@@ -93,7 +93,7 @@ def build_parser():
     add("--batch_size", type=int, metavar="N",
         help="images per calibration and evaluation batch (default: the run's training batch)")
     add("--lower_channel", type=float, metavar="M", help="multiplier of the smallest network, "
-        "also the low end of the area (default: the run's)")
+        "also the low end of the area (default: the run's; another one is an error)")
     add("--calib_batches", type=int, metavar="N", help="training batches that calibrate BN for "
         f"each configuration, the same for all (default: about {CALIBRATION_IMAGES} images)")
     add("--cost", choices=list(slimmable.COSTS), help="the cost axis of the front, area and "
@@ -110,8 +110,46 @@ def build_parser():
     add("--threads", type=int, default=0, help="CPU threads per process (0: cores / processes)")
     data.add_data_args(parser)
     parser.epilog = ("Data flags, --network, --batch_size, --lower_channel and --cost default to "
-                     "the values the run was trained with.")
+                     "the values the run was trained with. Those that describe the trained run ("
+                     + ", ".join(f"--{flag}" for flag in RUN_FLAGS) + ") must equal its values "
+                     "when given (the reference's eval_checkpoints.py repeats the training "
+                     "flags); --datapath, --batch_size and the split sizes may differ.")
     return parser
+
+
+FLAG_RULES = {  # flag: (test of its value, what it must be), checked by parse_args; None = unset
+    "batch_size": (lambda v: v is None or v >= 1, "at least 1"),
+    "lower_channel": (lambda v: v is None or 0 < v <= 1, "in (0, 1]"),
+    "calib_batches": (lambda v: v is None or v >= 1, "at least 1"),
+    "threads": (lambda v: v >= 0, "0 (automatic) or more"),
+    "device": (lambda v: v in ("auto", "cpu", "cuda") or v.startswith("cuda:"),
+               "auto, cpu, cuda or cuda:N"),
+}
+# Flags that describe the trained run rather than this evaluation: given, they must agree with
+# the checkpoint (run_settings), else the front would be measured on another setting.
+RUN_FLAGS = ("network", "dataset", "lower_channel", "image_size", "scale_ratio", "slim_dataaug")
+
+
+def parse_args(argv=None, defaults=None, run=None):
+    """The flags of ``argv`` over ``defaults`` (a dict), every value checked here, in one place:
+    an invalid one, or one of ``RUN_FLAGS`` that differs from ``run`` (``(name, the run's
+    recorded flags)``), ends the process with one line and exit status 2."""
+    parser = build_parser()
+    parser.set_defaults(**(defaults or {}))
+    args = parser.parse_args(argv if argv is not None else [])
+    for flag, (valid, meaning) in FLAG_RULES.items():
+        value = getattr(args, flag)
+        if isinstance(value, float) and not math.isfinite(value) or not valid(value):
+            parser.error(f"--{flag} {value} is invalid: it must be {meaning}")
+    name, recorded = run or (None, {})
+    for flag in RUN_FLAGS:  # a checkpoint from an older version may not record every flag
+        if flag in recorded and getattr(args, flag) != recorded[flag]:
+            parser.error(f"run {name} was trained with --{flag} {recorded[flag]}, not "
+                         f"{getattr(args, flag)}: leave --{flag} out or give the run's value")
+    problem = data.check_data_args(args)
+    if problem:
+        parser.error(problem)
+    return args
 
 
 def data_flags():
@@ -147,29 +185,24 @@ def checkpoint_stamp(name):
 
 
 def run_settings(name, argv=None, overrides=None):
-    """``(args, checkpoint)`` for run ``name``: flags given in ``argv`` or ``overrides`` win,
-    then the values recorded at training (data flags, network, batch size, lower channel)."""
+    """``(args, checkpoint)`` for run ``name``: flags given in ``argv`` or ``overrides`` win
+    over the values recorded at training (data flags, network, batch size, lower channel),
+    except ``RUN_FLAGS``, which must equal them (``parse_args``)."""
     checkpoint = load_checkpoint(name)
-    recorded = checkpoint.get("args") or {}
+    recorded = dict(checkpoint.get("args") or {}, network=checkpoint["network"])
+    if "lower_channel" in checkpoint:
+        recorded["lower_channel"] = checkpoint["lower_channel"]
     inherited = data_flags() | {"network", "batch_size", "lower_channel", "cost"}
-    parser = build_parser()
-    parser.set_defaults(**{key: recorded[key] for key in inherited if key in recorded})
-    args = parser.parse_args(argv if argv is not None else [])
+    args = parse_args(argv, {key: recorded[key] for key in inherited if key in recorded},
+                      (name, recorded))
     vars(args).update({**(overrides or {}), "name": name})
-    if args.network not in (None, checkpoint["network"]):
-        raise Fail(f"run {name} trained {checkpoint['network']}, not --network {args.network}")
-    args.network = checkpoint["network"]
     if args.lower_channel is None:
-        args.lower_channel = checkpoint.get("lower_channel", 0.42)
-    if not 0 < args.lower_channel <= 1:
-        raise Fail("--lower_channel must be in (0, 1]")
+        args.lower_channel = 0.42
     args.batch_size = args.batch_size or 128
     args.cost = args.cost or "macs"  # runs from before train.py had --cost
     if args.cost not in slimmable.COSTS:
         raise Fail(f"run {name} was trained against cost {args.cost!r}, unknown here; pass "
                    f"--cost ({', '.join(slimmable.COSTS)})")
-    if args.batch_size < 1 or (args.calib_batches or 1) < 1:
-        raise Fail("--batch_size and --calib_batches must be at least 1")
     return args, checkpoint
 
 
@@ -558,9 +591,7 @@ def evaluate_subnet(path, argv=None, loaders_cache=None):
     """Test a saved subnet on the test split (data flags: as recorded, unless given in ``argv``).
     ``loaders_cache``: a dict that keeps the loaders of each set of data flags between calls."""
     net, record = load_subnet(path)
-    parser = build_parser()
-    parser.set_defaults(**record.get("data", {}))
-    args = parser.parse_args(argv or [])
+    args = parse_args(argv, record.get("data", {}))
     batch_size = args.batch_size or 128
     args.pin_memory = args.pin_memory and use_cuda(args.device)
     key = (batch_size, tuple(sorted((k, str(getattr(args, k))) for k in data_flags())))
@@ -779,6 +810,8 @@ def compare(names, out_path=None, overrides=None, argv=None):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
+    # Which job only: the values are checked by parse_args over the run's (or subnet's)
+    # recorded flags, since a data flag can be valid for one dataset and not another.
     args = build_parser().parse_args(argv)
     try:
         if args.subnet:

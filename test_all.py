@@ -756,6 +756,19 @@ def test_lmdb_converter_round_trip_through_workers(imagenet_lmdb):
         assert record[data.RECORD_HEADER.size:] == f.read()
 
 
+def test_train_and_val_splits_share_one_database_in_one_process(imagenet_lmdb, tmp_path):
+    """--workers 0: the train and val splits both read train.lmdb in the main process, which
+    py-lmdb would refuse to open twice; --image_size sets both crops."""
+    lmdb_dir, _ = imagenet_lmdb
+    shutil.copytree(lmdb_dir, tmp_path / "db")  # this process keeps it open: a private copy
+    args = parse_data_args("--dataset", "ImageNet", "--datapath", str(tmp_path / "db"),
+                           "--val_size", "3", "--workers", "0", "--image_size", "20")
+    loaders = data.get_loaders(args, batch_size=4)
+    assert loaders.input_size == 20 and next(iter(loaders.train))[0].shape == (4, 3, 20, 20)
+    assert next(iter(loaders.val))[0].shape == (3, 3, 20, 20)
+    assert data.get_loaders(args, batch_size=4).num_classes == 3  # headers read again
+
+
 def test_slim_dataaug_train_transform_shape_and_lighting():
     image = Image.fromarray(np.full((300, 260, 3), 128, np.uint8))
     transform = data.imagenet_transform(train=True, scale_ratio=0.25, slim_dataaug=True)
@@ -1542,6 +1555,19 @@ def test_bad_flag_values_are_refused_in_one_line(argv, capsys):
     assert len(error) == 1 and error[0].startswith(f"error: {argv[0]} ") and "invalid" in error[0]
 
 
+@pytest.mark.parametrize("argv", [
+    ["--batch_size", "0"], ["--batch_size", "-8"], ["--lower_channel", "0"],
+    ["--lower_channel", "nan"], ["--lower_channel", "1.5"], ["--calib_batches", "0"],
+    ["--threads", "-1"], ["--device", "tpu"], ["--workers", "-1"], ["--val_size", "-1"],
+    ["--scale_ratio", "nan"], ["--scale_ratio", "0"], ["--image_size", "0"]])
+def test_evaluate_bad_flag_values_are_refused_in_one_line(argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate.parse_args(argv, {"dataset": "ImageNet"})
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and error[0].startswith(f"error: {argv[0]} ") and "invalid" in error[0]
+
+
 def test_no_cli_accepts_an_abbreviated_flag(tmp_path):
     """argparse's prefix matching would read --epoch as --epochs: off in every script."""
     commands = [("train.py", "--epoch", "3"), ("search.py", "--target_ratio", "0.5"),
@@ -2130,3 +2156,230 @@ def test_bench_contention_runs_each_setting_in_its_own_environment(monkeypatch, 
     labels = [setting[0] for setting in bench.contention_settings(4, spincounts=(0, 30000))]
     assert labels[0] == "1 thread" and len(set(labels)) == len(labels) == 13
     assert {threads for _, threads, _, _ in bench.contention_settings(4)} == {1, 2, 4}
+
+
+# ---------------------------------------------------------------------------------------------
+# The reference READMEs' commands, run as written (issue 15): Joslim's (reference/000_*.txt)
+# three ImageNet and one CIFAR-100 training commands and its two evaluation commands, and
+# AutoSlim's five steps (mmrazor, reference/001_*.txt) in this project's scripts. Changed only:
+# ./distributed_train.sh N -> torchrun (2 processes, gloo), eval_checkpoints.py -> evaluate.py,
+# --epochs, the data size (tiny generated sets, --image_size 16, --val_size), and how each
+# process runs (--threads 1 --workers 0). The heaviest tests of the suite (about a minute
+# together on a quiet 2-core CPU); their names start with test_seed_, so -k "not test_seed_"
+# leaves them out of a local run. CI runs them.
+
+JOSLIM_SEED_COMMANDS = {  # verbatim from the Joslim README
+    "joslim_mbv2": "./distributed_train.sh 8 --name joslim_mbv2 --dataset ImageNet --epochs 250 --warmup 5 --baselr 0.125 --tau 625 --wd 4e-5 --label_smoothing 0.1 --batch_size 1024 --lower_channel 0.42 --num_sampled_arch 2 --baseline -3 --print_freq 100 --prior_points 20 --scheduler linear_decay --slim_dataaug --scale_ratio 0.25 --datapath YOUR_LMDB_IMAGENET_PATH --network slim_mobilenetv2",  # noqa: E501
+    "joslim_mbv3": "./distributed_train.sh 8 --name joslim_mbv3 --dataset ImageNet --epochs 250 --warmup 5 --baselr 0.125 --tau 625 --wd 4e-5 --label_smoothing 0.1 --batch_size 1024 --lower_channel 0.42 --num_sampled_arch 2 --baseline -3 --print_freq 100 --prior_points 20 --scheduler linear_decay --slim_dataaug --scale_ratio 0.08 --datapath YOUR_LMDB_IMAGENET_PATH --network slim_mobilenetv3_large",  # noqa: E501
+    "joslim_res18": "./distributed_train.sh 8 --name joslim_res18 --dataset ImageNet --epochs 100 --warmup 5 --baselr 0.125 --tau 250 --wd 4e-5 --label_smoothing 0.1 --batch_size 1024 --lower_channel 0.42 --num_sampled_arch 2 --baseline -3 --print_freq 100 --prior_points 20 --scheduler linear_decay --slim_dataaug --scale_ratio 0.25 --datapath YOUR_LMDB_IMAGENET_PATH --network slim_resnet18",  # noqa: E501
+    "joslim_res56": "./distributed_train.sh 1 --name joslim_res56 --dataset CIFAR100 --epochs 300 --warmup 5 --baselr 0.1 --tau 235 --wd 5e-4 --batch_size 128 --lower_channel 0.42 --num_sampled_arch 2 --baseline -3 --print_freq 100 --prior_points 20 --scheduler linear_decay --datapath YOUR_CIFAR100_PATH --network slim_resnet56",  # noqa: E501
+}
+JOSLIM_SEED_EVALUATIONS = {
+    "joslim_mbv2": "python eval_checkpoints.py --name joslim_mbv2 --datapath YOUR_LMDB_IMAGENET_PATH --dataset ImageNet --network slim_mobilenetv2 --batch_size 1024 --lower_channel 0.42 --slim_dataaug --scale_ratio 0.25",  # noqa: E501
+    "joslim_res56": "python eval_checkpoints.py --name joslim_res56 --datapath YOUR_CIFAR100_PATH --dataset CIFAR100 --network slim_resnet56 --batch_size 1024 --lower_channel 0.42",  # noqa: E501
+}
+SEED_IMAGE_SIZE = "16"  # the training and test crop; every network still ends at 1x1 (stride 32)
+SEED_VAL_SIZE = "64"
+SEED_TRAIN_IMAGES = 1024 + 64  # one batch of the seeds' 1024 after the held-out 64
+SEED_SESSION = ["--threads", "1", "--workers", "0"]
+TWO_NODE_SEED = "joslim_res18"  # run by test_seed_two_torchrun_agents_as_two_nodes
+
+
+def torchrun_command(nproc, script, *args, rendezvous=("--rdzv_backend=c10d",
+                                                       "--rdzv_endpoint=localhost:0")):
+    """``torchrun --nproc_per_node=NPROC ... SCRIPT ARGS`` as an argv list (python -m)."""
+    return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
+            *rendezvous, os.path.join(REPO, script), *args]
+
+
+def seed_command(command, datapath, extra=(), nproc=None, rendezvous=None):
+    """A README command line as run here: the launcher replaced (torchrun, ``nproc`` or at
+    most 2 processes, ``rendezvous`` flags), the data path filled in, --epochs 1, then
+    ``extra`` (data size and session flags) appended."""
+    words = command.split()
+    if words[0] == "./distributed_train.sh":  # torch.distributed.launch --nproc_per_node=N
+        argv = torchrun_command(nproc or min(int(words[1]), 2), "train.py", *words[2:],
+                                **({"rendezvous": rendezvous} if rendezvous else {}))
+    else:
+        assert words[:2] == ["python", "eval_checkpoints.py"]
+        argv = [sys.executable, os.path.join(REPO, "evaluate.py"), *words[2:]]
+    argv = [datapath if word.startswith("YOUR_") else word for word in argv]
+    if "--epochs" in argv:
+        argv = with_flag(argv, "--epochs", "1")
+    return argv + list(extra)
+
+
+def start(argv, cwd):
+    """Start a command (the project on PYTHONPATH, one thread); ``finish`` waits for it."""
+    environment = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS="1")
+    return subprocess.Popen(argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=environment)
+
+
+def finish(*processes, timeout=300):
+    """The output of each process, asserting that every one succeeded."""
+    outputs = []
+    for process in processes:
+        output = process.communicate(timeout=timeout)[0]
+        assert process.returncode == 0, f"{' '.join(process.args)}\n{output}"
+        outputs.append(output)
+    return outputs
+
+
+def make_tiny_jpegs(root, count, classes=4, seed=0):
+    """``count`` small JPEGs (20-40 px a side) in ``classes`` class folders, balanced."""
+    rng = np.random.default_rng(seed)
+    for index in range(count):
+        folder = os.path.join(root, f"n{index % classes:08d}")
+        os.makedirs(folder, exist_ok=True)
+        height, width = rng.integers(20, 41, 2)
+        pixels = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(os.path.join(folder, f"{index:05d}.JPEG"), quality=75)
+
+
+@pytest.fixture(scope="module")
+def seed_imagenet(tmp_path_factory):
+    """A tiny ImageNet: generated JPEG folders converted by ``python data.py to-lmdb`` into the
+    layout --dataset ImageNet reads (DATAPATH/train.lmdb, DATAPATH/val.lmdb)."""
+    root = tmp_path_factory.mktemp("seed_imagenet")
+    make_tiny_jpegs(str(root / "jpeg" / "train"), SEED_TRAIN_IMAGES)
+    make_tiny_jpegs(str(root / "jpeg" / "val"), 32, seed=1)
+    os.makedirs(root / "lmdb")
+    for result in run_data_clis(*[("to-lmdb", str(root / "jpeg" / split),
+                                   str(root / "lmdb" / f"{split}.lmdb")) for split in ("train", "val")]):
+        assert result.returncode == 0, result.stderr
+    return str(root / "lmdb")
+
+
+def check_pareto_txt(path):
+    """The reference's results file: 3 rows (MACs ratio ascending to 1.0, top-1 %, top-5 %)."""
+    table = np.loadtxt(path)
+    assert table.ndim == 2 and table.shape[0] == 3 and table.shape[1] >= 2, table
+    assert np.all(np.diff(table[0]) > 0) and table[0, -1] == 1.0 and table[0, 0] > 0
+    assert np.all((0 <= table[1]) & (table[1] <= table[2]) & (table[2] <= 100))
+    return table
+
+
+def test_seed_joslim_commands_train_and_evaluate(seed_imagenet, tmp_path, monkeypatch, capsys):
+    write_cifar100(tmp_path / "cifar" / "cifar-100-python", num_train=SEED_TRAIN_IMAGES,
+                   num_test=64)
+    cifar = str(tmp_path / "cifar")
+    imagenet_extra = ["--image_size", SEED_IMAGE_SIZE, "--val_size", SEED_VAL_SIZE, *SEED_SESSION]
+    # CIFAR: the seed's batch of 128 makes 8 steps of the 1024 images its evaluation's batch of
+    # 1024 needs; one step (--pause_after 1) is enough here, evaluated as an unfinished run.
+    cifar_extra = ["--val_size", SEED_VAL_SIZE, "--pause_after", "1", *SEED_SESSION]
+    names = [name for name in JOSLIM_SEED_COMMANDS if name != TWO_NODE_SEED]
+    trainings = [start(seed_command(command, cifar if "CIFAR" in command else seed_imagenet,
+                                    cifar_extra if "CIFAR" in command else imagenet_extra),
+                       tmp_path) for command in map(JOSLIM_SEED_COMMANDS.get, names)]
+    finish(*trainings)
+    for name in names:
+        log = (tmp_path / "runs" / name / "log.txt").read_text()
+        checkpoint = load_run(tmp_path, name)
+        if name == "joslim_res56":
+            assert "over 1 process(es)" in log and checkpoint["step"] == 1
+            assert checkpoint["model_options"]["input_size"] == 32
+        else:
+            assert "over 2 process(es)" in log and checkpoint["finished"]
+            assert "all 2 ranks hold identical weights" in log
+            assert checkpoint["model_options"]["input_size"] == int(SEED_IMAGE_SIZE)
+            assert checkpoint["args"]["image_size"] == int(SEED_IMAGE_SIZE)
+    evaluations = [start(seed_command(command, cifar if "CIFAR" in command else seed_imagenet,
+                                      ["--threads", "1"]), tmp_path)
+                   for command in JOSLIM_SEED_EVALUATIONS.values()]
+    # Meanwhile: flags that describe the run must agree with it, and so must a resumed run.
+    monkeypatch.chdir(tmp_path)
+    for argv, flag in ((["--network", "slim_resnet18"], "--network slim_mobilenetv2"),
+                       (["--dataset", "CIFAR100"], "--dataset ImageNet"),
+                       (["--lower_channel", "0.3"], "--lower_channel 0.42"),
+                       (["--scale_ratio", "0.08"], "--scale_ratio 0.25"),
+                       (["--image_size", "32"], f"--image_size {SEED_IMAGE_SIZE}")):
+        with pytest.raises(SystemExit) as leaving:
+            evaluate.main(["--name", "joslim_mbv2", *argv])
+        error = capsys.readouterr().err.strip().splitlines()
+        assert leaving.value.code == 2 and len(error) == 1 and flag in error[0], (argv, error)
+    mbv2 = seed_command(JOSLIM_SEED_COMMANDS["joslim_mbv2"], seed_imagenet, imagenet_extra)
+    threads = torch.get_num_threads()  # train.main sets this process's (--threads 1)
+    try:
+        assert train.main(with_flag(mbv2[mbv2.index("--name"):], "--image_size", "32")) == 2
+    finally:
+        torch.set_num_threads(threads)
+    assert "--image_size 16 -> 32" in capsys.readouterr().err
+    outputs = finish(*evaluations)
+    assert "(unfinished, step 1)" in outputs[1]
+    for name in JOSLIM_SEED_EVALUATIONS:
+        table = check_pareto_txt(tmp_path / "results" / f"{name}_eval_pareto.txt")
+        saved = json.loads((tmp_path / "results" / f"{name}_eval_pareto.json").read_text())
+        np.testing.assert_allclose(table[0], [p["macs_ratio"] for p in saved["points"]])
+        np.testing.assert_allclose(table[1], [p["test"]["top1"] for p in saved["points"]])
+        np.testing.assert_allclose(table[2], [p["test"]["top5"] for p in saved["points"]])
+    assert saved["points"][-1]["test"]["images"] == 64 and saved["calib_images"] == 1024
+
+
+AUTOSLIM_SEED_STEPS = (  # mmrazor's five AutoSlim steps for MobileNetV2 x1.5, as this project runs them
+    "supernet training: tools/mmcls/train_mmcls.py autoslim_mbv2_supernet_8xb256_in1k.py",
+    "search: tools/mmcls/search_mmcls.py autoslim_mbv2_search_8xb1024_in1k.py CHECKPOINT",
+    "subnet retraining: train_mmcls.py autoslim_mbv2_subnet_8xb256_in1k.py channel_cfg=3 files",
+    "split checkpoint: tools/model_converters/split_checkpoint.py --channel-cfgs 3 files",
+    "test a subnet: tools/mmcls/test_mmcls.py SPLIT_CHECKPOINT --metrics accuracy",
+)
+
+
+def test_seed_autoslim_five_steps(seed_imagenet, tmp_path):
+    """The AutoSlim pipeline of the mmrazor README (AUTOSLIM_SEED_STEPS): MobileNetV2 x1.5 on
+    ImageNet, each step one plain python command as there; trainings of one batch of 256
+    (--train_size 256; the torchrun path is the other seed tests')."""
+    data_flags = ["--dataset", "ImageNet", "--datapath", seed_imagenet, "--image_size",
+                  SEED_IMAGE_SIZE, "--val_size", SEED_VAL_SIZE, "--train_size", "256"]
+    network = ["--network", "slim_mobilenetv2", "--width_mult", "1.5", "--batch_size", "256",
+               "--epochs", "1"]
+
+    def python(script, *args):
+        return finish(start([sys.executable, os.path.join(REPO, script), *args], tmp_path))[0]
+
+    python("train.py", "--name", "autoslim_mbv2", "--method", "random", *network, *data_flags,
+           *SEED_SESSION)
+    # mmrazor's three targets, 530M, 320M and 220M of about 700M, as ratios; a coarse grid
+    # (--steps 2) and 32 held-out images keep the greedy search to a few dozen candidates
+    python("search.py", "--name", "autoslim_mbv2", "--target_ratios", "0.75", "0.5", "0.3",
+           "--steps", "2", "--search_images", "32", "--threads", "1")
+    # whatever search.py names its configs (the FLOPs target in the name), they are its *.json
+    configs = sorted(glob.glob(str(tmp_path / "runs" / "autoslim_mbv2" / "search" / "*.json")))
+    assert len(configs) == 3, configs
+    python("train.py", "--name", "autoslim_mbv2_subnet", "--method", "fixed", "--channel_config",
+           *configs, *network, *data_flags, *SEED_SESSION)
+    python("evaluate.py", "--name", "autoslim_mbv2_subnet", "--export", "subnets", "--threads", "1")
+    subnets = sorted(glob.glob(str(tmp_path / "subnets" / "*.pt")))
+    assert len(subnets) == 3, subnets
+    output = python("evaluate.py", "--subnet", *subnets, "--threads", "1")
+    table = output[output.index("\nsubnet"):].strip().splitlines()
+    assert len(table) == 4 and all(os.path.basename(path) in output for path in subnets)
+    searched_macs = sorted(json.loads(Path(path).read_text())["macs"] for path in configs)
+    assert [torch.load(path, weights_only=True)["macs"] for path in subnets] == searched_macs
+
+
+def free_port():
+    import socket
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_seed_two_torchrun_agents_as_two_nodes(seed_imagenet, tmp_path):
+    """Two machines, as torchrun sees them: one agent per node (--nnodes=2, one process each),
+    meeting at a c10d rendezvous, running the README's ResNet-18 command; each node in its own
+    folder (no shared file system)."""
+    rendezvous = ["--nnodes=2", "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{free_port()}",
+                  "--rdzv_id=seeds_two_nodes"]
+    extra = ["--image_size", SEED_IMAGE_SIZE, "--val_size", SEED_VAL_SIZE, *SEED_SESSION]
+    nodes = []
+    for node in ("node0", "node1"):
+        os.makedirs(tmp_path / node)
+        nodes.append(start(seed_command(JOSLIM_SEED_COMMANDS[TWO_NODE_SEED], seed_imagenet, extra,
+                                        nproc=1, rendezvous=rendezvous), tmp_path / node))
+    outputs = finish(*nodes)
+    logs = [tmp_path / node / "runs" / TWO_NODE_SEED / "log.txt" for node in ("node0", "node1")]
+    assert sum(log.exists() for log in logs) == 1  # rank 0's node alone writes the run
+    log = next(log for log in logs if log.exists()).read_text()
+    assert "batch 1024 over 2 process(es)" in log, outputs
+    assert "all 2 ranks hold identical weights and trained the same configurations" in log
