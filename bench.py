@@ -356,8 +356,8 @@ def contention_table(rows, busy_share=0.40, quiet_share=0.95):
     return rows
 
 
-def bench_contention(cores=None, steps=5, quick=False, spincounts=(30000,), max_seconds=8.0,
-                     settings=None, batch_size=128,
+def bench_contention(cores=None, steps=5, quick=False, spincounts=(1000, 30000), max_seconds=8.0,
+                     settings=None, batch_size=128, repeats=1,
                      out_path=os.path.join("results", "contention.json")):
     """Training throughput of train.py's step (slim_resnet20, batch 128, the sandwich of full +
     2 sampled + smallest, synthetic 32x32 data) under each of ``contention_settings``, quiet and
@@ -367,24 +367,32 @@ def bench_contention(cores=None, steps=5, quick=False, spincounts=(30000,), max_
     ``max_seconds``: a stalled setting costs seconds a step). ``cores``: torch threads of the
     widest setting (default: the CPUs this process may use). ``settings``: instead of
     ``contention_settings(cores, quick, spincounts)``. Prints the table (``contention_table``),
-    writes ``out_path`` and returns its rows."""
+    writes ``out_path`` and returns its rows. ``repeats``: rounds over all the settings, in
+    turn, so that a slow minute of the machine falls on every setting alike; each figure is the
+    median over the rounds (run to run, one setting's rate varied by 10-25% here)."""
     cores = cores or data.usable_cpus()
     settings = settings or contention_settings(cores, quick, spincounts)
     print(f"contention: slim_resnet20 sandwich step, batch {batch_size}, median of up to {steps} "
           f"steps, quiet and beside one busy process; {data.usable_cpus()} usable CPUs, load "
           f"average {os.getloadavg()[0]:.2f}", flush=True)
-    rows = []
-    for label, threads, environment, interop_threads in settings:
-        run = contention_rates(threads, environment, interop_threads, steps, max_seconds,
-                               batch_size)
-        rows.append({"setting": label, "threads": threads, "environment": environment,
-                     "interop_threads": interop_threads, "quiet": run["quiet_images_per_second"],
-                     "busy": run["busy_images_per_second"], "run": run})
-        print(f"  {label}: {rows[-1]['quiet']:.1f} quiet, {rows[-1]['busy']:.1f} busy images/s",
-              flush=True)
+    rounds = {label: [] for label, *_ in settings}
+    for repeat in range(repeats):
+        for label, threads, environment, interop_threads in settings:
+            run = contention_rates(threads, environment, interop_threads, steps, max_seconds,
+                                   batch_size)
+            rounds[label].append(run)
+            print(f"  [{repeat + 1}/{repeats}] {label}: {run['quiet_images_per_second']:.1f} "
+                  f"quiet, {run['busy_images_per_second']:.1f} busy images/s", flush=True)
+    rows = [{"setting": label, "threads": threads, "environment": environment,
+             "interop_threads": interop_threads,
+             "quiet": statistics.median(r["quiet_images_per_second"] for r in rounds[label]),
+             "busy": statistics.median(r["busy_images_per_second"] for r in rounds[label]),
+             "runs": rounds[label]}
+            for label, threads, environment, interop_threads in settings]
     contention_table(rows)
     content = {"machine": machine(), "usable_cpus": data.usable_cpus(), "cores": cores,
-               "steps": steps, "batch_size": batch_size, "load_average": os.getloadavg(),
+               "steps": steps, "repeats": repeats, "batch_size": batch_size,
+               "load_average": os.getloadavg(),
                "rows": rows}
     slimmable.write_atomic(out_path, lambda handle: json.dump(content, handle, indent=1))
     print(f"written: {out_path}")
@@ -886,8 +894,11 @@ def main():
     parser.add_argument("--cores", type=int, default=None,
                         help="contention: torch threads of the widest setting (default: the "
                              "CPUs this process may use, e.g. under taskset)")
-    parser.add_argument("--spincounts", type=int, nargs="+", default=[30000],
-                        help="contention: GOMP_SPINCOUNT values to measure (default 30000)")
+    parser.add_argument("--spincounts", type=int, nargs="+", default=[1000, 30000],
+                        help="contention: GOMP_SPINCOUNT values to measure (default 1000 30000)")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="contention: rounds over all settings; each figure is the median "
+                             "of the rounds (default 3)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
                         help="quality, recipe: seeds (default 0 1 2)")
     parser.add_argument("--dataset", default="auto", choices=["auto", *QUALITY_DATA],
@@ -899,8 +910,8 @@ def main():
                         "(runs/NAME) instead of a tiny one, and compare its configurations with "
                         "uniform widths at matched MACs")
     args = parser.parse_args()
-    if args.steps < 1 or (args.cores is not None and args.cores < 1):
-        parser.exit(2, "error: --steps and --cores take a positive number\n")
+    if args.steps < 1 or args.repeats < 1 or (args.cores is not None and args.cores < 1):
+        parser.exit(2, "error: --steps, --repeats and --cores take a positive number\n")
     if min(args.spincounts) < 0:
         parser.exit(2, "error: --spincounts take numbers >= 0\n")
     torch.set_num_threads(args.threads)
@@ -936,7 +947,8 @@ def main():
     if args.what in ("speed", "window"):
         bench_window_share()
     if args.what == "contention":
-        bench_contention(args.cores, args.steps, args.quick, args.spincounts)
+        bench_contention(args.cores, args.steps, args.quick, args.spincounts,
+                         repeats=args.repeats)
     if args.what in ("speed", "overhead"):
         bench_overhead(args.networks, batch_size=args.batch_size, pairs=args.pairs,
                        imagenet_size=args.imagenet_size)
