@@ -32,7 +32,6 @@ import sys
 import time
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # as train.py: NumPy serves the sampler only
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as train.py: idle OpenMP threads sleep
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
@@ -277,7 +276,8 @@ torch.set_num_threads({threads})
 if {interop}:
     torch.set_num_interop_threads({interop})
 import bench
-result = bench.quiet_and_busy_seconds({steps}, {max_seconds}, {batch_size})
+result = bench.quiet_and_busy_seconds({steps}, {max_seconds}, {batch_size},
+                                     tuner_period={tuner_period})
 print(json.dumps(dict(result, environment=seen, threads=torch.get_num_threads(),
                       interop_threads=torch.get_num_interop_threads(),
                       cpus=bench.data.usable_cpus())))
@@ -301,17 +301,28 @@ def busy_process(warmup_seconds=1.0):
         process.wait()
 
 
-def quiet_and_busy_seconds(steps, max_seconds, batch_size=128, busy_warmup_seconds=1.0):
+def quiet_and_busy_seconds(steps, max_seconds, batch_size=128, busy_warmup_seconds=1.0,
+                           tuner_period=0, tuner_probe=3):
     """Step times (``timed_steps`` of ``sandwich_step``) in this process: quiet, then at once
-    beside ``busy_process``; one process for both halves the seconds spent importing torch."""
+    beside ``busy_process``; one process for both halves the seconds spent importing torch.
+    ``tuner_period``: a ``train.ThreadTuner`` with that period picks the thread count after
+    every step, as train.py does with ``--threads 0`` (it carries over into the busy half)."""
     step = sandwich_step(batch_size=batch_size)
+    if tuner_period:
+        tuner, untuned = train.ThreadTuner(torch.get_num_threads(), tuner_period, tuner_probe), step
+
+        def step():  # the widths vary the work a little; the tuner's medians absorb it
+            seconds = untuned()
+            tuner.record(seconds, 1.0)
+            return seconds
     quiet = timed_steps(step, steps, 1, max_seconds)
     with busy_process(busy_warmup_seconds):
         busy = timed_steps(step, steps, 0, max_seconds)
     return {"quiet_seconds": quiet, "busy_seconds": busy}
 
 
-def contention_rates(threads, environment, interop_threads, steps, max_seconds, batch_size=128):
+def contention_rates(threads, environment, interop_threads, steps, max_seconds, batch_size=128,
+                     tuner_period=0):
     """Images/s (median step) of the sandwich step quiet and beside one busy process, in a fresh
     Python process with ``threads`` torch threads and ``environment`` added to the OpenMP-free
     environment of this one (OpenMP reads it once, at load); also what that process saw."""
@@ -319,16 +330,45 @@ def contention_rates(threads, environment, interop_threads, steps, max_seconds, 
     env.update(environment)
     code = _CONTENTION_CHILD.format(knobs=CONTENTION_KNOBS, threads=threads,
                                     interop=interop_threads, steps=steps, max_seconds=max_seconds,
-                                    batch_size=batch_size)
+                                    batch_size=batch_size, tuner_period=tuner_period)
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                             cwd=os.path.dirname(os.path.abspath(__file__)))
     if result.returncode:
         raise RuntimeError(f"contention measurement failed:\n{result.stderr}")
     seen = json.loads(result.stdout.strip().splitlines()[-1])
     for phase in ("quiet", "busy"):
-        seconds = statistics.median(seen[f"{phase}_seconds"])
-        seen[f"{phase}_images_per_second"] = batch_size / seconds
+        seconds = seen[f"{phase}_seconds"]
+        seen[f"{phase}_images_per_second"] = batch_size / statistics.median(seconds)
+        seen[f"{phase}_mean_images_per_second"] = batch_size * len(seconds) / sum(seconds)
     return seen
+
+
+def bench_thread_tuner(steps=40, period=20, batch_size=128,
+                       out_path=os.path.join("results", "contention_tuner.json")):
+    """train.py's default (``--threads 0``: all usable CPUs, OpenMP's spinning threads and
+    ``train.ThreadTuner``) against the same thread counts held fixed: ``steps`` steps quiet,
+    then ``steps`` beside one busy process, in one fresh process per variant. The figure is the
+    mean rate over all the steps of a half (total images / total seconds), probes and the
+    tuner's reaction time included; its period is ``period`` steps here (train.py: 100), so
+    that it can act within the half. Prints a table, writes ``out_path``."""
+    cores = data.usable_cpus()
+    variants = [(f"{cores} threads, fixed", cores, 0), ("1 thread, fixed", 1, 0),
+                (f"{cores} threads, ThreadTuner (period {period})", cores, period)]
+    print(f"thread tuner: slim_resnet20 sandwich step, batch {batch_size}, {steps} steps quiet "
+          f"then {steps} beside one busy process, mean images/s; {cores} usable CPUs, load "
+          f"average {os.getloadavg()[0]:.2f}", flush=True)
+    rows = []
+    for label, threads, tuner_period in variants:
+        run = contention_rates(threads, {}, 0, steps, None, batch_size, tuner_period)
+        rows.append({"setting": label, "threads": threads, "tuner_period": tuner_period,
+                     "quiet": run["quiet_mean_images_per_second"],
+                     "busy": run["busy_mean_images_per_second"], "run": run})
+        print(f"  {label}: {rows[-1]['quiet']:.1f} quiet, {rows[-1]['busy']:.1f} busy", flush=True)
+    contention_table(rows)
+    slimmable.write_atomic(out_path, lambda handle: json.dump(
+        {"machine": machine(), "steps": steps, "period": period, "rows": rows}, handle, indent=1))
+    print(f"written: {out_path}")
+    return rows
 
 
 def contention_table(rows, busy_share=0.40, quiet_share=0.95):
@@ -896,6 +936,9 @@ def main():
                              "CPUs this process may use, e.g. under taskset)")
     parser.add_argument("--spincounts", type=int, nargs="+", default=[1000, 30000],
                         help="contention: GOMP_SPINCOUNT values to measure (default 1000 30000)")
+    parser.add_argument("--tuner", action="store_true",
+                        help="contention: train.py's ThreadTuner against fixed thread counts, "
+                             "--steps quiet then --steps beside one busy process (use --steps 40)")
     parser.add_argument("--repeats", type=int, default=3,
                         help="contention: rounds over all settings; each figure is the median "
                              "of the rounds (default 3)")
@@ -947,8 +990,11 @@ def main():
     if args.what in ("speed", "window"):
         bench_window_share()
     if args.what == "contention":
-        bench_contention(args.cores, args.steps, args.quick, args.spincounts,
-                         repeats=args.repeats)
+        if args.tuner:
+            bench_thread_tuner(steps=args.steps)
+        else:
+            bench_contention(args.cores, args.steps, args.quick, args.spincounts,
+                             repeats=args.repeats)
     if args.what in ("speed", "overhead"):
         bench_overhead(args.networks, batch_size=args.batch_size, pairs=args.pairs,
                        imagenet_size=args.imagenet_size)

@@ -1205,9 +1205,12 @@ def load_run(directory, name):
 
 
 @pytest.mark.parametrize("method", ["joslim", "slim", "random"])
-def test_train_one_short_run_per_method(method, tmp_path, monkeypatch):
+def test_train_one_short_run_per_method(method, tmp_path, monkeypatch, tiny_whole_run):
     monkeypatch.chdir(tmp_path)
-    assert train.main(["--name", method, "--method", method] + TINY_RUN) == 0
+    if method == "joslim":  # TINY_RUN's default method: the module's run, trained once
+        shutil.copytree(tiny_whole_run / "runs" / "whole", tmp_path / "runs" / method)
+    else:
+        assert train.main(["--name", method, "--method", method] + TINY_RUN) == 0
     checkpoint = load_run(tmp_path, method)
     assert checkpoint["finished"] and checkpoint["step"] == 2 * 8  # (320 - 64) // 32 per epoch
     log = (tmp_path / "runs" / method / "log.txt").read_text()
@@ -1324,7 +1327,7 @@ def test_kd_weight_changes_only_the_students(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def tiny_whole_run(tmp_path_factory):
-    """The checkpoint of one uninterrupted TINY_RUN, trained once for the resume tests."""
+    """The folder holding runs/whole: one uninterrupted TINY_RUN, trained once for the tests."""
     folder = tmp_path_factory.mktemp("whole")
     previous = os.getcwd()
     os.chdir(folder)
@@ -1332,7 +1335,7 @@ def tiny_whole_run(tmp_path_factory):
         assert train.main(["--name", "whole"] + TINY_RUN) == 0
     finally:
         os.chdir(previous)
-    return load_run(folder, "whole")
+    return folder
 
 
 def test_resume_reproduces_an_uninterrupted_run(tmp_path, monkeypatch, tiny_whole_run):
@@ -1342,7 +1345,7 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path, monkeypatch, tiny_whol
     assert not load_run(tmp_path, "parts")["finished"]
     assert train.main(["--name", "parts", "--pause_after", "6"] + TINY_RUN) == 0
     assert train.main(["--name", "parts"] + TINY_RUN) == 0
-    whole, parts = tiny_whole_run, load_run(tmp_path, "parts")
+    whole, parts = load_run(tiny_whole_run, "whole"), load_run(tmp_path, "parts")
     assert parts["finished"] and parts["step"] == whole["step"]
     for key, value in whole["model"].items():
         torch.testing.assert_close(parts["model"][key], value, msg=key)
@@ -1388,7 +1391,7 @@ def test_signal_stops_at_a_step_boundary_and_resumes_exactly(tmp_path, signum, s
     assert f"{signal_name(signum)} at step {parts['step']}: checkpoint saved" in log
     resumed = run_script("train.py", "--name", "parts", *flags, cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
-    assert_same_weights(tiny_whole_run, load_run(tmp_path, "parts"))
+    assert_same_weights(load_run(tiny_whole_run, "whole"), load_run(tmp_path, "parts"))
 
 
 def test_a_second_trainer_on_the_same_run_is_refused(tmp_path):
@@ -1443,14 +1446,15 @@ def test_a_full_disk_ends_training_in_one_line(tmp_path):
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # else the kernel kills the process
         resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
 
-    first = run_script("train.py", "--name", "full", *TINY_RUN, "--pause_after", "10", cwd=tmp_path)
+    flags = with_flag(TINY_RUN, "--epochs", "1")
+    first = run_script("train.py", "--name", "full", *flags, "--pause_after", "4", cwd=tmp_path)
     assert first.returncode == 0, first.stderr
     checkpoint = tmp_path / "runs" / "full" / "checkpoint.pt"
     before = checkpoint.read_bytes()
     assert len(before) > 200_000
     environment = dict(os.environ, PYTHONPATH=REPO)
     limited = subprocess.run([sys.executable, os.path.join(REPO, "train.py"), "--name", "full",
-                              *TINY_RUN], cwd=tmp_path, capture_output=True, text=True,
+                              *flags], cwd=tmp_path, capture_output=True, text=True,
                              env=environment, preexec_fn=small_files, timeout=300)
     assert limited.returncode == 2
     assert limited.stderr.splitlines() == [
@@ -2103,6 +2107,28 @@ def test_every_flag_is_explained(capsys):
 
 # ----------------------------------------------------------------------------- CPU contention
 
+def test_thread_tuner_drops_a_thread_beside_a_busy_process_and_takes_it_back(monkeypatch):
+    """train.ThreadTuner on a simulated 2-CPU machine (the rates of bench.py contention): it
+    keeps 2 threads while quiet, falls to 1 when a busy process appears, returns to 2 after."""
+    current = [2]
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: current.__setitem__(0, n))
+    rates = {"quiet": {2: 142.0, 1: 83.0}, "busy": {2: 34.0, 1: 72.0}}  # images/s
+    tuner, log = train.ThreadTuner(2, period=20, probe=4), []
+    used = {"quiet": [], "busy": []}
+    for phase, steps in (("quiet", 100), ("busy", 100), ("quiet", 100)):
+        for _ in range(steps):
+            used[phase].append(current[0])
+            macs = 5e7 * (1 + 0.2 * (len(log) % 3))  # the work of a step varies with its widths
+            change = tuner.record(128 / rates[phase][current[0]] * macs / 5e7, macs)
+            if change:
+                log.append((phase, change))
+    assert [entry[0] for entry in log] == ["busy", "quiet"]
+    assert log[0][1].startswith("threads 2 -> 1") and log[1][1].startswith("threads 1 -> 2")
+    assert used["quiet"][:100].count(2) == 100 - 4 * 4  # only the 4 probes ran at 1 thread
+    assert used["busy"][40:].count(1) >= 60 - 3 * 4  # moved within 2 periods; then only probes
+    assert tuner.threads == 2
+
+
 def test_default_threads_follow_the_cpus_this_process_may_use(monkeypatch):
     """Pinned (taskset) to 2 of 16 CPUs, a run takes 2 threads, not 16 on 2 CPUs."""
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {4, 5}, raising=False)
@@ -2114,11 +2140,13 @@ def test_default_threads_follow_the_cpus_this_process_may_use(monkeypatch):
     assert data.default_threads(8) == 1
 
 
-@pytest.mark.parametrize("script", ["train.py", "search.py", "evaluate.py", "bench.py"])
+@pytest.mark.parametrize("script", ["search.py", "evaluate.py"])
 def test_openmp_threads_sleep_by_default_but_the_user_decides(script, monkeypatch):
-    """Each script sets OMP_WAIT_POLICY=PASSIVE before it imports torch (OpenMP reads it once,
-    at load; spinning threads stall training 10x beside one busy process, README "CPU
-    contention"), and keeps a value the user set."""
+    """search.py and evaluate.py set OMP_WAIT_POLICY=PASSIVE before they import torch (OpenMP
+    reads it once, at load; spinning threads stall beside one busy process, README "CPU
+    contention"), and keep a value the user set. train.py spins, as OpenMP does by default, and
+    its ThreadTuner drops a thread instead when other processes take the CPUs."""
+    assert "OMP_WAIT_POLICY" not in Path(__file__).with_name("train.py").read_text()
     import importlib.util
     path = Path(__file__).with_name(script)
     source = path.read_text()
@@ -2325,17 +2353,26 @@ AUTOSLIM_SEED_STEPS = (  # mmrazor's five AutoSlim steps for MobileNetV2 x1.5, a
 )
 
 
-def test_seed_autoslim_five_steps(seed_imagenet, tmp_path):
+def test_seed_autoslim_five_steps(seed_imagenet, tmp_path, monkeypatch, capsys):
     """The AutoSlim pipeline of the mmrazor README (AUTOSLIM_SEED_STEPS): MobileNetV2 x1.5 on
-    ImageNet, each step one plain python command as there; trainings of one batch of 256
-    (--train_size 256; the torchrun path is the other seed tests')."""
+    ImageNet, each step one plain python command as there, given to the script's main() in this
+    process (the same argv; the torchrun path is the other seed tests'); trainings of one batch
+    of 256 (--train_size 256)."""
+    monkeypatch.chdir(tmp_path)
+    threads = torch.get_num_threads()
     data_flags = ["--dataset", "ImageNet", "--datapath", seed_imagenet, "--image_size",
                   SEED_IMAGE_SIZE, "--val_size", SEED_VAL_SIZE, "--train_size", "256"]
     network = ["--network", "slim_mobilenetv2", "--width_mult", "1.5", "--batch_size", "256",
                "--epochs", "1"]
 
     def python(script, *args):
-        return finish(start([sys.executable, os.path.join(REPO, script), *args], tmp_path))[0]
+        capsys.readouterr()
+        status = {"train.py": train, "search.py": search, "evaluate.py": evaluate}[script].main(
+            list(args))
+        torch.set_num_threads(threads)  # --threads 1 holds for the command, not the test run
+        output = capsys.readouterr()
+        assert status == 0, f"{script} {' '.join(args)}\n{output.out}{output.err}"
+        return output.out
 
     python("train.py", "--name", "autoslim_mbv2", "--method", "random", *network, *data_flags,
            *SEED_SESSION)

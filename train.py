@@ -44,15 +44,13 @@ import math
 import os
 import random
 import signal
+import statistics
 import sys
 import time
 
 # NumPy serves only the sampler here; its multi-threaded BLAS stalls 10x when the cores are busy
 # with training (measured: 0.7 s vs 9 s per proposal), so it gets one thread unless told otherwise.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-# torch's idle OpenMP threads sleep instead of spinning: spinning is faster on idle cores but
-# stalls training 10x beside one busy process (README, "CPU contention"); a user's value wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np  # noqa: E402
 import torch
 import torch.distributed as dist
@@ -176,6 +174,53 @@ FLAG_RULES = {  # flag: (test of its value, what it must be), checked by parse_a
     "threads": (lambda v: v >= 0, "0 (automatic) or more"),
     "pause_after": (lambda v: v >= 0, "0 (never) or more"),
 }
+
+
+class ThreadTuner:
+    """The torch thread count that trains fastest now, for ``--threads 0`` on the CPU.
+
+    OpenMP's threads spin while they wait at a barrier: fastest on idle cores, but when another
+    process takes one of the CPUs every barrier waits for its time slice. bench.py contention,
+    2 CPUs: 2 threads 142 images/s quiet and 34 beside one busy process, 1 thread 83 and 72
+    (README, "CPU contention"). So every ``period`` steps the next ``probe`` steps run with one
+    thread fewer or one more (in turn, within 1..``most``), and the count whose steps did more
+    multiply-accumulates per second (the median step; the sampled widths change the work of a
+    step) is kept if it is ``margin`` faster. Probing costs about ``probe / period`` of a step
+    rate at the slower count. Thread counts change float summation order, so a run with
+    ``--threads 0`` is exactly reproducible only on an equally loaded machine: ``--threads N``
+    fixes the count."""
+
+    def __init__(self, most, period=100, probe=4, margin=1.1):
+        self.most, self.period, self.probe, self.margin = most, period, probe, margin
+        self.threads, self.trying, self.direction = most, None, -1
+        self.recent, self.trial, self.steps = [], [], 0
+
+    def record(self, seconds, macs):
+        """After a step of ``seconds`` that trained ``macs`` multiply-accumulates per image:
+        returns a message when the thread count changed, else None."""
+        rate = macs / max(seconds, 1e-9)
+        self.steps += 1
+        if self.trying is not None:
+            self.trial.append(rate)
+            if len(self.trial) < self.probe:
+                return None
+            before, after = statistics.median(self.recent), statistics.median(self.trial)
+            tried, self.trying = self.trying, None
+            if after > self.margin * before:
+                message = (f"threads {self.threads} -> {tried}: {100 * (after / before - 1):.0f}% "
+                           f"faster (other processes are using the CPUs, or have stopped)")
+                self.threads, self.recent = tried, self.trial
+                return message
+            torch.set_num_threads(self.threads)
+            self.direction = -self.direction
+            return None
+        self.recent = (self.recent + [rate])[-self.probe:]
+        if self.steps % self.period == 0 and self.most > 1:
+            if not 1 <= self.threads + self.direction <= self.most:
+                self.direction = -self.direction
+            self.trying, self.trial = self.threads + self.direction, []
+            torch.set_num_threads(self.trying)
+        return None
 
 
 class Fail(Exception):
@@ -486,6 +531,8 @@ def run(args, cleanup):
     device, rank, world_size = data.setup_distributed(args.device)
     slimmable.keep_freed_memory()  # sliced weights' full-size gradients: see its docstring
     torch.set_num_threads(args.threads or data.default_threads(world_size))
+    tuner = ThreadTuner(torch.get_num_threads()) if not args.threads and device.type == "cpu" \
+        else None
     run_dir = os.path.join("runs", args.name)
     if rank == 0:
         cleanup.enter_context(run_lock(run_dir))
@@ -659,6 +706,10 @@ def run(args, cleanup):
                                                   val_batch, device, rank, autocast, log, step)
                     configs_digest += float(np.sum(window_configs)) * (step + 1)
                     sampler_seconds += time.time() - start
+                    # the work of a step, for the thread tuner: MACs per image of its networks
+                    step_macs = float(slimmable.macs(net, 1.0)) + float(slimmable.macs(
+                        net, slimmable.width_matrix(net, window_configs)).sum())
+                step_start = time.perf_counter()
                 inputs = inputs.to(device, non_blocking=True)
                 targets = targets.to(device, non_blocking=True)
                 if device.type == "cuda":
@@ -673,6 +724,10 @@ def run(args, cleanup):
                 step += 1
                 run_steps += 1
                 full_value, small_value = full_loss.item(), small_loss.item()
+                if tuner is not None:
+                    change = tuner.record(time.perf_counter() - step_start, step_macs)
+                    if change:
+                        log(f"  step {step}: {change}")
                 meter["full"] += full_value
                 meter["small"] += small_value
                 meter["count"] += 1
