@@ -47,8 +47,8 @@ case "$job" in
   autoslim)
     # supernet with random widths down to 2/12 of every group (mmrazor's AutoSlim range) ->
     # greedy search at three targets in MACs -> joint retraining of the three configurations ->
-    # split into standalone models -> test each one (measured with a 0.42 lower bound: 875 s
-    # on a shared 2-core CPU with one thread per process)
+    # split into standalone models -> test each one (measured: 427 s on a quiet 2-core CPU,
+    # 2026-11-30)
     python train.py --name autoslim --method random --lower_channel 0.1667 --epochs 3 \
         --workers 0 "$@"
     python search.py --name autoslim --cost macs --target_ratios 0.75 0.5 0.3 \
