@@ -821,8 +821,9 @@ def test_converter_failure_leaves_no_database(tmp_path, capsys):
     make_image_folder(str(tmp_path / "src"), per_class=2)
     with open(tmp_path / "src" / "dog" / "broken.jpg", "wb") as f:
         f.write(b"this is not a jpeg")
-    result = run_data_cli("to-lmdb", str(tmp_path / "src"), str(tmp_path / "train.lmdb"))
-    assert_one_line_error(result, "broken.jpg")
+    assert data.main(["to-lmdb", str(tmp_path / "src"), str(tmp_path / "train.lmdb")]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and error[0].startswith("error: ") and "broken.jpg" in error[0]
     assert os.listdir(tmp_path) == ["src"]  # neither train.lmdb nor its temporary folder
 
     os.remove(tmp_path / "src" / "dog" / "broken.jpg")
