@@ -680,8 +680,9 @@ def get_loaders(args, batch_size, eval_batch_size=None):
     per_process_eval = (eval_batch_size or batch_size) // world_size
     if per_process < 1 or per_process_eval < 1:
         raise DataError(f"batch size {batch_size} is smaller than the {world_size} processes")
-    if len(train_set) < per_process * world_size:
-        raise DataError(f"only {len(train_set)} training images for a batch of {batch_size}")
+    # A training set smaller than one batch gives an empty train loader, not an error here: the
+    # callers that draw training batches say so (train.py, calibration in evaluate/search), and
+    # those that only test (evaluate.py --subnet) need none.
     common = dict(num_workers=args.workers,
                   pin_memory=args.pin_memory and torch.cuda.is_available())
     train_sampler = DistributedSampler(train_set, world_size, rank, shuffle=True) if distributed else None

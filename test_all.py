@@ -817,6 +817,22 @@ def test_truncated_lmdb_and_bad_converter_targets_are_one_line(imagenet_lmdb, tm
     assert_one_line_error(zero, "--records_per_commit 0")
 
 
+def test_a_training_set_smaller_than_a_batch_stops_only_who_trains(tmp_path, monkeypatch, capsys):
+    """86 training images and batches of 128: train.py refuses in one line; testing exported
+    subnets (evaluate.py --subnet), which draws no training batch, works."""
+    monkeypatch.chdir(tmp_path)
+    small = ["--synthetic_train", "150", "--val_size", "64", "--synthetic_test", "64",
+             "--workers", "0", "--threads", "1"]
+    assert train.main(["--name", "small", "--batch_size", "128", *small]) == 2
+    assert "smaller than one batch of 128" in capsys.readouterr().err
+    assert train.main(["--name", "small", "--method", "slim", "--epochs", "1", "--batch_size",
+                       "32", "--restart", *small]) == 0
+    assert evaluate.main(["--name", "small", "--export", "subnets", "--threads", "1"]) == 0
+    subnets = sorted(glob.glob(str(tmp_path / "subnets" / "*.pt")))
+    capsys.readouterr()
+    assert evaluate.main(["--subnet", *subnets, "--threads", "1"]) == 0, capsys.readouterr().err
+
+
 def test_converter_failure_leaves_no_database(tmp_path, capsys):
     make_image_folder(str(tmp_path / "src"), per_class=2)
     with open(tmp_path / "src" / "dog" / "broken.jpg", "wb") as f:
