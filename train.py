@@ -132,7 +132,9 @@ def parse_args(argv=None):
         help="held-out images each point of the training curves is measured on (default 512)")
     add("--seed", type=int, default=0, help="seed for weights, data order and sampling")
     add("--device", default="auto", help="auto (CUDA when available), cpu, cuda")
-    add("--threads", type=int, default=0, help="CPU threads per process (0: cores / processes)")
+    add("--threads", type=int, default=0,
+        help="CPU threads per process (0, the default: the usable cores / processes, then one "
+             "fewer while other processes slow training down: ThreadTuner)")
     add("--restart", action="store_true",
         help="start over even if runs/NAME/checkpoint.pt exists (it is overwritten)")
     add("--resume", action="store_true",
