@@ -533,8 +533,6 @@ def run(args, cleanup):
     device, rank, world_size = data.setup_distributed(args.device)
     slimmable.keep_freed_memory()  # sliced weights' full-size gradients: see its docstring
     torch.set_num_threads(args.threads or data.default_threads(world_size))
-    tuner = ThreadTuner(torch.get_num_threads()) if not args.threads and device.type == "cpu" \
-        else None
     run_dir = os.path.join("runs", args.name)
     if rank == 0:
         cleanup.enter_context(run_lock(run_dir))
@@ -582,6 +580,9 @@ def run(args, cleanup):
                       "target": record.get("target", record.get("target_mflops"))}
                      for path, (_, record) in zip(args.channel_config, loaded)]
     sampler = build_sampler(args, net, num_dims)
+    tuner = ThreadTuner(torch.get_num_threads()) if not args.threads and device.type == "cpu" \
+        else None
+    full_macs = float(slimmable.macs(net, 1.0))
 
     steps_per_epoch = len(loaders.train)
     if steps_per_epoch == 0:
@@ -708,9 +709,9 @@ def run(args, cleanup):
                                                   val_batch, device, rank, autocast, log, step)
                     configs_digest += float(np.sum(window_configs)) * (step + 1)
                     sampler_seconds += time.time() - start
-                    # the work of a step, for the thread tuner: MACs per image of its networks
-                    step_macs = float(slimmable.macs(net, 1.0)) + float(slimmable.macs(
-                        net, slimmable.width_matrix(net, window_configs)).sum())
+                    if tuner is not None:  # the work of a step: MACs per image of its networks
+                        step_macs = full_macs + float(slimmable.macs(
+                            net, slimmable.width_matrix(net, window_configs)).sum())
                 step_start = time.perf_counter()
                 inputs = inputs.to(device, non_blocking=True)
                 targets = targets.to(device, non_blocking=True)
