@@ -825,10 +825,13 @@ def test_a_training_set_smaller_than_a_batch_stops_only_who_trains(tmp_path, mon
              "--workers", "0", "--threads", "1"]
     assert train.main(["--name", "small", "--batch_size", "128", *small]) == 2
     assert "smaller than one batch of 128" in capsys.readouterr().err
-    assert train.main(["--name", "small", "--method", "slim", "--epochs", "1", "--batch_size",
-                       "32", "--restart", *small]) == 0
+    config = str(tmp_path / "half.json")
+    slimmable.save_config(config, models.get_model("slim_resnet20", 10), 0.5)
+    assert train.main(["--name", "small", "--method", "fixed", "--channel_config", config,
+                       "--epochs", "1", "--batch_size", "32", "--restart", *small]) == 0
     assert evaluate.main(["--name", "small", "--export", "subnets", "--threads", "1"]) == 0
     subnets = sorted(glob.glob(str(tmp_path / "subnets" / "*.pt")))
+    assert len(subnets) == 1
     capsys.readouterr()
     assert evaluate.main(["--subnet", *subnets, "--threads", "1"]) == 0, capsys.readouterr().err
 
