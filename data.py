@@ -571,23 +571,42 @@ def add_data_args(parser):
     return parser
 
 
+def flag_problem(args, rules):
+    """One line naming the first flag of ``rules`` ({flag: (test of a value, what it must be)})
+    whose value is invalid, or None. A flag left unset (None) is skipped, each value of a list
+    flag is tested, and a float that is not finite is invalid. train.py, search.py, evaluate.py
+    and ``check_data_args`` validate their flags through this, each with its own table."""
+    for flag, (valid, meaning) in rules.items():
+        value = getattr(args, flag)
+        if value is None:
+            continue
+        for item in value if isinstance(value, (list, tuple)) else [value]:
+            if isinstance(item, float) and not math.isfinite(item) or not valid(item):
+                shown = " ".join(map(str, value)) if isinstance(value, (list, tuple)) else value
+                return f"--{flag} {shown} is invalid: it must be {meaning}"
+    return None
+
+
+DATA_FLAG_RULES = {  # the flags of add_data_args: (test of the value, what it must be)
+    "workers": (lambda v: v >= 0, "at least 0"), "train_size": (lambda v: v >= 0, "at least 0"),
+    "synthetic_train": (lambda v: v >= 1, "at least 1"),
+    "synthetic_test": (lambda v: v >= 1, "at least 1"),
+    "synthetic_classes": (lambda v: v >= 2, "at least 2"),
+    "val_size": (lambda v: v >= 0, "0 (none) or more"),
+    "scale_ratio": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    "image_size": (lambda v: v >= 1, "at least 1 (pixels)"),
+}
+
+
 def check_data_args(args):
     """One line saying which flag of ``add_data_args`` is invalid, or None (the scripts call it
     once while parsing their flags)."""
-    for flag, minimum in (("workers", 0), ("train_size", 0), ("synthetic_train", 1),
-                          ("synthetic_test", 1), ("synthetic_classes", 2)):
-        if getattr(args, flag) < minimum:
-            return f"--{flag} {getattr(args, flag)} is invalid: it must be at least {minimum}"
-    if args.val_size is not None and args.val_size < 0:
-        return f"--val_size {args.val_size} is invalid: it must be 0 (none) or more"
-    if not (math.isfinite(args.scale_ratio) and 0 < args.scale_ratio <= 1):
-        return f"--scale_ratio {args.scale_ratio} is invalid: it must be in (0, 1]"
-    if args.image_size < 1:
-        return f"--image_size {args.image_size} is invalid: it must be at least 1 (pixels)"
-    if args.image_size != IMAGENET_SIZE and canonical_dataset_name(args.dataset) != "ImageNet":
-        return (f"--image_size {args.image_size} applies to ImageNet only: "
-                f"{canonical_dataset_name(args.dataset)} images keep their own size")
-    return None
+    problem = flag_problem(args, DATA_FLAG_RULES)
+    if problem is None and args.image_size != IMAGENET_SIZE and \
+            canonical_dataset_name(args.dataset) != "ImageNet":
+        problem = (f"--image_size {args.image_size} applies to ImageNet only: "
+                   f"{canonical_dataset_name(args.dataset)} images keep their own size")
+    return problem
 
 
 class Loaders(NamedTuple):

@@ -51,7 +51,8 @@ import sys
 import time
 from xml.sax.saxutils import escape
 
-# as train.py: idle OpenMP threads sleep, as spinning stalls training 10x on shared CPUs
+# idle OpenMP threads sleep: spinning ones stall beside other processes (README, "CPU
+# contention"; train.py has a thread tuner instead); a user's value wins
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np  # noqa: E402
 import torch
@@ -117,10 +118,10 @@ def build_parser():
     return parser
 
 
-FLAG_RULES = {  # flag: (test of its value, what it must be), checked by parse_args; None = unset
-    "batch_size": (lambda v: v is None or v >= 1, "at least 1"),
-    "lower_channel": (lambda v: v is None or 0 < v <= 1, "in (0, 1]"),
-    "calib_batches": (lambda v: v is None or v >= 1, "at least 1"),
+FLAG_RULES = {  # flag: (test of its value, what it must be), checked by parse_args; unset: None
+    "batch_size": (lambda v: v >= 1, "at least 1"),
+    "lower_channel": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    "calib_batches": (lambda v: v >= 1, "at least 1"),
     "threads": (lambda v: v >= 0, "0 (automatic) or more"),
     "device": (lambda v: v in ("auto", "cpu", "cuda") or v.startswith("cuda:"),
                "auto, cpu, cuda or cuda:N"),
@@ -137,10 +138,9 @@ def parse_args(argv=None, defaults=None, run=None):
     parser = build_parser()
     parser.set_defaults(**(defaults or {}))
     args = parser.parse_args(argv if argv is not None else [])
-    for flag, (valid, meaning) in FLAG_RULES.items():
-        value = getattr(args, flag)
-        if isinstance(value, float) and not math.isfinite(value) or not valid(value):
-            parser.error(f"--{flag} {value} is invalid: it must be {meaning}")
+    problem = data.flag_problem(args, FLAG_RULES)
+    if problem:
+        parser.error(problem)
     name, recorded = run or (None, {})
     for flag in RUN_FLAGS:  # a checkpoint from an older version may not record every flag
         if flag in recorded and getattr(args, flag) != recorded[flag]:

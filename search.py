@@ -53,12 +53,12 @@ import argparse
 import glob
 import itertools
 import json
-import math
 import os
 import sys
 import time
 
-# as train.py: idle OpenMP threads sleep, as spinning stalls training 10x on shared CPUs
+# idle OpenMP threads sleep: spinning ones stall beside other processes (README, "CPU
+# contention"; train.py has a thread tuner instead); a user's value wins
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch  # noqa: E402
 import torch.distributed as dist
@@ -161,15 +161,7 @@ def check_args(args):
                    "--cost mmcv_flops --targets M... (or --target_ratios R...)")
     if not args.targets and not args.target_ratios:
         raise Fail("give the targets: --cost macs|mmcv_flops --targets M... or --target_ratios R...")
-    for flag, (valid, meaning) in FLAG_RULES.items():
-        value = getattr(args, flag)
-        if value is None:  # an optional list flag not given
-            continue
-        for item in value if isinstance(value, (list, tuple)) else [value]:
-            if isinstance(item, float) and not math.isfinite(item) or not valid(item):
-                shown = " ".join(map(str, value)) if isinstance(value, (list, tuple)) else value
-                raise Fail(f"--{flag} {shown} is invalid: it must be {meaning}")
-    problem = data.check_data_args(args)
+    problem = data.flag_problem(args, FLAG_RULES) or data.check_data_args(args)
     if problem:
         raise Fail(problem)
 

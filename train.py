@@ -145,11 +145,7 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if args.method == "fixed" and not args.channel_config:
         parser.error("--method fixed needs --channel_config FILE...")
-    for flag, (valid, meaning) in FLAG_RULES.items():
-        value = getattr(args, flag)
-        if isinstance(value, float) and not math.isfinite(value) or not valid(value):
-            parser.error(f"--{flag} {value} is invalid: it must be {meaning}")
-    problem = data.check_data_args(args)
+    problem = data.flag_problem(args, FLAG_RULES) or data.check_data_args(args)
     if problem:
         parser.error(problem)
     if args.device not in ("auto", "cpu", "cuda") and not args.device.startswith("cuda:"):
