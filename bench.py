@@ -250,7 +250,7 @@ def bench_training(networks=("slim_resnet20", "slim_resnet56"), batch_size=128, 
 CONTENTION_KNOBS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
-def contention_settings(cores, quick=False, spincounts=(30000,)):
+def contention_settings(cores, quick=False, spincounts=(1000, 30000)):
     """The settings ``bench_contention`` measures: (label, torch threads, environment added to
     the process, inter-op threads or 0 for torch's default). At one thread OpenMP never waits at
     a barrier, so only the thread count is varied there. ``spincounts``: GOMP_SPINCOUNT values
@@ -271,7 +271,7 @@ def contention_settings(cores, quick=False, spincounts=(30000,)):
 
 _CONTENTION_CHILD = """import json, os
 seen = {{key: os.environ.get(key) for key in {knobs!r}}}
-import torch  # OpenMP reads its environment here, before bench.py or train.py can set defaults
+import torch  # OpenMP reads its environment here, before any project module is imported
 torch.set_num_threads({threads})
 if {interop}:
     torch.set_num_interop_threads({interop})
