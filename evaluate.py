@@ -283,8 +283,8 @@ def searched_configs(name):
 def describe(net, widths, full_macs, kind="macs", full_cost=None):
     """The cost side of one configuration, JSON-ready: every cost of ``slimmable.COSTS`` (MACs,
     params, mmcv-style FLOPs, peak activation memory in elements), ``macs_ratio`` and
-    ``cost_ratio``, the ratio
-    of cost ``kind`` to ``full_cost`` (the full network's; MACs by default)."""
+    ``cost_ratio``, the ratio of cost ``kind`` to ``full_cost`` (the full network's; MACs by
+    default)."""
     widths = slimmable.width_matrix(net, widths)[0].tolist()
     record = {"widths": widths, "channels": slimmable.group_channels(net, widths)}
     record.update({name: int(function(net, widths)) for name, function in slimmable.COSTS.items()})
@@ -374,8 +374,8 @@ def evaluate_run(name, overrides=None, argv=None):
 
     ``name, network, method, num_classes, model_options, dataset, lower_channel, calib_batches,
     calib_images, source, cost, full_cost, full_macs, full_params, smallest_ratio, area,
-    seconds, checkpoint_stamp, points, candidates``. ``cost`` names the front's axis (``macs``,
-    ``params``, ``memory``) and ``full_cost`` is the full network's. A point (front member, by
+    seconds, checkpoint_stamp, points, candidates``. ``cost`` names the front's axis (a key of
+    ``slimmable.COSTS``) and ``full_cost`` is the full network's. A point (front member, by
     ascending cost): ``widths``, ``channels`` (per group), ``macs``, ``params``, ``memory``,
     ``macs_ratio``, ``cost_ratio`` (to ``full_cost``), ``held_out`` and
     ``test`` (each ``{top1, top5, loss, images}``), ``on_held_out_front`` (False only for the
