@@ -41,6 +41,7 @@ import data  # noqa: E402
 import models  # noqa: E402
 import sampler as samplers  # noqa: E402
 import search  # noqa: E402
+import runs  # noqa: E402
 import slimmable  # noqa: E402
 import train  # noqa: E402
 
@@ -280,7 +281,7 @@ result = bench.quiet_and_busy_seconds({steps}, {max_seconds}, {batch_size},
                                      tuner_period={tuner_period})
 print(json.dumps(dict(result, environment=seen, threads=torch.get_num_threads(),
                       interop_threads=torch.get_num_interop_threads(),
-                      cpus=bench.data.usable_cpus())))
+                      cpus=bench.runs.usable_cpus())))
 """
 
 
@@ -305,11 +306,11 @@ def quiet_and_busy_seconds(steps, max_seconds, batch_size=128, busy_warmup_secon
                            tuner_period=0, tuner_probe=3):
     """Step times (``timed_steps`` of ``sandwich_step``) in this process: quiet, then at once
     beside ``busy_process``; one process for both halves the seconds spent importing torch.
-    ``tuner_period``: a ``train.ThreadTuner`` with that period picks the thread count after
+    ``tuner_period``: a ``runs.ThreadTuner`` with that period picks the thread count after
     every step, as train.py does with ``--threads 0`` (it carries over into the busy half)."""
     step = sandwich_step(batch_size=batch_size)
     if tuner_period:
-        tuner, untuned = train.ThreadTuner(torch.get_num_threads(), tuner_period, tuner_probe), step
+        tuner, untuned = runs.ThreadTuner(torch.get_num_threads(), tuner_period, tuner_probe), step
 
         def step():  # the widths vary the work a little; the tuner's medians absorb it
             seconds = untuned()
@@ -346,12 +347,12 @@ def contention_rates(threads, environment, interop_threads, steps, max_seconds, 
 def bench_thread_tuner(steps=40, period=20, batch_size=128,
                        out_path=os.path.join("results", "contention_tuner.json")):
     """train.py's default (``--threads 0``: all usable CPUs, OpenMP's spinning threads and
-    ``train.ThreadTuner``) against the same thread counts held fixed: ``steps`` steps quiet,
+    ``runs.ThreadTuner``) against the same thread counts held fixed: ``steps`` steps quiet,
     then ``steps`` beside one busy process, in one fresh process per variant. The figure is the
     mean rate over all the steps of a half (total images / total seconds), probes and the
     tuner's reaction time included; its period is ``period`` steps here (train.py: 100), so
     that it can act within the half. Prints a table, writes ``out_path``."""
-    cores = data.usable_cpus()
+    cores = runs.usable_cpus()
     variants = [(f"{cores} threads, fixed", cores, 0), ("1 thread, fixed", 1, 0),
                 (f"{cores} threads, ThreadTuner (period {period})", cores, period)]
     print(f"thread tuner: slim_resnet20 sandwich step, batch {batch_size}, {steps} steps quiet "
@@ -365,8 +366,7 @@ def bench_thread_tuner(steps=40, period=20, batch_size=128,
                      "busy": run["busy_mean_images_per_second"], "run": run})
         print(f"  {label}: {rows[-1]['quiet']:.1f} quiet, {rows[-1]['busy']:.1f} busy", flush=True)
     contention_table(rows)
-    slimmable.write_atomic(out_path, lambda handle: json.dump(
-        {"machine": machine(), "steps": steps, "period": period, "rows": rows}, handle, indent=1))
+    runs.write_json(out_path, {"machine": machine(), "steps": steps, "period": period, "rows": rows})
     print(f"written: {out_path}")
     return rows
 
@@ -410,10 +410,10 @@ def bench_contention(cores=None, steps=5, quick=False, spincounts=(1000, 30000),
     writes ``out_path`` and returns its rows. ``repeats``: rounds over all the settings, in
     turn, so that a slow minute of the machine falls on every setting alike; each figure is the
     median over the rounds (run to run, one setting's rate varied by 10-25% here)."""
-    cores = cores or data.usable_cpus()
+    cores = cores or runs.usable_cpus()
     settings = settings or contention_settings(cores, quick, spincounts)
     print(f"contention: slim_resnet20 sandwich step, batch {batch_size}, median of up to {steps} "
-          f"steps, quiet and beside one busy process; {data.usable_cpus()} usable CPUs, load "
+          f"steps, quiet and beside one busy process; {runs.usable_cpus()} usable CPUs, load "
           f"average {os.getloadavg()[0]:.2f}", flush=True)
     rounds = {label: [] for label, *_ in settings}
     for repeat in range(repeats):
@@ -430,11 +430,11 @@ def bench_contention(cores=None, steps=5, quick=False, spincounts=(1000, 30000),
              "runs": rounds[label]}
             for label, threads, environment, interop_threads in settings]
     contention_table(rows)
-    content = {"machine": machine(), "usable_cpus": data.usable_cpus(), "cores": cores,
+    content = {"machine": machine(), "usable_cpus": runs.usable_cpus(), "cores": cores,
                "steps": steps, "repeats": repeats, "batch_size": batch_size,
                "load_average": os.getloadavg(),
                "rows": rows}
-    slimmable.write_atomic(out_path, lambda handle: json.dump(content, handle, indent=1))
+    runs.write_json(out_path, content)
     print(f"written: {out_path}")
     return rows
 
@@ -563,7 +563,7 @@ def bench_quality(seeds=(0, 1, 2), dataset="FashionMNIST", quick=False, threads=
             names["uniform-alone"][-1].append(name)
             _train(["--name", name, "--seed", str(seed), "--method", "fixed", "--channel_config",
                     config] + flags)
-        everything = [n for runs in names.values() for n in runs[-1]]
+        everything = [n for seeds_runs in names.values() for n in seeds_runs[-1]]
         evaluate.compare(everything, os.path.join("results", f"{prefix}_s{seed}.svg"))
         print(f"[quality] seed {seed}: trained, searched and evaluated in "
               f"{time.time() - start:.0f} s", flush=True)
@@ -583,9 +583,9 @@ def quality_table(names, seeds, dataset, prefix):
     from sampler import area_under_front
     levels = (*QUALITY_TARGETS, 1.0)
     per_seed = {}
-    for label, runs in names.items():
+    for label, seeds_runs in names.items():
         per_seed[label] = []
-        for run_names in runs:
+        for run_names in seeds_runs:
             points = []
             for name in run_names:
                 with open(os.path.join("results", f"{name}_eval_pareto.json")) as handle:
@@ -625,12 +625,10 @@ def quality_table(names, seeds, dataset, prefix):
                           if table[label][f"top1@{level:g}"]], "end": 1.0} for label in per_seed]
     svg = evaluate.front_svg(curves, f"{dataset}: mean test top-1 at matched MACs, "
                                      f"{len(seeds)} seeds", x_label="MACs ratio")
-    slimmable.write_atomic(os.path.join("results", f"{prefix}_quality.svg"),
-                           lambda handle: handle.write(svg))
+    runs.write_atomic(os.path.join("results", f"{prefix}_quality.svg"), svg)
     content = {"dataset": dataset, "seeds": list(seeds), "names": names, "per_seed": per_seed,
                "differences": differences}
-    slimmable.write_atomic(os.path.join("results", f"{prefix}_quality.json"),
-                           lambda handle: json.dump(content, handle, indent=1))
+    runs.write_json(os.path.join("results", f"{prefix}_quality.json"), content)
     print(f"wrote results/{prefix}_quality.json and results/{prefix}_quality.svg")
     return table, differences
 
@@ -652,7 +650,7 @@ def gradient_probe(name, batch, lower=0.42, sampled=(0.6, 0.8)):
     uniform ``sampled`` widths) under distillation (g_kd) and under the labels (g_label); their
     norms and cosines with g_full; the teacher's mean top probability and batch top-1; the lr
     the run had at that step. Returns a dict of floats."""
-    checkpoint = slimmable.load_checkpoint_file(os.path.join("runs", name, "checkpoint.pt"))
+    checkpoint = runs.load_checkpoint(os.path.join("runs", name, "checkpoint.pt"))
     args = train.parse_args([])
     vars(args).update(checkpoint["args"])
     net = models.get_model(checkpoint["network"], checkpoint["num_classes"],
@@ -706,7 +704,7 @@ def bench_recipe(seeds=(0, 1), threads=None, probe_every=26, out_dir="results", 
     common = RECIPE_DATA + ["--network", "slim_resnet20", "--threads", str(threads)]
     common += ["--datapath", datapath] if datapath else []
     os.makedirs(out_dir, exist_ok=True)
-    probes, runs = [], {}
+    probes, recipe_runs = [], {}
     for seed in seeds:
         net = models.get_model("slim_resnet20", 10, input_size=28, in_channels=1)
         alone = {}
@@ -716,20 +714,20 @@ def bench_recipe(seeds=(0, 1), threads=None, probe_every=26, out_dir="results", 
             alone[label] = ["--method", "fixed", "--channel_config", path]
         for label, flags in {**RECIPES, **alone}.items():
             name = f"recipe_{label}_s{seed}"
-            runs.setdefault(label, []).append(name)
+            recipe_runs.setdefault(label, []).append(name)
             argv = ["--name", name, "--seed", str(seed)] + flags + common
             if label == "distill-after-1" and seed == 0:
                 probes = _train_with_probes(argv, name, probe_every)
             else:
                 _train(argv)
-    everything = [name for names in runs.values() for name in names]
+    everything = [name for names in recipe_runs.values() for name in names]
     rows = {row["name"]: row for row in evaluate.compare(everything, os.path.join(
         out_dir, "recipe_fronts.svg"))}
     table = {}
     print(f"\nFashion-MNIST, slim_resnet20, seeds {list(seeds)}: test top-1 (%) of the full and "
           f"smallest network (BN calibrated), area; mean over seeds")
     print(f"{'recipe':<18}{'full':>8}{'smallest':>10}{'area':>8}   per seed (full/smallest/area)")
-    for label, names in runs.items():
+    for label, names in recipe_runs.items():
         results = []
         for name in names:
             with open(os.path.join("results", f"{name}_eval_pareto.json")) as handle:
@@ -742,7 +740,7 @@ def bench_recipe(seeds=(0, 1), threads=None, probe_every=26, out_dir="results", 
         detail = "  ".join(f"{f:.2f}/{s:.2f}/{a:.2f}" for f, s, a in results)
         print(f"{label:<18}{mean[0]:>8.2f}{mean[1]:>10.2f}{mean[2]:>8.2f}   {detail}")
     panels = {"full": [], "smallest": []}  # held-out top-1 against the step, one line a run
-    for label, names in runs.items():
+    for label, names in recipe_runs.items():
         with open(os.path.join("runs", names[0], "curves.json")) as handle:
             points = json.load(handle)["points"]
         for end, curves in panels.items():
@@ -752,8 +750,7 @@ def bench_recipe(seeds=(0, 1), threads=None, probe_every=26, out_dir="results", 
     svg = evaluate.panels_svg([(f"{end} network: held-out top-1 (%)", curves)
                                for end, curves in panels.items()],
                               f"Fashion-MNIST, the students' recipes, seed {seeds[0]}")
-    slimmable.write_atomic(os.path.join(out_dir, "recipe_curves.svg"),
-                           lambda handle: handle.write(svg))
+    runs.write_atomic(os.path.join(out_dir, "recipe_curves.svg"), svg)
     if probes:
         print("\ngradients at the shared weights, old default (distillation after epoch 1), "
               f"seed {seeds[0]}: three students (0.42, 0.6, 0.8) vs the full network")
@@ -764,9 +761,8 @@ def bench_recipe(seeds=(0, 1), threads=None, probe_every=26, out_dir="results", 
                   f"{p['teacher_top1']:>13.1f}{p['full_grad_norm']:>9.3f}{p['kd_grad_norm']:>8.3f}"
                   f"{p['label_grad_norm']:>10.3f}{p['cos_kd_full']:>13.3f}"
                   f"{p['cos_label_full']:>16.3f}")
-    content = {"runs": runs, "table": table, "probes": probes}
-    slimmable.write_atomic(os.path.join(out_dir, "recipe.json"),
-                           lambda handle: json.dump(content, handle, indent=1))
+    content = {"runs": recipe_runs, "table": table, "probes": probes}
+    runs.write_json(os.path.join(out_dir, "recipe.json"), content)
     return table, probes
 
 
@@ -787,10 +783,10 @@ def _train_with_probes(argv, name, every):
                 torch.manual_seed(12345)
                 inputs, targets = next(iter(data.get_loaders(args, args.batch_size).train))
             batch = (inputs, targets)
-        checkpoint = slimmable.load_checkpoint_file(os.path.join("runs", name, "checkpoint.pt"))
+        checkpoint = runs.load_checkpoint(os.path.join("runs", name, "checkpoint.pt"))
         if not probes or probes[-1]["step"] < checkpoint["step"]:
             probes.append(gradient_probe(name, batch))
-            slimmable.write_atomic(path, lambda handle: json.dump(probes, handle, indent=1))
+            runs.write_json(path, probes)
         if checkpoint.get("finished"):
             return probes
 
@@ -959,8 +955,8 @@ def main():
         parser.exit(2, "error: --spincounts take numbers >= 0\n")
     torch.set_num_threads(args.threads)
     print(machine())
-    kept = slimmable.keep_freed_memory()
-    print(f"glibc malloc keeps freed memory (slimmable.keep_freed_memory): {kept}")
+    kept = runs.keep_freed_memory()
+    print(f"glibc malloc keeps freed memory (runs.keep_freed_memory): {kept}")
     if args.what == "recipe":
         bench_recipe(args.seeds, threads=args.threads, datapath=args.datapath)
     if args.what == "quality":

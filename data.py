@@ -571,6 +571,30 @@ def add_data_args(parser):
     return parser
 
 
+def data_flag_names():
+    """The names (argparse destinations) of the flags ``add_data_args`` adds."""
+    return set(vars(add_data_args(argparse.ArgumentParser(add_help=False)).parse_args([])))
+
+
+def first_batches(loader, count=None, images=None, seed=None):
+    """The first ``count`` batches of ``loader``, or its first ``images`` images, as a list of
+    ``(inputs, targets)``: drawn without touching torch's global RNG, which is seeded with
+    ``seed`` inside (when given) so that random transforms and workers draw the same each call."""
+    batches, seen = [], 0
+    with torch.random.fork_rng(devices=[]):
+        if seed is not None:
+            torch.manual_seed(seed)
+        for batch in loader:
+            inputs, targets = batch[0], batch[1]
+            if images is not None:
+                inputs, targets = inputs[:images - seen], targets[:images - seen]
+            batches.append((inputs, targets))
+            seen += len(targets)
+            if len(batches) == count or (images is not None and seen >= images):
+                break
+    return batches
+
+
 def flag_problem(args, rules):
     """One line naming the first flag of ``rules`` ({flag: (test of a value, what it must be)})
     whose value is invalid, or None. A flag left unset (None) is skipped, each value of a list
@@ -723,39 +747,6 @@ def get_loaders(args, batch_size, eval_batch_size=None):
     val = evaluation_loader(val_set) if val_set is not None else None
     return Loaders(train, val, evaluation_loader(test_set), num_classes, input_size,
                    canonical_dataset_name(args.dataset), in_channels)
-
-
-def setup_distributed(device_flag):
-    """``(device, rank, world size)`` from torchrun's environment variables (one process without
-    them): the process group of train.py, search.py and evaluate.py, which shard the data here."""
-    world_size = int(os.environ.get("WORLD_SIZE", 1))
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    use_cuda = device_flag.startswith("cuda") or (device_flag == "auto" and torch.cuda.is_available())
-    if use_cuda and not torch.cuda.is_available():
-        raise DataError("--device cuda asked for, but no CUDA device is available")
-    device = torch.device(f"cuda:{local_rank}" if use_cuda else "cpu")
-    if use_cuda:
-        torch.cuda.set_device(device)
-    if world_size > 1 and not torch.distributed.is_initialized():
-        torch.distributed.init_process_group("nccl" if use_cuda else "gloo")
-    rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
-    return device, rank, world_size
-
-
-def usable_cpus():
-    """CPUs this process may run on: its affinity mask (``taskset``, a container's or a batch
-    scheduler's cpuset), not ``os.cpu_count()``, which counts every CPU of the machine."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
-
-
-def default_threads(world_size):
-    """torch CPU threads for one of this machine's processes of a run: the usable CPUs shared
-    out (``LOCAL_WORLD_SIZE`` processes here under torchrun; ``world_size`` without it). Counting
-    os.cpu_count() instead would give a job pinned to 2 of 16 CPUs 16 threads, 8 per CPU."""
-    local_size = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
-    return max(1, usable_cpus() // local_size)
 
 
 def set_epoch(loaders, epoch):

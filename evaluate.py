@@ -44,6 +44,7 @@ models.py and slimmable.py alone (all that ``load_subnet`` does)::
 """
 import argparse
 import glob
+import io
 import json
 import math
 import os
@@ -61,7 +62,9 @@ import torch.nn.functional as F
 
 import data
 import models
+import runs
 import slimmable
+from runs import Fail, first_line
 from sampler import area_under_front, pareto_front
 
 RUNS_DIR, RESULTS_DIR = "runs", "results"
@@ -73,14 +76,6 @@ COST_NAMES = {"macs": ("MACs", "MACs (millions)"), "params": ("params", "paramet
               "mmcv_flops": ("mmcv FLOPs", "FLOPs, mmcv's convention (millions)"),
               "memory": ("memory", "peak activation memory (millions of elements, batch 1)")}
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
-
-
-class Fail(Exception):
-    """A user-caused problem: printed as one line, exit status 2."""
-
-
-def first_line(error):
-    return str(error).splitlines()[0] if str(error) else type(error).__name__
 
 
 def build_parser():
@@ -163,7 +158,7 @@ def load_checkpoint(name):
     if not os.path.exists(path):
         raise Fail(f"no checkpoint at {path}; train it first: python train.py --name {name}")
     try:
-        checkpoint = slimmable.load_checkpoint_file(path)
+        checkpoint = runs.load_checkpoint(path)
     except Exception as error:  # a truncated or foreign file
         raise Fail(f"cannot read checkpoint {path}: {first_line(error)}") from None
     required = {"model", "network", "num_classes", "method"}
@@ -248,7 +243,7 @@ def candidate_configs(net, checkpoint, args, say):
     if args.configs:
         return [config_widths(path, net) for path in args.configs], f"{len(args.configs)} files"
     if method == "joslim":
-        state = slimmable.as_numpy(checkpoint.get("sampler") or {})
+        state = runs.as_numpy(checkpoint.get("sampler") or {})
         configs = np.asarray(state.get("configs", []), float).reshape(-1, num_groups)
         losses = np.asarray(state.get("losses", []), float).reshape(-1)
         scored = np.isfinite(losses)  # the last proposals of a run are never scored
@@ -347,11 +342,8 @@ def use_cuda(device_flag):
 
 def setup_distributed(args):
     """``(device, rank, world size)`` (data.setup_distributed), with this script's thread count."""
-    device, rank, world_size = data.setup_distributed(args.device)
-    slimmable.keep_freed_memory()
-    if args.threads or world_size > 1:  # alone, it keeps its caller's setting (bench.py, tests)
-        torch.set_num_threads(args.threads or data.default_threads(world_size))
-    return device, rank, world_size
+    # alone, it keeps its caller's thread count (bench.py, tests)
+    return runs.start(args.device, args.threads, set_threads=False)
 
 
 def share_out(measure, count, rank, world_size):
@@ -510,20 +502,21 @@ def write_results(result, stem):
     name, x_label = COST_NAMES.get(kind, (kind, f"{kind} (millions)"))
     table = np.array([[cost_ratio(p) for p in points], [p["test"]["top1"] for p in points],
                       [p["test"]["top5"] for p in points]])
-    slimmable.write_atomic(f"{stem}_eval_pareto.txt", lambda handle: np.savetxt(handle, table))
-    slimmable.write_atomic(f"{stem}_eval_pareto.json",
-                           lambda handle: json.dump(result, handle, indent=1))
+    text = io.StringIO()
+    np.savetxt(text, table)
+    runs.write_atomic(f"{stem}_eval_pareto.txt", text.getvalue())
+    runs.write_json(f"{stem}_eval_pareto.json", result)
     curves = [{"label": "test top-1, front selected on held-out", "end": full_cost(result) / 1e6,
                "points": [(p[kind] / 1e6, p["test"]["top1"]) for p in points]},
               {"label": "held-out top-1, every candidate", "dots_only": True,
                "points": [(c[kind] / 1e6, c["held_out"]["top1"]) for c in result["candidates"]]}]
     svg = front_svg(curves, f"{result['name']}: {result['method']} {result['network']}, "
                             f"area {result['area']:.2f} (mean test top-1 error %)", x_label)
-    slimmable.write_atomic(f"{stem}_pareto.svg", lambda handle: handle.write(svg))
+    runs.write_atomic(f"{stem}_pareto.svg", svg)
     curves = result.get("training_curves") or []
     if curves:
         svg = training_curves_svg([("", curves)], f"{result['name']}: training curves")
-        slimmable.write_atomic(f"{stem}_curves.svg", lambda handle: handle.write(svg))
+        runs.write_atomic(f"{stem}_curves.svg", svg)
     macs_column = kind != "macs"  # the front's cost first (a count), then MACs too
     print((f"{name:>12}" if macs_column else f"{name:>10}") + f"{'ratio':>8}"
           + (f"{'MACs':>10}" if macs_column else "")
@@ -560,7 +553,7 @@ def save_subnet(args, checkpoint, index, point, state_dict):
               **{key: point[key] for key in ("widths", "channels", "macs", "params", "mmcv_flops",
                                              "held_out", "test", "cost", "target", "config_file")
                  if key in point}, "data": data_args}
-    slimmable.save_file(path, record)
+    runs.save_checkpoint(path, record)
     return path
 
 
@@ -793,7 +786,7 @@ def compare(names, out_path=None, overrides=None, argv=None):
                "end": full_cost(r) / 1e6,
                "points": [(p[kind] / 1e6, p["test"]["top1"]) for p in r["points"]]} for r in results]
     svg = front_svg(curves, f"test top-1 vs {name} (fronts selected on held-out data)", x_label)
-    slimmable.write_atomic(out_path, lambda handle: handle.write(svg))
+    runs.write_atomic(out_path, svg)
     rows = [{"name": r["name"], "network": r["network"], "method": r["method"], "area": r["area"],
              "top1_at": {level: top1_at(r["points"], level) for level in MATCHED_RATIOS}}
             for r in results]
@@ -820,7 +813,7 @@ def main(argv=None):
             compare(args.compare, args.out, argv=argv)
         else:
             evaluate_run(args.name, argv=argv)
-    except (Fail, data.DataError, slimmable.WriteError) as error:
+    except (Fail, data.DataError) as error:
         print(f"error: {first_line(error)}", file=sys.stderr)
         return 2
     finally:

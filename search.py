@@ -67,13 +67,11 @@ import torch.nn.functional as F
 
 import data
 import models
+import runs
 import slimmable
+from runs import Fail
 
 STATE_FILE = "search.state"  # not *.json: evaluate.py reads runs/NAME/search/*.json as configs
-
-
-class Fail(Exception):
-    """A user-caused problem: printed as one line, exit status 2."""
 
 
 def build_parser():
@@ -196,7 +194,7 @@ def load_supernet(name, device):
     if not os.path.exists(path):
         raise Fail(f"no supernet at {path}; train one: python train.py --name {name} --method random")
     try:
-        checkpoint = slimmable.load_checkpoint_file(path)
+        checkpoint = runs.load_checkpoint(path)
     except Exception as error:  # a truncated or foreign file
         raise Fail(f"cannot load supernet {path}: {str(error).splitlines()[0]}") from None
     if not isinstance(checkpoint, dict) or \
@@ -442,10 +440,6 @@ def best_candidate(scores):
     return min(scores, key=lambda group: (-scores[group][0], scores[group][1], group))
 
 
-def write_json(path, content):
-    slimmable.write_atomic(path, lambda handle: json.dump(content, handle, indent=1))
-
-
 def fingerprint(calibration, score):
     """A short digest of the fixed images, so a resume can tell that they are the same."""
     total = sum(float(x.double().sum()) for x in calibration)
@@ -474,9 +468,7 @@ def run_search(name="demo", targets=None, target_ratios=None, max_steps=0, **set
 
 def search(args, given):
     check_args(args)
-    device, rank, world_size = data.setup_distributed(args.device)
-    slimmable.keep_freed_memory()
-    torch.set_num_threads(args.threads or data.default_threads(world_size))
+    device, rank, world_size = runs.start(args.device, args.threads)
     start_time = time.time()
     net, checkpoint = load_supernet(args.name, device)
     resolve_data_flags(args, given, checkpoint)
@@ -557,7 +549,7 @@ def search(args, given):
             state["evaluations"] = earlier_evaluations + evaluations
             state["seconds"] = earlier_seconds + time.time() - start_time
             if rank == 0:  # after every step: an interrupted search resumes from here
-                write_json(os.path.join(out_dir, STATE_FILE), state)
+                runs.write_json(os.path.join(out_dir, STATE_FILE), state)
             if state["finished"] or (args.pause_after and steps >= args.pause_after):
                 break
             step_start = time.time()
@@ -625,7 +617,7 @@ def record_target(net, widths, cost, target, state, out_dir, rank):
     extra = {"cost": cost, "target": target, "heldout_top1": state["current"]["top1"],
              "heldout_loss": state["current"]["loss"], "step": state["step"]}
     if rank == 0:
-        slimmable.save_config(os.path.join(out_dir, file), net, widths, **extra)
+        runs.write_json(os.path.join(out_dir, file), slimmable.config_record(net, widths, **extra))
     return {"file": file, **extra, "macs": slimmable.macs(net, widths),
             "params": slimmable.params(net, widths),
             "mmcv_flops": slimmable.mmcv_flops(net, widths),
@@ -641,7 +633,7 @@ def main(argv=None):
     given = {key for key, value in vars(explicit).items() if value is not unset}
     try:
         search(args, given)
-    except (Fail, data.DataError, slimmable.WriteError) as error:
+    except (Fail, data.DataError) as error:
         print(f"error: {str(error).splitlines()[0] if str(error) else type(error).__name__}",
               file=sys.stderr)
         return 2

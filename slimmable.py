@@ -47,12 +47,7 @@ Example::
 """
 import contextlib
 import copy
-import ctypes
-import io
 import json
-import os
-import pickle
-import tempfile
 from typing import NamedTuple, Optional
 
 import torch
@@ -179,35 +174,6 @@ class SlimLinear(nn.Linear):
 
 
 SLIM_LAYERS = (SlimConv2d, SlimBatchNorm2d, SlimLinear)
-
-
-def keep_freed_memory(trim_bytes=1 << 30):
-    """Ask glibc's malloc to keep freed memory for reuse instead of handing it back to the OS.
-
-    A training step allocates and frees the same activations every step. By default glibc serves
-    every block over 32 MiB with a fresh ``mmap`` and unmaps it on free, and trims its heap when
-    the top has 128 KiB free; each fresh page then costs a page fault when a kernel first writes
-    it. The backward pass of a sliced weight adds a *full-size* gradient buffer (autograd's
-    gradient of ``weight[:o, :i]``) and tips more steps into that. Measured on a 2-core CPU
-    (``python bench.py overhead``): ResNet-20 at width 0.71 took 9-15% longer than its static
-    export with glibc's defaults, as long (within noise) with this call. It speeds up static
-    models too: one training step of MobileNetV3-Large at 112x112, batch 64, took 830-1010 ms
-    and 80-230 thousand page faults with the defaults, 615-660 ms and none with this call, for
-    6-12% more peak memory (1.57 -> 1.66-1.75 GiB), since freed big blocks stay in the heap.
-    For CPU training; the CUDA caching allocator never had the problem. Returns True when
-    applied; False (nothing changed) without glibc, or when the user set any of
-    ``MALLOC_TRIM_THRESHOLD_``, ``MALLOC_MMAP_THRESHOLD_`` or ``MALLOC_MMAP_MAX_`` (theirs win).
-    """
-    user_set = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_MMAP_MAX_")
-    if any(name in os.environ for name in user_set):
-        return False
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):  # not glibc (macOS, Windows, musl without mallopt)
-        return False
-    m_trim_threshold, m_mmap_max = -1, -4  # from glibc's <malloc.h>
-    # M_MMAP_MAX = 0: big blocks come from the heap too, so they are reused, not unmapped
-    return bool(mallopt(m_trim_threshold, trim_bytes)) and bool(mallopt(m_mmap_max, 0))
 
 
 def _unwrap(model):
@@ -659,97 +625,6 @@ def batch_statistics(model):
         net.train(was_training)
 
 
-class WriteError(OSError):
-    """A file could not be written (disk full, read-only folder...); str() is one line."""
-
-
-def write_atomic(path, write, mode="w"):
-    """Write a file so that a crash, a full disk or a concurrent writer never leaves it half
-    written: ``write(handle)`` fills a temporary file unique to this call in the same folder,
-    which is flushed to disk (fsync), renamed over ``path`` and the folder entry synced. On any
-    failure the temporary file is removed, ``path`` keeps its previous content, and a
-    ``WriteError`` says which file and why. Every file slimnets writes goes through here."""
-    folder = os.path.dirname(path) or "."
-    temporary = None
-    try:
-        os.makedirs(folder, exist_ok=True)
-        descriptor, temporary = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp",
-                                                 dir=folder)
-        with os.fdopen(descriptor, mode) as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-        temporary = None
-        directory = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
-    except (OSError, RuntimeError) as error:  # torch.save reports a full disk as RuntimeError
-        reason = error.strerror if isinstance(error, OSError) and error.strerror else \
-            str(error).splitlines()[0]
-        raise WriteError(f"cannot write {path}: {reason}") from None
-    finally:
-        if temporary is not None and os.path.exists(temporary):
-            os.remove(temporary)
-
-
-def save_file(path, obj):
-    """``torch.save(obj)`` to ``path`` through ``write_atomic``. The object is serialized in
-    memory first and written with one plain write, so a full disk or a file-size limit is an
-    OSError that names its cause ("No space left on device"), not torch's "unexpected pos"."""
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    write_atomic(path, lambda handle: handle.write(buffer.getbuffer()), mode="wb")
-
-
-def plain(value):
-    """``value`` with every NumPy array made a tensor and every NumPy scalar a Python number,
-    recursively through dicts, lists and tuples: what ``torch.load(..., weights_only=True)``
-    reads back without running any code from the file."""
-    if isinstance(value, dict):
-        return {key: plain(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(plain(item) for item in value)
-    if type(value).__module__ == "numpy":
-        return torch.from_numpy(value.copy()) if hasattr(value, "shape") and value.shape \
-            else value.item()
-    return value
-
-
-def as_numpy(value):
-    """The inverse of ``plain``: every tensor made a NumPy array, recursively (for sampler.py,
-    which knows NumPy only)."""
-    if isinstance(value, dict):
-        return {key: as_numpy(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(as_numpy(item) for item in value)
-    return value.numpy() if torch.is_tensor(value) else value
-
-
-def load_checkpoint_file(path):
-    """``torch.load(path, weights_only=True)`` on the CPU: tensors, numbers, strings and
-    containers only, so a shared checkpoint cannot run code. Files of slimnets before
-    checkpoints were ``plain`` also hold NumPy arrays: those types, and no others, are allowed
-    too. Raises what torch.load raises; ``pickle.UnpicklingError`` (one line) for a file holding
-    anything else."""
-    import numpy  # only to name the array types of older checkpoints; not needed otherwise
-    core = getattr(numpy, "_core", None) or numpy.core
-    allowed = [numpy.ndarray, numpy.dtype, core.multiarray._reconstruct]
-    dtypes = getattr(numpy, "dtypes", None)  # NumPy >= 1.25 pickles arrays with their dtype class
-    allowed += [getattr(dtypes, f"{kind}DType") for kind in (
-        "Float16", "Float32", "Float64", "Int8", "Int16", "Int32", "Int64", "UInt8", "UInt16",
-        "UInt32", "UInt64", "Bool") if hasattr(dtypes, f"{kind}DType")]
-    try:
-        with torch.serialization.safe_globals(allowed):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise pickle.UnpicklingError(f"{path} holds objects other than tensors, numbers, strings "
-                                     f"and containers, so slimnets did not write it (nothing in "
-                                     f"it was run)") from None
-
-
 def model_identity(model):
     """What a channel configuration must agree with: the network's name and its width multiplier
     (they fix each group's full channel count), and, for information, its input size, image
@@ -767,17 +642,22 @@ def model_identity(model):
 IDENTITY_CHECKED = ("network", "width_mult")  # the fields load_config refuses to see differ
 
 
-def save_config(path, model, widths, **extra):
-    """Write one width configuration as JSON: the model's identity (``model_identity``), widths
-    and channels per group, channels per layer, MACs, params, mmcv-style FLOPs (``mmcv_flops``)
-    and any ``extra`` fields (written atomically)."""
+def config_record(model, widths, **extra):
+    """One width configuration as a JSON-ready dict: the model's identity (``model_identity``),
+    widths and channels per group, channels per layer, MACs, params, mmcv-style FLOPs
+    (``mmcv_flops``) and any ``extra`` fields; ``load_config`` reads it back."""
     net = _unwrap(model)
     widths = width_matrix(net, widths)[0].tolist()
-    record = {**model_identity(net), "widths": widths, "channels": group_channels(net, widths),
-              "macs": macs(net, widths), "params": params(net, widths),
-              "mmcv_flops": mmcv_flops(net, widths), **extra,
-              "layers": layer_channels(net, widths)}
-    write_atomic(path, lambda handle: json.dump(record, handle, indent=1))
+    return {**model_identity(net), "widths": widths, "channels": group_channels(net, widths),
+            "macs": macs(net, widths), "params": params(net, widths),
+            "mmcv_flops": mmcv_flops(net, widths), **extra, "layers": layer_channels(net, widths)}
+
+
+def save_config(path, model, widths, **extra):
+    """Write ``config_record(model, widths, **extra)`` to ``path`` as JSON; returns the record."""
+    record = config_record(model, widths, **extra)
+    with open(path, "w") as handle:
+        json.dump(record, handle, indent=1)
     return record
 
 

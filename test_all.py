@@ -30,6 +30,7 @@ from torch.utils.flop_counter import FlopCounterMode
 import data
 import evaluate
 import models
+import runs
 import search
 import slimmable
 from sampler import (GaussianProcess, JoslimSampler, RandomSampler, UniformSampler,
@@ -487,8 +488,8 @@ def test_channel_config_round_trip():
 def test_keep_freed_memory_reuses_big_blocks_and_yields_to_the_user():
     # 20 "steps" that each allocate and free two 64 MiB tensors: with glibc's defaults every
     # step maps them afresh (32,768 page faults); kept, the heap settles within a few steps.
-    code = ("import resource, torch, slimmable\n"
-            "applied = slimmable.keep_freed_memory()\n"
+    code = ("import resource, torch, runs\n"
+            "applied = runs.keep_freed_memory()\n"
             "faults = []\n"
             "for _ in range(20):\n"
             "    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
@@ -1441,16 +1442,17 @@ def signal_name(signum):
     return signal.Signals(signum).name
 
 
-def test_checkpoint_write_is_atomic(tmp_path):
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     path = str(tmp_path / "checkpoint.pt")
-    train.save_checkpoint(path, {"step": 1})
+    runs.save_checkpoint(path, {"step": 1})
 
-    def crash_midway(handle):
-        handle.write(b"half a checkpoint")
-        raise KeyboardInterrupt  # killed while writing
+    def crash_midway(descriptor):
+        raise KeyboardInterrupt  # killed while writing, the bytes not yet on disk
 
+    monkeypatch.setattr(os, "fsync", crash_midway)
     with pytest.raises(KeyboardInterrupt):
-        slimmable.write_atomic(path, crash_midway, mode="wb")
+        runs.save_checkpoint(path, {"step": 2})
+    monkeypatch.undo()
     assert torch.load(path, weights_only=True) == {"step": 1}
     assert os.listdir(tmp_path) == ["checkpoint.pt"]  # no temporary file left behind
 
@@ -2128,12 +2130,12 @@ def test_every_flag_is_explained(capsys):
 # ----------------------------------------------------------------------------- CPU contention
 
 def test_thread_tuner_drops_a_thread_beside_a_busy_process_and_takes_it_back(monkeypatch):
-    """train.ThreadTuner on a simulated 2-CPU machine (the rates of bench.py contention): it
+    """runs.ThreadTuner on a simulated 2-CPU machine (the rates of bench.py contention): it
     keeps 2 threads while quiet, falls to 1 when a busy process appears, returns to 2 after."""
     current = [2]
     monkeypatch.setattr(torch, "set_num_threads", lambda n: current.__setitem__(0, n))
     rates = {"quiet": {2: 142.0, 1: 83.0}, "busy": {2: 34.0, 1: 72.0}}  # images/s
-    tuner, log = train.ThreadTuner(2, period=20, probe=4), []
+    tuner, log = runs.ThreadTuner(2, period=20, probe=4), []
     used = {"quiet": [], "busy": []}
     for phase, steps in (("quiet", 100), ("busy", 100), ("quiet", 100)):
         for _ in range(steps):
@@ -2154,10 +2156,10 @@ def test_default_threads_follow_the_cpus_this_process_may_use(monkeypatch):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {4, 5}, raising=False)
     monkeypatch.setattr(os, "cpu_count", lambda: 16)
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
-    assert data.usable_cpus() == 2
-    assert (data.default_threads(1), data.default_threads(2)) == (2, 1)
+    assert runs.usable_cpus() == 2
+    assert (runs.default_threads(1), runs.default_threads(2)) == (2, 1)
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
-    assert data.default_threads(8) == 1
+    assert runs.default_threads(8) == 1
 
 
 @pytest.mark.parametrize("script", ["search.py", "evaluate.py"])
@@ -2193,7 +2195,7 @@ def test_bench_contention_runs_each_setting_in_its_own_environment(monkeypatch, 
                                  batch_size=4)
     assert run["environment"] == {"OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": None,
                                   "OMP_NUM_THREADS": None, "MKL_NUM_THREADS": None}
-    assert (run["threads"], run["interop_threads"], run["cpus"]) == (1, 1, data.usable_cpus())
+    assert (run["threads"], run["interop_threads"], run["cpus"]) == (1, 1, runs.usable_cpus())
     assert len(run["quiet_seconds"]) == len(run["busy_seconds"]) == 1
     assert run["quiet_images_per_second"] > 0 and run["busy_images_per_second"] > 0
     rows = bench.contention_table([{"setting": "spins", "quiet": 100.0, "busy": 10.0},

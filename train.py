@@ -39,12 +39,10 @@ stopped. Then: ``python evaluate.py --name NAME``.
 """
 import argparse
 import contextlib
-import json
 import math
 import os
 import random
 import signal
-import statistics
 import sys
 import time
 
@@ -58,8 +56,10 @@ import torch.nn.functional as F
 
 import data
 import models
+import runs
 import sampler as samplers
 import slimmable
+from runs import Fail
 
 # The students' recipe: labels only. On Fashion-MNIST it gave the best held-out area of the
 # four recipes measured (README, "The sandwich recipe"); --kd_weight 1 is the reference's.
@@ -174,57 +174,6 @@ FLAG_RULES = {  # flag: (test of its value, what it must be), checked by parse_a
 }
 
 
-class ThreadTuner:
-    """The torch thread count that trains fastest now, for ``--threads 0`` on the CPU.
-
-    OpenMP's threads spin while they wait at a barrier: fastest on idle cores, but when another
-    process takes one of the CPUs every barrier waits for its time slice. bench.py contention,
-    2 CPUs: 2 threads 142 images/s quiet and 34 beside one busy process, 1 thread 83 and 72
-    (README, "CPU contention"). So every ``period`` steps the next ``probe`` steps run with one
-    thread fewer or one more (in turn, within 1..``most``), and the count whose steps did more
-    multiply-accumulates per second (the median step; the sampled widths change the work of a
-    step) is kept if it is ``margin`` faster. Probing costs about ``probe / period`` of a step
-    rate at the slower count. Thread counts change float summation order, so a run with
-    ``--threads 0`` is exactly reproducible only on an equally loaded machine: ``--threads N``
-    fixes the count."""
-
-    def __init__(self, most, period=100, probe=4, margin=1.1):
-        self.most, self.period, self.probe, self.margin = most, period, probe, margin
-        self.threads, self.trying, self.direction = most, None, -1
-        self.recent, self.trial, self.steps = [], [], 0
-
-    def record(self, seconds, macs):
-        """After a step of ``seconds`` that trained ``macs`` multiply-accumulates per image:
-        returns a message when the thread count changed, else None."""
-        rate = macs / max(seconds, 1e-9)
-        self.steps += 1
-        if self.trying is not None:
-            self.trial.append(rate)
-            if len(self.trial) < self.probe:
-                return None
-            before, after = statistics.median(self.recent), statistics.median(self.trial)
-            tried, self.trying = self.trying, None
-            if after > self.margin * before:
-                message = (f"threads {self.threads} -> {tried}: {100 * (after / before - 1):.0f}% "
-                           f"faster (other processes are using the CPUs, or have stopped)")
-                self.threads, self.recent = tried, self.trial
-                return message
-            torch.set_num_threads(self.threads)
-            self.direction = -self.direction
-            return None
-        self.recent = (self.recent + [rate])[-self.probe:]
-        if self.steps % self.period == 0 and self.most > 1:
-            if not 1 <= self.threads + self.direction <= self.most:
-                self.direction = -self.direction
-            self.trying, self.trial = self.threads + self.direction, []
-            torch.set_num_threads(self.trying)
-        return None
-
-
-class Fail(Exception):
-    """A user-caused problem: printed as one line, exit status 2."""
-
-
 # ---------------------------------------------------------------------------------------------
 # Distributed helpers (the process group itself: data.setup_distributed)
 
@@ -256,7 +205,7 @@ def average_over_ranks(values):
 def save_checkpoint(path, state):
     """``state`` to ``path`` atomically and durably (slimmable.write_atomic): a crash or a full
     disk leaves the previous checkpoint intact."""
-    slimmable.save_file(path, state)
+    runs.save_checkpoint(path, state)
 
 
 CHECKPOINT_KEYS = {"model", "optimizer", "step", "network", "method", "num_classes", "args"}
@@ -276,7 +225,7 @@ def load_checkpoint(path, args):
     does not record, from an older version, is not compared). Fail (one line naming the flags,
     old and new values) if not."""
     try:
-        checkpoint = slimmable.load_checkpoint_file(path)
+        checkpoint = runs.load_checkpoint(path, required=())
     except Exception as error:  # a truncated or foreign file
         raise Fail(f"cannot read checkpoint {path}: {str(error).splitlines()[0]}; use --restart "
                    f"to start over") from None
@@ -299,50 +248,6 @@ def load_checkpoint(path, args):
                    f"its settings to continue it, pick another --name, or --restart to "
                    f"overwrite it")
     return checkpoint
-
-
-class StopRequest:
-    """Ctrl-C (SIGINT) and SIGTERM, deferred to the end of the current training step, so the
-    checkpoint then saved holds whole steps: weights after an optimizer step, never in the middle
-    of one, and the RNG state before the next batch is drawn (a resumed run is exact). A second
-    signal raises KeyboardInterrupt at once. Under torch.distributed every rank stops at the same
-    step (the request is all-reduced each step: a signal may reach one process only)."""
-
-    def __init__(self):
-        self.signum = 0
-        self.previous = {sig: signal.signal(sig, self._handle)
-                         for sig in (signal.SIGINT, signal.SIGTERM)}
-
-    def _handle(self, signum, frame):
-        if self.signum:
-            raise KeyboardInterrupt
-        self.signum = signum
-
-    def requested(self):
-        """The signal number to stop for (the same on every rank), or 0."""
-        if not dist.is_initialized():
-            return self.signum
-        flag = torch.tensor([self.signum], dtype=torch.long)
-        if dist.get_backend() == "nccl":
-            flag = flag.cuda()
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return int(flag.item())
-
-    def restore(self):
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
-
-
-def rng_states():
-    return {"torch": torch.get_rng_state(), "python": random.getstate(),
-            "numpy": np.random.get_state()}
-
-
-def set_rng_states(states):
-    torch.set_rng_state(states["torch"])
-    random.setstate(states["python"])
-    name, keys, *rest = states["numpy"]  # keys: a tensor in the checkpoint (slimmable.plain)
-    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), *rest))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -484,7 +389,7 @@ def main(argv=None):
     try:
         with contextlib.ExitStack() as cleanup:  # releases the run's lock however run() ends
             status = run(args, cleanup)
-    except (Fail, data.DataError, slimmable.WriteError) as error:
+    except (Fail, data.DataError) as error:
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
         print(f"error: {message}", file=sys.stderr)
         return 2
@@ -494,44 +399,11 @@ def main(argv=None):
     return status
 
 
-@contextlib.contextmanager
-def run_lock(run_dir):
-    """Hold ``run_dir/train.lock`` (an flock, which the kernel releases when the process ends,
-    however it ends, so no lock goes stale) while one trainer uses the run; a second trainer on
-    the same --name gets a Fail naming the process that holds it."""
-    import fcntl
-    created = not os.path.isdir(run_dir)
-    os.makedirs(run_dir, exist_ok=True)
-    path = os.path.join(run_dir, "train.lock")
-    with open(path, "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            raise Fail(f"{run_dir} is being trained by {holder}; wait for it to finish (or stop "
-                       f"it), or pick another --name") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"process {os.getpid()} on {os.uname().nodename}")
-        handle.flush()
-        try:
-            yield
-        finally:
-            # a run that failed before writing anything (bad data flags) leaves no folder behind
-            if created and os.listdir(run_dir) == ["train.lock"]:
-                os.remove(path)
-                os.rmdir(run_dir)
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def run(args, cleanup):
-    device, rank, world_size = data.setup_distributed(args.device)
-    slimmable.keep_freed_memory()  # sliced weights' full-size gradients: see its docstring
-    torch.set_num_threads(args.threads or data.default_threads(world_size))
+    device, rank, world_size = runs.start(args.device, args.threads)
     run_dir = os.path.join("runs", args.name)
     if rank == 0:
-        cleanup.enter_context(run_lock(run_dir))
+        cleanup.enter_context(runs.lock(run_dir))
     checkpoint_path = os.path.join(run_dir, "checkpoint.pt")
     checkpoint = None
     if os.path.exists(checkpoint_path) and not args.restart:
@@ -576,7 +448,7 @@ def run(args, cleanup):
                       "target": record.get("target", record.get("target_mflops"))}
                      for path, (_, record) in zip(args.channel_config, loaded)]
     sampler = build_sampler(args, net, num_dims)
-    tuner = ThreadTuner(torch.get_num_threads()) if not args.threads and device.type == "cpu" \
+    tuner = runs.ThreadTuner(torch.get_num_threads()) if not args.threads and device.type == "cpu" \
         else None
     full_macs = float(slimmable.macs(net, 1.0))
 
@@ -598,7 +470,7 @@ def run(args, cleanup):
         curves = checkpoint.get("curves", [])
         curve_meter = checkpoint.get("curve_meter", curve_meter)
         if sampler is not None:
-            sampler.load_state_dict(slimmable.as_numpy(checkpoint["sampler"]))
+            sampler.load_state_dict(runs.as_numpy(checkpoint["sampler"]))
         recorded = checkpoint.get("args") or {}
         session = [f"--{key} {recorded[key]!r} -> {getattr(args, key)!r}" for key in
                    sorted(SESSION_FLAGS - {"restart", "resume"})
@@ -620,8 +492,8 @@ def run(args, cleanup):
     def state(finished=False):
         return {"model": net.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
                 "window_configs": window_configs, "val_batches_used": val_batches_used,
-                "sampler": slimmable.plain(sampler.state_dict()) if sampler is not None else None,
-                "rng": slimmable.plain(rng_states()), "args": vars(args), "network": args.network,
+                "sampler": runs.plain(sampler.state_dict()) if sampler is not None else None,
+                "rng": runs.rng_states(), "args": vars(args), "network": args.network,
                 "method": args.method, "num_classes": loaders.num_classes,
                 "model_options": options, "lower_channel": args.lower_channel,
                 "fixed_configs": fixed_configs, "fixed_sources": fixed_sources,
@@ -659,7 +531,7 @@ def run(args, cleanup):
             content = {"name": args.name, "method": args.method, "kd_weight": args.kd_weight,
                        "distill_after": args.distill_after, "steps_per_epoch": steps_per_epoch,
                        "total_steps": total_steps, "points": curves}
-            slimmable.write_atomic(curves_path, lambda handle: json.dump(content, handle, indent=1))
+            runs.write_json(curves_path, content)
 
     val_state = {"iterator": None, "position": -1}
 
@@ -683,7 +555,7 @@ def run(args, cleanup):
     configs_digest = 0.0  # a fingerprint of every configuration trained, to compare ranks
     sampler_seconds, run_start, run_steps = 0.0, time.time(), 0
     meter = {"full": 0.0, "small": 0.0, "count": 0, "images": 0, "start": time.time()}
-    stop = StopRequest()
+    stop = runs.StopRequest().__enter__()
     try:
         while step < total_steps:
             epoch, offset = divmod(step, steps_per_epoch)
@@ -695,7 +567,7 @@ def run(args, cleanup):
             for _ in range(offset):
                 next(batches)
             if checkpoint is not None and offset and "rng" in checkpoint:
-                set_rng_states(checkpoint["rng"])
+                runs.set_rng_states(checkpoint["rng"])
             checkpoint = None
             net.train()
             for inputs, targets in batches:
@@ -754,7 +626,7 @@ def run(args, cleanup):
         log(f"aborted during step {step + 1}; {checkpoint_path} holds the last saved state")
         return 130
     finally:
-        stop.restore()
+        stop.__exit__()
     save(finished=True)
     elapsed = time.time() - run_start
     log(f"done: {step} steps in {elapsed:.0f} s; last losses: full {meter['last_full']:.3f}, "

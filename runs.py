@@ -1,0 +1,469 @@
+"""A run on disk and the process that works on it: everything train.py, search.py and evaluate.py
+share that is not the method.
+
+A run lives in ``runs/NAME/``: ``checkpoint.pt`` (a plain dict of tensors, numbers, strings and
+containers, read back with ``torch.load(..., weights_only=True)`` so a shared file cannot run
+code), ``log.txt``, ``curves.json``, ``search/``, and ``train.lock``, which one process at a time
+holds. Every file is written whole or not at all (``write_atomic``): a crash, a full disk or
+Ctrl-C leaves the previous version in place.
+
+The process: torchrun's environment gives the device, rank and world size (``start``); CPU
+threads default to the usable cores shared out over this machine's processes; on the CPU,
+``ThreadTuner`` drops or adds a thread while other processes compete for the cores;
+``StopRequest`` defers Ctrl-C and SIGTERM to the end of a training step, so a saved checkpoint
+always holds whole steps.
+
+User errors (a bad flag value, a missing checkpoint, a full disk) raise ``Fail``; ``cli`` prints
+its first line and exits with status 2. Tracebacks are left for bugs.
+
+    import runs
+    def job(args):
+        device, rank, world_size = runs.start(args.device, args.threads)
+        folder = runs.run_folder(args.name)       # runs/NAME, the name checked
+        ...
+    sys.exit(runs.cli(job, args))
+"""
+import argparse
+import contextlib
+import ctypes
+import glob
+import io
+import json
+import math
+import os
+import pickle
+import random
+import re
+import signal
+import statistics
+import sys
+import tempfile
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+RUNS_DIR = "runs"
+
+
+class Fail(Exception):
+    """A problem the user can fix: ``cli`` prints its first line and exits with status 2."""
+
+
+def first_line(error):
+    """The first line of an exception's message, or its type's name when it has none."""
+    return (str(error).splitlines() or [type(error).__name__])[0]
+
+
+def cli(job, *args, user_errors=()):
+    """``job(*args)``'s exit status; ``Fail`` and ``user_errors`` end in one line on stderr and
+    status 2, Ctrl-C outside a training step in status 130. Leaves the process group cleanly."""
+    try:
+        status = job(*args) or 0
+    except (Fail, *user_errors) as error:
+        print(f"error: {first_line(error)}", file=sys.stderr)
+        status = 2
+    except KeyboardInterrupt:
+        print("interrupted: rerun the same command to continue from the last saved state",
+              file=sys.stderr)
+        status = 130
+    if dist.is_initialized():
+        if status == 0:  # a rank leaving while gloo still talks to it aborts the other
+            dist.barrier()
+        dist.destroy_process_group()
+    return status
+
+
+# ---------------------------------------------------------------------------------------------
+# The command line
+
+
+def parser(description):
+    """An ``argparse.ArgumentParser`` that takes no abbreviated flags and ends a bad value with
+    one line, ``error: ...``, and exit status 2."""
+    made = argparse.ArgumentParser(description=description, allow_abbrev=False,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    made.error = lambda message: made.exit(2, f"error: {message}\n")
+    return made
+
+
+def number(kind=float, low=None, high=None, low_open=False, high_open=False):
+    """An argparse ``type=``: a finite ``kind`` (int or float) in the given range, else argparse's
+    one-line error saying what the value must be."""
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        fits = value is not None and math.isfinite(value) and \
+            (low is None or value > low or (value == low and not low_open)) and \
+            (high is None or value < high or (value == high and not high_open))
+        if not fits:
+            left = "" if low is None else f"{'>' if low_open else '>='} {low:g}"
+            right = "" if high is None else f"{'<' if high_open else '<='} {high:g}"
+            bounds = " and ".join(part for part in (left, right) if part)
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not {'an integer' if kind is int else 'a number'}"
+                + (f" {bounds}" if bounds else ""))
+        return value
+    parse.__name__ = kind.__name__
+    return parse
+
+
+NAME_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,99}")
+
+
+def run_name(text):
+    """An argparse ``type=`` for ``--name``: letters, digits and ``._-``, not starting with a dot,
+    at most 100 characters, so that ``runs/NAME`` and ``results/NAME_*`` stay inside their
+    folders."""
+    if not NAME_PATTERN.fullmatch(text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a run name (letters, digits, '.', '_' and '-', not starting with "
+            f"'.', at most 100 characters)")
+    return text
+
+
+def explicit_flags(parser_, argv):
+    """The flags ``argv`` sets explicitly (their dest names), as opposed to defaults."""
+    unset = object()
+    names = vars(parser_.parse_args(argv))
+    given = parser_.parse_args(argv, namespace=argparse.Namespace(**{k: unset for k in names}))
+    return {key for key, value in vars(given).items() if value is not unset}
+
+
+# ---------------------------------------------------------------------------------------------
+# The run's folder: lock, log, durable files, checkpoints
+
+
+def run_folder(name):
+    """``runs/NAME``; ``Fail`` for a name that ``run_name`` refuses."""
+    try:
+        return os.path.join(RUNS_DIR, run_name(name))
+    except argparse.ArgumentTypeError as error:
+        raise Fail(f"--name {error}") from None
+
+
+@contextlib.contextmanager
+def lock(folder, doing="trained"):
+    """Hold ``folder/train.lock`` (an flock, released by the kernel however the process ends, so
+    it never goes stale) while one process works on the run: another one gets ``Fail`` naming
+    the holder. A folder this call made and nothing but the lock wrote into is removed again."""
+    import fcntl  # POSIX only; imported here so that the rest of this file works elsewhere
+    created = not os.path.isdir(folder)
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, "train.lock")
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise Fail(f"{folder} is being {doing} by {holder}; wait for it to finish (or stop "
+                       f"it), or pick another --name") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"process {os.getpid()} on {os.uname().nodename}")
+        handle.flush()
+        try:
+            yield
+        finally:
+            if created and os.listdir(folder) == ["train.lock"]:
+                os.remove(path)
+                os.rmdir(folder)
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+class Log:
+    """Lines printed and appended to ``path``, on rank 0 only; the file is opened at the first
+    line, so a run refused before it says anything leaves no log behind."""
+
+    def __init__(self, path, rank=0):
+        self.path, self.rank, self.file = path, rank, None
+
+    def __call__(self, message):
+        if self.rank != 0:
+            return
+        print(message, flush=True)
+        if self.file is None:
+            os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+            self.file = open(self.path, "a")
+        self.file.write(message + "\n")
+        self.file.flush()
+
+    def close(self):
+        if self.file is not None:
+            self.file.close()
+
+
+def write_atomic(path, content):
+    """Write ``content`` (str or bytes) to ``path`` whole or not at all: into a temporary file in
+    the same folder, flushed to disk (fsync), renamed over ``path``, the folder entry synced.
+    On failure ``path`` keeps its previous content and ``Fail`` names the file and the reason
+    ("No space left on device"). Temporary files left by a process killed mid-write are removed
+    by the next write of the same file."""
+    folder = os.path.dirname(path) or "."
+    temporary = None
+    try:
+        os.makedirs(folder, exist_ok=True)
+        for stale in glob.glob(glob.escape(path) + ".*.tmp"):
+            os.remove(stale)
+        descriptor, temporary = tempfile.mkstemp(prefix=os.path.basename(path) + ".",
+                                                 suffix=".tmp", dir=folder)
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(content.encode() if isinstance(content, str) else content)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+        temporary = None
+        directory = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+    except OSError as error:
+        raise Fail(f"cannot write {path}: {error.strerror or first_line(error)}") from None
+    finally:
+        if temporary is not None and os.path.exists(temporary):
+            os.remove(temporary)
+
+
+def write_json(path, content):
+    """``content`` as indented JSON through ``write_atomic``."""
+    write_atomic(path, json.dumps(content, indent=1))
+
+
+def save_checkpoint(path, state):
+    """``torch.save(state)`` to ``path`` through ``write_atomic``. Serialized in memory first, so
+    that a full disk is an OSError naming its cause rather than torch's "unexpected pos"."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    write_atomic(path, buffer.getvalue())
+
+
+def load_checkpoint(path, required=("model",), what="a checkpoint written by train.py"):
+    """The dict at ``path``, read with ``weights_only=True`` on the CPU (tensors, numbers,
+    strings and containers only: nothing in the file is run). ``Fail`` in one line for a missing,
+    truncated or foreign file, or one that lacks a key of ``required``."""
+    if not os.path.exists(path):
+        raise Fail(f"no file at {path}")
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise Fail(f"{path} holds objects other than tensors, numbers, strings and containers, "
+                   f"so it is not {what} (nothing in it was run)") from None
+    except Exception as error:  # truncated or not a torch file
+        raise Fail(f"cannot read {path} ({first_line(error)[:200]}): it is not {what}") from None
+    if not isinstance(loaded, dict) or not set(required) <= set(loaded):
+        raise Fail(f"{path} is not {what}")
+    return loaded
+
+
+def plain(value):
+    """``value`` with NumPy arrays made tensors and NumPy scalars Python numbers, through dicts,
+    lists and tuples: what ``load_checkpoint`` reads back."""
+    if isinstance(value, dict):
+        return {key: plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(plain(item) for item in value)
+    if type(value).__module__ == "numpy":
+        return torch.from_numpy(value.copy()) if getattr(value, "shape", ()) else value.item()
+    return value
+
+
+def as_numpy(value):
+    """The inverse of ``plain``: every tensor a NumPy array (for sampler.py, NumPy only)."""
+    if isinstance(value, dict):
+        return {key: as_numpy(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(as_numpy(item) for item in value)
+    return value.numpy() if torch.is_tensor(value) else value
+
+
+def rng_states():
+    """Every random stream a training step draws from: torch's, Python's and NumPy's."""
+    return {"torch": torch.get_rng_state(), "python": random.getstate(),
+            "numpy": plain(np.random.get_state())}
+
+
+def set_rng_states(states):
+    torch.set_rng_state(states["torch"])
+    random.setstate(states["python"])
+    name, keys, *rest = states["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), *rest))
+
+
+# ---------------------------------------------------------------------------------------------
+# The process: devices, ranks, threads, signals
+
+
+def start(device_flag="auto", threads=0, set_threads=True):
+    """``(device, rank, world size)`` from torchrun's environment (one process without it): the
+    process group (NCCL on CUDA, gloo on the CPU), the CUDA device of this local rank, the torch
+    thread count (``threads``, or 0 for the usable cores shared out; ``set_threads=False`` keeps
+    the caller's when alone) and glibc's memory reuse (``keep_freed_memory``)."""
+    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    use_cuda = device_flag.startswith("cuda") or (device_flag == "auto" and
+                                                   torch.cuda.is_available())
+    if use_cuda and not torch.cuda.is_available():
+        raise Fail("--device cuda asked for, but no CUDA device is available")
+    device = torch.device(f"cuda:{local_rank}" if use_cuda else "cpu")
+    if use_cuda:
+        torch.cuda.set_device(device)
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    keep_freed_memory()
+    if set_threads or threads or world_size > 1:
+        torch.set_num_threads(threads or default_threads(world_size))
+    return device, rank, world_size
+
+
+def device_flag(text):
+    """An argparse ``type=`` for ``--device``: auto, cpu, cuda or cuda:N."""
+    if text not in ("auto", "cpu", "cuda") and not re.fullmatch(r"cuda:\d+", text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not auto, cpu, cuda or cuda:N")
+    return text
+
+
+def usable_cpus():
+    """CPUs this process may run on: its affinity mask (``taskset``, a container's or a batch
+    scheduler's cpuset), not ``os.cpu_count()``, which counts every CPU of the machine."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def default_threads(world_size):
+    """torch CPU threads for one of this machine's processes: the usable CPUs shared out over
+    ``LOCAL_WORLD_SIZE`` processes (torchrun; ``world_size`` without it)."""
+    local_size = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
+    return max(1, usable_cpus() // local_size)
+
+
+def keep_freed_memory(trim_bytes=1 << 30):
+    """Ask glibc's malloc to keep freed memory for reuse instead of handing it back to the OS.
+
+    A training step allocates and frees the same activations every step. By default glibc serves
+    every block over 32 MiB with a fresh ``mmap`` and unmaps it on free, and trims its heap when
+    the top has 128 KiB free; each fresh page then costs a page fault when a kernel first writes
+    it. The backward pass of a sliced weight adds a *full-size* gradient buffer (autograd's
+    gradient of ``weight[:o, :i]``) and tips more steps into that. Measured on a 2-core CPU
+    (``python bench.py overhead``): ResNet-20 at width 0.71 took 9-15% longer than its static
+    export with glibc's defaults, as long (within noise) with this call; one training step of
+    MobileNetV3-Large at 112x112, batch 64, took 830-1010 ms with the defaults and 615-660 ms
+    with it, for 6-12% more peak memory. The CUDA caching allocator never had the problem.
+    Returns True when applied; False (nothing changed) without glibc, or when the user set
+    ``MALLOC_TRIM_THRESHOLD_``, ``MALLOC_MMAP_THRESHOLD_`` or ``MALLOC_MMAP_MAX_`` (theirs win).
+    """
+    user_set = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_MMAP_MAX_")
+    if any(name in os.environ for name in user_set):
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):  # not glibc (macOS, Windows, musl without mallopt)
+        return False
+    m_trim_threshold, m_mmap_max = -1, -4  # from glibc's <malloc.h>
+    # M_MMAP_MAX = 0: big blocks come from the heap too, so they are reused, not unmapped
+    return bool(mallopt(m_trim_threshold, trim_bytes)) and bool(mallopt(m_mmap_max, 0))
+
+
+def broadcast(value):
+    """Rank 0's ``value`` (any picklable object) on every rank; ``value`` itself alone."""
+    if not dist.is_initialized():
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def gather_dict(mine):
+    """Every rank's ``{key: value}`` dict merged, on every rank."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return mine
+    everyone = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, mine)
+    return {key: value for part in everyone for key, value in part.items()}
+
+
+class ThreadTuner:
+    """The torch thread count that trains fastest now, for ``--threads 0`` on the CPU.
+
+    OpenMP's threads spin while they wait at a barrier: fastest on idle cores, but when another
+    process takes one of the CPUs every barrier waits for its time slice (measured on 2 CPUs:
+    2 threads 142 images/s quiet and 34 beside one busy process, 1 thread 83 and 72). So after
+    ``first`` steps, then every ``period`` steps, the next ``probe`` steps run with one thread
+    fewer or one more (in turn, within 1..``most``), and the count whose steps did more
+    multiply-accumulates per second (the median step: the sampled widths change the work of a
+    step) is kept if it is ``margin`` faster. Thread counts change float summation order, so a
+    run with ``--threads 0`` is exactly reproducible only on an equally loaded machine."""
+
+    def __init__(self, most, period=100, probe=4, margin=1.1, first=None):
+        self.most, self.period, self.probe, self.margin = most, period, probe, margin
+        self.first = period if first is None else first
+        self.threads, self.trying, self.direction = most, None, -1
+        self.recent, self.trial, self.steps = [], [], 0
+
+    def record(self, seconds, macs):
+        """After a step of ``seconds`` that trained ``macs`` multiply-accumulates per image:
+        returns a message when the thread count changed, else None."""
+        rate = macs / max(seconds, 1e-9)
+        self.steps += 1
+        if self.trying is not None:
+            self.trial.append(rate)
+            return self._decide() if len(self.trial) == self.probe else None
+        self.recent = (self.recent + [rate])[-self.probe:]
+        due = self.steps == self.first or (self.steps > self.first and
+                                           (self.steps - self.first) % self.period == 0)
+        if due and self.most > 1:
+            if not 1 <= self.threads + self.direction <= self.most:
+                self.direction = -self.direction
+            self.trying, self.trial = self.threads + self.direction, []
+            torch.set_num_threads(self.trying)
+        return None
+
+    def _decide(self):
+        before, after = statistics.median(self.recent), statistics.median(self.trial)
+        tried, self.trying = self.trying, None
+        if after > self.margin * before:
+            message = (f"threads {self.threads} -> {tried}: {100 * (after / before - 1):.0f}% "
+                       f"faster (other processes are using the CPUs, or have stopped)")
+            self.threads, self.recent = tried, self.trial
+            return message
+        torch.set_num_threads(self.threads)
+        self.direction = -self.direction
+        return None
+
+
+class StopRequest:
+    """Ctrl-C (SIGINT) and SIGTERM, deferred to the end of the current training step, so the
+    checkpoint then saved holds whole steps and the RNG state before the next batch (a resumed
+    run is exact). A second signal raises KeyboardInterrupt at once. Under torch.distributed
+    every rank stops at the same step (the request is all-reduced: a signal may reach one
+    process only). A context manager: the previous handlers come back on exit."""
+
+    def __enter__(self):
+        self.signum = 0
+        self.previous = {sig: signal.signal(sig, self._handle)
+                         for sig in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exception):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum, frame):
+        if self.signum:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def requested(self):
+        """The signal number to stop for (the same on every rank), or 0."""
+        if not dist.is_initialized():
+            return self.signum
+        flag = torch.tensor([self.signum], dtype=torch.long)
+        if dist.get_backend() == "nccl":
+            flag = flag.cuda()
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return int(flag.item())
