@@ -37,12 +37,10 @@ Everything lands in ``runs/NAME/``: ``checkpoint.pt`` (a plain dict, written ato
 epoch, on Ctrl-C and at the end) and ``log.txt``. Rerunning the same ``--name`` continues where it
 stopped. Then: ``python evaluate.py --name NAME``.
 """
-import argparse
 import contextlib
 import math
 import os
 import random
-import signal
 import sys
 import time
 
@@ -61,197 +59,107 @@ import sampler as samplers
 import slimmable
 from runs import Fail
 
-# The students' recipe: labels only. On Fashion-MNIST it gave the best held-out area of the
-# four recipes measured (README, "The sandwich recipe"); --kd_weight 1 is the reference's.
+# The students' recipe: labels only. On Fashion-MNIST (slim_resnet20, 3 seeds) it gave the best
+# held-out area of the recipes measured: distillation alone (the reference's, --kd_weight 1),
+# half and half, and labels only.
 KD_WEIGHT, DISTILL_AFTER = 0.0, 0.0
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, allow_abbrev=False,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.error = lambda message: parser.exit(2, f"error: {message}\n")
+    parser = runs.parser(__doc__)
     add = parser.add_argument
-    add("--name", default="demo", help="run name: files go to runs/NAME/ (default: demo)")
+    count, some = runs.number(int, 1), runs.number(int, 0)  # at least 1; 0 or more
+    add("--name", type=runs.run_name, default="demo",
+        help="run name: files go to runs/NAME/ (letters, digits, '._-'; default: demo)")
     add("--network", default="slim_resnet20", choices=list(models.NETWORKS), metavar="NAME",
         help=f"network to train: {', '.join(models.NETWORKS)} (default: slim_resnet20)")
-    add("--width_mult", type=float, default=1.0,
+    add("--width_mult", type=runs.number(float, 0, low_open=True), default=1.0,
         help="MobileNetV2 width multiplier of the supernet (AutoSlim uses 1.5)")
     add("--method", default="joslim", choices=["joslim", "slim", "random", "fixed"],
         help="joslim: GP-proposed widths; slim: one uniform width; random: independent per-group "
              "widths (AutoSlim supernet); fixed: the --channel_config configurations")
     add("--channel_config", nargs="+", default=[], metavar="FILE",
         help="JSON configurations (from search.py) to retrain with --method fixed")
-    add("--epochs", type=int, default=4, help="training epochs (default: 4)")
-    add("--warmup", type=float, default=1, help="linear learning-rate warmup, in epochs")
-    add("--baselr", type=float, default=0.1, help="peak lr = baselr * batch_size / 256")
+    add("--epochs", type=count, default=4, help="training epochs (default: 4)")
+    add("--warmup", type=runs.number(float, 0), default=1,
+        help="linear learning-rate warmup, in epochs")
+    add("--baselr", type=runs.number(float, 0, low_open=True), default=0.1,
+        help="peak lr = baselr * batch_size / 256")
     add("--scheduler", default="cosine_decay", choices=["linear_decay", "cosine_decay"],
         help="lr decay after warmup, per iteration")
-    add("--momentum", type=float, default=0.9, help="SGD momentum")
+    add("--momentum", type=runs.number(float, 0, 1, high_open=True), default=0.9,
+        help="SGD momentum")
     add("--nesterov", action="store_true", help="Nesterov momentum")
-    add("--wd", type=float, default=5e-4,
+    add("--wd", type=runs.number(float, 0), default=5e-4,
         help="weight decay (not applied to BN parameters and biases)")
-    add("--kd_weight", type=float, default=KD_WEIGHT,
+    add("--kd_weight", type=runs.number(float, 0, 1), default=KD_WEIGHT,
         help="the students' loss: kd_weight * in-place distillation (soft cross-entropy against "
              "the full network's detached predictions) + (1 - kd_weight) * label-smoothed "
              "cross-entropy with the labels. 1: distillation only, as the Joslim and AutoSlim "
-             "reference code; 0: labels only; default %(default)s (README, 'The sandwich "
-             "recipe': the best held-out area of 0, 0.5 and 1 on Fashion-MNIST)")
-    add("--distill_after", type=float, default=DISTILL_AFTER,
+             "reference code; 0: labels only; default %(default)s (the best held-out area of "
+             "0, 0.5 and 1 on Fashion-MNIST)")
+    add("--distill_after", type=runs.number(float, 0), default=DISTILL_AFTER,
         help="epochs during which the students learn from the labels only, before the "
              "--kd_weight mix starts (0: from the first step, as the reference; default "
              "%(default)s)")
-    add("--label_smoothing", type=float, default=0.1, help="label smoothing of the full network")
-    add("--batch_size", type=int, default=128, help="global batch size over all processes")
-    add("--lower_channel", type=float, default=0.42,
-        help="smallest width multiplier of every group; also the sandwich's smallest network")
-    add("--num_sampled_arch", type=int, default=2,
+    add("--label_smoothing", type=runs.number(float, 0, 1, high_open=True), default=0.1,
+        help="label smoothing of the full network")
+    add("--batch_size", type=count, default=128, help="global batch size over all processes")
+    add("--lower_channel", type=runs.number(float, 0, 1, low_open=True, high_open=True),
+        default=0.42, help="smallest width multiplier of every group, in (0, 1); also the "
+        "sandwich's smallest network")
+    add("--num_sampled_arch", type=some, default=2,
         help="configurations trained between the full and the smallest network each step")
-    add("--tau", type=int, default=20,
+    add("--tau", type=count, default=20,
         help="joslim: steps between re-scoring the history and proposing new configurations")
-    add("--prior_points", type=int, default=10,
-        help="joslim: uniform-width configurations proposed before the Gaussian process starts")
+    add("--prior_points", type=count, default=10,
+        help="joslim: uniform-width configurations proposed before the Gaussian process starts "
+             "(at least 1: the process needs observations)")
     add("--acquisition", default="ei", choices=["ei", "ucb"],
         help="joslim: expected improvement over the front (ei) or the paper's UCB with an "
              "augmented Tchebyshev scalarization (ucb)")
-    add("--beta", type=float, default=0.1, help="joslim ucb: exploration weight")
-    add("--baseline", type=float, default=-3.0,
+    add("--beta", type=runs.number(float, 0), default=0.1,
+        help="joslim ucb: exploration weight")
+    add("--baseline", type=runs.number(float), default=-3.0,
         help="joslim ucb: Tchebyshev reference point in standardized units (the reference "
              "code's default of 5 flips its search; -3 is the paper's)")
-    add("--rescore_limit", type=int, default=120,
+    add("--rescore_limit", type=some, default=120,
         help="joslim: re-score at most this many history configurations per window (the "
              "newest and the Pareto layers first; 0: the whole history, as the reference). "
              "120 keeps re-scoring under 5%% of a CIFAR window of 235 steps (bench.py window)")
     add("--cost", default="macs", choices=list(slimmable.COSTS),
         help="joslim: the cost axis of the front")
-    add("--print_freq", type=int, default=20, help="steps between progress lines")
-    add("--curve_points", type=int, default=16,
+    add("--print_freq", type=count, default=20, help="steps between progress lines")
+    add("--curve_points", type=some, default=16,
         help="points of the training curves (runs/NAME/curves.json; evaluate.py plots them): "
              "the full and smallest network's training loss and held-out top-1 (BN batch "
              "statistics, on --curve_images held-out images), evenly spaced over the run; 0: none")
-    add("--curve_images", type=int, default=512,
+    add("--curve_images", type=count, default=512,
         help="held-out images each point of the training curves is measured on (default 512)")
-    add("--seed", type=int, default=0, help="seed for weights, data order and sampling")
-    add("--device", default="auto", help="auto (CUDA when available), cpu, cuda")
-    add("--threads", type=int, default=0,
+    add("--seed", type=some, default=0, help="seed for weights, data order and sampling")
+    add("--device", type=runs.device_flag, default="auto",
+        help="auto (CUDA when available), cpu, cuda or cuda:N")
+    add("--threads", type=some, default=0,
         help="CPU threads per process (0, the default: the usable cores / processes, then one "
-             "fewer while other processes slow training down: ThreadTuner)")
+             "fewer while other processes slow training down: runs.ThreadTuner)")
     add("--restart", action="store_true",
         help="start over even if runs/NAME/checkpoint.pt exists (it is overwritten)")
     add("--resume", action="store_true",
         help="continue runs/NAME/checkpoint.pt (also done without this flag when it exists)")
-    add("--pause_after", type=int, default=0,
+    add("--pause_after", type=some, default=0,
         help="save and stop after this many steps of this run (preemptible jobs; rerun to go on)")
     data.add_data_args(parser)
     args = parser.parse_args(argv)
     if args.method == "fixed" and not args.channel_config:
         parser.error("--method fixed needs --channel_config FILE...")
-    problem = data.flag_problem(args, FLAG_RULES) or data.check_data_args(args)
+    problem = data.check_data_args(args)
     if problem:
         parser.error(problem)
-    if args.device not in ("auto", "cpu", "cuda") and not args.device.startswith("cuda:"):
-        parser.error(f"--device {args.device} is invalid: auto, cpu, cuda or cuda:N")
     return args
 
 
-FLAG_RULES = {  # flag: (test of its value, what it must be), checked by parse_args
-    "epochs": (lambda v: v >= 1, "at least 1"), "batch_size": (lambda v: v >= 1, "at least 1"),
-    "tau": (lambda v: v >= 1, "at least 1"), "print_freq": (lambda v: v >= 1, "at least 1"),
-    "warmup": (lambda v: v >= 0, "0 or more epochs"),
-    "baselr": (lambda v: v > 0, "a positive number"),
-    "momentum": (lambda v: 0 <= v < 1, "in [0, 1)"), "wd": (lambda v: v >= 0, "0 or more"),
-    "kd_weight": (lambda v: 0 <= v <= 1, "in [0, 1]"),
-    "distill_after": (lambda v: v >= 0, "0 or more epochs"),
-    "label_smoothing": (lambda v: 0 <= v < 1, "in [0, 1)"),
-    "lower_channel": (lambda v: 0 < v <= 1, "in (0, 1]"),
-    "num_sampled_arch": (lambda v: v >= 0, "0 or more"),
-    "prior_points": (lambda v: v >= 0, "0 or more"), "beta": (lambda v: v >= 0, "0 or more"),
-    "baseline": (lambda v: True, "a number"),
-    "rescore_limit": (lambda v: v >= 0, "0 (no limit) or more"),
-    "curve_points": (lambda v: v >= 0, "0 (none) or more"),
-    "curve_images": (lambda v: v >= 1, "at least 1"),
-    "threads": (lambda v: v >= 0, "0 (automatic) or more"),
-    "pause_after": (lambda v: v >= 0, "0 (never) or more"),
-}
-
-
 # ---------------------------------------------------------------------------------------------
-# Distributed helpers (the process group itself: data.setup_distributed)
-
-
-def broadcast_array(array, device, rank):
-    """Rank 0's float64 NumPy array (any shape) on every rank."""
-    if not dist.is_initialized():
-        return array
-    shape = torch.tensor(array.shape if rank == 0 else [0, 0], dtype=torch.long, device=device)
-    dist.broadcast(shape, 0)
-    values = torch.zeros(*shape.tolist(), dtype=torch.float64, device=device)
-    if rank == 0:
-        values.copy_(torch.from_numpy(np.asarray(array, dtype=np.float64)))
-    dist.broadcast(values, 0)
-    return values.cpu().numpy()
-
-
-def average_over_ranks(values):
-    if dist.is_initialized():
-        dist.all_reduce(values)
-        values /= dist.get_world_size()
-    return values
-
-
-# ---------------------------------------------------------------------------------------------
-# Checkpoints: a plain dict, written to a temporary file and renamed
-
-
-def save_checkpoint(path, state):
-    """``state`` to ``path`` atomically and durably (slimmable.write_atomic): a crash or a full
-    disk leaves the previous checkpoint intact."""
-    runs.save_checkpoint(path, state)
-
-
-CHECKPOINT_KEYS = {"model", "optimizer", "step", "network", "method", "num_classes", "args"}
-# Flags a method never reads: a rerun may differ in them (a default changed since, say).
-JOSLIM_FLAGS = {"tau", "prior_points", "acquisition", "beta", "baseline", "rescore_limit", "cost"}
-UNUSED_FLAGS = {"joslim": {"channel_config"}, "slim": JOSLIM_FLAGS | {"channel_config"},
-                "random": JOSLIM_FLAGS | {"channel_config"},
-                "fixed": JOSLIM_FLAGS | {"kd_weight", "distill_after", "num_sampled_arch"}}
-# Flags that may change when a run is continued: how it runs, not what it computes.
-SESSION_FLAGS = {"name", "print_freq", "threads", "workers", "pin_memory", "pause_after", "device",
-                 "restart", "resume", "curve_points", "curve_images"}
-
-
-def load_checkpoint(path, args):
-    """The checkpoint at ``path``, if it continues the run ``args`` describe: every flag outside
-    ``SESSION_FLAGS`` that its method reads must equal the recorded one (a flag the checkpoint
-    does not record, from an older version, is not compared). Fail (one line naming the flags,
-    old and new values) if not."""
-    try:
-        checkpoint = runs.load_checkpoint(path, required=())
-    except Exception as error:  # a truncated or foreign file
-        raise Fail(f"cannot read checkpoint {path}: {str(error).splitlines()[0]}; use --restart "
-                   f"to start over") from None
-    if not isinstance(checkpoint, dict) or not CHECKPOINT_KEYS <= set(checkpoint):
-        raise Fail(f"{path} is not a checkpoint written by train.py (a dict with "
-                   f"{', '.join(sorted(CHECKPOINT_KEYS))}); pick another --name, or --restart to "
-                   f"overwrite it")
-    for key in ("network", "method"):
-        if checkpoint.get(key) != getattr(args, key):
-            raise Fail(f"{path} holds a {checkpoint.get('method')} run of "
-                       f"{checkpoint.get('network')}, not a {args.method} run of {args.network}; "
-                       f"pick another --name, or --restart to overwrite it")
-    recorded = checkpoint.get("args") or {}
-    ignored = SESSION_FLAGS | UNUSED_FLAGS[args.method]
-    changed = [f"--{key} {recorded[key]!r} -> {value!r}"
-               for key, value in sorted(vars(args).items())
-               if key in recorded and key not in ignored and recorded[key] != value]
-    if changed:
-        raise Fail(f"{path} was trained with other settings ({'; '.join(changed)}): rerun with "
-                   f"its settings to continue it, pick another --name, or --restart to "
-                   f"overwrite it")
-    return checkpoint
-
-
-# ---------------------------------------------------------------------------------------------
-# The training step
+# The method: learning rate, losses, the sandwich step, re-scoring, the next configurations
 
 
 def learning_rate(step, total_steps, warmup_steps, peak, scheduler):
@@ -332,7 +240,10 @@ def rescore(net, configs, inputs, targets, autocast):
                 logits = net(inputs)
             losses[i] = F.cross_entropy(logits.float(), targets,
                                         label_smoothing=0.0).double()
-    return average_over_ranks(losses).cpu().numpy()
+    if dist.is_initialized():
+        dist.all_reduce(losses)
+        losses /= dist.get_world_size()
+    return losses.cpu().numpy()
 
 
 def held_out_top1(net, batches, widths, autocast):
@@ -350,21 +261,9 @@ def held_out_top1(net, batches, widths, autocast):
     return float(100 * counts[0] / counts[1])
 
 
-def curve_batches(loader, images, device):
-    """The first ``images`` held-out images of ``loader`` as a list of batches on ``device``,
-    drawn without touching the global RNG (DataLoader workers seed from it)."""
-    batches, count = [], 0
-    with torch.random.fork_rng(devices=[]):
-        for batch in loader:
-            inputs, targets = batch[0][:images - count], batch[1][:images - count]
-            batches.append((inputs.to(device), targets.to(device)))
-            count += len(targets)
-            if count >= images:
-                break
-    return batches
-
-
-def build_sampler(args, net, num_dims):
+def build_sampler(args, net):
+    """The width sampler of ``args.method`` (sampler.py); None for ``fixed``."""
+    num_dims = len(net.width_groups)
     if args.method == "slim":
         return samplers.UniformSampler(num_dims, args.lower_channel, seed=args.seed)
     if args.method == "random":
@@ -384,258 +283,364 @@ def build_sampler(args, net, num_dims):
 # ---------------------------------------------------------------------------------------------
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    try:
-        with contextlib.ExitStack() as cleanup:  # releases the run's lock however run() ends
-            status = run(args, cleanup)
-    except (Fail, data.DataError) as error:
-        message = str(error).splitlines()[0] if str(error) else type(error).__name__
-        print(f"error: {message}", file=sys.stderr)
-        return 2
-    if dist.is_initialized():  # a rank leaving while gloo still talks to it aborts the other
-        dist.barrier()
-        dist.destroy_process_group()
-    return status
+def next_configs(args, sampler, net, held_out_batch, autocast, log, step):
+    """The student configurations of the next window (multiplier lists; the smallest network
+    last), identical on every rank. Joslim first re-scores its history on the next held-out
+    batch with the current weights, so the Gaussian process sees the losses as they are now."""
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    if args.method == "joslim":
+        history = runs.broadcast(sampler.history_configs() if rank == 0 else None)
+        if len(history):
+            losses = rescore(net, history, *held_out_batch(), autocast)
+            if rank == 0:
+                sampler.observe(losses)
+        net.train()
+    proposals = runs.broadcast(sampler.propose(args.num_sampled_arch) if rank == 0 else None)
+    if args.method == "joslim" and rank == 0:
+        costs = ", ".join(f"{c:.2f}" for c in sampler.last_costs)
+        log(f"  window at step {step}: history {len(sampler.history_configs())}, "
+            f"proposed costs [{costs}]")
+    return [row.tolist() for row in proposals] + [[args.lower_channel] * len(net.width_groups)]
 
 
-def run(args, cleanup):
-    device, rank, world_size = runs.start(args.device, args.threads)
-    run_dir = os.path.join("runs", args.name)
-    if rank == 0:
-        cleanup.enter_context(runs.lock(run_dir))
-    checkpoint_path = os.path.join(run_dir, "checkpoint.pt")
-    checkpoint = None
-    if os.path.exists(checkpoint_path) and not args.restart:
-        checkpoint = load_checkpoint(checkpoint_path, args)
-    elif args.resume:
-        raise Fail(f"--resume: no checkpoint at {checkpoint_path}")
-    log_file = None  # opened at the first message: a run refused before that leaves no log
+# ---------------------------------------------------------------------------------------------
+# The training loop
 
-    def log(message):
-        nonlocal log_file
-        if rank == 0:
-            print(message, flush=True)
-            if log_file is None:
-                os.makedirs(run_dir, exist_ok=True)
-                log_file = cleanup.enter_context(open(os.path.join(run_dir, "log.txt"), "a"))
-            log_file.write(message + "\n")
-            log_file.flush()
 
-    torch.manual_seed(args.seed)
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    loaders = data.get_loaders(args, args.batch_size)
-    if args.method == "joslim" and loaders.val is None:
-        raise Fail("--method joslim scores its history on the held-out split: use --val_size > 0")
-    options = {"input_size": loaders.input_size, "in_channels": loaders.in_channels}
-    if args.network == "slim_mobilenetv2":
-        options["width_mult"] = args.width_mult
-    net = models.get_model(args.network, loaders.num_classes, **options).to(device)
-    if device.type == "cuda":
-        net = net.to(memory_format=torch.channels_last)
-    num_dims = len(net.width_groups)
-    smallest = [args.lower_channel] * num_dims
-    try:
-        loaded = [slimmable.load_config(path, net) for path in args.channel_config]
-    except ValueError as error:
-        raise Fail(str(error)) from None
-    fixed_configs = [widths for widths, _ in loaded]
-    # where each configuration came from, so that evaluate.py can label the retrained models:
-    # search.py's target, in millions of its cost (files of before the cost had a name: MACs)
-    fixed_sources = [{"file": path,
-                      "cost": record.get("cost", "macs" if "target_mflops" in record else None),
-                      "target": record.get("target", record.get("target_mflops"))}
-                     for path, (_, record) in zip(args.channel_config, loaded)]
-    sampler = build_sampler(args, net, num_dims)
-    tuner = runs.ThreadTuner(torch.get_num_threads()) if not args.threads and device.type == "cpu" \
-        else None
-    full_macs = float(slimmable.macs(net, 1.0))
-
-    steps_per_epoch = len(loaders.train)
-    if steps_per_epoch == 0:
-        raise Fail(f"the training set is smaller than one batch of {args.batch_size}")
-    total_steps = args.epochs * steps_per_epoch
-    warmup_steps = int(args.warmup * steps_per_epoch)
-    distill_after_steps = int(args.distill_after * steps_per_epoch)
-    peak_lr = args.baselr * args.batch_size / 256
-    optimizer = make_optimizer(net, args, peak_lr)
-    step, window_configs, val_batches_used = 0, None, 0
-    curves, curve_meter = [], [0.0, 0.0, 0]  # points so far; losses summed since the last point
-    if checkpoint is not None:
-        net.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        step, window_configs = checkpoint["step"], checkpoint["window_configs"]
-        val_batches_used = checkpoint["val_batches_used"]
-        curves = checkpoint.get("curves", [])
-        curve_meter = checkpoint.get("curve_meter", curve_meter)
-        if sampler is not None:
-            sampler.load_state_dict(runs.as_numpy(checkpoint["sampler"]))
-        recorded = checkpoint.get("args") or {}
-        session = [f"--{key} {recorded[key]!r} -> {getattr(args, key)!r}" for key in
-                   sorted(SESSION_FLAGS - {"restart", "resume"})
-                   if key in recorded and recorded[key] != getattr(args, key)]
-        if step < total_steps:  # a finished run says so below
-            log(f"resuming {checkpoint_path} at step {step}/{total_steps}"
-                + (f" (changed for this session: {'; '.join(session)})" if session else ""))
-    model = net
-    if world_size > 1:
-        model = torch.nn.parallel.DistributedDataParallel(
-            net, device_ids=[device.index] if device.type == "cuda" else None)
-    use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
-
-    def autocast():
-        if use_bf16:
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
-
-    def state(finished=False):
-        return {"model": net.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                "window_configs": window_configs, "val_batches_used": val_batches_used,
-                "sampler": runs.plain(sampler.state_dict()) if sampler is not None else None,
-                "rng": runs.rng_states(), "args": vars(args), "network": args.network,
-                "method": args.method, "num_classes": loaders.num_classes,
-                "model_options": options, "lower_channel": args.lower_channel,
-                "fixed_configs": fixed_configs, "fixed_sources": fixed_sources,
-                "curves": curves, "curve_meter": curve_meter, "finished": finished}
-
-    def save(finished=False):
-        if rank == 0:
-            save_checkpoint(checkpoint_path, state(finished))
-
-    if step >= total_steps:
-        log(f"{args.name} already finished {total_steps} steps; next: "
-            f"python evaluate.py --name {args.name}")
-        return 0
-
-    curve_every = max(1, total_steps // args.curve_points) if args.curve_points else 0
-    held_out_batches = curve_batches(loaders.val, args.curve_images, device) \
-        if curve_every and loaders.val is not None else []
-    # the sandwich's two ends; --method fixed: its first and last configuration
-    curve_ends = [fixed_configs[0], fixed_configs[-1]] if args.method == "fixed" else \
-        [1.0, smallest]
-    curves_path = os.path.join(run_dir, "curves.json")
-
-    def curve_point(lr):
-        """Append one point of the training curves and rewrite runs/NAME/curves.json."""
-        point = {"step": step, "epoch": step / steps_per_epoch, "lr": lr,
-                 "full_loss": curve_meter[0] / max(curve_meter[2], 1),
-                 "smallest_loss": curve_meter[1] / max(curve_meter[2], 1)}
-        if held_out_batches:
-            point["full_top1"], point["smallest_top1"] = (
-                held_out_top1(net, held_out_batches, widths, autocast) for widths in curve_ends)
-            net.train()
-        curves.append(point)
-        curve_meter[:] = [0.0, 0.0, 0]
-        if rank == 0:
-            content = {"name": args.name, "method": args.method, "kd_weight": args.kd_weight,
-                       "distill_after": args.distill_after, "steps_per_epoch": steps_per_epoch,
-                       "total_steps": total_steps, "points": curves}
-            runs.write_json(curves_path, content)
-
-    val_state = {"iterator": None, "position": -1}
-
-    def val_batch():
-        """The next held-out batch, cycling through the val split in a fixed order."""
-        nonlocal val_batches_used
-        index = val_batches_used % len(loaders.val)
-        if val_state["position"] != index:  # first use, wrap-around or resume
-            val_state["iterator"] = iter(loaders.val)
-            for _ in range(index):
-                next(val_state["iterator"])
-        inputs, targets = next(val_state["iterator"])[:2]
-        val_state["position"] = index + 1
-        val_batches_used += 1
-        return inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-
-    log(f"{args.method} training of {args.network} on {loaders.dataset}: {args.epochs} epochs x "
-        f"{steps_per_epoch} steps, batch {args.batch_size} over {world_size} process(es), "
-        f"peak lr {peak_lr:g}, {num_dims} width groups, device {device}")
+def train(args, run):
+    """Train ``run`` (a ``TrainingRun``) to its last step: per batch, the configurations of the
+    window, one sandwich step (``train_step``), one optimizer step, then the bookkeeping.
+    Returns the exit status: 0, or 128 + the signal that stopped it (state saved)."""
+    net, optimizer = run.net, run.optimizer
     window = args.tau if args.method == "joslim" else 1  # slim/random: new widths every step
-    configs_digest = 0.0  # a fingerprint of every configuration trained, to compare ranks
-    sampler_seconds, run_start, run_steps = 0.0, time.time(), 0
-    meter = {"full": 0.0, "small": 0.0, "count": 0, "images": 0, "start": time.time()}
-    stop = runs.StopRequest().__enter__()
-    try:
-        while step < total_steps:
-            epoch, offset = divmod(step, steps_per_epoch)
-            # The data order and augmentation of an epoch depend only on (seed, epoch), and the
-            # RNG state is restored after the skipped batches, so a resumed run is exact.
-            torch.manual_seed(args.seed * 100_003 + epoch)
-            data.set_epoch(loaders, epoch)
-            batches = iter(loaders.train)
-            for _ in range(offset):
-                next(batches)
-            if checkpoint is not None and offset and "rng" in checkpoint:
-                runs.set_rng_states(checkpoint["rng"])
-            checkpoint = None
-            net.train()
-            for inputs, targets in batches:
-                if window_configs is None or step % window == 0:
-                    start = time.time()
-                    window_configs = next_configs(args, sampler, net, fixed_configs, smallest,
-                                                  val_batch, device, rank, autocast, log, step)
-                    configs_digest += float(np.sum(window_configs)) * (step + 1)
-                    sampler_seconds += time.time() - start
-                    if tuner is not None:  # the work of a step: MACs per image of its networks
-                        step_macs = full_macs + float(slimmable.macs(
-                            net, slimmable.width_matrix(net, window_configs)).sum())
+    if run.step >= run.total_steps:
+        run.log(f"{args.name} already finished {run.total_steps} steps; next: "
+                f"python evaluate.py --name {args.name}")
+        return 0
+    run.log(f"{args.method} training of {args.network} on {run.loaders.dataset}: {args.epochs} "
+            f"epochs x {run.steps_per_epoch} steps, batch {args.batch_size} over "
+            f"{run.world_size} process(es), peak lr {run.peak_lr:g}, "
+            f"{len(net.width_groups)} width groups, device {run.device}")
+    with runs.StopRequest() as stop:
+        while run.step < run.total_steps:
+            for inputs, targets in run.epoch_batches():
+                if run.window_configs is None or run.step % window == 0:
+                    run.window_configs = run.next_window()
                 step_start = time.perf_counter()
-                inputs = inputs.to(device, non_blocking=True)
-                targets = targets.to(device, non_blocking=True)
-                if device.type == "cuda":
-                    inputs = inputs.contiguous(memory_format=torch.channels_last)
-                lr = learning_rate(step, total_steps, warmup_steps, peak_lr, args.scheduler)
+                inputs, targets = run.to_device(inputs), targets.to(run.device, non_blocking=True)
+                lr = learning_rate(run.step, run.total_steps, run.warmup_steps, run.peak_lr,
+                                   args.scheduler)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 optimizer.zero_grad(set_to_none=True)
-                full_loss, small_loss = train_step(model, net, inputs, targets, window_configs,
-                                                   args, autocast, step >= distill_after_steps)
+                full_loss, small_loss = train_step(run.model, net, inputs, targets,
+                                                   run.window_configs, args, run.autocast,
+                                                   run.step >= run.distill_after_steps)
                 optimizer.step()
-                step += 1
-                run_steps += 1
-                full_value, small_value = full_loss.item(), small_loss.item()
-                if tuner is not None:
-                    change = tuner.record(time.perf_counter() - step_start, step_macs)
-                    if change:
-                        log(f"  step {step}: {change}")
-                meter["full"] += full_value
-                meter["small"] += small_value
-                meter["count"] += 1
-                curve_meter[0] += full_value
-                curve_meter[1] += small_value
-                curve_meter[2] += 1
-                meter["images"] += inputs.shape[0] * world_size
-                if step % args.print_freq == 0 or step == total_steps:
-                    report(meter, step, total_steps, steps_per_epoch, lr, args, log)
-                if curve_every and (step % curve_every == 0 or step == total_steps):
-                    curve_point(lr)
-                if step % steps_per_epoch == 0 and step < total_steps:
-                    save()
-                if args.pause_after and run_steps >= args.pause_after and step < total_steps:
-                    save()
-                    log(f"paused after {run_steps} steps at step {step}; rerun to continue")
-                    return 0
-                signum = stop.requested()
-                if signum and step < total_steps:
-                    save()
-                    log(f"{signal.Signals(signum).name} at step {step}: checkpoint saved to "
-                        f"{checkpoint_path}; rerun the same command to continue")
-                    return 128 + signum  # 130 for Ctrl-C, 143 for SIGTERM
-    except KeyboardInterrupt:  # a second Ctrl-C: leave now, keep the last saved checkpoint
-        log(f"aborted during step {step + 1}; {checkpoint_path} holds the last saved state")
-        return 130
-    finally:
-        stop.__exit__()
-    save(finished=True)
-    elapsed = time.time() - run_start
-    log(f"done: {step} steps in {elapsed:.0f} s; last losses: full {meter['last_full']:.3f}, "
-        f"smallest {meter['last_small']:.3f}; sampler + re-scoring took {sampler_seconds:.1f} s "
-        f"({100 * sampler_seconds / max(elapsed, 1e-9):.1f}%)")
-    if dist.is_initialized():
-        check_ranks_agree(net, configs_digest, device, log)
-    log(f"checkpoint: {checkpoint_path}; next: python evaluate.py --name {args.name}")
+                run.step += 1
+                run.record(full_loss.item(), small_loss.item(), lr, inputs.shape[0],
+                           time.perf_counter() - step_start)
+                if run.step % run.steps_per_epoch == 0 and run.step < run.total_steps:
+                    run.save()
+                status = run.stop_status(stop)
+                if status is not None:
+                    return status
+    run.save(finished=True)
+    run.finish()
     return 0
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    return runs.cli(start_and_train, args, user_errors=(data.DataError,))
+
+
+def start_and_train(args):
+    device, rank, world_size = runs.start(args.device, args.threads)
+    folder = runs.run_folder(args.name)
+    with runs.lock(folder) if rank == 0 else contextlib.nullcontext():
+        log = runs.Log(os.path.join(folder, "log.txt"), rank)
+        try:
+            return train(args, TrainingRun(args, device, rank, world_size, log))
+        finally:
+            log.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# A run from step to step: what a checkpoint holds, and the bookkeeping around each step
+
+
+CHECKPOINT_KEYS = ("model", "optimizer", "step", "network", "method", "num_classes", "args")
+# Flags a method never reads: a rerun may differ in them.
+JOSLIM_FLAGS = {"tau", "prior_points", "acquisition", "beta", "baseline", "rescore_limit", "cost"}
+UNUSED_FLAGS = {"joslim": {"channel_config"}, "slim": JOSLIM_FLAGS | {"channel_config"},
+                "random": JOSLIM_FLAGS | {"channel_config"},
+                "fixed": JOSLIM_FLAGS | {"kd_weight", "distill_after", "num_sampled_arch"}}
+# Flags that may change when a run is continued: how it runs, not what it computes.
+SESSION_FLAGS = {"name", "print_freq", "threads", "workers", "pin_memory", "pause_after", "device",
+                 "restart", "resume", "curve_points", "curve_images"}
+
+
+def resume_checkpoint(args, path):
+    """The checkpoint to continue, or None for a new run. ``Fail`` (one line) when it holds
+    another run: another network or method, or a flag outside ``SESSION_FLAGS`` that its method
+    reads set differently (named with old and new values)."""
+    if args.restart or not os.path.exists(path):
+        if args.resume and not args.restart:
+            raise Fail(f"--resume: no checkpoint at {path}")
+        return None
+    other = "pick another --name, or --restart to overwrite it"
+    try:
+        checkpoint = runs.load_checkpoint(path, CHECKPOINT_KEYS)
+    except Fail as error:
+        raise Fail(f"{error}; {other}") from None
+    if (checkpoint["network"], checkpoint["method"]) != (args.network, args.method):
+        raise Fail(f"{path} holds a {checkpoint['method']} run of {checkpoint['network']}, not "
+                   f"a {args.method} run of {args.network}; {other}")
+    recorded, ignored = checkpoint["args"], SESSION_FLAGS | UNUSED_FLAGS[args.method]
+    changed = [f"--{key} {recorded[key]!r} -> {value!r}" for key, value in sorted(vars(args).items())
+               if key in recorded and key not in ignored and recorded[key] != value]
+    if changed:
+        raise Fail(f"{path} was trained with other settings ({'; '.join(changed)}): rerun with "
+                   f"its settings to continue it, or {other}")
+    return checkpoint
+
+
+class TrainingRun:
+    """One run of train.py between start-up and exit: the network, optimizer, sampler and data,
+    the position in the schedule, and the bookkeeping around each step (progress lines, training
+    curves, the thread tuner, checkpoints, stopping). ``state_dict`` is the checkpoint, a plain
+    dict; rerunning the same command continues from it exactly."""
+
+    def __init__(self, args, device, rank, world_size, log):
+        self.args, self.device, self.rank, self.world_size, self.log = \
+            args, device, rank, world_size, log
+        self.checkpoint_path = os.path.join(runs.run_folder(args.name), "checkpoint.pt")
+        checkpoint = resume_checkpoint(args, self.checkpoint_path)
+        torch.manual_seed(args.seed)
+        random.seed(args.seed)
+        np.random.seed(args.seed)
+        self._build(args)
+        self.step, self.window_configs, self.val_batches_used = 0, None, 0
+        self.curves, self.curve_meter = [], [0.0, 0.0, 0]  # points; losses since the last one
+        self.resumed_rng, self.session_steps = None, 0
+        if checkpoint is not None:
+            self._restore(checkpoint)
+        self.model = self.net if world_size == 1 else torch.nn.parallel.DistributedDataParallel(
+            self.net, device_ids=[device.index] if device.type == "cuda" else None)
+        use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        self.autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_bf16 \
+            else contextlib.nullcontext
+        self.curve_every = max(1, self.total_steps // args.curve_points) if args.curve_points else 0
+        self.curve_batches = [(x.to(device), y.to(device)) for x, y in data.first_batches(
+            self.loaders.val, images=args.curve_images)] \
+            if self.curve_every and self.loaders.val is not None else []
+        self.val_iterator, self.val_position = None, -1
+        self.configs_digest, self.sampler_seconds, self.start_time = 0.0, 0.0, time.time()
+        self.meter = {"full": 0.0, "small": 0.0, "count": 0, "images": 0, "start": time.time()}
+
+    def _build(self, args):
+        """The data, the network, the configurations of --method fixed, the sampler, the
+        optimizer and the schedule in steps."""
+        self.loaders = loaders = data.get_loaders(args, args.batch_size)
+        if args.method == "joslim" and loaders.val is None:
+            raise Fail("--method joslim scores its history on the held-out split: use "
+                       "--val_size > 0")
+        self.options = {"input_size": loaders.input_size, "in_channels": loaders.in_channels}
+        if args.network == "slim_mobilenetv2":
+            self.options["width_mult"] = args.width_mult
+        self.net = models.get_model(args.network, loaders.num_classes, **self.options)
+        self.net.to(self.device)
+        if self.device.type == "cuda":
+            self.net = self.net.to(memory_format=torch.channels_last)
+        try:
+            loaded = [slimmable.load_config(path, self.net) for path in args.channel_config]
+        except ValueError as error:
+            raise Fail(str(error)) from None
+        self.fixed_configs = [widths for widths, _ in loaded]
+        # where each configuration came from, so that evaluate.py can label the retrained models
+        self.fixed_sources = [{"file": path, "cost": record.get("cost"),
+                               "target": record.get("target")}
+                              for path, (_, record) in zip(args.channel_config, loaded)]
+        self.sampler = build_sampler(args, self.net)
+        self.tuner = runs.ThreadTuner(torch.get_num_threads()) \
+            if not args.threads and self.device.type == "cpu" else None
+        self.full_macs = float(slimmable.macs(self.net, 1.0))
+        self.steps_per_epoch = len(loaders.train)
+        if self.steps_per_epoch == 0:
+            raise Fail(f"the training set is smaller than one batch of {args.batch_size}")
+        self.total_steps = args.epochs * self.steps_per_epoch
+        self.warmup_steps = int(args.warmup * self.steps_per_epoch)
+        self.distill_after_steps = int(args.distill_after * self.steps_per_epoch)
+        self.peak_lr = args.baselr * args.batch_size / 256
+        self.optimizer = make_optimizer(self.net, args, self.peak_lr)
+
+    def state_dict(self, finished=False):
+        args = self.args
+        return {"model": self.net.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "step": self.step, "window_configs": self.window_configs,
+                "val_batches_used": self.val_batches_used,
+                "sampler": runs.plain(self.sampler.state_dict()) if self.sampler else None,
+                "rng": runs.rng_states(), "args": vars(args), "network": args.network,
+                "method": args.method, "num_classes": self.loaders.num_classes,
+                "model_options": self.options, "lower_channel": args.lower_channel,
+                "fixed_configs": self.fixed_configs, "fixed_sources": self.fixed_sources,
+                "curves": self.curves, "curve_meter": self.curve_meter, "finished": finished}
+
+    def _restore(self, checkpoint):
+        self.net.load_state_dict(checkpoint["model"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.step, self.window_configs = checkpoint["step"], checkpoint["window_configs"]
+        self.val_batches_used = checkpoint["val_batches_used"]
+        self.curves, self.curve_meter = checkpoint["curves"], checkpoint["curve_meter"]
+        if self.sampler is not None:
+            self.sampler.load_state_dict(runs.as_numpy(checkpoint["sampler"]))
+        self.resumed_rng = checkpoint["rng"]
+        recorded = checkpoint["args"]
+        session = [f"--{key} {recorded[key]!r} -> {getattr(self.args, key)!r}" for key in
+                   sorted(SESSION_FLAGS - {"restart", "resume"})
+                   if key in recorded and recorded[key] != getattr(self.args, key)]
+        if self.step < self.total_steps:  # a finished run says so in train()
+            self.log(f"resuming {self.checkpoint_path} at step {self.step}/{self.total_steps}"
+                     + (f" (changed for this session: {'; '.join(session)})" if session else ""))
+
+    def save(self, finished=False):
+        if self.rank == 0:
+            runs.save_checkpoint(self.checkpoint_path, self.state_dict(finished))
+
+    def epoch_batches(self):
+        """An iterator over the rest of the current epoch's training batches. The data order and
+        augmentation of an epoch depend only on (seed, epoch), and a resumed run restores the
+        RNG state after skipping the batches already trained, so it continues exactly."""
+        epoch, offset = divmod(self.step, self.steps_per_epoch)
+        torch.manual_seed(self.args.seed * 100_003 + epoch)
+        data.set_epoch(self.loaders, epoch)
+        batches = iter(self.loaders.train)
+        for _ in range(offset):
+            next(batches)
+        if self.resumed_rng is not None and offset:
+            runs.set_rng_states(self.resumed_rng)
+        self.resumed_rng = None
+        self.net.train()
+        return batches
+
+    def to_device(self, inputs):
+        inputs = inputs.to(self.device, non_blocking=True)
+        if self.device.type == "cuda":
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        return inputs
+
+    def next_window(self):
+        """The configurations of the next window (``next_configs``; --method fixed: its own),
+        timed, and fingerprinted so that ``finish`` can check that every rank trained them."""
+        start = time.time()
+        configs = self.fixed_configs if self.args.method == "fixed" else next_configs(
+            self.args, self.sampler, self.net, self.held_out_batch, self.autocast, self.log,
+            self.step)
+        self.configs_digest += float(np.sum(configs)) * (self.step + 1)
+        self.sampler_seconds += time.time() - start
+        if self.tuner is not None:  # the work of a step: MACs per image of its networks
+            self.step_macs = self.full_macs + float(slimmable.macs(
+                self.net, slimmable.width_matrix(self.net, configs)).sum())
+        return configs
+
+    def held_out_batch(self):
+        """The next held-out batch, cycling through the val split in a fixed order."""
+        index = self.val_batches_used % len(self.loaders.val)
+        if self.val_position != index:  # first use, wrap-around or resume
+            self.val_iterator = iter(self.loaders.val)
+            for _ in range(index):
+                next(self.val_iterator)
+        inputs, targets = next(self.val_iterator)[:2]
+        self.val_position, self.val_batches_used = index + 1, self.val_batches_used + 1
+        return (inputs.to(self.device, non_blocking=True),
+                targets.to(self.device, non_blocking=True))
+
+    def record(self, full_loss, small_loss, lr, batch, seconds):
+        """After a step: the thread tuner, the loss meters, a progress line every --print_freq
+        steps and a point of the training curves every ``curve_every``."""
+        self.session_steps += 1
+        if self.tuner is not None:
+            change = self.tuner.record(seconds, self.step_macs)
+            if change:
+                self.log(f"  step {self.step}: {change}")
+        meter = self.meter
+        meter.update(full=meter["full"] + full_loss, small=meter["small"] + small_loss,
+                     count=meter["count"] + 1, images=meter["images"] + batch * self.world_size)
+        self.curve_meter[:] = [self.curve_meter[0] + full_loss, self.curve_meter[1] + small_loss,
+                               self.curve_meter[2] + 1]
+        last = self.step == self.total_steps
+        if self.step % self.args.print_freq == 0 or last:
+            self.report(lr)
+        if self.curve_every and (self.step % self.curve_every == 0 or last):
+            self.curve_point(lr)
+
+    def report(self, lr):
+        meter, args = self.meter, self.args
+        elapsed = time.time() - meter["start"]
+        full, small = meter["full"] / meter["count"], meter["small"] / meter["count"]
+        eta = elapsed / meter["count"] * (self.total_steps - self.step)
+        self.log(f"epoch {self.step / self.steps_per_epoch:.2f}/{args.epochs} step {self.step}/"
+                 f"{self.total_steps} loss full {full:.3f} smallest {small:.3f} lr {lr:.4f} "
+                 f"{meter['images'] / max(elapsed, 1e-9):.0f} img/s eta {eta / 60:.1f} min")
+        meter.update(full=0.0, small=0.0, count=0, images=0, start=time.time(), last_full=full,
+                     last_small=small)
+
+    def curve_point(self, lr):
+        """Append one point of the training curves and rewrite runs/NAME/curves.json: the mean
+        training losses since the last point and, on held-out images, the top-1 of the
+        sandwich's two ends (--method fixed: its first and last configuration)."""
+        args, (full, small, count) = self.args, self.curve_meter
+        point = {"step": self.step, "epoch": self.step / self.steps_per_epoch, "lr": lr,
+                 "full_loss": full / max(count, 1), "smallest_loss": small / max(count, 1)}
+        if self.curve_batches:
+            ends = [self.fixed_configs[0], self.fixed_configs[-1]] if args.method == "fixed" \
+                else [1.0, [args.lower_channel] * len(self.net.width_groups)]
+            point["full_top1"], point["smallest_top1"] = (held_out_top1(
+                self.net, self.curve_batches, widths, self.autocast) for widths in ends)
+            self.net.train()
+        self.curves.append(point)
+        self.curve_meter[:] = [0.0, 0.0, 0]
+        if self.rank == 0:
+            runs.write_json(os.path.join(runs.run_folder(args.name), "curves.json"), {
+                "name": args.name, "method": args.method, "kd_weight": args.kd_weight,
+                "distill_after": args.distill_after, "steps_per_epoch": self.steps_per_epoch,
+                "total_steps": self.total_steps, "points": self.curves})
+
+    def stop_status(self, stop):
+        """The exit status when this session ends after the step just taken (``--pause_after``
+        steps done, or Ctrl-C / SIGTERM: ``stop`` is a ``runs.StopRequest``), the checkpoint
+        saved first; None to go on."""
+        if self.step >= self.total_steps:
+            return None
+        if self.args.pause_after and self.session_steps >= self.args.pause_after:
+            self.save()
+            self.log(f"paused after {self.session_steps} steps at step {self.step}; rerun to "
+                     f"continue")
+            return 0
+        signum = stop.requested()
+        if signum:
+            self.save()
+            self.log(f"{signal_name(signum)} at step {self.step}: checkpoint saved to "
+                     f"{self.checkpoint_path}; rerun the same command to continue")
+            return 128 + signum  # 130 for Ctrl-C, 143 for SIGTERM
+        return None
+
+    def finish(self):
+        elapsed = time.time() - self.start_time
+        self.log(f"done: {self.step} steps in {elapsed:.0f} s; last losses: full "
+                 f"{self.meter['last_full']:.3f}, smallest {self.meter['last_small']:.3f}; "
+                 f"sampler + re-scoring took {self.sampler_seconds:.1f} s "
+                 f"({100 * self.sampler_seconds / max(elapsed, 1e-9):.1f}%)")
+        if dist.is_initialized():
+            check_ranks_agree(self.net, self.configs_digest, self.device, self.log)
+        self.log(f"checkpoint: {self.checkpoint_path}; next: python evaluate.py --name "
+                 f"{self.args.name}")
+
+
+def signal_name(signum):
+    import signal
+    return signal.Signals(signum).name
 
 
 def check_ranks_agree(net, configs_digest, device, log):
@@ -648,40 +653,6 @@ def check_ranks_agree(net, configs_digest, device, log):
     if any(not torch.allclose(other, everyone[0], rtol=1e-9, atol=0) for other in everyone):
         raise RuntimeError(f"ranks diverged: {[o.tolist() for o in everyone]}")
     log(f"all {len(everyone)} ranks hold identical weights and trained the same configurations")
-
-
-def next_configs(args, sampler, net, fixed_configs, smallest, val_batch, device, rank,
-                 autocast, log, step):
-    """The student configurations of the next window, identical on every rank."""
-    if args.method == "fixed":
-        return fixed_configs
-    if args.method == "joslim":
-        history = broadcast_array(sampler.history_configs() if rank == 0 else None, device, rank)
-        if len(history):
-            inputs, targets = val_batch()
-            losses = rescore(net, history, inputs, targets, autocast)
-            if rank == 0:
-                sampler.observe(losses)
-        net.train()
-    proposals = broadcast_array(sampler.propose(args.num_sampled_arch) if rank == 0 else None,
-                                device, rank)
-    if args.method == "joslim" and rank == 0:
-        costs = ", ".join(f"{c:.2f}" for c in sampler.last_costs)
-        log(f"  window at step {step}: history {len(sampler.history_configs())}, "
-            f"proposed costs [{costs}]")
-    return [row.tolist() for row in proposals] + [smallest]
-
-
-def report(meter, step, total_steps, steps_per_epoch, lr, args, log):
-    elapsed = time.time() - meter["start"]
-    full, small = meter["full"] / meter["count"], meter["small"] / meter["count"]
-    images_per_second = meter["images"] / max(elapsed, 1e-9)
-    seconds_per_step = elapsed / meter["count"]
-    eta = seconds_per_step * (total_steps - step)
-    log(f"epoch {step / steps_per_epoch:.2f}/{args.epochs} step {step}/{total_steps} loss full {full:.3f} "
-        f"smallest {small:.3f} lr {lr:.4f} {images_per_second:.0f} img/s eta {eta / 60:.1f} min")
-    meter.update(full=0.0, small=0.0, count=0, images=0, start=time.time(), last_full=full,
-                 last_small=small)
 
 
 if __name__ == "__main__":
