@@ -1,8 +1,8 @@
 """Width samplers for slimmable networks: which per-layer widths to train next.
 
 A slimmable network shares one set of weights among many sub-networks, each given by a vector of
-per-layer width multipliers x in [lower, 1]^D. Training can only visit a few widths per step, so the
-sampler decides where the training effort goes:
+per-layer width multipliers x in [lower, 1]^D. Training visits only a few widths per step; the
+sampler picks them:
 
 * `UniformSampler`: one multiplier for every layer (the "Slim" / US-Nets baseline).
 * `RandomSampler`: an independent multiplier per layer (the AutoSlim / two-stage supernet).
@@ -12,14 +12,14 @@ sampler decides where the training effort goes:
   process (GP) to loss(x), and proposes the configuration that most improves the cost-vs-loss Pareto
   front at a random target cost, so training concentrates on the front whose area it minimizes.
 
-Differences from the reference code (see the digest, Sec. 2.7): the cost is exact and cheap, so no
-cost GP is fitted; the candidate is moved exactly onto the target cost by bisection along a monotone
-path instead of bisecting a Tchebyshev weight (`acquisition='ucb'` keeps that scheme for comparison);
-the default acquisition is expected improvement of the loss front at the target cost.
+"The reference" below is the authors' released code, which also fits a GP to the cost and bisects
+the weight of a Tchebyshev scalarization until the winner's cost is within 0.02 of the target. Here
+the cost is exact and cheap, so it gets no GP, the candidate is moved exactly onto the target cost,
+and the default acquisition is expected improvement (`acquisition='ucb'`: the reference's scheme).
 
-Everything is NumPy: an exact GP with an ARD Matern-5/2 kernel whose hyperparameters maximize the log
-marginal likelihood (Rasmussen & Williams, "Gaussian Processes for Machine Learning", 2006, Ch. 2 and
-Eq. 5.9), a closed-form expected improvement (Jones et al. 1998), and Pareto helpers.
+Everything is NumPy: an exact GP with an ARD Matern-5/2 kernel whose hyperparameters maximize the
+log marginal likelihood (Rasmussen & Williams, "Gaussian Processes for Machine Learning", 2006,
+Ch. 2 and Eq. 5.9), a closed-form expected improvement (Jones et al. 1998), and Pareto helpers.
 
 Example (a toy cost; the trainer passes the MACs ratio of a real network):
 
@@ -42,25 +42,22 @@ import numpy as np
 SQRT5 = math.sqrt(5.0)
 
 
-# ---------------------------------------------------------------- normal distribution, erfc
+# ---------------------------------------------------------------- normal distribution, EI
 
 def _erfcx(x):
     """Scaled complementary error function exp(x^2) erfc(x) for x >= 0, to about 1e-13 relative."""
     x = np.asarray(x, dtype=float)
-    out = np.empty_like(x)
-    small = x < 2.5
+    out, small = np.empty_like(x), x < 2.5
     # Below 2.5: erf(x) = 2/sqrt(pi) exp(-x^2) sum_n (2x^2)^n x / (1*3*...*(2n+1)) (A&S 7.1.6);
     # every term is positive, so the sum has no cancellation; 45 terms reach machine precision.
-    xs = x[small]
-    term, series = xs.copy(), xs.copy()
+    xs = term = series = x[small]
     for n in range(1, 45):
         term = term * (2.0 * xs * xs) / (2 * n + 1)
         series = series + term
     out[small] = np.exp(xs * xs) - 2.0 / math.sqrt(math.pi) * series
     # Above 2.5: Laplace's continued fraction erfc(x) = exp(-x^2)/sqrt(pi) / (x + (1/2)/(x + 1/(x +
     # (3/2)/(x + ...)))), evaluated bottom-up; 40 levels converge to machine precision there.
-    xl = x[~small]
-    fraction = xl.copy()
+    xl = fraction = x[~small]
     for k in range(40, 0, -1):
         fraction = xl + (k / 2.0) / fraction
     out[~small] = 1.0 / (math.sqrt(math.pi) * fraction)
@@ -83,15 +80,13 @@ def normal_pdf(z):
 def expected_improvement(mean, std, best):
     """E[max(best - f, 0)] for f ~ N(mean, std^2): how much a point is expected to beat `best`
     when MINIMIZING. Closed form (best - mean) Phi(z) + std phi(z), z = (best - mean) / std; equals
-    max(best - mean, 0) where std == 0; always finite and >= 0."""
+    max(best - mean, 0) where std == 0; always finite and >= 0. Arrays broadcast; same shape out."""
     mean, std, best = np.broadcast_arrays(*(np.asarray(a, dtype=float) for a in (mean, std, best)))
     shape, mean, std = mean.shape, mean.reshape(-1), std.reshape(-1)
     improvement = best.reshape(-1) - mean
-    result = np.maximum(improvement, 0.0)
-    has_std = std > 0
+    result, has_std = np.maximum(improvement, 0.0), std > 0
     z = improvement[has_std] / std[has_std]
-    unit = np.empty_like(z)
-    right = z >= 0
+    unit, right = np.empty_like(z), z >= 0
     unit[right] = z[right] * normal_cdf(z[right]) + normal_pdf(z[right])
     # For z < 0, z Phi(z) + phi(z) cancels; factor out phi(z) and use erfcx to keep relative accuracy.
     zl = z[~right]
@@ -103,8 +98,8 @@ def expected_improvement(mean, std, best):
 # ---------------------------------------------------------------- Gaussian process
 
 class CholeskyFactor:
-    """Lower Cholesky factor L of a symmetric positive-definite matrix, built by appending block
-    rows of 64: each new block row is a triangular solve against the rows above plus a 64x64
+    """Lower Cholesky factor L of a symmetric positive-definite (n, n) matrix K, built by appending
+    block rows of 64: each new block row is a triangular solve against the rows above plus a 64x64
     Cholesky. Nearly all the work is matrix products. Why not np.linalg.cholesky/solve: NumPy has no
     triangular solver, and OpenBLAS's threaded LAPACK stalls 10-100x when a trainer shares the
     cores, while products and 64x64 LAPACK calls do not. Appending rows is also how conditioning on
@@ -113,15 +108,20 @@ class CholeskyFactor:
     BLOCK = 64
 
     def __init__(self, matrix):
-        self.lower, self.blocks = np.zeros((0, 0)), []     # blocks: (start, stop, inverse of diagonal block)
-        self.grow(np.zeros((0, len(matrix))), matrix)
+        """Factor `matrix`; on failure retry with growing diagonal jitter (near-duplicate inputs)."""
+        scale = np.mean(np.diag(matrix))
+        for jitter in (0.0, 1e-10, 1e-8, 1e-6, 1e-4, 1e-2):
+            self.lower, self.blocks = np.zeros((0, 0)), []   # blocks: (start, stop, diagonal block^-1)
+            try:
+                return self.grow(np.zeros((0, len(matrix))), matrix + jitter * scale * np.eye(len(matrix)))
+            except np.linalg.LinAlgError:
+                continue
+        raise np.linalg.LinAlgError("kernel matrix is not positive definite even with 1% jitter")
 
     def grow(self, cross, corner):
-        """Turn the factor of A into the factor of [[A, cross], [cross^T, corner]]."""
+        """Turn the factor of A (n, n) into that of [[A, cross], [cross^T, corner]], cross (n, k)."""
         n, k = len(self.lower), len(corner)
-        grown = np.zeros((n + k, n + k))
-        grown[:n, :n] = self.lower
-        self.lower = grown
+        self.lower = np.pad(self.lower, ((0, k), (0, k)))
         column = np.vstack([cross, corner])                # new columns of the grown matrix
         for start in range(0, k, self.BLOCK):
             stop = min(start + self.BLOCK, k)
@@ -145,19 +145,14 @@ class CholeskyFactor:
             solution[start:stop] = inverse.T @ (rhs[start:stop] - self.lower[stop:, start:stop].T @ solution[stop:])
         return solution
 
-    def half_log_determinant(self):
-        return float(np.log(np.diag(self.lower)).sum())
+    def solve(self, vector):
+        """K^-1 vector = L^-T L^-1 vector, for a vector of shape (n,)."""
+        return self.solve_upper(self.solve_lower(vector[:, None]))[:, 0]
 
-
-def _cholesky(matrix):
-    """Cholesky factor; on failure retries with growing diagonal jitter (near-duplicate inputs)."""
-    scale = np.mean(np.diag(matrix))
-    for jitter in (0.0, 1e-10, 1e-8, 1e-6, 1e-4, 1e-2):
-        try:
-            return CholeskyFactor(matrix + jitter * scale * np.eye(len(matrix)))
-        except np.linalg.LinAlgError:
-            continue
-    raise np.linalg.LinAlgError("kernel matrix is not positive definite even with 1% jitter")
+    def log_density(self, y, alpha):
+        """log N(y; 0, K) given alpha = K^-1 y (R&W Eq. 2.30), with log det K = 2 sum log diag L."""
+        half_log_determinant = float(np.log(np.diag(self.lower)).sum())
+        return -0.5 * y @ alpha - half_log_determinant - 0.5 * len(y) * math.log(2.0 * math.pi)
 
 
 class GaussianProcess:
@@ -165,30 +160,22 @@ class GaussianProcess:
 
         k(x, x') = s (1 + sqrt(5) r + 5 r^2 / 3) exp(-sqrt(5) r),  r^2 = sum_d (x_d - x'_d)^2 / l_d^2.
 
-    Hyperparameters live in log space: log_params = [log l_1..l_D, log s, log noise_variance]. The
-    bounds assume inputs scaled to about the unit cube and standardized targets (callers do both).
-    """
+    Inputs X are (n, D), targets y (n,). Hyperparameters live in log space: log_params = [log l_1..l_D,
+    log s, log noise_variance]. The bounds assume inputs scaled to about the unit cube and
+    standardized targets (callers do both)."""
 
     LOG_BOUNDS_LENGTHSCALE = (math.log(0.05), math.log(100.0))
     LOG_BOUNDS_SIGNAL = (math.log(0.01), math.log(100.0))
-    LOG_BOUNDS_NOISE = (math.log(1e-4), math.log(10.0))        # reference clamps noise >= 1e-4
+    LOG_BOUNDS_NOISE = (math.log(1e-4), math.log(10.0))        # the reference clamps noise >= 1e-4
 
     def __init__(self, lengthscales, signal_variance=1.0, noise_variance=0.1):
         self.log_params = np.concatenate([np.log(np.atleast_1d(np.asarray(lengthscales, float))),
                                           [math.log(signal_variance), math.log(noise_variance)]])
         self.X = self.y = self.cholesky = self.alpha = None
 
-    @property
-    def lengthscales(self):
-        return np.exp(self.log_params[:-2])
-
-    @property
-    def signal_variance(self):
-        return float(np.exp(self.log_params[-2]))
-
-    @property
-    def noise_variance(self):
-        return float(np.exp(self.log_params[-1]))
+    lengthscales = property(lambda self: np.exp(self.log_params[:-2]))
+    signal_variance = property(lambda self: float(np.exp(self.log_params[-2])))
+    noise_variance = property(lambda self: float(np.exp(self.log_params[-1])))
 
     @staticmethod
     def _scaled_distances(X1, X2, lengthscales):
@@ -208,9 +195,8 @@ class GaussianProcess:
         r = self._scaled_distances(X, X, lengthscales)
         decay = np.exp(-SQRT5 * r)
         signal_kernel = signal * (1.0 + SQRT5 * r + (5.0 / 3.0) * r * r) * decay
-        factor = _cholesky(signal_kernel + noise * np.eye(n))
-        alpha = factor.solve_upper(factor.solve_lower(y[:, None]))[:, 0]
-        lml = -0.5 * y @ alpha - factor.half_log_determinant() - 0.5 * n * math.log(2.0 * math.pi)
+        factor = CholeskyFactor(signal_kernel + noise * np.eye(n))
+        alpha = factor.solve(y)
         inverse_cholesky = factor.solve_lower(np.eye(n))        # K^-1 = L^-T L^-1, needed by the trace
         W = np.outer(alpha, alpha) - inverse_cholesky.T @ inverse_cholesky
         # dk/dlog(l_d) = s (5/3)(1 + sqrt5 r) exp(-sqrt5 r) (x_d - x'_d)^2 / l_d^2: r cancels, so no
@@ -218,9 +204,8 @@ class GaussianProcess:
         M = W * (signal * (5.0 / 3.0) * (1.0 + SQRT5 * r) * decay)
         Z = X / lengthscales
         grad_lengthscales = (Z * Z).T @ M.sum(1) - (Z * (M @ Z)).sum(0)
-        grad_signal = 0.5 * (W * signal_kernel).sum()
-        grad_noise = 0.5 * noise * np.trace(W)
-        return lml, np.concatenate([grad_lengthscales, [grad_signal, grad_noise]])
+        grad_signal, grad_noise = 0.5 * (W * signal_kernel).sum(), 0.5 * noise * np.trace(W)
+        return factor.log_density(y, alpha), np.concatenate([grad_lengthscales, [grad_signal, grad_noise]])
 
     def fit(self, X, y, optimize=True, iterations=50, learning_rate=0.05, subset_size=None, rng=None):
         """Condition on (X, y); with optimize=True first maximize the log marginal likelihood by Adam
@@ -239,7 +224,7 @@ class GaussianProcess:
             params = np.clip(self.log_params, low, high)
             best_value, best_params = -np.inf, params.copy()
             first_moment, second_moment = np.zeros_like(params), np.zeros_like(params)
-            for step in range(1, iterations + 2):
+            for step in range(1, iterations + 2):      # `iterations` moves; the last point scored too
                 value, grad = self._lml_and_grad(params, fit_X, fit_y)
                 if value > best_value:
                     best_value, best_params = value, params.copy()
@@ -251,25 +236,25 @@ class GaussianProcess:
                 params = np.clip(params + step_size * first_moment / (np.sqrt(second_moment) + 1e-12), low, high)
             self.log_params = best_params
         self.X, self.y = X, y
-        self.cholesky = _cholesky(self.kernel(X, X) + self.noise_variance * np.eye(len(y)))
-        self.alpha = self.cholesky.solve_upper(self.cholesky.solve_lower(y[:, None]))[:, 0]
+        self.cholesky = CholeskyFactor(self.kernel(X, X) + self.noise_variance * np.eye(len(y)))
+        self.alpha = self.cholesky.solve(y)
         return self
 
     def add_observations(self, X_new, y_new):
-        """Condition on extra points without refactoring: the Cholesky factor of the grown kernel
-        matrix keeps its old block and gains new rows, O(n^2) instead of O(n^3)."""
+        """Condition on m more points (m, D), (m,): the Cholesky factor keeps its rows, gains m."""
         X_new, y_new = np.atleast_2d(np.asarray(X_new, float)), np.atleast_1d(np.asarray(y_new, float))
         corner = self.kernel(X_new, X_new) + self.noise_variance * np.eye(len(y_new))
         cross = self.kernel(self.X, X_new)
         self.X, self.y = np.vstack([self.X, X_new]), np.concatenate([self.y, y_new])
         try:
             self.cholesky.grow(cross, corner)
+            self.alpha = self.cholesky.solve(self.y)
         except np.linalg.LinAlgError:           # a near-duplicate point: refactor all, with jitter
-            self.cholesky = _cholesky(self.kernel(self.X, self.X) + self.noise_variance * np.eye(len(self.y)))
-        self.alpha = self.cholesky.solve_upper(self.cholesky.solve_lower(self.y[:, None]))[:, 0]
+            self.fit(self.X, self.y, optimize=False)
 
     def predict(self, X):
-        """Posterior mean and standard deviation of the latent function (no observation noise)."""
+        """Posterior mean and standard deviation, each (m,), of the latent function (no observation
+        noise) at the (m, D) points X."""
         cross = self.kernel(self.X, np.asarray(X, float))
         mean = cross.T @ self.alpha
         v = self.cholesky.solve_lower(cross)
@@ -280,8 +265,7 @@ class GaussianProcess:
         """log p(y | X) at the current hyperparameters; with return_grad also d/d log_params."""
         if return_grad:
             return self._lml_and_grad(self.log_params, self.X, self.y)
-        return float(-0.5 * self.y @ self.alpha - self.cholesky.half_log_determinant()
-                     - 0.5 * len(self.y) * math.log(2.0 * math.pi))
+        return float(self.cholesky.log_density(self.y, self.alpha))
 
 
 # ---------------------------------------------------------------- Pareto helpers
@@ -312,7 +296,8 @@ def area_under_front(costs, errors, lower, upper):
 # ---------------------------------------------------------------- samplers
 
 class UniformSampler:
-    """One multiplier f ~ U(lower, 1) for every dimension: the "Slim" / US-Nets baseline."""
+    """One multiplier f ~ U(lower, 1) for every dimension: the "Slim" / US-Nets baseline. It keeps
+    no history: `history_configs` is empty and `observe` takes only an empty array."""
 
     def __init__(self, num_dims, lower, seed=0):
         self.num_dims, self.lower, self.rng = num_dims, float(lower), np.random.default_rng(seed)
@@ -343,8 +328,9 @@ class RandomSampler(UniformSampler):
 
 
 class JoslimSampler:
-    """Joslim's sampler (Sec. 2.6-2.7 of the digest): `prior_points` uniform configurations, then the
-    full network, then one GP-guided proposal per call slot at a target cost t ~ U(cost(lower), 1).
+    """Joslim's sampler, on the reference's schedule: `prior_points` configurations with one uniform
+    multiplier, then the full network, then one GP-guided proposal per call slot at a target cost
+    t ~ U(cost(lower), 1), chosen among `num_candidates` candidates moved onto t.
 
     acquisition='ei': the candidate at cost t (within `cost_tolerance`) with the largest expected
         improvement over `best`, the lowest observed loss at cost <= t (the front's step curve at t,
@@ -359,6 +345,9 @@ class JoslimSampler:
         point `baseline`, its weight bisected (<= 10 steps, tolerance 0.02) so the arg-min's cost is
         near t; the winner is then moved onto t exactly. No fantasies (the reference had none).
 
+    The GP's hyperparameters are refitted once per `observe`: `fit_iterations` Adam steps (four
+    times as many the first time) on at most `fit_subset_size` random points.
+
     `max_scored` bounds the trainer's re-scoring work per window (None: the whole history, as the
     reference). With a longer history, `history_configs` returns the never-scored proposals, then
     whole Pareto layers (peeled by cost and latest known loss) until `max_scored` are chosen; the
@@ -366,8 +355,7 @@ class JoslimSampler:
 
     `cost_fn` maps an (N, D) array of multipliers to (N,) costs with the full network at 1.0; it must
     be non-decreasing in every multiplier. After `propose`, `last_targets` (NaN for the
-    non-GP proposals) and `last_costs` hold the targets and the exact costs reached.
-    """
+    non-GP proposals) and `last_costs` hold the targets and the exact costs reached."""
 
     def __init__(self, num_dims, lower, cost_fn, prior_points=20, acquisition="ei", beta=0.1,
                  baseline=-3.0, num_candidates=1000, seed=0, cost_tolerance=0.01,
@@ -376,13 +364,13 @@ class JoslimSampler:
             raise ValueError(f"acquisition must be 'ei' or 'ucb', got {acquisition!r}")
         self.num_dims, self.lower, self.cost_fn = num_dims, float(lower), cost_fn
         self.prior_points, self.acquisition, self.beta, self.baseline = prior_points, acquisition, beta, baseline
-        self.num_candidates, self.cost_tolerance = num_candidates, cost_tolerance
+        self.num_candidates, self.cost_tolerance, self.max_scored = num_candidates, cost_tolerance, max_scored
         self.fit_iterations, self.fit_subset_size = fit_iterations, fit_subset_size
         self.rng = np.random.default_rng(seed)
         self.lowest_cost = float(self._cost(np.full((1, num_dims), self.lower))[0])
-        self.max_scored = max_scored
-        self.configs, self.losses = np.zeros((0, num_dims)), np.zeros(0)
-        self.latest_losses = np.zeros(0)    # last measured loss of each config (stale ones too)
+        self.configs = np.zeros((0, num_dims))   # the history (N, D), in proposal order
+        self.losses = np.zeros(0)           # (N,) from the last observe(), NaN where not re-scored
+        self.latest_losses = np.zeros(0)    # (N,) last measured loss of each config (stale ones too)
         self.gp_log_params = None           # None until the first fit; later fits warm-start from it
         self.needs_fit = True               # refit hyperparameters once per observe(), not per proposal
         self.last_targets, self.last_costs = np.zeros(0), np.zeros(0)
@@ -397,6 +385,7 @@ class JoslimSampler:
     # -- the trainer-facing interface
 
     def history_configs(self):
+        """The (N, D) configurations whose losses the next `observe` takes, in history order."""
         return self.configs[self._to_score()].copy()
 
     def _to_score(self):
@@ -404,41 +393,37 @@ class JoslimSampler:
         count = len(self.configs)
         if self.max_scored is None or count <= self.max_scored:
             return np.arange(count)
-        never = np.flatnonzero(np.isnan(self.latest_losses))
-        chosen, remaining = list(never), np.flatnonzero(~np.isnan(self.latest_losses))
+        never_scored = np.isnan(self.latest_losses)
+        chosen, remaining = list(np.flatnonzero(never_scored)), np.flatnonzero(~never_scored)
         costs = self._cost(self.configs[remaining])
         while len(chosen) < self.max_scored and len(remaining):
             layer = pareto_front(costs, self.latest_losses[remaining])
             chosen.extend(remaining[layer[:self.max_scored - len(chosen)]])
-            keep = np.ones(len(remaining), dtype=bool)
-            keep[layer] = False
-            remaining, costs = remaining[keep], costs[keep]
+            remaining, costs = np.delete(remaining, layer), np.delete(costs, layer)
         return np.sort(np.array(chosen, dtype=int))
 
     def observe(self, losses):
+        """`losses` (N,): one per row of `history_configs()`, in that order."""
         losses = np.asarray(losses, dtype=float).reshape(-1)
         scored = self._to_score()
         if len(losses) != len(scored):
             raise ValueError(f"observe() needs one loss per history config: "
                              f"{len(scored)} expected, got {len(losses)}")
         self.losses = np.full(len(self.configs), np.nan)
-        self.losses[scored] = losses
-        self.latest_losses[scored] = losses
+        self.losses[scored] = self.latest_losses[scored] = losses
         self.needs_fit = True
 
     def propose(self, count):
-        proposals, targets, costs = [], [], []
-        chosen_units, model = [], None
+        """The next `count` configurations, (count, D), appended to the history unscored."""
+        targets, costs, chosen_units, model = [], [], [], None
         for _ in range(count):
-            proposed_so_far = len(self.configs)
             target = math.nan
-            if proposed_so_far < self.prior_points:
+            if len(self.configs) < self.prior_points:
                 config = np.full(self.num_dims, self.rng.uniform(self.lower, 1.0))
-            elif proposed_so_far == self.prior_points:
+            elif len(self.configs) == self.prior_points:
                 config = np.ones(self.num_dims)          # the full network anchors the front at cost 1
             else:
-                if model is None:
-                    model = self._conditioned_model()
+                model = model or self._conditioned_model()
                 target = self.rng.uniform(self.lowest_cost, 1.0)
                 if self.acquisition == "ei":
                     config = self._propose_expected_improvement(model, target, chosen_units)
@@ -447,22 +432,22 @@ class JoslimSampler:
                 chosen_units.append(self._unit(config))
             self.configs, self.losses = np.vstack([self.configs, config]), np.append(self.losses, np.nan)
             self.latest_losses = np.append(self.latest_losses, np.nan)
-            proposals.append(config)
             targets.append(target)
             costs.append(float(self._cost(config[None])[0]))
         self.last_targets, self.last_costs = np.array(targets), np.array(costs)
-        return np.array(proposals).reshape(count, self.num_dims)
+        return self.configs[len(self.configs) - count:].copy()
 
     # -- the GP and its data
 
     def _conditioned_model(self):
+        """The GP on this window's scored configurations (unit cube) and standardized losses. Its X
+        and y also gather this call's fantasies; `_model_costs` holds the costs of X's rows."""
         observed = np.isfinite(self.losses)
         if observed.sum() < 2:
             raise RuntimeError("JoslimSampler needs observe() with the losses of its history "
                                "before proposing past the prior phase")
         losses = self.losses[observed]
         scale = losses.std() if losses.std() > 1e-9 else 1.0      # all equal: only center them
-        standardized = (losses - losses.mean()) / scale
         if self.gp_log_params is None:
             # sqrt(D) makes a move of 1 along the diagonal (where the prior points lie) one lengthscale.
             model = GaussianProcess(np.full(self.num_dims, math.sqrt(self.num_dims)), 1.0, 0.1)
@@ -471,21 +456,19 @@ class JoslimSampler:
             model = GaussianProcess(np.ones(self.num_dims))
             model.log_params = np.array(self.gp_log_params, dtype=float)
             iterations = self.fit_iterations
-        model.fit(self._unit(self.configs[observed]), standardized, optimize=self.needs_fit,
+        model.fit(self._unit(self.configs[observed]), (losses - losses.mean()) / scale, optimize=self.needs_fit,
                   iterations=iterations, subset_size=self.fit_subset_size, rng=self.rng)
         self.gp_log_params, self.needs_fit = model.log_params.copy(), False
-        # Fantasies are kept beside the real observations, so `best` can include them (believer).
-        self._model_units, self._model_losses = self._unit(self.configs[observed]), standardized
         # Costs are recomputed in one batch here so a restored checkpoint sees bit-identical values.
-        self._model_costs = self._history_costs = self._cost(self.configs[observed])
+        self._model_costs = self._cost(self.configs[observed])
         return model
 
     # -- candidates on the target cost
 
     def _move_to_cost(self, configs, targets, steps=24):
-        """Move every row onto its target cost along a monotone path, all rows at once by bisection.
-        A row above its target slides toward lower*1 (x(s) = lower + s (x - lower)); a row below
-        slides toward the full network (x(s) = x + s (1 - x)). Cost is monotone along both paths."""
+        """Move each row of configs (N, D) onto its target cost (N,) by bisection, all rows at once,
+        along a monotone path: toward lower*1 (x(s) = lower + s (x - lower)) from above the target,
+        toward the full network (x(s) = x + s (1 - x)) from below. Returns rows (N, D), costs (N,)."""
         above = self._cost(configs) >= targets
         start = np.where(above[:, None], self.lower, configs)       # cost(start) <= target
         end = np.where(above[:, None], configs, 1.0)                 # cost(end) >= target
@@ -500,15 +483,15 @@ class JoslimSampler:
         take_over = np.abs(over_cost - targets) < np.abs(under_cost - targets)
         return np.where(take_over[:, None], over, under), np.where(take_over, over_cost, under_cost)
 
-    def _candidates(self, targets):
-        """Half random configurations in the box, half Gaussian perturbations of observed front
+    def _candidates(self, model, targets):
+        """Half random configurations in the box, half Gaussian perturbations of the model's front
         configurations close in cost to each row's target (to refine the front), plus the uniform
-        configuration; all moved onto their targets. Returns candidates and their exact costs."""
+        configuration; all moved onto `targets` (num_candidates,). Returns them and their costs."""
         num_random = self.num_candidates // 2
         random_configs = self.rng.uniform(self.lower, 1.0, size=(num_random, self.num_dims))
-        front = pareto_front(self._model_costs, self._model_losses)
+        front = pareto_front(self._model_costs, model.y)
         front_costs = self._model_costs[front]
-        front_configs = self.lower + self._model_units[front] * (1.0 - self.lower)
+        front_configs = self.lower + model.X[front] * (1.0 - self.lower)   # back from the unit cube
         local_targets = targets[num_random:-1]
         nearest = np.searchsorted(front_costs, local_targets) + self.rng.integers(-2, 3, size=len(local_targets))
         parents = front_configs[np.clip(nearest, 0, len(front) - 1)]
@@ -521,18 +504,14 @@ class JoslimSampler:
     def _exclude_chosen(self, units, chosen_units):
         if not chosen_units:
             return np.zeros(len(units), dtype=bool)
-        distances = np.abs(units[:, None, :] - np.array(chosen_units)[None]).max(-1)
-        return distances.min(1) < 1e-3
+        return np.abs(units[:, None, :] - np.array(chosen_units)[None]).max(-1).min(1) < 1e-3
 
     def _propose_expected_improvement(self, model, target, chosen_units):
-        candidates, costs = self._candidates(np.full(self.num_candidates, target))
+        candidates, costs = self._candidates(model, np.full(self.num_candidates, target))
         units = self._unit(candidates)
         mean, std = model.predict(units)
         affordable = self._model_costs <= target
-        if affordable.any():
-            best = self._model_losses[affordable].min()
-        else:
-            best = self._model_losses[np.argmin(self._model_costs)]
+        best = model.y[affordable].min() if affordable.any() else model.y[np.argmin(self._model_costs)]
         score = expected_improvement(mean, std, best)
         if not np.any(score > 0):                        # EI underflowed everywhere: exploit the mean
             score = -mean
@@ -543,19 +522,19 @@ class JoslimSampler:
         winner = int(np.argmax(score))
         # Kriging believer: pretend the winner was observed at its posterior mean.
         model.add_observations(units[winner][None], mean[winner:winner + 1])
-        self._model_units = np.vstack([self._model_units, units[winner]])
-        self._model_losses = np.append(self._model_losses, mean[winner])
         self._model_costs = np.append(self._model_costs, costs[winner])
         return candidates[winner]
 
     def _propose_tchebyshev_ucb(self, model, target, chosen_units):
         # A pool spread over all costs stands in for the reference's optimization over the whole box.
-        pool, pool_costs = self._candidates(self.rng.uniform(self.lowest_cost, 1.0, size=self.num_candidates))
-        mean, std = model.predict(self._unit(pool))
+        pool, pool_costs = self._candidates(model, self.rng.uniform(self.lowest_cost, 1.0, size=self.num_candidates))
+        units = self._unit(pool)
+        mean, std = model.predict(units)
         loss_bound = mean + math.sqrt(self.beta) * std
-        cost_scale = self._history_costs.std() if self._history_costs.std() > 1e-9 else 1.0
-        standardized_cost = (pool_costs - self._history_costs.mean()) / cost_scale
-        excluded = self._exclude_chosen(self._unit(pool), chosen_units)
+        history_costs = self._model_costs          # this scheme adds no fantasies: the history's costs
+        cost_scale = history_costs.std() if history_costs.std() > 1e-9 else 1.0
+        standardized_cost = (pool_costs - history_costs.mean()) / cost_scale
+        excluded = self._exclude_chosen(units, chosen_units)
         low, high, weight = 0.0, 1.0, 0.5
         for _ in range(10):
             loss_term = (1.0 - weight) * (loss_bound - self.baseline)
@@ -572,8 +551,7 @@ class JoslimSampler:
             else:
                 low, weight = weight, 0.5 * (weight + high)
         # The reference stopped here (off target by up to 0.17); exact cost lets us finish the job.
-        config, _ = self._move_to_cost(pool[winner][None], np.array([target]))
-        return config[0]
+        return self._move_to_cost(pool[winner][None], np.array([target]))[0][0]
 
     # -- checkpoints
 
@@ -589,7 +567,7 @@ class JoslimSampler:
                              "construct the sampler to match it")
         self.configs = np.array(state["configs"], dtype=float).reshape(-1, self.num_dims)
         self.losses = np.array(state["losses"], dtype=float)
-        self.latest_losses = np.array(state.get("latest_losses", state["losses"]), dtype=float)
+        self.latest_losses = np.array(state["latest_losses"], dtype=float)
         params = state["gp_log_params"]
         self.gp_log_params = None if params is None else np.array(params, dtype=float)
         self.needs_fit = bool(state["needs_fit"])
