@@ -38,6 +38,7 @@ import signal
 import statistics
 import sys
 import tempfile
+import time
 
 import numpy as np
 import torch
@@ -259,6 +260,29 @@ def load_checkpoint(path, required=("model",), what="a checkpoint written by tra
     return loaded
 
 
+def resume(path, args, required, free):
+    """The checkpoint at ``path`` that continues the run ``args`` describe, or None for a new
+    run (no checkpoint, or ``args.restart``). ``Fail`` in one line when ``args.resume`` finds
+    none, or the file holds another run: it lacks a key of ``required``, or a flag recorded in
+    its ``"args"`` differs from ``args`` (named, old and new values) other than ``free`` ones."""
+    if args.restart or not os.path.exists(path):
+        if args.resume and not args.restart:
+            raise Fail(f"--resume: no checkpoint at {path}")
+        return None
+    other = "pick another --name, or --restart to overwrite it"
+    try:
+        checkpoint = load_checkpoint(path, required)
+    except Fail as error:
+        raise Fail(f"{error}; {other}") from None
+    recorded = checkpoint["args"]
+    changed = [f"--{key} {recorded[key]!r} -> {value!r}" for key, value in sorted(vars(args).items())
+               if key in recorded and key not in free and recorded[key] != value]
+    if changed:
+        raise Fail(f"{path} was trained with other settings ({'; '.join(changed)}): rerun with "
+                   f"its settings to continue it, or {other}")
+    return checkpoint
+
+
 def plain(value):
     """``value`` with NumPy arrays made tensors and NumPy scalars Python numbers, through dicts,
     lists and tuples: what ``load_checkpoint`` reads back."""
@@ -385,6 +409,41 @@ def gather_dict(mine):
     everyone = [None] * dist.get_world_size()
     dist.all_gather_object(everyone, mine)
     return {key: value for part in everyone for key, value in part.items()}
+
+
+class Meter:
+    """Means of named values (losses) since the last report, images per second and the time to
+    the end of the run, for progress lines."""
+
+    def __init__(self):
+        self.sums, self.count, self.images, self.start, self.last = {}, 0, 0, time.time(), {}
+
+    def add(self, images, **values):
+        for name, value in values.items():
+            self.sums[name] = self.sums.get(name, 0.0) + value
+        self.count, self.images = self.count + 1, self.images + images
+
+    def report(self, steps_left):
+        """``(means in the order added, images per second, seconds left)``; then starts over."""
+        elapsed = time.time() - self.start
+        self.last = {name: total / self.count for name, total in self.sums.items()}
+        rate, eta = self.images / max(elapsed, 1e-9), elapsed / self.count * steps_left
+        self.sums, self.count, self.images, self.start = {}, 0, 0, time.time()
+        return list(self.last.values()), rate, eta
+
+
+def check_ranks_agree(net, digest, log):
+    """Every rank must end with the same weights of ``net``, having seen the same ``digest``
+    (a float fingerprint of what it trained): RuntimeError (a bug) if not."""
+    weights = sum(p.detach().double().sum() + p.detach().double().abs().sum()
+                  for p in net.parameters())
+    device = next(net.parameters()).device
+    mine = torch.tensor([weights.item(), digest], dtype=torch.float64, device=device)
+    everyone = [torch.zeros_like(mine) for _ in range(dist.get_world_size())]
+    dist.all_gather(everyone, mine)
+    if any(not torch.allclose(other, everyone[0], rtol=1e-9, atol=0) for other in everyone):
+        raise RuntimeError(f"ranks diverged: {[o.tolist() for o in everyone]}")
+    log(f"all {len(everyone)} ranks hold identical weights and trained the same configurations")
 
 
 class ThreadTuner:

@@ -41,6 +41,7 @@ import contextlib
 import math
 import os
 import random
+import signal
 import sys
 import time
 
@@ -93,15 +94,11 @@ def parse_args(argv=None):
     add("--wd", type=runs.number(float, 0), default=5e-4,
         help="weight decay (not applied to BN parameters and biases)")
     add("--kd_weight", type=runs.number(float, 0, 1), default=KD_WEIGHT,
-        help="the students' loss: kd_weight * in-place distillation (soft cross-entropy against "
-             "the full network's detached predictions) + (1 - kd_weight) * label-smoothed "
-             "cross-entropy with the labels. 1: distillation only, as the Joslim and AutoSlim "
-             "reference code; 0: labels only; default %(default)s (the best held-out area of "
-             "0, 0.5 and 1 on Fashion-MNIST)")
+        help="the students' loss: kd_weight x in-place distillation (soft cross-entropy with "
+             "the full network's detached predictions) + (1 - kd_weight) x cross-entropy with "
+             "the labels; 1 as the reference code, default %(default)s (labels only)")
     add("--distill_after", type=runs.number(float, 0), default=DISTILL_AFTER,
-        help="epochs during which the students learn from the labels only, before the "
-             "--kd_weight mix starts (0: from the first step, as the reference; default "
-             "%(default)s)")
+        help="epochs of labels only for the students before the --kd_weight mix starts")
     add("--label_smoothing", type=runs.number(float, 0, 1, high_open=True), default=0.1,
         help="label smoothing of the full network")
     add("--batch_size", type=count, default=128, help="global batch size over all processes")
@@ -124,24 +121,21 @@ def parse_args(argv=None):
         help="joslim ucb: Tchebyshev reference point in standardized units (the reference "
              "code's default of 5 flips its search; -3 is the paper's)")
     add("--rescore_limit", type=some, default=120,
-        help="joslim: re-score at most this many history configurations per window (the "
-             "newest and the Pareto layers first; 0: the whole history, as the reference). "
-             "120 keeps re-scoring under 5%% of a CIFAR window of 235 steps (bench.py window)")
+        help="joslim: re-score at most this many history configurations per window, the "
+             "newest and the Pareto layers first (0: all, as the reference; default 120)")
     add("--cost", default="macs", choices=list(slimmable.COSTS),
         help="joslim: the cost axis of the front")
     add("--print_freq", type=count, default=20, help="steps between progress lines")
     add("--curve_points", type=some, default=16,
-        help="points of the training curves (runs/NAME/curves.json; evaluate.py plots them): "
-             "the full and smallest network's training loss and held-out top-1 (BN batch "
-             "statistics, on --curve_images held-out images), evenly spaced over the run; 0: none")
-    add("--curve_images", type=count, default=512,
-        help="held-out images each point of the training curves is measured on (default 512)")
+        help="points of the training curves in runs/NAME/curves.json (the full and smallest "
+             "network's training loss and held-out top-1), evenly spaced; 0: none")
+    add("--curve_images", type=count, default=512, help="held-out images per curve point")
     add("--seed", type=some, default=0, help="seed for weights, data order and sampling")
     add("--device", type=runs.device_flag, default="auto",
         help="auto (CUDA when available), cpu, cuda or cuda:N")
     add("--threads", type=some, default=0,
-        help="CPU threads per process (0, the default: the usable cores / processes, then one "
-             "fewer while other processes slow training down: runs.ThreadTuner)")
+        help="CPU threads per process (0: the usable cores / processes, adjusted while other "
+             "processes compete for them)")
     add("--restart", action="store_true",
         help="start over even if runs/NAME/checkpoint.pt exists (it is overwritten)")
     add("--resume", action="store_true",
@@ -203,10 +197,9 @@ def train_step(model, net, inputs, targets, configs, args, autocast, distill=Tru
 
     The full network learns from the labels; the students from ``student_loss``: the
     ``--kd_weight`` mix of in-place distillation and the labels when ``distill``, else the labels
-    alone (during ``--distill_after``). Why not distillation alone, as the reference: README,
-    "The sandwich recipe". With ``args.method == 'fixed'`` every configuration learns from the
-    labels. Under DDP the gradients are all-reduced once, in the last backward (``no_sync`` for
-    the others). Returns the losses of the first and the last network trained.
+    alone (during ``--distill_after``). With ``args.method == 'fixed'`` every configuration
+    learns from the labels. Under DDP the gradients are all-reduced once, in the last backward
+    (``no_sync`` for the others). Returns the losses of the first and the last network trained.
     """
     teacher_probs, losses = None, []
     passes = [None] + configs if args.method != "fixed" else configs
@@ -278,9 +271,6 @@ def build_sampler(args, net):
                                       baseline=args.baseline, seed=args.seed,
                                       max_scored=args.rescore_limit or None)
     return None
-
-
-# ---------------------------------------------------------------------------------------------
 
 
 def next_configs(args, sampler, net, held_out_batch, autocast, log, step):
@@ -371,39 +361,14 @@ def start_and_train(args):
 
 
 CHECKPOINT_KEYS = ("model", "optimizer", "step", "network", "method", "num_classes", "args")
-# Flags a method never reads: a rerun may differ in them.
+# A rerun continues the checkpoint only with the same flags, except those its method never reads
+# and those that say how it runs, not what it computes.
 JOSLIM_FLAGS = {"tau", "prior_points", "acquisition", "beta", "baseline", "rescore_limit", "cost"}
 UNUSED_FLAGS = {"joslim": {"channel_config"}, "slim": JOSLIM_FLAGS | {"channel_config"},
                 "random": JOSLIM_FLAGS | {"channel_config"},
                 "fixed": JOSLIM_FLAGS | {"kd_weight", "distill_after", "num_sampled_arch"}}
-# Flags that may change when a run is continued: how it runs, not what it computes.
 SESSION_FLAGS = {"name", "print_freq", "threads", "workers", "pin_memory", "pause_after", "device",
                  "restart", "resume", "curve_points", "curve_images"}
-
-
-def resume_checkpoint(args, path):
-    """The checkpoint to continue, or None for a new run. ``Fail`` (one line) when it holds
-    another run: another network or method, or a flag outside ``SESSION_FLAGS`` that its method
-    reads set differently (named with old and new values)."""
-    if args.restart or not os.path.exists(path):
-        if args.resume and not args.restart:
-            raise Fail(f"--resume: no checkpoint at {path}")
-        return None
-    other = "pick another --name, or --restart to overwrite it"
-    try:
-        checkpoint = runs.load_checkpoint(path, CHECKPOINT_KEYS)
-    except Fail as error:
-        raise Fail(f"{error}; {other}") from None
-    if (checkpoint["network"], checkpoint["method"]) != (args.network, args.method):
-        raise Fail(f"{path} holds a {checkpoint['method']} run of {checkpoint['network']}, not "
-                   f"a {args.method} run of {args.network}; {other}")
-    recorded, ignored = checkpoint["args"], SESSION_FLAGS | UNUSED_FLAGS[args.method]
-    changed = [f"--{key} {recorded[key]!r} -> {value!r}" for key, value in sorted(vars(args).items())
-               if key in recorded and key not in ignored and recorded[key] != value]
-    if changed:
-        raise Fail(f"{path} was trained with other settings ({'; '.join(changed)}): rerun with "
-                   f"its settings to continue it, or {other}")
-    return checkpoint
 
 
 class TrainingRun:
@@ -416,7 +381,8 @@ class TrainingRun:
         self.args, self.device, self.rank, self.world_size, self.log = \
             args, device, rank, world_size, log
         self.checkpoint_path = os.path.join(runs.run_folder(args.name), "checkpoint.pt")
-        checkpoint = resume_checkpoint(args, self.checkpoint_path)
+        checkpoint = runs.resume(self.checkpoint_path, args, CHECKPOINT_KEYS,
+                                 SESSION_FLAGS | UNUSED_FLAGS[args.method])
         torch.manual_seed(args.seed)
         random.seed(args.seed)
         np.random.seed(args.seed)
@@ -437,7 +403,7 @@ class TrainingRun:
             if self.curve_every and self.loaders.val is not None else []
         self.val_iterator, self.val_position = None, -1
         self.configs_digest, self.sampler_seconds, self.start_time = 0.0, 0.0, time.time()
-        self.meter = {"full": 0.0, "small": 0.0, "count": 0, "images": 0, "start": time.time()}
+        self.meter = runs.Meter()
 
     def _build(self, args):
         """The data, the network, the configurations of --method fixed, the sampler, the
@@ -564,9 +530,7 @@ class TrainingRun:
             change = self.tuner.record(seconds, self.step_macs)
             if change:
                 self.log(f"  step {self.step}: {change}")
-        meter = self.meter
-        meter.update(full=meter["full"] + full_loss, small=meter["small"] + small_loss,
-                     count=meter["count"] + 1, images=meter["images"] + batch * self.world_size)
+        self.meter.add(batch * self.world_size, full=full_loss, smallest=small_loss)
         self.curve_meter[:] = [self.curve_meter[0] + full_loss, self.curve_meter[1] + small_loss,
                                self.curve_meter[2] + 1]
         last = self.step == self.total_steps
@@ -576,15 +540,10 @@ class TrainingRun:
             self.curve_point(lr)
 
     def report(self, lr):
-        meter, args = self.meter, self.args
-        elapsed = time.time() - meter["start"]
-        full, small = meter["full"] / meter["count"], meter["small"] / meter["count"]
-        eta = elapsed / meter["count"] * (self.total_steps - self.step)
-        self.log(f"epoch {self.step / self.steps_per_epoch:.2f}/{args.epochs} step {self.step}/"
-                 f"{self.total_steps} loss full {full:.3f} smallest {small:.3f} lr {lr:.4f} "
-                 f"{meter['images'] / max(elapsed, 1e-9):.0f} img/s eta {eta / 60:.1f} min")
-        meter.update(full=0.0, small=0.0, count=0, images=0, start=time.time(), last_full=full,
-                     last_small=small)
+        (full, small), rate, eta = self.meter.report(self.total_steps - self.step)
+        self.log(f"epoch {self.step / self.steps_per_epoch:.2f}/{self.args.epochs} step "
+                 f"{self.step}/{self.total_steps} loss full {full:.3f} smallest {small:.3f} lr "
+                 f"{lr:.4f} {rate:.0f} img/s eta {eta / 60:.1f} min")
 
     def curve_point(self, lr):
         """Append one point of the training curves and rewrite runs/NAME/curves.json: the mean
@@ -621,7 +580,7 @@ class TrainingRun:
         signum = stop.requested()
         if signum:
             self.save()
-            self.log(f"{signal_name(signum)} at step {self.step}: checkpoint saved to "
+            self.log(f"{signal.Signals(signum).name} at step {self.step}: checkpoint saved to "
                      f"{self.checkpoint_path}; rerun the same command to continue")
             return 128 + signum  # 130 for Ctrl-C, 143 for SIGTERM
         return None
@@ -629,30 +588,13 @@ class TrainingRun:
     def finish(self):
         elapsed = time.time() - self.start_time
         self.log(f"done: {self.step} steps in {elapsed:.0f} s; last losses: full "
-                 f"{self.meter['last_full']:.3f}, smallest {self.meter['last_small']:.3f}; "
+                 f"{self.meter.last['full']:.3f}, smallest {self.meter.last['smallest']:.3f}; "
                  f"sampler + re-scoring took {self.sampler_seconds:.1f} s "
                  f"({100 * self.sampler_seconds / max(elapsed, 1e-9):.1f}%)")
         if dist.is_initialized():
-            check_ranks_agree(self.net, self.configs_digest, self.device, self.log)
+            runs.check_ranks_agree(self.net, self.configs_digest, self.log)
         self.log(f"checkpoint: {self.checkpoint_path}; next: python evaluate.py --name "
                  f"{self.args.name}")
-
-
-def signal_name(signum):
-    import signal
-    return signal.Signals(signum).name
-
-
-def check_ranks_agree(net, configs_digest, device, log):
-    """Every rank must end with the same weights, having trained the same configurations."""
-    weights = sum(p.detach().double().sum() + p.detach().double().abs().sum()
-                  for p in net.parameters())
-    mine = torch.tensor([weights.item(), configs_digest], dtype=torch.float64, device=device)
-    everyone = [torch.zeros_like(mine) for _ in range(dist.get_world_size())]
-    dist.all_gather(everyone, mine)
-    if any(not torch.allclose(other, everyone[0], rtol=1e-9, atol=0) for other in everyone):
-        raise RuntimeError(f"ranks diverged: {[o.tolist() for o in everyone]}")
-    log(f"all {len(everyone)} ranks hold identical weights and trained the same configurations")
 
 
 if __name__ == "__main__":
