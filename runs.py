@@ -104,7 +104,7 @@ def number(kind=float, low=None, high=None, low_open=False, high_open=False):
             right = "" if high is None else f"{'<' if high_open else '<='} {high:g}"
             bounds = " and ".join(part for part in (left, right) if part)
             raise argparse.ArgumentTypeError(
-                f"{text!r} is not {'an integer' if kind is int else 'a number'}"
+                f"{text!r} is invalid: it must be {'an integer' if kind is int else 'a number'}"
                 + (f" {bounds}" if bounds else ""))
         return value
     parse.__name__ = kind.__name__
@@ -369,17 +369,14 @@ def default_threads(world_size):
 def keep_freed_memory(trim_bytes=1 << 30):
     """Ask glibc's malloc to keep freed memory for reuse instead of handing it back to the OS.
 
-    A training step allocates and frees the same activations every step. By default glibc serves
-    every block over 32 MiB with a fresh ``mmap`` and unmaps it on free, and trims its heap when
-    the top has 128 KiB free; each fresh page then costs a page fault when a kernel first writes
-    it. The backward pass of a sliced weight adds a *full-size* gradient buffer (autograd's
-    gradient of ``weight[:o, :i]``) and tips more steps into that. Measured on a 2-core CPU
-    (``python bench.py overhead``): ResNet-20 at width 0.71 took 9-15% longer than its static
-    export with glibc's defaults, as long (within noise) with this call; one training step of
-    MobileNetV3-Large at 112x112, batch 64, took 830-1010 ms with the defaults and 615-660 ms
-    with it, for 6-12% more peak memory. The CUDA caching allocator never had the problem.
-    Returns True when applied; False (nothing changed) without glibc, or when the user set
-    ``MALLOC_TRIM_THRESHOLD_``, ``MALLOC_MMAP_THRESHOLD_`` or ``MALLOC_MMAP_MAX_`` (theirs win).
+    By default glibc serves every block over 32 MiB with a fresh ``mmap`` and unmaps it on free,
+    so the activations a training step allocates cost page faults again every step; the backward
+    pass of a sliced weight adds a full-size gradient buffer and tips more steps into that.
+    Measured on a 2-core CPU (``python bench.py overhead``): ResNet-20 at width 0.71 took 9-15%
+    longer than its static export with glibc's defaults, as long with this call; a training step
+    of MobileNetV3-Large at 112x112, batch 64, went from 830-1010 ms to 615-660 ms, for 6-12%
+    more peak memory. Returns True when applied; False (nothing changed) without glibc, or when
+    the user set ``MALLOC_TRIM_THRESHOLD_``, ``MALLOC_MMAP_THRESHOLD_`` or ``MALLOC_MMAP_MAX_``.
     """
     user_set = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_MMAP_MAX_")
     if any(name in os.environ for name in user_set):
