@@ -514,6 +514,21 @@ class StopRequest:
             raise KeyboardInterrupt
         self.signum = signum
 
+    def status(self, session_steps, pause_after, save, log, where):
+        """The exit status when the session stops after this step, ``save()`` called first:
+        0 when ``pause_after`` steps of it are done, 128 + the signal number after Ctrl-C (130)
+        or SIGTERM (143); None to go on. ``where`` ends the log line ("step 40: ...")."""
+        if pause_after and session_steps >= pause_after:
+            save()
+            log(f"paused after {session_steps} steps at {where}; rerun to continue")
+            return 0
+        signum = self.requested()
+        if signum:
+            save()
+            log(f"{signal.Signals(signum).name} at {where}; rerun the same command to continue")
+            return 128 + signum
+        return None
+
     def requested(self):
         """The signal number to stop for (the same on every rank), or 0."""
         if not dist.is_initialized():

@@ -8,7 +8,7 @@ are summed and one optimizer step is taken. The reference code of Joslim and Aut
 distils only (``--kd_weight 1 --distill_after 0``): the students' distillation gradient points
 against the full network's label gradient on the shared weights, which holds the full network
 far below the same network trained alone on a short schedule. The default is labels only
-(``--kd_weight 0``), the best of the recipes measured (README, "The sandwich recipe"). The
+(``--kd_weight 0``), the best held-out area of 0, 0.5 and 1 on Fashion-MNIST (3 seeds). The
 methods differ in which configurations are sampled:
 
 - ``joslim`` (Chin et al., ECML-PKDD'21, Sec. 3): every ``--tau`` steps the configurations of the
@@ -41,7 +41,6 @@ import contextlib
 import math
 import os
 import random
-import signal
 import sys
 import time
 
@@ -567,22 +566,11 @@ class TrainingRun:
                 "total_steps": self.total_steps, "points": self.curves})
 
     def stop_status(self, stop):
-        """The exit status when this session ends after the step just taken (``--pause_after``
-        steps done, or Ctrl-C / SIGTERM: ``stop`` is a ``runs.StopRequest``), the checkpoint
-        saved first; None to go on."""
-        if self.step >= self.total_steps:
-            return None
-        if self.args.pause_after and self.session_steps >= self.args.pause_after:
-            self.save()
-            self.log(f"paused after {self.session_steps} steps at step {self.step}; rerun to "
-                     f"continue")
-            return 0
-        signum = stop.requested()
-        if signum:
-            self.save()
-            self.log(f"{signal.Signals(signum).name} at step {self.step}: checkpoint saved to "
-                     f"{self.checkpoint_path}; rerun the same command to continue")
-            return 128 + signum  # 130 for Ctrl-C, 143 for SIGTERM
+        """After a step: the exit status when this session ends here (``--pause_after`` steps
+        done, or Ctrl-C / SIGTERM), the checkpoint saved first; None to go on."""
+        if self.step < self.total_steps:
+            return stop.status(self.session_steps, self.args.pause_after, self.save, self.log,
+                               f"step {self.step}: checkpoint saved to {self.checkpoint_path}")
         return None
 
     def finish(self):
