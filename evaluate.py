@@ -80,7 +80,7 @@ COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e3
 # Flags that describe the trained run rather than this evaluation: given, they must agree with
 # the checkpoint (parse_args), else the front would be measured on another setting.
 RUN_FLAGS = ("network", "dataset", "lower_channel", "image_size", "scale_ratio", "slim_dataaug")
-CHECKPOINT_KEYS = ("model", "network", "num_classes", "method", "args", "lower_channel")
+CHECKPOINT_KEYS = ("model", "network", "num_classes", "method", "args")
 SUBNET_KEYS = ("network", "num_classes", "model_options", "widths", "state_dict", "macs", "data")
 
 
@@ -166,9 +166,6 @@ def run_settings(name, argv=None, overrides=None):
     args = parse_args(argv, {key: recorded[key] for key in inherited if key in recorded},
                       (name, recorded))
     vars(args).update({**(overrides or {}), "name": name})
-    if args.cost not in slimmable.COSTS:  # set_defaults skips choices=
-        raise Fail(f"run {name} was trained against cost {args.cost!r}, unknown here; pass "
-                   f"--cost ({', '.join(slimmable.COSTS)})")
     return args, checkpoint
 
 
@@ -207,7 +204,7 @@ def config_widths(path, net):
         raise Fail(first_line(error)) from None
 
 
-def candidate_configs(net, checkpoint, args, say):
+def candidate_configs(net, checkpoint, args):
     """The configurations to score on held-out data, and a phrase saying where they came from."""
     num_groups, method = len(net.width_groups), checkpoint["method"]
     ends = [[args.lower_channel] * num_groups, [1.0] * num_groups]
@@ -226,50 +223,43 @@ def candidate_configs(net, checkpoint, args, say):
     if method == "fixed":
         return [list(map(float, c)) for c in checkpoint["fixed_configs"]], \
             "the retrained --channel_config configurations"
-    folder = os.path.join(runs.run_folder(args.name), "search")
-    searched = sorted(path for kind in slimmable.COSTS  # search.py's AutoSlim widths
+    folder = os.path.join(runs.run_folder(args.name), "search")  # search.py's AutoSlim widths
+    searched = sorted(path for kind in slimmable.COSTS
                       for path in glob.glob(os.path.join(folder, f"{kind}_*M.json")))
     if method == "random" and searched:
         return ends + [config_widths(path, net) for path in searched], \
             f"the smallest, the full network and {len(searched)} searched configurations"
-    if method == "random":
-        say(f"note: no {folder}/<cost>_<M>M.json yet (search.py writes AutoSlim's widths "
-            f"there); evaluating {UNIFORM_COUNT} uniform widths instead")
+    note = f" (no {folder}/<cost>_<M>M.json yet: search.py writes them)" \
+        if method == "random" else ""
     return ends + uniform_configs(net, args.lower_channel, kind=args.cost)[0].tolist(), \
-        f"{UNIFORM_COUNT} uniform widths evenly spaced in {COST_NAMES[args.cost][0]}"
+        f"{UNIFORM_COUNT} uniform widths evenly spaced in {COST_NAMES[args.cost][0]}{note}"
 
 
-def candidate_records(net, checkpoint, args, rank=0):
-    """``(candidates, source)``: ``describe`` of each configuration of ``candidate_configs``
-    (the first of those with the same channels), a retrained one labelled with the config file
-    it came from and search.py's target (in millions of ``cost``, None without one)."""
-    configs, source = candidate_configs(net, checkpoint, args,
-                                        print if rank == 0 else (lambda message: None))
+def candidate_records(net, checkpoint, args):
+    """``(candidates, source)``: a JSON-ready record of each configuration of
+    ``candidate_configs`` (the first of those with the same channels): ``widths``, ``channels``
+    per group, every cost of ``slimmable.COSTS`` (MACs, params, mmcv-style FLOPs, peak activation
+    memory in elements), ``macs_ratio`` and ``cost_ratio`` (to the full network's MACs and
+    ``args.cost``); a retrained one also its ``config_file`` and search.py's ``cost`` and
+    ``target`` (in millions of that cost; None without one)."""
+    configs, source = candidate_configs(net, checkpoint, args)
     if not configs:
         raise Fail(f"run {args.name} has no configurations to evaluate; pass --configs FILE...")
-    sources = checkpoint["fixed_sources"] if checkpoint["method"] == "fixed" and not args.configs \
-        else []
+    retrained = checkpoint["method"] == "fixed" and not args.configs
+    sources = checkpoint["fixed_sources"] if retrained else []
     full_macs, full_cost = slimmable.macs(net, 1.0), slimmable.cost(net, 1.0, args.cost)
     candidates = {}
     for index, widths in enumerate(configs):
-        record = describe(net, widths, full_macs, args.cost, full_cost)
+        widths = slimmable.width_matrix(net, widths)[0].tolist()
+        record = {"widths": widths, "channels": slimmable.group_channels(net, widths),
+                  **{kind: int(cost(net, widths)) for kind, cost in slimmable.COSTS.items()}}
+        record.update(macs_ratio=record["macs"] / full_macs,
+                      cost_ratio=record[args.cost] / full_cost)
         if index < len(sources):
             record.update(config_file=sources[index]["file"], cost=sources[index]["cost"],
                           target=sources[index]["target"])
         candidates.setdefault(tuple(record["channels"].values()), record)
     return list(candidates.values()), source
-
-
-def describe(net, widths, full_macs, kind, full_cost):
-    """The cost side of one configuration, JSON-ready: every cost of ``slimmable.COSTS`` (MACs,
-    params, mmcv-style FLOPs, peak activation memory in elements), ``macs_ratio`` and
-    ``cost_ratio``, the ratio of cost ``kind`` to ``full_cost`` (the full network's)."""
-    widths = slimmable.width_matrix(net, widths)[0].tolist()
-    record = {"widths": widths, "channels": slimmable.group_channels(net, widths)}
-    record.update({name: int(function(net, widths)) for name, function in slimmable.COSTS.items()})
-    record["macs_ratio"] = record["macs"] / full_macs
-    record["cost_ratio"] = record[kind] / full_cost
-    return record
 
 
 # ---------------------------------------------------------------------------------------------
@@ -352,7 +342,7 @@ def evaluate_run(name, overrides=None, argv=None):
         raise Fail(f"--export {args.export} is a file; pass a folder (made when missing)")
     start = time.time()
     net, loaders, device, rank, world_size = load_run(args, checkpoint)
-    candidates, source = candidate_records(net, checkpoint, args, rank)
+    candidates, source = candidate_records(net, checkpoint, args)
     calibration = draw_batches(loaders.train, args.calib_batches or
                                math.ceil(CALIBRATION_IMAGES / args.batch_size), device)
     if not calibration:
@@ -365,8 +355,7 @@ def evaluate_run(name, overrides=None, argv=None):
               f"reported on {len(loaders.test.dataset)} test images")
     measured = functools.partial(measure, net=net, calibration=calibration, device=device,
                                  rank=rank, world_size=world_size)
-    retrained = checkpoint["method"] == "fixed" and not args.configs
-    chosen, front = select_front(candidates, measured, loaders.val, args.cost, retrained)
+    chosen, front = select_front(candidates, measured, loaders.val, args.cost)
     tested = measured("test", [candidates[i] for i in chosen], loaders.test,
                       export=bool(args.export))
     if rank != 0:
@@ -398,17 +387,18 @@ def load_run(args, checkpoint):
     return net.to(device), loaders, device, rank, world_size
 
 
-def select_front(candidates, measured, loader, kind, retrained):
+def select_front(candidates, measured, loader, kind):
     """Score every candidate on held-out data (its ``held_out``); return the indices to test,
     by ascending cost ``kind``, and the set of those non-dominated by (cost, held-out top-1
     error). The full network is tested too (the Joslim reference's anchor), and every retrained
-    configuration: each is a model of its own, trained for its target."""
+    configuration (one with a ``config_file``): each is a model of its own, trained for its
+    target."""
     for i, result in measured("held-out", candidates, loader).items():
         candidates[i]["held_out"] = result
     front = set(pareto_front([c[kind] for c in candidates],
                              [100 - c["held_out"]["top1"] for c in candidates]).tolist())
-    full = {i for i, c in enumerate(candidates) if c["macs_ratio"] == 1.0}
-    reported = set(range(len(candidates))) if retrained else front | full
+    reported = front | {i for i, c in enumerate(candidates)
+                        if c["macs_ratio"] == 1.0 or "config_file" in c}
     return sorted(reported, key=lambda i: (candidates[i][kind], candidates[i]["macs"])), front
 
 
@@ -444,7 +434,8 @@ def write_results(result, stem):
     points, kind = result["points"], result["cost"]
     name, x_label = COST_NAMES[kind]
     text = io.StringIO()
-    np.savetxt(text, np.array([[p["cost_ratio"] for p in points], [p["test"]["top1"] for p in points],
+    np.savetxt(text, np.array([[p["cost_ratio"] for p in points],
+                               [p["test"]["top1"] for p in points],
                                [p["test"]["top5"] for p in points]]))
     runs.write_atomic(f"{stem}_eval_pareto.txt", text.getvalue())
     runs.write_json(f"{stem}_eval_pareto.json", result)
@@ -457,14 +448,15 @@ def write_results(result, stem):
         f"(mean test top-1 error %)"), x_label))
     if result["training_curves"]:
         runs.write_atomic(f"{stem}_curves.svg", training_curves_svg(
-            [("", result["training_curves"])], f"{result['name']}: training curves"))
+            result["training_curves"], f"{result['name']}: training curves"))
     other = kind != "macs"  # the front's cost first (a count), then MACs too
     print((f"{name:>12}" if other else f"{name:>10}") + f"{'ratio':>8}"
           + (f"{'MACs':>10}" if other else "") + f"{'params':>11}{'mmcv FLOPs':>12}"
           + f"{'held-out top-1':>16}{'test top-1':>12}{'test top-5':>12}")
     for p in points:
-        print((f"{p[kind]:>12,}" if other else f"{p[kind] / 1e6:>9.2f}M") + f"{p['cost_ratio']:>8.3f}"
-              + (f"{p['macs'] / 1e6:>9.2f}M" if other else "") + f"{p['params']:>11,}"
+        print((f"{p[kind]:>12,}" if other else f"{p[kind] / 1e6:>9.2f}M")
+              + f"{p['cost_ratio']:>8.3f}" + (f"{p['macs'] / 1e6:>9.2f}M" if other else "")
+              + f"{p['params']:>11,}"
               + f"{p['mmcv_flops'] / 1e6:>11.2f}M{p['held_out']['top1']:>16.2f}"
               + f"{p['test']['top1']:>12.2f}{p['test']['top5']:>12.2f}"
               + ("" if p["on_held_out_front"] else "  (full network, dominated on held-out)"))
@@ -499,7 +491,8 @@ def save_subnet(args, checkpoint, index, point, state_dict):
 
 def load_subnet(path):
     """``(model, record)``: the plain torch model saved by ``--export`` (eval mode) and its dict."""
-    record = runs.load_checkpoint(path, SUBNET_KEYS, "a subnet file written by evaluate.py --export")
+    record = runs.load_checkpoint(path, SUBNET_KEYS,
+                                  "a subnet file written by evaluate.py --export")
     try:
         net = slimmable.export(models.get_model(record["network"], record["num_classes"],
                                                 **record["model_options"]), record["widths"])
@@ -515,9 +508,9 @@ def evaluate_subnet(path, argv=None, loaders_cache=None):
     net, record = load_subnet(path)
     args = parse_args(argv, record["data"])
     args.pin_memory = args.pin_memory and args.device != "cpu"
-    key = (args.batch_size, tuple(sorted((k, str(getattr(args, k))) for k in data.data_flag_names())))
     cache = {} if loaders_cache is None else loaders_cache
-    if key not in cache:  # subnets exported from one run share their data
+    key = repr(sorted(record["data"].items()))
+    if key not in cache:  # subnets exported from one run share their data (argv is the same)
         cache[key] = data.get_loaders(args, args.batch_size, eval_batch_size=args.batch_size)
     loaders = cache[key]  # the whole test split
     device = runs.start(args.device, args.threads, set_threads=False)[0]
@@ -644,20 +637,17 @@ def panels_svg(panels, title):
             + "".join(plots) + "</svg>\n")
 
 
-def training_curves_svg(curves_by_run, title):
-    """The training curves of train.py's ``runs/NAME/curves.json``: the full and the smallest
-    network's training loss, then their held-out top-1, against the step. ``curves_by_run``: a
-    list of ``(label, points)``; one run draws both networks, several runs draw one line each
-    per network and panel."""
+def training_curves_svg(points, title):
+    """train.py's training curves (the points of ``runs/NAME/curves.json``), two plots stacked:
+    the full and the smallest network's training loss, then their held-out top-1, by step."""
     panels = []
     for y_label, key in (("training loss (full: labels; smallest: its students' loss)", "loss"),
                          ("held-out top-1 (%, BN batch statistics)", "top1")):
-        curves = [{"label": f"{label} {end}".strip(), "line": True,
-                   "points": [(p["step"], p[f"{end}_{key}"]) for p in points if f"{end}_{key}" in p]}
-                  for label, points in curves_by_run for end in ("full", "smallest")]
-        if any(curve["points"] for curve in curves):
-            panels.append((y_label, [curve for curve in curves if curve["points"]]))
-    return panels_svg(panels, title)
+        curves = [{"label": end, "line": True, "points": [
+            (p["step"], p[f"{end}_{key}"]) for p in points if f"{end}_{key}" in p]}
+            for end in ("full", "smallest")]
+        panels.append((y_label, [curve for curve in curves if curve["points"]]))
+    return panels_svg([(y_label, curves) for y_label, curves in panels if curves], title)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -687,7 +677,8 @@ def compare(names, out_path=None, overrides=None, argv=None):
             with open(path) as handle:
                 result = json.load(handle)
             stamp = checkpoint_stamp(name)
-            if stamp is None or (result["checkpoint_stamp"] == stamp and wanted in (None, result["cost"])):
+            if stamp is None or (result["checkpoint_stamp"] == stamp
+                                 and wanted in (None, result["cost"])):
                 results.append(result)
                 continue
             print(f"{path} is older than runs/{name}/checkpoint.pt, or against another cost: "
@@ -701,7 +692,8 @@ def compare(names, out_path=None, overrides=None, argv=None):
                    f"--cost {kinds[0]} to compare them on one axis")
     (cost_name, x_label), kind = COST_NAMES[kinds[0]], kinds[0]
     out_path = out_path or os.path.join(RESULTS_DIR, f"compare_{'_'.join(names)}.svg")
-    curves = [{"label": f"{r['name']} ({r['method']}, area {area_text(r)})", "end": r["full_cost"] / 1e6,
+    curves = [{"label": f"{r['name']} ({r['method']}, area {area_text(r)})",
+               "end": r["full_cost"] / 1e6,
                "points": [(p[kind] / 1e6, p["test"]["top1"]) for p in r["points"]]} for r in results]
     runs.write_atomic(out_path, front_svg(
         curves, f"test top-1 vs {cost_name} (fronts selected on held-out data)", x_label))
