@@ -414,14 +414,16 @@ def result_record(args, checkpoint, net, candidates, chosen, front, tested, fact
             if args.export else None
     kind, full_cost = args.cost, slimmable.cost(net, 1.0, args.cost)
     smallest_ratio = slimmable.cost(net, args.lower_channel, kind) / full_cost
-    area = area_under_front([p["cost_ratio"] for p in points],
-                            [100 - p["test"]["top1"] for p in points], smallest_ratio, 1.0)
+    errors = [100 - p["test"]["top1"] for p in points]
+    # --lower_channel 1: the smallest network is the full one, [smallest, 1] holds no range
+    area = area_under_front([p["cost_ratio"] for p in points], errors, smallest_ratio, 1.0) \
+        if smallest_ratio < 1 else None
     return {"name": args.name, "network": args.network, "method": checkpoint["method"],
             "num_classes": checkpoint["num_classes"], "model_options": checkpoint["model_options"],
             "lower_channel": args.lower_channel, **facts, "cost": kind, "full_cost": full_cost,
             "full_macs": slimmable.macs(net, 1.0), "full_params": slimmable.params(net, 1.0),
             "full_mmcv_flops": slimmable.mmcv_flops(net, 1.0), "smallest_ratio": smallest_ratio,
-            "area": area if math.isfinite(area) else None, "points": points,
+            "area": area, "points": points,
             "candidates": candidates, "training_curves": checkpoint["curves"]}
 
 
@@ -460,10 +462,10 @@ def write_results(result, stem):
               + f"{p['mmcv_flops'] / 1e6:>11.2f}M{p['held_out']['top1']:>16.2f}"
               + f"{p['test']['top1']:>12.2f}{p['test']['top5']:>12.2f}"
               + ("" if p["on_held_out_front"] else "  (full network, dominated on held-out)"))
-    why = "" if result["area"] is not None else (f": the smallest network's ratio "
-                                                 f"{result['smallest_ratio']:.3f} leaves no range")
-    print(f"area under the test top-1 error front: {area_text(result, 3)}{why} (% error averaged "
-          f"over {name} ratios {result['smallest_ratio']:.3f}..1; lower is better)")
+    span = f"% error averaged over {name} ratios {result['smallest_ratio']:.3f}..1; lower is " \
+        "better" if result["area"] is not None else "the smallest network costs as much as the " \
+        f"full one: no range of {name} ratios to average over"
+    print(f"area under the test top-1 error front: {area_text(result, 3)} ({span})")
     exported = [p["subnet"] for p in points if p["subnet"]]
     print(f"wrote {stem}_eval_pareto.txt, .json, {stem}_pareto.svg"
           + (f", {stem}_curves.svg" if result["training_curves"] else "")
