@@ -423,8 +423,8 @@ def result_record(args, checkpoint, net, candidates, chosen, front, tested, fact
             "lower_channel": args.lower_channel, **facts, "cost": kind, "full_cost": full_cost,
             "full_macs": slimmable.macs(net, 1.0), "full_params": slimmable.params(net, 1.0),
             "full_mmcv_flops": slimmable.mmcv_flops(net, 1.0), "smallest_ratio": smallest_ratio,
-            "area": area, "points": points,
-            "candidates": candidates, "training_curves": checkpoint["curves"]}
+            "area": area, "points": points, "candidates": candidates,
+            "training_curves": checkpoint["curves"]}
 
 
 def area_text(result, digits=2):
