@@ -2,9 +2,9 @@
 
 A slimmable network is judged by a curve: the best top-1 accuracy it reaches at each cost.
 The cost is the run's ``--cost`` (a key of ``slimmable.COSTS``; ``--cost`` here overrides it):
-multiply-accumulates ("MACs", the papers' "FLOPs") by default, or parameters, or the peak
-activation memory of inference (``slimmable.memory``). Below, "MACs" stands for that cost.
-For a run of train.py this script
+multiply-accumulates ("MACs", the papers' "FLOPs") by default, or parameters, mmcv-style FLOPs,
+or the peak activation memory of inference. Below, "MACs" stands for that cost. For a run of
+train.py this script
 
 1. takes candidate configurations. Joslim (Chin et al., ECML-PKDD'21): the non-dominated
    (cost, loss) entries of the sampler's history. Slim (US-Nets): 40 uniform widths evenly
@@ -17,14 +17,15 @@ For a run of train.py this script
    candidate gets its own, averaged over the same ``--calib_batches`` training batches;
 3. selects the front on held-out data: every candidate is scored on the ``val`` split (carved
    out of the training set) and the non-dominated ones by (MACs, held-out top-1 error) are
-   kept. The reference selected on the test set, which flatters the front (digest Sec. 8.7);
-4. reports the front on the test split, top-1 and top-5, and the area under the test top-1
-   error step curve over MACs ratios [smallest, 1], divided by that range (lower is better;
-   digest Sec. 6). The full network is always reported when it is a candidate.
+   kept. The Joslim reference selected on the test set, which flatters the front;
+4. reports the front on the test split, top-1 and top-5, and its area: the mean of the test
+   top-1 error step curve over MACs ratios [smallest, 1] (lower is better; the number Joslim
+   minimizes). The full network is always reported when it is a candidate.
 
-Files in ``results/``: ``NAME_eval_pareto.txt`` (the reference's format: 3 rows, cost ratio
-ascending to 1.0, test top-1 %, test top-5 %; ``numpy.loadtxt`` gives shape (3, K)),
-``NAME_eval_pareto.json`` (see ``evaluate_run``) and the plot ``NAME_pareto.svg``.
+Files in ``results/``: ``NAME_eval_pareto.txt`` (the Joslim reference's format: 3 rows, cost
+ratio ascending to 1.0, test top-1 %, test top-5 %; ``numpy.loadtxt`` gives shape (3, K)),
+``NAME_eval_pareto.json`` (see ``evaluate_run``), the plots ``NAME_pareto.svg`` and
+``NAME_curves.svg`` (the training curves train.py recorded).
 
     python train.py --name demo --epochs 1
     python evaluate.py --name demo                        # front, area, files in results/
@@ -34,7 +35,7 @@ ascending to 1.0, test top-1 %, test top-5 %; ``numpy.loadtxt`` gives shape (3, 
     torchrun --nproc_per_node=2 evaluate.py --name demo   # candidates shared out over processes
 
 A subnet file is a plain dict, ``state_dict`` of the static model plus its channel config
-(``network, num_classes, model_options, widths, channels, macs, params``), rebuilt with
+(``network, num_classes, model_options, widths, channels, macs, params, data``), rebuilt with
 models.py and slimmable.py alone (all that ``load_subnet`` does)::
 
     saved = torch.load("subnets/demo_00_7.36M.pt", weights_only=True)
@@ -42,7 +43,7 @@ models.py and slimmable.py alone (all that ``load_subnet`` does)::
                                             **saved["model_options"]), saved["widths"])
     net.load_state_dict(saved["state_dict"])   # plain nn.Conv2d / BatchNorm2d / Linear
 """
-import argparse
+import functools
 import glob
 import io
 import json
@@ -52,8 +53,8 @@ import sys
 import time
 from xml.sax.saxutils import escape
 
-# idle OpenMP threads sleep: spinning ones stall beside other processes (README, "CPU
-# contention"; train.py has a thread tuner instead); a user's value wins
+# idle OpenMP threads sleep: spinning ones stall beside other processes on shared cores (train.py
+# has a thread tuner instead); a user's value wins
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np  # noqa: E402
 import torch
@@ -67,7 +68,7 @@ import slimmable
 from runs import Fail, first_line
 from sampler import area_under_front, pareto_front
 
-RUNS_DIR, RESULTS_DIR = "runs", "results"
+RESULTS_DIR = "results"
 UNIFORM_COUNT = 40                       # Slim's evaluation grid (PareCO's evaluation)
 CALIBRATION_IMAGES = 2048                # AutoSlim and mmrazor calibrate BN on about 2k images
 MATCHED_RATIOS = (0.25, 0.5, 0.75, 1.0)  # where --compare reads top-1 off each front
@@ -76,68 +77,61 @@ COST_NAMES = {"macs": ("MACs", "MACs (millions)"), "params": ("params", "paramet
               "mmcv_flops": ("mmcv FLOPs", "FLOPs, mmcv's convention (millions)"),
               "memory": ("memory", "peak activation memory (millions of elements, batch 1)")}
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
+# Flags that describe the trained run rather than this evaluation: given, they must agree with
+# the checkpoint (parse_args), else the front would be measured on another setting.
+RUN_FLAGS = ("network", "dataset", "lower_channel", "image_size", "scale_ratio", "slim_dataaug")
+CHECKPOINT_KEYS = ("model", "network", "num_classes", "method", "args")
+SUBNET_KEYS = ("network", "num_classes", "model_options", "widths", "state_dict", "macs", "data")
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(description=__doc__, allow_abbrev=False,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.error = lambda message: parser.exit(2, f"error: {message}\n")
+    parser = runs.parser(__doc__)
     add = parser.add_argument
-    add("--name", default="demo", help="run to evaluate: runs/NAME/checkpoint.pt (default: demo)")
+    add("--name", type=runs.run_name, default="demo",
+        help="run to evaluate: runs/NAME/checkpoint.pt (default: demo)")
     add("--network", choices=list(models.NETWORKS), metavar="NAME",
         help="network of the run (default: the checkpoint's; another one is an error)")
-    add("--batch_size", type=int, metavar="N",
-        help="images per calibration and evaluation batch (default: the run's training batch)")
-    add("--lower_channel", type=float, metavar="M", help="multiplier of the smallest network, "
-        "also the low end of the area (default: the run's; another one is an error)")
-    add("--calib_batches", type=int, metavar="N", help="training batches that calibrate BN for "
-        f"each configuration, the same for all (default: about {CALIBRATION_IMAGES} images)")
+    add("--batch_size", type=runs.number(int, 1), default=128, metavar="N", help="images per "
+        "calibration and evaluation batch (default: the run's training batch; --subnet: 128)")
+    add("--lower_channel", type=runs.number(float, 0, 1, low_open=True), metavar="M",
+        help="multiplier of the smallest network, also the low end of the area (default: the "
+        "run's; another one is an error)")
+    add("--calib_batches", type=runs.number(int, 1), metavar="N", help="training batches that "
+        f"calibrate BN for each configuration, the same for all (default: about "
+        f"{CALIBRATION_IMAGES} images)")
     add("--cost", choices=list(slimmable.COSTS), help="the cost axis of the front, area and "
-        "plot (default: the run's --cost, else macs)")
+        "plot (default: the run's --cost)")
     add("--configs", nargs="+", default=[], metavar="FILE", help="evaluate these JSON channel "
         "configs instead of the run's candidates (files results/NAME_configs_*)")
     add("--export", metavar="DIR", help="save each front configuration as a standalone model in DIR")
     add("--subnet", nargs="+", metavar="FILE", help="test models saved by --export on the test "
         "split; several files end with one table (target, MACs, params, top-1)")
-    add("--compare", nargs="+", metavar="NAME", help="plot the fronts of these runs on one SVG, "
-        "print their areas and top-1 at matched cost ratios (runs without results are evaluated)")
+    add("--compare", nargs="+", type=runs.run_name, metavar="NAME", help="plot the fronts of "
+        "these runs on one SVG, print their areas and top-1 at matched cost ratios (runs "
+        "without results are evaluated)")
     add("--out", metavar="PATH", help="--compare: SVG path (default: results/compare_NAMES.svg)")
-    add("--device", default="auto", help="auto (CUDA when available), cpu, cuda")
-    add("--threads", type=int, default=0, help="CPU threads per process (0: cores / processes)")
+    add("--device", type=runs.device_flag, default="auto",
+        help="auto (CUDA when available), cpu, cuda or cuda:N")
+    add("--threads", type=runs.number(int, 0), default=0,
+        help="CPU threads per process (0: cores / processes)")
     data.add_data_args(parser)
     parser.epilog = ("Data flags, --network, --batch_size, --lower_channel and --cost default to "
                      "the values the run was trained with. Those that describe the trained run ("
                      + ", ".join(f"--{flag}" for flag in RUN_FLAGS) + ") must equal its values "
-                     "when given (the reference's eval_checkpoints.py repeats the training "
+                     "when given (the Joslim reference's eval_checkpoints.py repeats the training "
                      "flags); --datapath, --batch_size and the split sizes may differ.")
     return parser
 
 
-FLAG_RULES = {  # flag: (test of its value, what it must be), checked by parse_args; unset: None
-    "batch_size": (lambda v: v >= 1, "at least 1"),
-    "lower_channel": (lambda v: 0 < v <= 1, "in (0, 1]"),
-    "calib_batches": (lambda v: v >= 1, "at least 1"),
-    "threads": (lambda v: v >= 0, "0 (automatic) or more"),
-    "device": (lambda v: v in ("auto", "cpu", "cuda") or v.startswith("cuda:"),
-               "auto, cpu, cuda or cuda:N"),
-}
-# Flags that describe the trained run rather than this evaluation: given, they must agree with
-# the checkpoint (run_settings), else the front would be measured on another setting.
-RUN_FLAGS = ("network", "dataset", "lower_channel", "image_size", "scale_ratio", "slim_dataaug")
-
-
 def parse_args(argv=None, defaults=None, run=None):
-    """The flags of ``argv`` over ``defaults`` (a dict), every value checked here, in one place:
-    an invalid one, or one of ``RUN_FLAGS`` that differs from ``run`` (``(name, the run's
-    recorded flags)``), ends the process with one line and exit status 2."""
+    """The flags of ``argv`` over ``defaults`` (a dict). A value argparse refuses, one of
+    ``RUN_FLAGS`` that differs from ``run`` (``(name, the run's recorded flags)``), or data flags
+    that do not go together end the process with one line and exit status 2."""
     parser = build_parser()
     parser.set_defaults(**(defaults or {}))
     args = parser.parse_args(argv if argv is not None else [])
-    problem = data.flag_problem(args, FLAG_RULES)
-    if problem:
-        parser.error(problem)
     name, recorded = run or (None, {})
-    for flag in RUN_FLAGS:  # a checkpoint from an older version may not record every flag
+    for flag in RUN_FLAGS:
         if flag in recorded and getattr(args, flag) != recorded[flag]:
             parser.error(f"run {name} was trained with --{flag} {recorded[flag]}, not "
                          f"{getattr(args, flag)}: leave --{flag} out or give the run's value")
@@ -147,57 +141,31 @@ def parse_args(argv=None, defaults=None, run=None):
     return args
 
 
-def data_flags():
-    probe = argparse.ArgumentParser(add_help=False)
-    data.add_data_args(probe)
-    return set(vars(probe.parse_args([])))
-
-
-def load_checkpoint(name):
-    path = os.path.join(RUNS_DIR, name, "checkpoint.pt")
-    if not os.path.exists(path):
-        raise Fail(f"no checkpoint at {path}; train it first: python train.py --name {name}")
-    try:
-        checkpoint = runs.load_checkpoint(path)
-    except Exception as error:  # a truncated or foreign file
-        raise Fail(f"cannot read checkpoint {path}: {first_line(error)}") from None
-    required = {"model", "network", "num_classes", "method"}
-    if not isinstance(checkpoint, dict) or not required <= set(checkpoint):
-        raise Fail(f"{path} is not a checkpoint written by train.py")
-    return checkpoint
-
-
 def checkpoint_stamp(name):
     """[size, modification time in ns] of runs/NAME/checkpoint.pt, or None when it is gone. A
     result file records the stamp of the checkpoint it evaluated; ``compare`` re-evaluates a run
     whose checkpoint has been rewritten since (retrained, resumed) instead of plotting stale
     figures."""
-    path = os.path.join(RUNS_DIR, name, "checkpoint.pt")
-    if not os.path.exists(path):
+    try:
+        stat = os.stat(os.path.join(runs.run_folder(name), "checkpoint.pt"))
+    except FileNotFoundError:
         return None
-    stat = os.stat(path)
     return [stat.st_size, stat.st_mtime_ns]
 
 
 def run_settings(name, argv=None, overrides=None):
     """``(args, checkpoint)`` for run ``name``: flags given in ``argv`` or ``overrides`` win
-    over the values recorded at training (data flags, network, batch size, lower channel),
-    except ``RUN_FLAGS``, which must equal them (``parse_args``)."""
-    checkpoint = load_checkpoint(name)
-    recorded = dict(checkpoint.get("args") or {}, network=checkpoint["network"])
-    if "lower_channel" in checkpoint:
-        recorded["lower_channel"] = checkpoint["lower_channel"]
-    inherited = data_flags() | {"network", "batch_size", "lower_channel", "cost"}
+    over the values recorded at training (data flags, network, batch size, lower channel,
+    cost), except ``RUN_FLAGS``, which must equal them (``parse_args``)."""
+    path = os.path.join(runs.run_folder(name), "checkpoint.pt")
+    if not os.path.exists(path):
+        raise Fail(f"no checkpoint at {path}; train it first: python train.py --name {name}")
+    checkpoint = runs.load_checkpoint(path, CHECKPOINT_KEYS)
+    recorded = checkpoint["args"]
+    inherited = data.data_flag_names() | {"network", "batch_size", "lower_channel", "cost"}
     args = parse_args(argv, {key: recorded[key] for key in inherited if key in recorded},
                       (name, recorded))
     vars(args).update({**(overrides or {}), "name": name})
-    if args.lower_channel is None:
-        args.lower_channel = 0.42
-    args.batch_size = args.batch_size or 128
-    args.cost = args.cost or "macs"  # runs from before train.py had --cost
-    if args.cost not in slimmable.COSTS:
-        raise Fail(f"run {name} was trained against cost {args.cost!r}, unknown here; pass "
-                   f"--cost ({', '.join(slimmable.COSTS)})")
     return args, checkpoint
 
 
@@ -236,16 +204,16 @@ def config_widths(path, net):
         raise Fail(first_line(error)) from None
 
 
-def candidate_configs(net, checkpoint, args, say):
+def candidate_configs(net, checkpoint, args):
     """The configurations to score on held-out data, and a phrase saying where they came from."""
     num_groups, method = len(net.width_groups), checkpoint["method"]
     ends = [[args.lower_channel] * num_groups, [1.0] * num_groups]
     if args.configs:
         return [config_widths(path, net) for path in args.configs], f"{len(args.configs)} files"
     if method == "joslim":
-        state = runs.as_numpy(checkpoint.get("sampler") or {})
-        configs = np.asarray(state.get("configs", []), float).reshape(-1, num_groups)
-        losses = np.asarray(state.get("losses", []), float).reshape(-1)
+        state = runs.as_numpy(checkpoint["sampler"])
+        configs = np.asarray(state["configs"], float).reshape(-1, num_groups)
+        losses = np.asarray(state["losses"], float).reshape(-1)
         scored = np.isfinite(losses)  # the last proposals of a run are never scored
         costs = np.asarray(slimmable.cost(net, configs[scored], args.cost), float) \
             if scored.any() else np.zeros(0)
@@ -253,54 +221,54 @@ def candidate_configs(net, checkpoint, args, say):
         return ends + front.tolist(), (f"the smallest, the full network and {len(front)} "
                                        f"non-dominated of {int(scored.sum())} scored history entries")
     if method == "fixed":
-        return [list(map(float, c)) for c in checkpoint.get("fixed_configs") or []], \
+        return [list(map(float, c)) for c in checkpoint["fixed_configs"]], \
             "the retrained --channel_config configurations"
-    if method == "random":
-        paths = searched_configs(args.name)
-        if paths:
-            return ends + [config_widths(path, net) for path in paths], \
-                f"the smallest, the full network and {len(paths)} searched configurations"
-        say(f"note: no runs/{args.name}/search/<cost>_<M>M.json yet (search.py writes AutoSlim's "
-            f"widths there); evaluating {UNIFORM_COUNT} uniform widths instead")
+    folder = os.path.join(runs.run_folder(args.name), "search")  # search.py's AutoSlim widths
+    searched = sorted(path for kind in slimmable.COSTS
+                      for path in glob.glob(os.path.join(folder, f"{kind}_*M.json")))
+    if method == "random" and searched:
+        return ends + [config_widths(path, net) for path in searched], \
+            f"the smallest, the full network and {len(searched)} searched configurations"
+    note = f" (no {folder}/<cost>_<M>M.json yet: search.py writes them)" \
+        if method == "random" else ""
     return ends + uniform_configs(net, args.lower_channel, kind=args.cost)[0].tolist(), \
-        f"{UNIFORM_COUNT} uniform widths evenly spaced in {COST_NAMES.get(args.cost, (args.cost,))[0]}"
+        f"{UNIFORM_COUNT} uniform widths evenly spaced in {COST_NAMES[args.cost][0]}{note}"
 
 
-def searched_configs(name):
-    """search.py's configurations of run ``name``: ``runs/NAME/search/<cost>_<M>M.json`` for
-    every cost of ``slimmable.COSTS`` (and ``FLOPS_<M>M.json``, its name before costs had one)."""
-    folder = os.path.join(RUNS_DIR, name, "search")
-    patterns = [f"{kind}_*M.json" for kind in slimmable.COSTS] + ["FLOPS_*M.json"]
-    return sorted({path for pattern in patterns
-                   for path in glob.glob(os.path.join(folder, pattern))})
-
-
-def describe(net, widths, full_macs, kind="macs", full_cost=None):
-    """The cost side of one configuration, JSON-ready: every cost of ``slimmable.COSTS`` (MACs,
-    params, mmcv-style FLOPs, peak activation memory in elements), ``macs_ratio`` and
-    ``cost_ratio``, the ratio of cost ``kind`` to ``full_cost`` (the full network's; MACs by
-    default)."""
-    widths = slimmable.width_matrix(net, widths)[0].tolist()
-    record = {"widths": widths, "channels": slimmable.group_channels(net, widths)}
-    record.update({name: int(function(net, widths)) for name, function in slimmable.COSTS.items()})
-    record["macs_ratio"] = record["macs"] / full_macs
-    record["cost_ratio"] = record[kind] / (full_cost or full_macs)
-    return record
+def candidate_records(net, checkpoint, args):
+    """``(candidates, source)``: a JSON-ready record of each configuration of
+    ``candidate_configs`` (the first of those with the same channels): ``widths``, ``channels``
+    per group, every cost of ``slimmable.COSTS`` (MACs, params, mmcv-style FLOPs, peak activation
+    memory in elements), ``macs_ratio`` and ``cost_ratio`` (to the full network's MACs and
+    ``args.cost``); a retrained one also its ``config_file`` and search.py's ``cost`` and
+    ``target`` (in millions of that cost; None without one)."""
+    configs, source = candidate_configs(net, checkpoint, args)
+    if not configs:
+        raise Fail(f"run {args.name} has no configurations to evaluate; pass --configs FILE...")
+    retrained = checkpoint["method"] == "fixed" and not args.configs
+    sources = checkpoint["fixed_sources"] if retrained else []
+    full_macs, full_cost = slimmable.macs(net, 1.0), slimmable.cost(net, 1.0, args.cost)
+    candidates = {}
+    for index, widths in enumerate(configs):
+        widths = slimmable.width_matrix(net, widths)[0].tolist()
+        record = {"widths": widths, "channels": slimmable.group_channels(net, widths),
+                  **{kind: int(cost(net, widths)) for kind, cost in slimmable.COSTS.items()}}
+        record.update(macs_ratio=record["macs"] / full_macs,
+                      cost_ratio=record[args.cost] / full_cost)
+        if index < len(sources):
+            record.update(config_file=sources[index]["file"], cost=sources[index]["cost"],
+                          target=sources[index]["target"])
+        candidates.setdefault(tuple(record["channels"].values()), record)
+    return list(candidates.values()), source
 
 
 # ---------------------------------------------------------------------------------------------
-# Measuring one configuration; sharing the work out over torchrun's processes
+# Measuring configurations, shared out over torchrun's processes
 
 
-def draw_batches(loader, count, device, seed=0):
-    """The first ``count`` batches of ``loader``, the same on every call and every rank."""
-    batches = []
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        for batch in loader:
-            batches.append((batch[0].to(device), batch[1].to(device)))
-            if len(batches) == count:
-                break
+def draw_batches(loader, count, device):
+    """The first ``count`` batches of ``loader`` on ``device``, the same on every call and rank."""
+    batches = [(x.to(device), y.to(device)) for x, y in data.first_batches(loader, count, seed=0)]
     if dist.is_initialized():  # data workers may augment differently per machine: rank 0's win
         for tensor in [t for batch in batches for t in batch]:
             dist.broadcast(tensor, 0)
@@ -326,34 +294,25 @@ def accuracy(net, loader, device):
             "images": count}
 
 
-def calibrated(net, widths, calibration_batches):
-    """``net`` at ``widths``, its BN statistics recomputed on the calibration batches, eval mode."""
-    slimmable.set_widths(net, widths)
-    slimmable.calibrate_bn(net, calibration_batches)
-    return net.eval()
-
-
-def use_cuda(device_flag):
-    wanted = device_flag.startswith("cuda") or (device_flag == "auto" and torch.cuda.is_available())
-    if wanted and not torch.cuda.is_available():
-        raise Fail("--device cuda asked for, but no CUDA device is available")
-    return wanted
-
-
-def setup_distributed(args):
-    """``(device, rank, world size)`` (data.setup_distributed), with this script's thread count."""
-    # alone, it keeps its caller's thread count (bench.py, tests)
-    return runs.start(args.device, args.threads, set_threads=False)
-
-
-def share_out(measure, count, rank, world_size):
-    """``{i: measure(i)}`` for every i < count: rank r measures i = r, r + W, ...; all ranks get all."""
-    mine = {i: measure(i) for i in range(rank, count, world_size)}
-    if world_size == 1:
-        return mine
-    everyone = [None] * world_size
-    dist.all_gather_object(everyone, mine)
-    return {i: result for part in everyone for i, result in part.items()}
+def measure(phase, records, loader, net, calibration, device, rank=0, world_size=1, export=False):
+    """``{i: accuracy on loader}`` of ``net`` at each ``records[i]["widths"]``, its BN statistics
+    recomputed on the ``calibration`` batches first; rank r measures i = r, r + W, ... and every
+    rank gets all. ``export``: a result also holds the ``state_dict`` of the static subnet, with
+    the statistics just calibrated. Prints a line per configuration with this process's eta."""
+    started, mine, results = time.time(), range(rank, len(records), world_size), {}
+    for done, i in enumerate(mine, 1):
+        widths = records[i]["widths"]
+        slimmable.set_widths(net, widths)
+        slimmable.calibrate_bn(net, calibration)
+        results[i] = accuracy(net.eval(), loader, device)
+        elapsed = time.time() - started
+        print(f"  {phase} [{i + 1}/{len(records)}] MACs {records[i]['macs'] / 1e6:.2f}M "
+              f"({100 * records[i]['macs_ratio']:.1f}%) top-1 {results[i]['top1']:.2f}  "
+              f"{elapsed:.0f} s, eta {elapsed / done * (len(mine) - done):.0f} s", flush=True)
+        if export:
+            results[i]["state_dict"] = {key: value.cpu() for key, value in
+                                        slimmable.export(net, widths).state_dict().items()}
+    return runs.gather_dict(results)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -365,212 +324,177 @@ def evaluate_run(name, overrides=None, argv=None):
     write its result files and return the JSON content (on rank 0; None on the other ranks):
 
     ``name, network, method, num_classes, model_options, dataset, lower_channel, calib_batches,
-    calib_images, source, cost, full_cost, full_macs, full_params, smallest_ratio, area,
-    seconds, checkpoint_stamp, points, candidates``. ``cost`` names the front's axis (a key of
-    ``slimmable.COSTS``) and ``full_cost`` is the full network's. A point (front member, by
-    ascending cost): ``widths``, ``channels`` (per group), ``macs``, ``params``, ``memory``,
-    ``macs_ratio``, ``cost_ratio`` (to ``full_cost``), ``held_out`` and
-    ``test`` (each ``{top1, top5, loss, images}``), ``on_held_out_front`` (False only for the
-    full network when a cheaper candidate beats it on held-out data) and ``subnet`` (the --export
-    file or None). A candidate: the same without ``test`` and ``subnet``. ``area``: mean test
-    top-1 error (%) of the step curve over cost ratios [smallest_ratio, 1].
+    calib_images, source, cost, full_cost, full_macs, full_params, full_mmcv_flops,
+    smallest_ratio, area, seconds, checkpoint_stamp, points, candidates, training_curves``.
+    ``cost`` names the front's axis (a key of ``slimmable.COSTS``) and ``full_cost`` is the full
+    network's. A point (front member, by ascending cost): ``widths``, ``channels`` (per group),
+    ``macs``, ``params``, ``mmcv_flops``, ``memory``, ``macs_ratio``, ``cost_ratio`` (to
+    ``full_cost``), ``held_out`` and ``test`` (each ``{top1, top5, loss, images}``),
+    ``on_held_out_front`` (False only for the full network when a cheaper candidate beats it on
+    held-out data) and ``subnet`` (the --export file or None); a retrained one also
+    ``config_file``, ``cost`` and ``target``. A candidate: the same without ``test`` and
+    ``subnet``. ``area``: mean test top-1 error (%) of the step curve over cost ratios
+    [smallest_ratio, 1], or null where that range is empty.
     """
     stamp = checkpoint_stamp(name)
     args, checkpoint = run_settings(name, argv, overrides)
+    if args.export and os.path.exists(args.export) and not os.path.isdir(args.export):
+        raise Fail(f"--export {args.export} is a file; pass a folder (made when missing)")
     start = time.time()
-    # Built before the process group exists, so that every process sees the whole splits
-    # (data.py shards them under torch.distributed): a process evaluates whole configurations.
-    args.pin_memory = args.pin_memory and use_cuda(args.device)
-    loaders = data.get_loaders(args, args.batch_size, eval_batch_size=args.batch_size)
-    device, rank, world_size = setup_distributed(args)
-    say = print if rank == 0 else (lambda *a, **k: None)
-    net = models.get_model(checkpoint["network"], checkpoint["num_classes"],
-                           **(checkpoint.get("model_options") or {}))
-    net.load_state_dict({k.removeprefix("module."): v for k, v in checkpoint["model"].items()})
-    net.to(device)
-    if loaders.num_classes != checkpoint["num_classes"]:
-        raise Fail(f"the data has {loaders.num_classes} classes, run {name} was trained on "
-                   f"{checkpoint['num_classes']}; pass the run's --dataset")
-    if loaders.val is None or len(loaders.val.dataset) == 0:
-        raise Fail("no held-out split to select the front on; pass --val_size N (N > 0)")
-    full_macs, kind = slimmable.macs(net, 1.0), args.cost
-    full_cost = slimmable.cost(net, 1.0, kind)
-    configs, source = candidate_configs(net, checkpoint, args, say)
-    if not configs:
-        raise Fail(f"run {name} has no configurations to evaluate; pass --configs FILE...")
-    retrained = checkpoint["method"] == "fixed" and not args.configs
-    sources = (checkpoint.get("fixed_sources") or []) if retrained else []
-    candidates = {}
-    for index, widths in enumerate(configs):  # of configs with the same channels, keep the first
-        record = describe(net, widths, full_macs, kind, full_cost)
-        if index < len(sources):  # older checkpoints: target_mflops, in MACs
-            origin = sources[index]
-            record.update(config_file=origin["file"], cost=origin.get("cost", "macs"),
-                          target=origin.get("target", origin.get("target_mflops")))
-        candidates.setdefault(tuple(record["channels"].values()), record)
-    candidates = list(candidates.values())
-    calib_count = args.calib_batches or math.ceil(CALIBRATION_IMAGES / args.batch_size)
-    calibration = draw_batches(loaders.train, calib_count, device)
+    net, loaders, device, rank, world_size = load_run(args, checkpoint)
+    candidates, source = candidate_records(net, checkpoint, args)
+    calibration = draw_batches(loaders.train, args.calib_batches or
+                               math.ceil(CALIBRATION_IMAGES / args.batch_size), device)
     if not calibration:
         raise Fail("the training split is smaller than one batch; lower --batch_size")
-    unfinished = "" if checkpoint.get("finished", True) else \
-        f" (unfinished, step {checkpoint.get('step')})"
-    say(f"{name}: {checkpoint['method']} run of {args.network}{unfinished}; {len(candidates)} "
-        f"candidates: {source}; BN calibrated on {len(calibration)} training batches; front "
-        f"selected on {len(loaders.val.dataset)} held-out images, reported on "
-        f"{len(loaders.test.dataset)} test images")
-
-    phase_start = time.time()
-
-    def progress(phase, i, count, record, result):
-        """``phase [i+1/count] MACs ... top-1 ...``, then this process's elapsed time and the
-        time its remaining configurations will take at its mean pace so far."""
-        done, mine = (i - rank) // world_size + 1, len(range(rank, count, world_size))
-        elapsed = time.time() - phase_start
-        print(f"  {phase} [{i + 1}/{count}] MACs {record['macs'] / 1e6:.2f}M "
-              f"({100 * record['macs_ratio']:.1f}%) top-1 {result['top1']:.2f}  "
-              f"{elapsed:.0f} s, eta {elapsed / done * (mine - done):.0f} s", flush=True)
-
-    def held_out(i):
-        result = accuracy(calibrated(net, candidates[i]["widths"], calibration), loaders.val, device)
-        progress("held-out", i, len(candidates), candidates[i], result)
-        return result
-
-    for i, result in share_out(held_out, len(candidates), rank, world_size).items():
-        candidates[i]["held_out"] = result
-    front = set(pareto_front([c[kind] for c in candidates],
-                             [100 - c["held_out"]["top1"] for c in candidates]).tolist())
-    full = {i for i, c in enumerate(candidates) if c["macs"] == full_macs}  # the reference's anchor
-    # Retrained configurations are separate models, each trained for its own target: all of them
-    # are reported (and exported), dominated or not.
-    reported = set(range(len(candidates))) if retrained else front | full
-    chosen = sorted(reported, key=lambda i: (candidates[i][kind], candidates[i]["macs"]))
-
-    def test(k):
-        widths = candidates[chosen[k]]["widths"]
-        result = {"test": accuracy(calibrated(net, widths, calibration), loaders.test, device)}
-        progress("test", k, len(chosen), candidates[chosen[k]], result["test"])
-        if args.export:  # the statistics just calibrated go into the standalone model
-            result["state_dict"] = {key: value.cpu() for key, value in
-                                    slimmable.export(net, widths).state_dict().items()}
-        return result
-
-    phase_start = time.time()
-    tested = share_out(test, len(chosen), rank, world_size)
+    if rank == 0:
+        unfinished = "" if checkpoint["finished"] else f" (unfinished, step {checkpoint['step']})"
+        print(f"{name}: {checkpoint['method']} run of {args.network}{unfinished}; "
+              f"{len(candidates)} candidates: {source}; BN calibrated on {len(calibration)} "
+              f"training batches; front selected on {len(loaders.val.dataset)} held-out images, "
+              f"reported on {len(loaders.test.dataset)} test images")
+    measured = functools.partial(measure, net=net, calibration=calibration, device=device,
+                                 rank=rank, world_size=world_size)
+    chosen, front = select_front(candidates, measured, loaders.val, args.cost)
+    tested = measured("test", [candidates[i] for i in chosen], loaders.test,
+                      export=bool(args.export))
     if rank != 0:
         return None
-    points = []
-    for k, i in enumerate(chosen):
-        point = {**candidates[i], "test": tested[k]["test"], "on_held_out_front": i in front}
-        point["subnet"] = save_subnet(args, checkpoint, k, point, tested[k]["state_dict"]) \
-            if args.export else None
-        points.append(point)
-    smallest_ratio = slimmable.cost(net, args.lower_channel, kind) / full_cost
-    ratios = [p["cost_ratio"] for p in points]
-    area = area_under_front(ratios, [100 - p["test"]["top1"] for p in points], smallest_ratio, 1.0)
-    result = {"name": name, "network": args.network, "method": checkpoint["method"],
-              "num_classes": checkpoint["num_classes"],
-              "model_options": checkpoint.get("model_options") or {}, "dataset": loaders.dataset,
-              "lower_channel": args.lower_channel, "calib_batches": len(calibration),
-              "calib_images": sum(len(y) for _, y in calibration), "source": source,
-              "cost": kind, "full_cost": full_cost, "full_macs": full_macs,
-              "full_params": slimmable.params(net, 1.0),
-              "full_mmcv_flops": slimmable.mmcv_flops(net, 1.0),
-              "smallest_ratio": smallest_ratio, "area": area, "seconds": time.time() - start,
-              "checkpoint_stamp": stamp, "points": points, "candidates": candidates,
-              "training_curves": checkpoint.get("curves") or []}
+    result = result_record(args, checkpoint, net, candidates, chosen, front, tested, {
+        "dataset": loaders.dataset, "calib_batches": len(calibration),
+        "calib_images": sum(len(y) for _, y in calibration), "source": source,
+        "seconds": time.time() - start, "checkpoint_stamp": stamp})
     write_results(result, os.path.join(RESULTS_DIR, name + ("_configs" if args.configs else "")))
     return result
 
 
-def cost_kind(result):
-    """The cost a result's front is drawn against (results before --cost: macs)."""
-    return result.get("cost", "macs")
+def load_run(args, checkpoint):
+    """``(net, loaders, device, rank, world size)``: the run's trained network on its device and
+    its data, refused when they do not fit or there is no held-out split to select on."""
+    # Built before the process group exists, so that every process sees the whole splits
+    # (data.py shards them under torch.distributed): a process evaluates whole configurations.
+    args.pin_memory = args.pin_memory and args.device != "cpu"
+    loaders = data.get_loaders(args, args.batch_size, eval_batch_size=args.batch_size)
+    device, rank, world_size = runs.start(args.device, args.threads, set_threads=False)
+    net = models.get_model(checkpoint["network"], checkpoint["num_classes"],
+                           **checkpoint["model_options"])
+    net.load_state_dict(checkpoint["model"])
+    if loaders.num_classes != checkpoint["num_classes"]:
+        raise Fail(f"the data has {loaders.num_classes} classes, run {args.name} was trained on "
+                   f"{checkpoint['num_classes']}; pass the run's --dataset")
+    if loaders.val is None or len(loaders.val.dataset) == 0:
+        raise Fail("no held-out split to select the front on; pass --val_size N (N > 0)")
+    return net.to(device), loaders, device, rank, world_size
 
 
-def full_cost(result):
-    return result.get("full_cost", result["full_macs"])
+def select_front(candidates, measured, loader, kind):
+    """Score every candidate on held-out data (its ``held_out``); return the indices to test,
+    by ascending cost ``kind``, and the set of those non-dominated by (cost, held-out top-1
+    error). The full network is tested too (the Joslim reference's anchor), and every retrained
+    configuration (one with a ``config_file``): each is a model of its own, trained for its
+    target."""
+    for i, result in measured("held-out", candidates, loader).items():
+        candidates[i]["held_out"] = result
+    front = set(pareto_front([c[kind] for c in candidates],
+                             [100 - c["held_out"]["top1"] for c in candidates]).tolist())
+    reported = front | {i for i, c in enumerate(candidates)
+                        if c["macs_ratio"] == 1.0 or "config_file" in c}
+    return sorted(reported, key=lambda i: (candidates[i][kind], candidates[i]["macs"])), front
 
 
-def cost_ratio(point):
-    return point.get("cost_ratio", point["macs_ratio"])
+def result_record(args, checkpoint, net, candidates, chosen, front, tested, facts):
+    """``evaluate_run``'s result: the tested points (``chosen``, ``front``: ``select_front``'s),
+    each saved as a subnet with --export, the area under their test top-1 error front, the
+    run's identity and the ``facts`` of this evaluation (data, calibration, time)."""
+    points = []
+    for k, i in enumerate(chosen):
+        state_dict = tested[k].pop("state_dict", None)
+        points.append({**candidates[i], "test": tested[k], "on_held_out_front": i in front})
+        points[-1]["subnet"] = save_subnet(args, checkpoint, k, points[-1], state_dict) \
+            if args.export else None
+    kind, full_cost = args.cost, slimmable.cost(net, 1.0, args.cost)
+    smallest_ratio = slimmable.cost(net, args.lower_channel, kind) / full_cost
+    errors = [100 - p["test"]["top1"] for p in points]
+    # --lower_channel 1: the smallest network is the full one, [smallest, 1] holds no range
+    area = area_under_front([p["cost_ratio"] for p in points], errors, smallest_ratio, 1.0) \
+        if smallest_ratio < 1 else None
+    return {"name": args.name, "network": args.network, "method": checkpoint["method"],
+            "num_classes": checkpoint["num_classes"], "model_options": checkpoint["model_options"],
+            "lower_channel": args.lower_channel, **facts, "cost": kind, "full_cost": full_cost,
+            "full_macs": slimmable.macs(net, 1.0), "full_params": slimmable.params(net, 1.0),
+            "full_mmcv_flops": slimmable.mmcv_flops(net, 1.0), "smallest_ratio": smallest_ratio,
+            "area": area, "points": points, "candidates": candidates,
+            "training_curves": checkpoint["curves"]}
+
+
+def area_text(result, digits=2):
+    return "none" if result["area"] is None else f"{result['area']:.{digits}f}"
 
 
 def write_results(result, stem):
-    """The reference's 3-row text file, the JSON, the SVG plot; a table and the area on stdout."""
-    points, kind = result["points"], cost_kind(result)
-    name, x_label = COST_NAMES.get(kind, (kind, f"{kind} (millions)"))
-    table = np.array([[cost_ratio(p) for p in points], [p["test"]["top1"] for p in points],
-                      [p["test"]["top5"] for p in points]])
+    """The reference's 3-row text file, the JSON, the SVG plots; a table and the area on stdout."""
+    points, kind = result["points"], result["cost"]
+    name, x_label = COST_NAMES[kind]
     text = io.StringIO()
-    np.savetxt(text, table)
+    np.savetxt(text, np.array([[p["cost_ratio"] for p in points],
+                               [p["test"]["top1"] for p in points],
+                               [p["test"]["top5"] for p in points]]))
     runs.write_atomic(f"{stem}_eval_pareto.txt", text.getvalue())
     runs.write_json(f"{stem}_eval_pareto.json", result)
-    curves = [{"label": "test top-1, front selected on held-out", "end": full_cost(result) / 1e6,
+    curves = [{"label": "test top-1, front selected on held-out", "end": result["full_cost"] / 1e6,
                "points": [(p[kind] / 1e6, p["test"]["top1"]) for p in points]},
               {"label": "held-out top-1, every candidate", "dots_only": True,
                "points": [(c[kind] / 1e6, c["held_out"]["top1"]) for c in result["candidates"]]}]
-    svg = front_svg(curves, f"{result['name']}: {result['method']} {result['network']}, "
-                            f"area {result['area']:.2f} (mean test top-1 error %)", x_label)
-    runs.write_atomic(f"{stem}_pareto.svg", svg)
-    curves = result.get("training_curves") or []
-    if curves:
-        svg = training_curves_svg([("", curves)], f"{result['name']}: training curves")
-        runs.write_atomic(f"{stem}_curves.svg", svg)
-    macs_column = kind != "macs"  # the front's cost first (a count), then MACs too
-    print((f"{name:>12}" if macs_column else f"{name:>10}") + f"{'ratio':>8}"
-          + (f"{'MACs':>10}" if macs_column else "")
-          + f"{'params':>11}{'mmcv FLOPs':>12}{'held-out top-1':>16}{'test top-1':>12}"
-          + f"{'test top-5':>12}")
+    runs.write_atomic(f"{stem}_pareto.svg", front_svg(curves, (
+        f"{result['name']}: {result['method']} {result['network']}, area {area_text(result)} "
+        f"(mean test top-1 error %)"), x_label))
+    if result["training_curves"]:
+        runs.write_atomic(f"{stem}_curves.svg", training_curves_svg(
+            result["training_curves"], f"{result['name']}: training curves"))
+    other = kind != "macs"  # the front's cost first (a count), then MACs too
+    print((f"{name:>12}" if other else f"{name:>10}") + f"{'ratio':>8}"
+          + (f"{'MACs':>10}" if other else "") + f"{'params':>11}{'mmcv FLOPs':>12}"
+          + f"{'held-out top-1':>16}{'test top-1':>12}{'test top-5':>12}")
     for p in points:
-        print((f"{p[kind]:>12,}" if macs_column else f"{p[kind] / 1e6:>9.2f}M")
-              + f"{cost_ratio(p):>8.3f}"
-              + (f"{p['macs'] / 1e6:>9.2f}M" if macs_column else "") + f"{p['params']:>11,}"
-              + f"{p['mmcv_flops'] / 1e6:>11.2f}M"
-              f"{p['held_out']['top1']:>16.2f}{p['test']['top1']:>12.2f}{p['test']['top5']:>12.2f}"
+        print((f"{p[kind]:>12,}" if other else f"{p[kind] / 1e6:>9.2f}M")
+              + f"{p['cost_ratio']:>8.3f}" + (f"{p['macs'] / 1e6:>9.2f}M" if other else "")
+              + f"{p['params']:>11,}"
+              + f"{p['mmcv_flops'] / 1e6:>11.2f}M{p['held_out']['top1']:>16.2f}"
+              + f"{p['test']['top1']:>12.2f}{p['test']['top5']:>12.2f}"
               + ("" if p["on_held_out_front"] else "  (full network, dominated on held-out)"))
-    print(f"area under the test top-1 error front: {result['area']:.3f} (% error averaged over "
-          f"{name} ratios {result['smallest_ratio']:.3f}..1; lower is better)")
+    span = f"% error averaged over {name} ratios {result['smallest_ratio']:.3f}..1; lower is " \
+        "better" if result["area"] is not None else "the smallest network costs as much as the " \
+        f"full one: no range of {name} ratios to average over"
+    print(f"area under the test top-1 error front: {area_text(result, 3)} ({span})")
     exported = [p["subnet"] for p in points if p["subnet"]]
     print(f"wrote {stem}_eval_pareto.txt, .json, {stem}_pareto.svg"
-          + (f", {stem}_curves.svg" if curves else "")
+          + (f", {stem}_curves.svg" if result["training_curves"] else "")
           + (f" and {len(exported)} subnets in {os.path.dirname(exported[0])}" if exported else "")
           + f" ({result['seconds']:.1f} s)")
 
 
 # ---------------------------------------------------------------------------------------------
-# Standalone subnets (AutoSlim's "split checkpoint", the reference's "test a subnet")
+# Standalone subnets (AutoSlim's "split checkpoint", the Joslim reference's "test a subnet")
 
 
 def save_subnet(args, checkpoint, index, point, state_dict):
     """One file per front point: the static model's state_dict plus its channel config."""
     path = os.path.join(args.export, f"{args.name}_{index:02d}_{point['macs'] / 1e6:.2f}M.pt")
-    data_args = {key: getattr(args, key) for key in sorted(data_flags())
-                 if isinstance(getattr(args, key, None), (int, float, str))}
-    record = {"state_dict": state_dict, "network": args.network,
-              "num_classes": checkpoint["num_classes"],
-              "model_options": checkpoint.get("model_options") or {}, "run": args.name,
-              **{key: point[key] for key in ("widths", "channels", "macs", "params", "mmcv_flops",
-                                             "held_out", "test", "cost", "target", "config_file")
-                 if key in point}, "data": data_args}
-    runs.save_checkpoint(path, record)
+    data_args = {key: getattr(args, key) for key in sorted(data.data_flag_names())
+                 if isinstance(getattr(args, key), (int, float, str))}
+    runs.save_checkpoint(path, {
+        "state_dict": state_dict, "network": args.network, "num_classes": checkpoint["num_classes"],
+        "model_options": checkpoint["model_options"], "run": args.name,
+        **{key: point[key] for key in ("widths", "channels", "macs", "params", "mmcv_flops",
+                                       "held_out", "test", "cost", "target", "config_file")
+           if key in point}, "data": data_args})
     return path
-
-
-SUBNET_KEYS = {"network", "num_classes", "model_options", "widths", "state_dict"}
 
 
 def load_subnet(path):
     """``(model, record)``: the plain torch model saved by ``--export`` (eval mode) and its dict."""
-    not_a_subnet = f"{path} is not a subnet file written by evaluate.py --export"
-    try:
-        record = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise Fail(f"no subnet file at {path}") from None
-    except Exception:  # truncated, or a pickle that is not plain tensors and containers
-        raise Fail(not_a_subnet) from None
-    if not isinstance(record, dict) or not SUBNET_KEYS <= set(record):
-        raise Fail(not_a_subnet)
+    record = runs.load_checkpoint(path, SUBNET_KEYS,
+                                  "a subnet file written by evaluate.py --export")
     try:
         net = slimmable.export(models.get_model(record["network"], record["num_classes"],
                                                 **record["model_options"]), record["widths"])
@@ -584,24 +508,22 @@ def evaluate_subnet(path, argv=None, loaders_cache=None):
     """Test a saved subnet on the test split (data flags: as recorded, unless given in ``argv``).
     ``loaders_cache``: a dict that keeps the loaders of each set of data flags between calls."""
     net, record = load_subnet(path)
-    args = parse_args(argv, record.get("data", {}))
-    batch_size = args.batch_size or 128
-    args.pin_memory = args.pin_memory and use_cuda(args.device)
-    key = (batch_size, tuple(sorted((k, str(getattr(args, k))) for k in data_flags())))
+    args = parse_args(argv, record["data"])
+    args.pin_memory = args.pin_memory and args.device != "cpu"
     cache = {} if loaders_cache is None else loaders_cache
-    if key not in cache:  # subnets exported from one run share their data
-        cache[key] = data.get_loaders(args, batch_size, eval_batch_size=batch_size)
+    key = repr(sorted(record["data"].items()))
+    if key not in cache:  # subnets exported from one run share their data (argv is the same)
+        cache[key] = data.get_loaders(args, args.batch_size, eval_batch_size=args.batch_size)
     loaders = cache[key]  # the whole test split
-    device = setup_distributed(args)[0]
+    device = runs.start(args.device, args.threads, set_threads=False)[0]
     result = accuracy(net.to(device), loaders.test, device)
     counted = sum(p.numel() for p in net.parameters())
     print(f"{path}: {record['network']} at {record['macs'] / 1e6:.2f}M MACs, {counted:,} params; "
           f"test top-1 {result['top1']:.2f}, top-5 {result['top5']:.2f} on {result['images']} "
           f"{loaders.dataset} images")
     return {**result, "macs": record["macs"], "params": counted,
-            "mmcv_flops": slimmable.mmcv_flops(net),
-            "cost": record.get("cost", "macs" if record.get("target_mflops") else None),
-            "target": record.get("target", record.get("target_mflops"))}
+            "mmcv_flops": slimmable.mmcv_flops(net), "cost": record.get("cost"),
+            "target": record.get("target")}
 
 
 def evaluate_subnets(paths, argv=None):
@@ -650,13 +572,13 @@ def tag(name, text=None, **attributes):
     return f"<{name} {written}/>" if text is None else f"<{name} {written}>{escape(str(text))}</{name}>"
 
 
-def front_svg(curves, title, x_label="MACs (millions)", y_label="top-1 accuracy (%)", y=0,
+def front_svg(curves, title, x_label="MACs (millions)", y_label="top-1 accuracy (%)", offset=0,
               legend_top=False):
     """An SVG plot of curves ``{"label", "points": [(macs_millions, top1)], "end", "dots_only",
     "line"}``: each one's points and (unless dots_only) its step curve up to ``end``, or the
-    straight lines through its points when ``line``; axes, ticks, legend. ``y``: the plot's
-    offset when it is nested in another SVG (``panels_svg``); ``legend_top``: the legend in the
-    top right corner (falling curves) instead of the bottom right."""
+    straight lines through its points when ``line``; axes, ticks, legend. ``offset``: the plot's
+    y when it is nested in another SVG (``panels_svg``); ``legend_top``: the legend in the top
+    right corner (falling curves) instead of the bottom right."""
     width, height, left, right, top, bottom = 760, 480, 72, 24, 44, 56
     xs = [x for c in curves for x, _ in c["points"]] + [c.get("end", 0.0) for c in curves]
     ys = [y for c in curves for _, y in c["points"]] or [0.0]
@@ -669,27 +591,26 @@ def front_svg(curves, title, x_label="MACs (millions)", y_label="top-1 accuracy 
     def sy(y):
         return round(height - bottom - (height - top - bottom) * (y - y_low) / (y_high - y_low), 1)
 
-    middle = (top + height - bottom) / 2
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" y="{y}" width="{width}" height="{height}" '
-           f'font-family="sans-serif" font-size="12">',
+    middle, grid = (top + height - bottom) / 2, "#e5e5e5"
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" y="{offset}" width="{width}" '
+           f'height="{height}" font-family="sans-serif" font-size="12">',
            tag("rect", width=width, height=height, fill="white"),
            tag("text", title, x=width / 2, y=24, text_anchor="middle", font_size=15)]
-    for tick in nice_ticks(0.0, x_high):
-        out += [tag("line", x1=sx(tick), y1=top, x2=sx(tick), y2=height - bottom, stroke="#e5e5e5"),
-                tag("text", f"{tick:g}", x=sx(tick), y=height - bottom + 16, text_anchor="middle")]
-    for tick in nice_ticks(y_low, y_high):
-        out += [tag("line", x1=left, y1=sy(tick), x2=width - right, y2=sy(tick), stroke="#e5e5e5"),
-                tag("text", f"{tick:g}", x=left - 6, y=sy(tick) + 4, text_anchor="end")]
+    for t in nice_ticks(0.0, x_high):
+        out += [tag("line", x1=sx(t), y1=top, x2=sx(t), y2=height - bottom, stroke=grid),
+                tag("text", f"{t:g}", x=sx(t), y=height - bottom + 16, text_anchor="middle")]
+    for t in nice_ticks(y_low, y_high):
+        out += [tag("line", x1=left, y1=sy(t), x2=width - right, y2=sy(t), stroke=grid),
+                tag("text", f"{t:g}", x=left - 6, y=sy(t) + 4, text_anchor="end")]
+    legend_x = width - right - 310
+    legend_y = top + 8 if legend_top else height - bottom - 10 - 18 * len(curves)
     out += [tag("rect", x=left, y=top, width=width - left - right, height=height - top - bottom,
                 fill="none", stroke="black"),
             tag("text", x_label, x=(left + width - right) / 2, y=height - 14, text_anchor="middle"),
             tag("text", y_label, x=18, y=middle, text_anchor="middle",
-                transform=f"rotate(-90 18 {middle})")]
-    legend_x, legend_y = width - right - 310, height - bottom - 10 - 18 * len(curves)
-    if legend_top:
-        legend_y = top + 8
-    out.append(tag("rect", x=legend_x, y=legend_y, width=302, height=18 * len(curves) + 4,
-                   fill="white", fill_opacity=0.85, stroke="#cccccc"))
+                transform=f"rotate(-90 18 {middle})"),
+            tag("rect", x=legend_x, y=legend_y, width=302, height=18 * len(curves) + 4,
+                fill="white", fill_opacity=0.85, stroke="#cccccc")]
     solid = 0
     for index, curve in enumerate(curves):
         dots_only = curve.get("dots_only", False)
@@ -699,11 +620,10 @@ def front_svg(curves, title, x_label="MACs (millions)", y_label="top-1 accuracy 
         if not dots_only and curve["points"]:
             line = curve["points"] if curve.get("line") else \
                 step_curve(curve["points"], curve.get("end", 0.0))
-            path = " ".join(f"{sx(x)},{sy(y)}" for x, y in line)
-            out.append(tag("polyline", class_="front", points=path, fill="none", stroke=color,
-                           stroke_width=2))
-        out += [tag("circle", cx=sx(x), cy=sy(y), r=2.5 if dots_only or curve.get("line") else 4)
-                for x, y in curve["points"]]
+            out.append(tag("polyline", class_="front", points=" ".join(
+                f"{sx(x)},{sy(y)}" for x, y in line), fill="none", stroke=color, stroke_width=2))
+        radius = 2.5 if dots_only or curve.get("line") else 4
+        out += [tag("circle", cx=sx(x), cy=sy(y), r=radius) for x, y in curve["points"]]
         row_y = legend_y + 16 + 18 * index
         out += [tag("circle", cx=legend_x + 12, cy=row_y - 4, r=4),
                 tag("text", curve["label"], x=legend_x + 22, y=row_y, fill="black"), "</g>"]
@@ -713,30 +633,23 @@ def front_svg(curves, title, x_label="MACs (millions)", y_label="top-1 accuracy 
 def panels_svg(panels, title):
     """Plots stacked in one SVG: ``panels`` is a list of ``(y_label, curves)`` drawn by
     ``front_svg`` against the training step, each titled ``title``."""
-    plots = [front_svg(curves, title, "training step", y_label, y=480 * k,
+    plots = [front_svg(curves, title, "training step", y_label, offset=480 * k,
                        legend_top="loss" in y_label) for k, (y_label, curves) in enumerate(panels)]
     return (f'<svg xmlns="http://www.w3.org/2000/svg" width="760" height="{480 * len(plots)}">\n'
             + "".join(plots) + "</svg>\n")
 
 
-def training_curves_svg(runs, title):
-    """The training curves of train.py's ``runs/NAME/curves.json``: the full and the smallest
-    network's training loss, then their held-out top-1, against the step. ``runs``: a list of
-    ``(label, points)``; one run draws both networks, several runs draw one line each per
-    network and panel."""
+def training_curves_svg(points, title):
+    """train.py's training curves (the points of ``runs/NAME/curves.json``), two plots stacked:
+    the full and the smallest network's training loss, then their held-out top-1, by step."""
     panels = []
     for y_label, key in (("training loss (full: labels; smallest: its students' loss)", "loss"),
                          ("held-out top-1 (%, BN batch statistics)", "top1")):
-        curves = []
-        for label, points in runs:
-            for end in ("full", "smallest"):
-                values = [(p["step"], p[f"{end}_{key}"]) for p in points if f"{end}_{key}" in p]
-                if values:
-                    curves.append({"label": f"{label} {end}".strip(), "points": values,
-                                   "line": True})
-        if curves:
-            panels.append((y_label, curves))
-    return panels_svg(panels, title)
+        curves = [{"label": end, "line": True, "points": [
+            (p["step"], p[f"{end}_{key}"]) for p in points if f"{end}_{key}" in p]}
+            for end in ("full", "smallest")]
+        panels.append((y_label, [curve for curve in curves if curve["points"]]))
+    return panels_svg([(y_label, curves) for y_label, curves in panels if curves], title)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -745,16 +658,16 @@ def training_curves_svg(runs, title):
 
 def top1_at(points, ratio):
     """The step curve at ``ratio``: best test top-1 among points with cost ratio <= ratio, or None."""
-    affordable = [p["test"]["top1"] for p in points if cost_ratio(p) <= ratio + 1e-9]
+    affordable = [p["test"]["top1"] for p in points if p["cost_ratio"] <= ratio + 1e-9]
     return max(affordable) if affordable else None
 
 
 def compare(names, out_path=None, overrides=None, argv=None):
     """Plot the test fronts of runs ``names`` on one SVG; print their areas and top-1 at matched
-    MACs. Runs without ``results/NAME_eval_pareto.json``, or whose checkpoint was rewritten after
-    it (see ``checkpoint_stamp``), are evaluated first (``overrides`` and ``argv`` as for
-    ``evaluate_run``); a result whose run directory is gone is plotted as it is. Returns one
-    row per run (rank 0; [] on the others):
+    cost ratios. Runs without ``results/NAME_eval_pareto.json``, or whose checkpoint was
+    rewritten after it (see ``checkpoint_stamp``), are evaluated first (``overrides`` and
+    ``argv`` as for ``evaluate_run``); a result whose run directory is gone is plotted as it is.
+    Returns one row per run (rank 0; [] on the others):
     ``{"name", "network", "method", "area", "top1_at": {ratio: top1 or None}}``. All fronts
     must be against one cost: a result against another cost than an explicit ``--cost`` is
     evaluated again; runs that still differ are refused (``Fail``)."""
@@ -766,8 +679,8 @@ def compare(names, out_path=None, overrides=None, argv=None):
             with open(path) as handle:
                 result = json.load(handle)
             stamp = checkpoint_stamp(name)
-            if stamp is None or (result.get("checkpoint_stamp") == stamp
-                                 and wanted in (None, cost_kind(result))):
+            if stamp is None or (result["checkpoint_stamp"] == stamp
+                                 and wanted in (None, result["cost"])):
                 results.append(result)
                 continue
             print(f"{path} is older than runs/{name}/checkpoint.pt, or against another cost: "
@@ -775,18 +688,17 @@ def compare(names, out_path=None, overrides=None, argv=None):
         results.append(evaluate_run(name, overrides, argv))
     if any(result is None for result in results):  # not rank 0 of a torchrun job
         return []
-    kinds = sorted({cost_kind(r) for r in results})
+    kinds = sorted({r["cost"] for r in results})
     if len(kinds) > 1:
         raise Fail(f"the runs' fronts are against different costs ({', '.join(kinds)}); pass "
                    f"--cost {kinds[0]} to compare them on one axis")
-    kind = kinds[0]
-    name, x_label = COST_NAMES.get(kind, (kind, f"{kind} (millions)"))
+    (cost_name, x_label), kind = COST_NAMES[kinds[0]], kinds[0]
     out_path = out_path or os.path.join(RESULTS_DIR, f"compare_{'_'.join(names)}.svg")
-    curves = [{"label": f"{r['name']} ({r['method']}, area {r['area']:.2f})",
-               "end": full_cost(r) / 1e6,
+    curves = [{"label": f"{r['name']} ({r['method']}, area {area_text(r)})",
+               "end": r["full_cost"] / 1e6,
                "points": [(p[kind] / 1e6, p["test"]["top1"]) for p in r["points"]]} for r in results]
-    svg = front_svg(curves, f"test top-1 vs {name} (fronts selected on held-out data)", x_label)
-    runs.write_atomic(out_path, svg)
+    runs.write_atomic(out_path, front_svg(
+        curves, f"test top-1 vs {cost_name} (fronts selected on held-out data)", x_label))
     rows = [{"name": r["name"], "network": r["network"], "method": r["method"], "area": r["area"],
              "top1_at": {level: top1_at(r["points"], level) for level in MATCHED_RATIOS}}
             for r in results]
@@ -794,32 +706,28 @@ def compare(names, out_path=None, overrides=None, argv=None):
     print(f"{'run':<{width}}{'network':<24}{'method':<8}{'area':>8}"
           + "".join(f"{f'top1@{100 * level:g}%':>12}" for level in MATCHED_RATIOS))
     for row in rows:
-        print(f"{row['name']:<{width}}{row['network']:<24}{row['method']:<8}{row['area']:>8.3f}"
+        print(f"{row['name']:<{width}}{row['network']:<24}{row['method']:<8}{area_text(row, 3):>8}"
               + "".join(f"{'-' if v is None else f'{v:.2f}':>12}" for v in row["top1_at"].values()))
-    print(f"area: mean test top-1 error (%) over {name} ratios [smallest, 1], lower is better; "
-          f"top1@X%: best test top-1 within X% of the full network's {name}. Plot: {out_path}")
+    print(f"area: mean test top-1 error (%) over {cost_name} ratios [smallest, 1], lower is "
+          f"better; top1@X%: best test top-1 within X% of the full network's {cost_name}. "
+          f"Plot: {out_path}")
     return rows
+
+
+def job(args, argv):
+    if args.subnet:
+        evaluate_subnets(args.subnet, argv)
+    elif args.compare:
+        compare(args.compare, args.out, argv=argv)
+    else:
+        evaluate_run(args.name, argv=argv)
 
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
-    # Which job only: the values are checked by parse_args over the run's (or subnet's)
-    # recorded flags, since a data flag can be valid for one dataset and not another.
-    args = build_parser().parse_args(argv)
-    try:
-        if args.subnet:
-            evaluate_subnets(args.subnet, argv)
-        elif args.compare:
-            compare(args.compare, args.out, argv=argv)
-        else:
-            evaluate_run(args.name, argv=argv)
-    except (Fail, data.DataError) as error:
-        print(f"error: {first_line(error)}", file=sys.stderr)
-        return 2
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
-    return 0
+    # Which job only: the values are parsed again over the run's (or subnet's) recorded flags,
+    # since a data flag can be valid for one dataset and not another.
+    return runs.cli(job, build_parser().parse_args(argv), argv, user_errors=(data.DataError,))
 
 
 if __name__ == "__main__":
