@@ -727,7 +727,8 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     # Which job only: the values are parsed again over the run's (or subnet's) recorded flags,
     # since a data flag can be valid for one dataset and not another.
-    return runs.cli(job, build_parser().parse_args(argv), argv, user_errors=(data.DataError,))
+    return runs.cli(job, build_parser().parse_args(argv), argv, user_errors=(data.DataError,),
+                    interrupted="interrupted: nothing was written; rerun to evaluate again")
 
 
 if __name__ == "__main__":

@@ -56,17 +56,18 @@ def first_line(error):
     return (str(error).splitlines() or [type(error).__name__])[0]
 
 
-def cli(job, *args, user_errors=()):
+def cli(job, *args, user_errors=(),
+        interrupted="interrupted: rerun the same command to continue from the last saved state"):
     """``job(*args)``'s exit status; ``Fail`` and ``user_errors`` end in one line on stderr and
-    status 2, Ctrl-C outside a training step in status 130. Leaves the process group cleanly."""
+    status 2, Ctrl-C outside a training step in ``interrupted`` and status 130. Leaves the
+    process group cleanly."""
     try:
         status = job(*args) or 0
     except (Fail, *user_errors) as error:
         print(f"error: {first_line(error)}", file=sys.stderr)
         status = 2
     except KeyboardInterrupt:
-        print("interrupted: rerun the same command to continue from the last saved state",
-              file=sys.stderr)
+        print(interrupted, file=sys.stderr)
         status = 130
     if dist.is_initialized():
         if status == 0:  # a rank leaving while gloo still talks to it aborts the other
@@ -347,7 +348,8 @@ def start(device_flag="auto", threads=0, set_threads=True):
 def device_flag(text):
     """An argparse ``type=`` for ``--device``: auto, cpu, cuda or cuda:N."""
     if text not in ("auto", "cpu", "cuda") and not re.fullmatch(r"cuda:\d+", text):
-        raise argparse.ArgumentTypeError(f"{text!r} is not auto, cpu, cuda or cuda:N")
+        raise argparse.ArgumentTypeError(f"{text!r} is invalid: it must be auto, cpu, cuda or "
+                                         f"cuda:N")
     return text
 
 
