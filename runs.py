@@ -121,8 +121,8 @@ def run_name(text):
     folders."""
     if not NAME_PATTERN.fullmatch(text):
         raise argparse.ArgumentTypeError(
-            f"{text!r} is not a run name (letters, digits, '.', '_' and '-', not starting with "
-            f"'.', at most 100 characters)")
+            f"{text!r} is invalid: a run name is letters, digits, '.', '_' and '-', not "
+            f"starting with '.', at most 100 characters")
     return text
 
 
