@@ -112,7 +112,8 @@ def _number(kind, low, high=None, low_open=False):
         except ValueError:
             pass
         bounds = f"{'>' if low_open else '>='} {low}" + ("" if high is None else f" and <= {high}")
-        raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'} {bounds}")
+        what = "an integer" if kind is int else "a number"
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what} {bounds}")
     return parse
 
 
@@ -574,9 +575,10 @@ def data_flag_names():
 def check_data_args(args):
     """One line naming data flags that are valid alone (argparse's types check that) but not
     together, or None; the scripts call it once after parsing."""
-    if args.image_size != IMAGENET_SIZE and args.dataset != "ImageNet":
-        return (f"--image_size {args.image_size} applies to ImageNet only: {args.dataset} "
-                f"images keep their own size")
+    name = canonical_dataset_name(args.dataset)
+    if args.image_size != IMAGENET_SIZE and name != "ImageNet":
+        return f"--image_size {args.image_size} applies to ImageNet only: {name} images keep " \
+               f"their own size"
     return None
 
 
