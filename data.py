@@ -293,13 +293,13 @@ def read_idx(datapath, name):
             except Exception as error:  # truncated gzip, wrong magic number, wrong dimensions
                 raise DataError(f"{path} is not an IDX {kind} file ({type(error).__name__}); "
                                 f"{expected}") from None
-    for images, labels, file in (arrays[:2] + ["train"], arrays[2:] + ["t10k"]):
+    for file, images, labels in (("train", *arrays[:2]), ("t10k", *arrays[2:])):
         if len(images) != len(labels):
             raise DataError(f"{folder}: {file} has {len(images)} images but {len(labels)} "
                             f"labels; {expected}")
         if labels.size and not 0 <= labels.min() <= labels.max() <= 9:
             raise DataError(f"{folder}: {file} labels outside 0..9; {expected}")
-    return arrays[0][:, None], arrays[1], arrays[2][:, None], arrays[3]
+    return arrays[0][:, None], arrays[1], arrays[2][:, None], arrays[3]  # labels: int64
 
 
 # ----------------------------------------------------------------------------- ImageNet
