@@ -79,7 +79,6 @@ PCA_EIGVEC = torch.tensor([[-0.5675, 0.7192, 0.4009],
                            [-0.5808, -0.0045, -0.8140],
                            [-0.5836, -0.6948, 0.4203]])
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 RECORD_HEADER = struct.Struct("<II")  # label, CRC-32 of the encoded image bytes
 LEN_KEY, CLASSES_KEY = b"__len__", b"__classes__"
 
@@ -442,18 +441,18 @@ class LMDBImageFolder(Dataset):
 
 def scan_image_folder(source_dir):
     """(class names, [(file path, label)]) of an ImageFolder tree: one sub-folder per class,
-    sorted by name to give label indices, image files found recursively (as torchvision)."""
+    sorted by name to give labels; the image files in each, found recursively and in sorted
+    order by torchvision's own ImageFolder listing."""
+    from torchvision.datasets import folder  # seconds to import; only the converter needs it
     if not os.path.isdir(source_dir):
         raise DataError(f"{source_dir} is not a folder: expected one sub-folder per class")
     classes = sorted(entry.name for entry in os.scandir(source_dir) if entry.is_dir())
-    samples = []
-    for label, name in enumerate(classes):
-        for folder, _, files in sorted(os.walk(os.path.join(source_dir, name), followlinks=True)):
-            samples += [(os.path.join(folder, file), label) for file in sorted(files)
-                        if file.lower().endswith(IMAGE_EXTENSIONS)]
+    samples = classes and folder.make_dataset(source_dir, {name: label for label, name in
+                                              enumerate(classes)}, folder.IMG_EXTENSIONS,
+                                              allow_empty=True)
     if not samples:
-        raise DataError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in class sub-folders of "
-                        f"{source_dir}")
+        raise DataError(f"no images ({', '.join(folder.IMG_EXTENSIONS)}) in class sub-folders "
+                        f"of {source_dir}")
     return classes, samples
 
 
