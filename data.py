@@ -1,50 +1,43 @@
-"""Datasets, transforms, splits and the LMDB converter for slimnets.
+"""Datasets, transforms, the held-out split and the ImageNet LMDB converter for slimnets.
 
-A width search needs three disjoint splits: `train` trains the slimmable supernet, `val` is held
-out FROM THE TRAINING SET and scores candidate widths (AutoSlim §3.1 searched on ImageNet
-val, which leaks the test set; we carve a fixed, seeded held-out part instead, as the Joslim
-digest recommends), and `test` is only ever reported. `get_loaders` returns all three.
+A width search needs three disjoint splits: `train` trains the slimmable supernet, `val` scores
+candidate widths and `test` is only reported. AutoSlim (§3.1) searched on ImageNet's validation
+set, the very set it reports, so its search was fitted to the reported figure; `val` here is a
+fixed, seeded part held out OF THE TRAINING SET instead. `get_loaders` returns all three.
 
-Datasets (`--dataset`, any case):
-  synthetic  the default; built in memory from `--data_seed` in a few seconds, so every script
-             runs on a laptop CPU with no download. CIFAR-shaped: 32x32 RGB, 10 classes.
-  CIFAR10 / CIFAR100  the python-pickle folders (`cifar-10-batches-py`, `cifar-100-python`)
-             under `--datapath` (the parent or the folder itself). Nothing is downloaded.
-  ImageNet   any ImageFolder tree converted to LMDB: `--datapath` holds train.lmdb and
-             val.lmdb (val.lmdb becomes the test split); --image_size crops (224).
+Datasets (`--dataset`, any case; nothing is downloaded):
+  synthetic  the default, made in memory from --data_seed in seconds: 32x32 RGB, 10 classes.
+  CIFAR10, CIFAR100  the python-pickle folder cifar-10-batches-py or cifar-100-python, as
+             --datapath or inside it, read by an unpickler that admits nothing but arrays.
+  MNIST, FashionMNIST  the four IDX files (raw or .gz) in --datapath or --datapath/NAME/raw.
+  ImageNet   train.lmdb and val.lmdb (the test split) in --datapath, made by `to-lmdb`.
 
-How the synthetic set is made, and why width matters on it. A "world" drawn from the seed
-holds 10 classes (--synthetic_classes) x 2 modes = 20 prototype textures: each a 16x16 patch
-whose elliptical grey pattern averages two cosine gratings of random orientation, frequency and
-phase, painted in a mode colour. An image is a smooth random colour field (bilinear 5x5 noise)
-plus pixel noise, with one prototype of its class pasted at a random place in a jittered
-colour. Position, colour jitter, background and noise are nuisances; telling 20 textures
-apart anywhere in the image needs many distinct oriented, colour-aware filters, so capacity
-pays off (README, "Results", has the figures measured with the demo). The patches are large
-enough that a network leaves the chance plateau within a few dozen steps even under the
-sandwich rule, whose students distil from a teacher that starts at chance (with 40 12x12
-patches the demo sat at chance for 200 steps). Defaults: --synthetic_train 10000, of which
---val_size 1000 are held out; 2000 test images. Train and test images come from separate
-random streams of the same world; classes are exactly balanced.
+The synthetic set: the seed draws two prototype textures per class, each a 16x16 ellipse holding
+the mean of two cosine gratings (random orientation, frequency, phase) in its own colour. An
+image is a smooth random colour field plus pixel noise, with one prototype of its class pasted at
+a random place in a jittered colour. Telling the textures apart anywhere takes many oriented,
+colour-aware filters, so wider networks score better; the patches are large enough that training
+leaves chance within a few dozen steps even under the sandwich rule (12x12 ones sat at chance for
+200 steps). Train and test images are separate random streams of the same prototypes; classes
+are exactly balanced.
 
-LMDB layout written by `python data.py to-lmdb SRC DST.lmdb` (ImageFolder: sorted class
-folders give label indices). Key b"%08d" % i holds one image: an 8-byte header (label,
-CRC-32 of the bytes; little-endian uint32s) then the ENCODED file bytes, so the database is as
-small as the JPEGs and decoding happens in the loader workers. b"__classes__" holds the class
-names (JSON), and b"__len__" the record count, written last: a database without it is
-incomplete. The converter writes DST.tmp-PID and renames it only after success.
+LMDB layout (`python data.py to-lmdb SRC DST.lmdb`; SRC's sorted class folders give labels
+0..C-1): key b"%08d" % i holds record i, an 8-byte header (label, CRC-32 of the image bytes;
+little-endian uint32s) then the image file's bytes still ENCODED, so the database is as small as
+the JPEGs and the loader workers decode. b"__classes__" holds the class names (JSON); b"__len__",
+the record count (ASCII digits), is written last: a database without it is incomplete. The
+converter writes DST.tmp-PID and renames it to DST only after success.
 
-Example:
+Examples:
     python data.py info                                  # synthetic split sizes
     python data.py info --dataset cifar100 --datapath ./data
-    python data.py to-lmdb ~/imagenet/train ./data/train.lmdb
-    python data.py to-lmdb ~/imagenet/val ./data/val.lmdb
+    python data.py to-lmdb ~/imagenet/train ./data/train.lmdb    # and ~/imagenet/val
     python data.py check --dataset ImageNet --datapath ./data   # decodes every record
 
     import argparse, data
-    parser = argparse.ArgumentParser(); data.add_data_args(parser)
-    loaders = data.get_loaders(parser.parse_args([]), batch_size=128)
-    images, labels = next(iter(loaders.train))       # (128, 3, 32, 32) float, (128,) int64
+    args = data.add_data_args(argparse.ArgumentParser()).parse_args([])
+    images, labels = next(iter(data.get_loaders(args, batch_size=128).train))
+    # images (128, 3, 32, 32) float32, labels (128,) int64
 """
 import argparse
 import io
@@ -55,6 +48,7 @@ import pickle
 import shutil
 import struct
 import sys
+import tempfile
 import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -85,7 +79,6 @@ PCA_EIGVEC = torch.tensor([[-0.5675, 0.7192, 0.4009],
                            [-0.5808, -0.0045, -0.8140],
                            [-0.5836, -0.6948, 0.4203]])
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 RECORD_HEADER = struct.Struct("<II")  # label, CRC-32 of the encoded image bytes
 LEN_KEY, CLASSES_KEY = b"__len__", b"__classes__"
 
@@ -94,11 +87,9 @@ class DataError(Exception):
     """A data problem the user can fix; str(error) is the one line to show them."""
 
     def __init__(self, message):
-        # A DataLoader worker's exception comes back as type(e)("Caught DataError in DataLoader
-        # worker ...\n<traceback>"); keep our own last line so the user still sees one line.
-        self.worker_traceback = None
+        # A DataLoader worker's error comes back as DataError("Caught DataError in DataLoader
+        # worker ...\n<traceback>"): keep the line our code raised, so it stays one line.
         if message.startswith("Caught DataError"):
-            self.worker_traceback = message
             lines = [line for line in message.splitlines() if "DataError: " in line]
             message = lines[-1].split("DataError: ", 1)[1] if lines else message
         super().__init__(message)
@@ -106,6 +97,23 @@ class DataError(Exception):
 
 def _first_line(error):
     return (str(error).splitlines() or [type(error).__name__])[0]
+
+
+def _number(kind, low, high=None, low_open=False):
+    """An argparse ``type=``: a finite ``kind`` (int or float) >= ``low`` (> it when
+    ``low_open``) and <= ``high``; anything else ends in argparse's one-line error."""
+    def parse(text):
+        try:
+            value = kind(text)
+            if math.isfinite(value) and (value > low or value == low and not low_open) and \
+                    (high is None or value <= high):
+                return value
+        except ValueError:
+            pass
+        bounds = f"{'>' if low_open else '>='} {low}" + ("" if high is None else f" and <= {high}")
+        what = "an integer" if kind is int else "a number"
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what} {bounds}")
+    return parse
 
 
 # ----------------------------------------------------------------------------- synthetic
@@ -152,26 +160,28 @@ def make_synthetic_images(num_images, num_classes=10, seed=0, split=0, modes_per
 
 # ----------------------------------------------------------------------------- CIFAR
 
-def _read_cifar_file(path, label_key):
-    """(uint8 images (N, 3, 32, 32), int64 labels) of one CIFAR python-pickle file."""
-    try:
-        with open(path, "rb") as f:
-            entry = pickle.load(f, encoding="bytes")  # the CIFAR files are Python 2 pickles
-        entry = {key.decode() if isinstance(key, bytes) else key: v for key, v in entry.items()}
-        images = np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)  # RGB planes
-        labels = np.asarray(entry[label_key], dtype=np.int64)
-    except FileNotFoundError:
-        raise DataError(f"missing {path}") from None
-    except Exception as error:  # truncated, not a pickle, wrong keys or shapes
-        raise DataError(f"{path} is not a CIFAR python-pickle file with 'data' and "
-                        f"'{label_key}' ({type(error).__name__})") from None
-    if len(images) != len(labels):
-        raise DataError(f"{path} holds {len(images)} images but {len(labels)} labels")
-    return images, labels
+# Every global a CIFAR batch (a dict of a NumPy array and lists) may name: NumPy's array
+# rebuilders under NumPy 1 and 2 module names, pickle protocols 2 to 5, and the codec through
+# which protocol-2 pickles written by Python 3 store bytes.
+CIFAR_PICKLE_GLOBALS = {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")} | {
+    (f"numpy.{core}.{module}", name) for core in ("core", "_core") for module, name in
+    (("multiarray", "_reconstruct"), ("multiarray", "scalar"), ("numeric", "_frombuffer"))}
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Refuses every global outside CIFAR_PICKLE_GLOBALS before importing it: a pickle calls
+    the globals it names (a crafted file's ``__reduce__`` names os.system)."""
+
+    def find_class(self, module, name):
+        if (module, name) not in CIFAR_PICKLE_GLOBALS:
+            raise pickle.UnpicklingError(f"refused to load {module}.{name}, which no CIFAR file "
+                                         f"holds and which could run code")
+        return super().find_class(module, name)
 
 
 def read_cifar(datapath, name):
-    """(train images, train labels, test images, test labels) of CIFAR10/CIFAR100 under datapath."""
+    """(train images, train labels, test images, test labels) of CIFAR10 or CIFAR100 in or
+    under `datapath`: uint8 (N, 3, 32, 32) RGB planes and int64 (N,)."""
     folder_name, train_files, test_file, label_key, num_classes = {
         "CIFAR10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)],
                     "test_batch", "labels", 10),
@@ -182,13 +192,29 @@ def read_cifar(datapath, name):
     if not os.path.isdir(folder):
         raise DataError(f"no {name} at {datapath}: expected the python-pickle folder "
                         f"{folder_name}/ (from cs.toronto.edu/~kriz) there or as --datapath")
-    parts = [_read_cifar_file(os.path.join(folder, file), label_key) for file in train_files]
-    train_images = np.concatenate([images for images, _ in parts])
-    train_labels = np.concatenate([labels for _, labels in parts])
-    test_images, test_labels = _read_cifar_file(os.path.join(folder, test_file), label_key)
-    if any(np.any((labels < 0) | (labels >= num_classes)) for labels in (train_labels, test_labels)):
-        raise DataError(f"labels outside 0..{num_classes - 1} in {folder}")
-    return train_images, train_labels, test_images, test_labels
+
+    def read(file):
+        path = os.path.join(folder, file)
+        try:
+            with open(path, "rb") as f:
+                entry = _CifarUnpickler(f, encoding="bytes").load()  # Python 2 pickles
+            entry = {key.decode() if isinstance(key, bytes) else key: v for key, v in entry.items()}
+            images = np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+            labels = np.asarray(entry[label_key], dtype=np.int64)
+        except FileNotFoundError:
+            raise DataError(f"missing {path}") from None
+        except Exception as error:  # refused, truncated, not a pickle, wrong keys or shapes
+            raise DataError(f"{path} is not a CIFAR python-pickle file with 'data' and "
+                            f"'{label_key}' ({type(error).__name__}: {_first_line(error)})") from None
+        if len(images) != len(labels):
+            raise DataError(f"{path} holds {len(images)} images but {len(labels)} labels")
+        if np.any((labels < 0) | (labels >= num_classes)):
+            raise DataError(f"{path} holds labels outside 0..{num_classes - 1}")
+        return images, labels
+
+    train = [read(file) for file in train_files]
+    return (np.concatenate([images for images, _ in train]),
+            np.concatenate([labels for _, labels in train]), *read(test_file))
 
 
 class InMemoryImages(Dataset):
@@ -226,9 +252,8 @@ IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-
 # Where Debian's packages put the files (apt-get install dataset-fashion-mnist); MNIST has none.
 IDX_SYSTEM_FOLDERS = {"FashionMNIST": "/usr/share/datasets/fashion-mnist"}
 IDX_SOURCES = {"FashionMNIST": "apt-get install dataset-fashion-mnist puts them in "
-                               "/usr/share/datasets/fashion-mnist",
-               "MNIST": "torchvision.datasets.MNIST(ROOT, download=True) on a machine with "
-                        "internet puts them in ROOT/MNIST/raw"}
+                               + IDX_SYSTEM_FOLDERS["FashionMNIST"],
+               "MNIST": "torchvision.datasets.MNIST(ROOT, download=True) puts them in ROOT/MNIST/raw"}
 # Mean and std of the 60,000 training images' pixels in [0, 1] (computed from the files).
 IDX_MEAN_STD = {"FashionMNIST": ((0.2860,), (0.3530,)), "MNIST": ((0.1307,), (0.3081,))}
 
@@ -248,38 +273,32 @@ def idx_folder(datapath, name):
 
 def read_idx(datapath, name):
     """(train images (60000, 1, 28, 28) uint8, train labels int64, test images, test labels) of
-    MNIST or FashionMNIST: the four standard IDX files, each raw or gzipped (``.gz``), read by
-    torchvision's own IDX reader. DataError (one line) when a file is missing or malformed."""
+    MNIST or FashionMNIST: the four IDX files, each raw or gzipped, read by torchvision's IDX
+    reader (a .gz unpacked to a scratch folder first, as torchvision's download does)."""
     from torchvision.datasets import mnist, utils  # seconds to import; only these sets need it
-    import tempfile
     folder = idx_folder(datapath, name)
-    expected = (f"expected {', '.join(IDX_FILES)} (each raw or .gz) in {folder}; "
-                f"{IDX_SOURCES[name]}")
+    expected = f"expected {', '.join(IDX_FILES)} (each raw or .gz) in {folder}; {IDX_SOURCES[name]}"
     arrays = []
     with tempfile.TemporaryDirectory(prefix="slimnets-idx-") as scratch:
         for file in IDX_FILES:
             path = os.path.join(folder, file)
-            if not os.path.exists(path):
-                path += ".gz"
+            path = path if os.path.exists(path) else path + ".gz"
             if not os.path.exists(path):
                 raise DataError(f"no {name} at {folder}: missing {file}; {expected}")
+            kind = "image" if "images" in file else "label"
             try:
                 readable = utils.extract_archive(path, scratch) if path.endswith(".gz") else path
-                reader = mnist.read_image_file if "images" in file else mnist.read_label_file
-                arrays.append(reader(readable).numpy())
+                arrays.append(getattr(mnist, f"read_{kind}_file")(readable).numpy())
             except Exception as error:  # truncated gzip, wrong magic number, wrong dimensions
-                raise DataError(f"{path} is not an IDX {'image' if 'images' in file else 'label'}"
-                                f" file ({type(error).__name__}); {expected}") from None
-    train_images, train_labels, test_images, test_labels = arrays
-    for images, labels, file in ((train_images, train_labels, "train"),
-                                 (test_images, test_labels, "t10k")):
+                raise DataError(f"{path} is not an IDX {kind} file ({type(error).__name__}); "
+                                f"{expected}") from None
+    for file, images, labels in (("train", *arrays[:2]), ("t10k", *arrays[2:])):
         if len(images) != len(labels):
             raise DataError(f"{folder}: {file} has {len(images)} images but {len(labels)} "
                             f"labels; {expected}")
         if labels.size and not 0 <= labels.min() <= labels.max() <= 9:
             raise DataError(f"{folder}: {file} labels outside 0..9; {expected}")
-    return (train_images[:, None], train_labels.astype(np.int64),
-            test_images[:, None], test_labels.astype(np.int64))
+    return arrays[0][:, None], arrays[1], arrays[2][:, None], arrays[3]  # labels: int64
 
 
 # ----------------------------------------------------------------------------- ImageNet
@@ -300,8 +319,7 @@ class PCALighting:
 def imagenet_transform(train, scale_ratio=0.08, slim_dataaug=False, image_size=224):
     """Train: RandomResizedCrop(image_size, scale=(scale_ratio, 1)) [+ ColorJitter + PCA
     lighting] + flip. Eval: Resize(round(image_size * 256 / 224)) + CenterCrop(image_size), the
-    standard 256 -> 224 ratio (224: Resize(256) + CenterCrop(224), as the papers). Both end in
-    ImageNet's Normalize. ``image_size`` in pixels (``--image_size``)."""
+    papers' 256 -> 224 ratio. Both end in ImageNet's Normalize; ``image_size`` in pixels."""
     from torchvision import transforms  # imported here: it takes seconds, and only ImageNet needs it
     normalize = transforms.Normalize(*IMAGENET_MEAN_STD)
     if not train:
@@ -323,7 +341,8 @@ def _require_lmdb():
 
 
 def _open_lmdb(path):
-    """A read-only environment; lock=False because readers never write (and NFS has no locks)."""
+    """A new read-only environment of `path`; lock=False: readers never write (and NFS has no
+    locks)."""
     if not os.path.exists(path):
         raise DataError(f"missing {path}: make it with python data.py to-lmdb IMAGE_FOLDER {path}")
     _require_lmdb()
@@ -336,11 +355,10 @@ def _open_lmdb(path):
     except lmdb.Error as error:
         raise DataError(f"{path} is not a readable LMDB database ({_first_line(error)})") from None
     data_file = os.path.join(path, "data.mdb") if os.path.isdir(path) else path
-    size = os.path.getsize(data_file)
-    if needed > size:
+    if needed > os.path.getsize(data_file):
         env.close()
         raise DataError(f"{path} is truncated: its pages need {needed} bytes, {data_file} holds "
-                        f"{size}; copy it again, or rebuild it with python data.py to-lmdb")
+                        f"{os.path.getsize(data_file)}; copy it again or rebuild it with to-lmdb")
     return env
 
 
@@ -348,11 +366,10 @@ _ENVIRONMENTS = {}  # database path -> (process id, its read-only environment th
 
 
 def _shared_lmdb(path):
-    """This process's read-only environment of `path`, opened on first use and shared by every
-    dataset that reads it: py-lmdb refuses to open one database twice in a process, and the
-    ImageNet train and val splits both read train.lmdb (with --workers 0, in one process). A
-    forked DataLoader worker closes the copy it inherited (an environment must not cross a
-    fork) and opens its own."""
+    """This process's environment of `path`, opened at its first record read and shared by
+    every dataset reading it: py-lmdb refuses to open one database twice in a process, and the
+    ImageNet train and val splits both read train.lmdb. A forked DataLoader worker closes the
+    copy it inherited (an environment must not cross a fork) and opens its own."""
     pid, env = _ENVIRONMENTS.get(path, (None, None))
     if pid != os.getpid():
         if env is not None:
@@ -363,43 +380,43 @@ def _shared_lmdb(path):
 
 
 def _read_lmdb_header(path):
-    """(record count, class names) of a database written by `to-lmdb`."""
+    """(record count, class names) of a database written by `to-lmdb`, read through this
+    process's shared environment if it has one, else one closed after (the process keeps no
+    database open that it reads no record of)."""
     pid, shared = _ENVIRONMENTS.get(path, (None, None))
     env = shared if pid == os.getpid() else _open_lmdb(path)
     try:
         with env.begin() as txn:
             length, classes = txn.get(LEN_KEY), txn.get(CLASSES_KEY)
-        if length is None or classes is None:
-            raise DataError(f"{path} is incomplete (no __len__ key): its conversion did not "
-                            f"finish; delete it and run python data.py to-lmdb again")
-        return int(length), json.loads(classes)
+        if length is not None and classes is not None:
+            return int(length), json.loads(classes)
     except (lmdb.Error, ValueError) as error:
         raise DataError(f"{path} is not a to-lmdb database ({_first_line(error)})") from None
     finally:
         if env is not shared:
             env.close()
+    raise DataError(f"{path} is incomplete (no __len__ key): its conversion did not finish; "
+                    f"delete it and run python data.py to-lmdb again")
 
 
 class LMDBImageFolder(Dataset):
-    """Images from a `to-lmdb` database; `indices` picks a subset of its records.
-
-    The LMDB environment is opened lazily, once per process and database (`_shared_lmdb`):
-    an environment must not cross a fork or a pickle into DataLoader workers, so each worker
-    opens its own on first use, and the train and val splits of one file share it.
-    """
+    """The images of a `to-lmdb` database, or of its records `indices`. It opens the database
+    in each process at its first read (`_shared_lmdb`), so it crosses into DataLoader workers
+    as a path."""
 
     def __init__(self, path, transform, indices=None):
         self.path, self.transform = path, transform
-        self.num_records, self.classes = _read_lmdb_header(path)
-        self.indices = range(self.num_records) if indices is None else indices
+        num_records, self.classes = _read_lmdb_header(path)
+        self.indices = range(num_records) if indices is None else indices
 
     def __len__(self):
         return len(self.indices)
 
-    def read_record(self, record):
-        """(encoded image bytes, label) of record number `record`, checked against its CRC."""
-        env = _shared_lmdb(self.path)
-        where = f"{self.path}: record {record}"
+    def __getitem__(self, index):
+        """(transformed image, label); `transform=None` gives the decoded RGB PIL image. A
+        record that fails its CRC or does not decode fully is a DataError."""
+        record = self.indices[index]
+        where, env = f"{self.path}: record {record}", _shared_lmdb(self.path)
         try:
             with env.begin() as txn:
                 value = txn.get(b"%08d" % record)
@@ -412,17 +429,11 @@ class LMDBImageFolder(Dataset):
         image_bytes = value[RECORD_HEADER.size:]
         if zlib.crc32(image_bytes) != checksum or label >= len(self.classes):
             raise DataError(f"{where} is corrupt (checksum or label mismatch); rebuild the database")
-        return image_bytes, label
-
-    def __getitem__(self, index):
-        """(transformed image, label); `transform=None` gives the decoded RGB PIL image."""
-        record = self.indices[index]
-        image_bytes, label = self.read_record(record)
         try:
             image = Image.open(io.BytesIO(image_bytes)).convert("RGB")  # forces the full decode
         except Exception as error:  # PIL raises OSError, SyntaxError, ValueError, ...
-            raise DataError(f"{self.path}: record {record} does not decode as an image "
-                            f"({_first_line(error)}); rebuild the database") from None
+            raise DataError(f"{where} does not decode as an image ({_first_line(error)}); "
+                            f"rebuild the database") from None
         return (self.transform(image) if self.transform else image), label
 
 
@@ -430,18 +441,18 @@ class LMDBImageFolder(Dataset):
 
 def scan_image_folder(source_dir):
     """(class names, [(file path, label)]) of an ImageFolder tree: one sub-folder per class,
-    sorted by name to give label indices, image files found recursively (as torchvision)."""
+    sorted by name to give labels; the image files in each, found recursively and in sorted
+    order by torchvision's own ImageFolder listing."""
+    from torchvision.datasets import folder  # seconds to import; only the converter needs it
     if not os.path.isdir(source_dir):
         raise DataError(f"{source_dir} is not a folder: expected one sub-folder per class")
     classes = sorted(entry.name for entry in os.scandir(source_dir) if entry.is_dir())
-    samples = []
-    for label, name in enumerate(classes):
-        for folder, _, files in sorted(os.walk(os.path.join(source_dir, name), followlinks=True)):
-            samples += [(os.path.join(folder, file), label) for file in sorted(files)
-                        if file.lower().endswith(IMAGE_EXTENSIONS)]
+    samples = classes and folder.make_dataset(source_dir, {name: label for label, name in
+                                              enumerate(classes)}, folder.IMG_EXTENSIONS,
+                                              allow_empty=True)
     if not samples:
-        raise DataError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in class sub-folders of "
-                        f"{source_dir}")
+        raise DataError(f"no images ({', '.join(folder.IMG_EXTENSIONS)}) in class sub-folders "
+                        f"of {source_dir}")
     return classes, samples
 
 
@@ -470,24 +481,19 @@ def _put_all(env, items):
 
 
 def convert_folder_to_lmdb(source_dir, lmdb_path, records_per_commit=1000, log=print):
-    """Write every image of an ImageFolder tree into a new LMDB database at `lmdb_path`.
-
-    Records go to `lmdb_path`.tmp-PID first; the record count is written last and the folder
-    is renamed into place only after everything succeeded, so an interrupted conversion never
-    leaves a database at `lmdb_path`. Returns the number of images written.
-    """
+    """Write every image of an ImageFolder tree into a new LMDB database at `lmdb_path`; returns
+    the number of images. Records go to `lmdb_path`.tmp-PID, the record count last, and the
+    folder is renamed into place only after all succeeded: an interrupted conversion leaves no
+    database at `lmdb_path`."""
     if os.path.exists(lmdb_path):
         raise DataError(f"{lmdb_path} already exists; delete it or choose another destination")
     parent = os.path.dirname(os.path.abspath(lmdb_path))
     if not os.path.isdir(parent):
         raise DataError(f"the folder {parent} does not exist; create it first")
-    if records_per_commit < 1:
-        raise DataError(f"--records_per_commit {records_per_commit} must be at least 1")
     _require_lmdb()
     classes, samples = scan_image_folder(source_dir)
     log(f"to-lmdb: {len(samples)} images in {len(classes)} classes from {source_dir}")
-    temporary_path = f"{lmdb_path}.tmp-{os.getpid()}"
-    start = time.time()
+    temporary_path, start = f"{lmdb_path}.tmp-{os.getpid()}", time.time()
     try:
         env = lmdb.open(temporary_path, subdir=True, map_size=1 << 30, meminit=False)
     except lmdb.Error as error:
@@ -514,57 +520,46 @@ def convert_folder_to_lmdb(source_dir, lmdb_path, records_per_commit=1000, log=p
     return len(samples)
 
 
-# ----------------------------------------------------------------------------- splits, loaders
-
-def held_out_split(num_train, val_size, seed=HELD_OUT_SEED):
-    """(train indices, val indices): a fixed random `val_size` of range(num_train) held out."""
-    if not 0 <= val_size < num_train:
-        raise DataError(f"--val_size {val_size} must be in 0..{num_train - 1} (training images)")
-    permutation = np.random.default_rng(seed).permutation(num_train)
-    return np.sort(permutation[val_size:]), np.sort(permutation[:val_size])
-
+# ----------------------------------------------------------------------------- flags
 
 def canonical_dataset_name(name):
-    """'cifar100' -> 'CIFAR100'; an unknown name is returned as given (get_loaders reports it)."""
+    """'cifar100' -> 'CIFAR100'; an unknown name is returned as given (for argparse to refuse)."""
     return {known.lower(): known for known in DATASETS}.get(name.lower(), name)
 
 
 def add_data_args(parser):
-    """Add the data flags shared by train.py, search.py and evaluate.py."""
+    """Add the data flags shared by train.py, search.py and evaluate.py; returns `parser`."""
     group = parser.add_argument_group("data")
-    group.add_argument("--dataset", type=canonical_dataset_name, default="synthetic", help=
-                       "synthetic (default, made in memory), CIFAR10, CIFAR100, FashionMNIST, "
-                       "MNIST or ImageNet; any case")
+    group.add_argument("--dataset", type=canonical_dataset_name, choices=DATASETS,
+                       default="synthetic", help="any case (default synthetic, made in memory)")
     group.add_argument("--datapath", default=None, help="CIFAR: the folder holding (or being) "
                        "cifar-10-batches-py or cifar-100-python; FashionMNIST/MNIST: the folder "
-                       "holding the four IDX files (raw or .gz; or NAME/raw below it); ImageNet: "
-                       "the folder holding train.lmdb and val.lmdb (default ./data; "
-                       "FashionMNIST: /usr/share/datasets/fashion-mnist when it exists)")
-    group.add_argument("--val_size", type=int, default=None,
-                       help="images held out of the training set for width search (default: "
-                            "synthetic 1000, CIFAR/MNIST/FashionMNIST 5000, ImageNet 10000; "
-                            "0 = none)")
-    group.add_argument("--train_size", type=int, default=0,
+                       "holding the four IDX files (or NAME/raw below it); ImageNet: the folder "
+                       "holding train.lmdb and val.lmdb (default ./data; FashionMNIST: "
+                       "/usr/share/datasets/fashion-mnist when it exists)")
+    group.add_argument("--val_size", type=_number(int, 0), default=None,
+                       help="images held out of the training set for width search, 0 for none "
+                            "(default: synthetic 1000, ImageNet 10000, others 5000)")
+    group.add_argument("--train_size", type=_number(int, 0), default=0,
                        help="train on a fixed random subset of this many of the images left "
-                            "after the held-out split (default 0: all of them); short studies")
-    group.add_argument("--workers", type=int, default=2,
+                            "after the held-out split (default 0: all of them)")
+    group.add_argument("--workers", type=_number(int, 0), default=2,
                        help="DataLoader worker processes per training process (default 2)")
     group.add_argument("--pin_memory", action=argparse.BooleanOptionalAction, default=True,
                        help="page-locked batches for faster GPU copies (default on)")
-    group.add_argument("--scale_ratio", type=float, default=0.08,
+    group.add_argument("--scale_ratio", type=_number(float, 0, 1, low_open=True), default=0.08,
                        help="ImageNet: smallest area fraction of RandomResizedCrop (default 0.08)")
-    group.add_argument("--image_size", type=int, default=IMAGENET_SIZE,
-                       help="ImageNet: side in pixels of the training crop and of the test centre "
-                            "crop (the test image is first resized to image_size * 256/224); "
-                            "the networks' MACs are counted at it (default 224, the papers'; "
-                            "smaller: quick studies and tests)")
+    group.add_argument("--image_size", type=_number(int, 1), default=IMAGENET_SIZE,
+                       help="ImageNet: training crop and test centre crop in pixels, the test "
+                            "image first resized to image_size * 256/224; MACs are counted at "
+                            "it (default 224, the papers'; smaller: quick studies)")
     group.add_argument("--slim_dataaug", action="store_true",
                        help="ImageNet: add ColorJitter(0.4, 0.4, 0.4) and PCA lighting (0.1)")
-    group.add_argument("--synthetic_train", type=int, default=10000,
+    group.add_argument("--synthetic_train", type=_number(int, 1), default=10000,
                        help="synthetic: training images, held-out val included (default 10000)")
-    group.add_argument("--synthetic_test", type=int, default=2000,
+    group.add_argument("--synthetic_test", type=_number(int, 1), default=2000,
                        help="synthetic: test images (default 2000)")
-    group.add_argument("--synthetic_classes", type=int, default=10,
+    group.add_argument("--synthetic_classes", type=_number(int, 2), default=10,
                        help="synthetic: number of classes (default 10)")
     group.add_argument("--data_seed", type=int, default=0,
                        help="synthetic: seed the whole data set is generated from (default 0)")
@@ -572,65 +567,35 @@ def add_data_args(parser):
 
 
 def data_flag_names():
-    """The names (argparse destinations) of the flags ``add_data_args`` adds."""
+    """The names (argparse destinations) of the flags `add_data_args` adds."""
     return set(vars(add_data_args(argparse.ArgumentParser(add_help=False)).parse_args([])))
 
 
-def first_batches(loader, count=None, images=None, seed=None):
-    """The first ``count`` batches of ``loader``, or its first ``images`` images, as a list of
-    ``(inputs, targets)``: drawn without touching torch's global RNG, which is seeded with
-    ``seed`` inside (when given) so that random transforms and workers draw the same each call."""
-    batches, seen = [], 0
-    with torch.random.fork_rng(devices=[]):
-        if seed is not None:
-            torch.manual_seed(seed)
-        for batch in loader:
-            inputs, targets = batch[0], batch[1]
-            if images is not None:
-                inputs, targets = inputs[:images - seen], targets[:images - seen]
-            batches.append((inputs, targets))
-            seen += len(targets)
-            if len(batches) == count or (images is not None and seen >= images):
-                break
-    return batches
-
-
-def flag_problem(args, rules):
-    """One line naming the first flag of ``rules`` ({flag: (test of a value, what it must be)})
-    whose value is invalid, or None. A flag left unset (None) is skipped, each value of a list
-    flag is tested, and a float that is not finite is invalid. train.py, search.py, evaluate.py
-    and ``check_data_args`` validate their flags through this, each with its own table."""
-    for flag, (valid, meaning) in rules.items():
-        value = getattr(args, flag)
-        if value is None:
-            continue
-        for item in value if isinstance(value, (list, tuple)) else [value]:
-            if isinstance(item, float) and not math.isfinite(item) or not valid(item):
-                shown = " ".join(map(str, value)) if isinstance(value, (list, tuple)) else value
-                return f"--{flag} {shown} is invalid: it must be {meaning}"
+def check_data_args(args):
+    """One line naming data flags that are valid alone (argparse's types check that) but not
+    together, or None; the scripts call it once after parsing."""
+    name = canonical_dataset_name(args.dataset)
+    if args.image_size != IMAGENET_SIZE and name != "ImageNet":
+        return f"--image_size {args.image_size} applies to ImageNet only: {name} images keep " \
+               f"their own size"
     return None
 
 
-DATA_FLAG_RULES = {  # the flags of add_data_args: (test of the value, what it must be)
-    "workers": (lambda v: v >= 0, "at least 0"), "train_size": (lambda v: v >= 0, "at least 0"),
-    "synthetic_train": (lambda v: v >= 1, "at least 1"),
-    "synthetic_test": (lambda v: v >= 1, "at least 1"),
-    "synthetic_classes": (lambda v: v >= 2, "at least 2"),
-    "val_size": (lambda v: v >= 0, "0 (none) or more"),
-    "scale_ratio": (lambda v: 0 < v <= 1, "in (0, 1]"),
-    "image_size": (lambda v: v >= 1, "at least 1 (pixels)"),
-}
+# ----------------------------------------------------------------------------- splits, loaders
 
-
-def check_data_args(args):
-    """One line saying which flag of ``add_data_args`` is invalid, or None (the scripts call it
-    once while parsing their flags)."""
-    problem = flag_problem(args, DATA_FLAG_RULES)
-    if problem is None and args.image_size != IMAGENET_SIZE and \
-            canonical_dataset_name(args.dataset) != "ImageNet":
-        problem = (f"--image_size {args.image_size} applies to ImageNet only: "
-                   f"{canonical_dataset_name(args.dataset)} images keep their own size")
-    return problem
+def held_out_split(num_train, val_size, train_size=0, seed=HELD_OUT_SEED):
+    """(train indices, val indices), each sorted: a fixed random `val_size` of range(num_train)
+    held out, and of the rest a fixed random `train_size` trained on (0: all of them)."""
+    if not 0 <= val_size < num_train:
+        raise DataError(f"--val_size {val_size} must be in 0..{num_train - 1} (training images)")
+    permutation = np.random.default_rng(seed).permutation(num_train)
+    train, val = np.sort(permutation[val_size:]), np.sort(permutation[:val_size])
+    if train_size > len(train):
+        raise DataError(f"--train_size {train_size} must be at most {len(train)} (the training "
+                        f"images left after the held-out split), or 0 for all")
+    if train_size:
+        train = train[np.sort(np.random.default_rng([seed, 1]).permutation(len(train))[:train_size])]
+    return train, val
 
 
 class Loaders(NamedTuple):
@@ -643,44 +608,33 @@ class Loaders(NamedTuple):
     in_channels: int = 3         # 3 (RGB) or 1 (MNIST, FashionMNIST)
 
 
-def train_subset(train_indices, size, seed=HELD_OUT_SEED):
-    """`size` of the training indices (a fixed random choice, sorted); all of them for 0."""
-    if size == 0:
-        return train_indices
-    if not 0 < size <= len(train_indices):
-        raise DataError(f"--train_size {size} must be in 1..{len(train_indices)} (the training "
-                        f"images left after the held-out split), or 0 for all")
-    chosen = np.random.default_rng([seed, 1]).permutation(len(train_indices))[:size]
-    return train_indices[np.sort(chosen)]
+def _imagenet_datasets(args, val_size):
+    """(train, val or None, test, number of classes) of --datapath's train.lmdb and val.lmdb."""
+    datapath = args.datapath or "./data"
+    train_path, test_path = (os.path.join(datapath, f) for f in ("train.lmdb", "val.lmdb"))
+    if not (os.path.exists(train_path) and os.path.exists(test_path)):
+        raise DataError(f"no ImageNet at {datapath}: expected train.lmdb and val.lmdb "
+                        f"there (make them with python data.py to-lmdb)")
+    num_train, classes = _read_lmdb_header(train_path)
+    train_indices, val_indices = held_out_split(num_train, val_size, args.train_size)
+    evaluation = imagenet_transform(False, image_size=args.image_size)
+    train = LMDBImageFolder(train_path, imagenet_transform(
+        True, args.scale_ratio, args.slim_dataaug, args.image_size), train_indices)
+    val = LMDBImageFolder(train_path, evaluation, val_indices) if val_size else None
+    test = LMDBImageFolder(test_path, evaluation)
+    if test.classes != classes:
+        raise DataError(f"{test_path} and {train_path} list different classes")
+    return train, val, test, len(classes)
 
 
 def build_datasets(args):
     """(train, val or None, test) Datasets, number of classes, input size, image channels."""
     name = canonical_dataset_name(args.dataset)
-    if name not in DATASETS:
-        raise DataError(f"unknown dataset {args.dataset!r}: choose one of {', '.join(DATASETS)}")
     val_size = DEFAULT_VAL_SIZE[name] if args.val_size is None else args.val_size
-    datapath = args.datapath or "./data"
     if name == "ImageNet":
-        train_path, test_path = (os.path.join(datapath, f) for f in ("train.lmdb", "val.lmdb"))
-        if not (os.path.exists(train_path) and os.path.exists(test_path)):
-            raise DataError(f"no ImageNet at {datapath}: expected train.lmdb and val.lmdb "
-                            f"there (make them with python data.py to-lmdb)")
-        num_train, classes = _read_lmdb_header(train_path)
-        train_indices, val_indices = held_out_split(num_train, val_size)
-        train_indices = train_subset(train_indices, args.train_size)
-        evaluation = imagenet_transform(False, image_size=args.image_size)
-        train = LMDBImageFolder(train_path, imagenet_transform(
-            True, args.scale_ratio, args.slim_dataaug, args.image_size), train_indices)
-        val = LMDBImageFolder(train_path, evaluation, val_indices) if val_size else None
-        test = LMDBImageFolder(test_path, evaluation)
-        if test.classes != classes:
-            raise DataError(f"{test_path} and {train_path} list different classes")
-        return train, val, test, len(classes), args.image_size, 3
+        return *_imagenet_datasets(args, val_size), args.image_size, 3
     padding, flip = 4, True
     if name == "synthetic":
-        if args.synthetic_classes < 2 or min(args.synthetic_train, args.synthetic_test) < 1:
-            raise DataError("--synthetic_classes must be at least 2 and the sizes positive")
         train_images, train_labels = make_synthetic_images(
             args.synthetic_train, args.synthetic_classes, args.data_seed, split=0)
         test_images, test_labels = make_synthetic_images(
@@ -693,11 +647,11 @@ def build_datasets(args):
         mean, std = IDX_MEAN_STD[name]
         num_classes, padding, flip = 10, 2, name == "FashionMNIST"
     else:
-        train_images, train_labels, test_images, test_labels = read_cifar(datapath, name)
+        train_images, train_labels, test_images, test_labels = read_cifar(
+            args.datapath or "./data", name)
         mean, std = CIFAR_MEAN_STD[name]
         num_classes = 10 if name == "CIFAR10" else 100
-    train_indices, val_indices = held_out_split(len(train_images), val_size)
-    train_indices = train_subset(train_indices, args.train_size)
+    train_indices, val_indices = held_out_split(len(train_images), val_size, args.train_size)
     train = InMemoryImages(train_images[train_indices], train_labels[train_indices], mean, std,
                            True, padding, flip)
     val = InMemoryImages(train_images[val_indices], train_labels[val_indices], mean, std,
@@ -755,15 +709,33 @@ def set_epoch(loaders, epoch):
         loaders.train.sampler.set_epoch(epoch)
 
 
+def first_batches(loader, count=None, images=None, seed=None):
+    """The first ``count`` batches of ``loader``, or its first ``images`` images, as a list of
+    ``(inputs, targets)``: drawn without touching torch's global RNG, which is seeded with
+    ``seed`` inside (when given) so that random transforms and workers draw the same each call."""
+    batches, seen = [], 0
+    with torch.random.fork_rng(devices=[]):
+        if seed is not None:
+            torch.manual_seed(seed)
+        for batch in loader:
+            inputs, targets = batch[0], batch[1]
+            if images is not None:
+                inputs, targets = inputs[:images - seen], targets[:images - seen]
+            batches.append((inputs, targets))
+            seen += len(targets)
+            if len(batches) == count or (images is not None and seen >= images):
+                break
+    return batches
+
+
 # ----------------------------------------------------------------------------- command line
 
 def check_lmdb(path, workers=2):
     """Decode every record of a `to-lmdb` database (in `workers` processes); DataError on the
     first bad one. Returns the number of records."""
     dataset = LMDBImageFolder(path, transform=None)
-    loader = DataLoader(dataset, batch_size=64, num_workers=workers, collate_fn=len)
     checked, start = 0, time.time()
-    for batch_length in loader:
+    for batch_length in DataLoader(dataset, batch_size=64, num_workers=workers, collate_fn=len):
         checked += batch_length
         if checked % 12800 == 0:
             print(f"check: {path}: {checked}/{len(dataset)} records, "
@@ -776,19 +748,19 @@ def main(argv=None):
                                      "sets; convert and check ImageNet LMDB databases.")
     commands = parser.add_subparsers(dest="command", required=True)
     convert = commands.add_parser(
-        "to-lmdb", allow_abbrev=False,
-        help="convert an ImageFolder tree (one sub-folder per class) to LMDB",
-        description="Store every image of SRC_DIR (class sub-folders, sorted -> labels "
-                    "0..C-1), still encoded, in a new LMDB database DST. DST appears only "
+        "to-lmdb", allow_abbrev=False, help="convert an ImageFolder tree to LMDB",
+        description="Store every image of SRC_DIR (one sub-folder per class, sorted -> labels "
+                    "0..C-1), still encoded, in a new LMDB database DST, which appears only "
                     "once the conversion has succeeded.")
     convert.add_argument("source_dir", metavar="SRC_DIR", help="e.g. ~/imagenet/train")
     convert.add_argument("lmdb_path", metavar="DST", help="e.g. ./data/train.lmdb (must not exist)")
-    convert.add_argument("--records_per_commit", type=int, default=1000,
+    convert.add_argument("--records_per_commit", type=_number(int, 1), default=1000,
                          help="images written per LMDB transaction (default 1000)")
-    info = commands.add_parser("info", allow_abbrev=False,
-                               help="print the split sizes of a data set")
+    info = commands.add_parser("info", allow_abbrev=False, help="print a data set's split sizes")
     check = commands.add_parser("check", allow_abbrev=False,
                                 help="like info, and decode every ImageNet LMDB record")
+    for command in (parser, convert, info, check):  # a bad flag: one line, exit status 2
+        command.error = lambda message: parser.exit(2, f"error: {message}\n")
     for command in (info, check):
         add_data_args(command)
     args = parser.parse_args(argv)
@@ -796,16 +768,18 @@ def main(argv=None):
         if args.command == "to-lmdb":
             convert_folder_to_lmdb(args.source_dir, args.lmdb_path, args.records_per_commit,
                                    log=lambda line: print(line, flush=True))
-            return 0
-        if args.command == "check" and canonical_dataset_name(args.dataset) == "ImageNet":
+        elif args.command == "check" and args.dataset == "ImageNet":
             for name in ("train.lmdb", "val.lmdb"):  # every record, whatever the split flags
                 path = os.path.join(args.datapath or "./data", name)
                 print(f"check: {path}: all {check_lmdb(path, args.workers)} records decode")
-            return 0
-        train, val, test, num_classes, input_size, in_channels = build_datasets(args)
-        print(f"{canonical_dataset_name(args.dataset)}: {num_classes} classes, "
-              f"{input_size}x{input_size}x{in_channels} inputs, train {len(train)}, "
-              f"val {len(val) if val is not None else 0}, test {len(test)}")
+        else:
+            problem = check_data_args(args)
+            if problem:
+                parser.error(problem)
+            train, val, test, num_classes, input_size, in_channels = build_datasets(args)
+            print(f"{args.dataset}: {num_classes} classes, {input_size}x{input_size}x"
+                  f"{in_channels} inputs, train {len(train)}, "
+                  f"val {0 if val is None else len(val)}, test {len(test)}")
     except DataError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

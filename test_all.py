@@ -607,6 +607,46 @@ def test_cifar100_folder_reads_back_with_held_out_split(tmp_path):
     assert torch.equal(again.val.dataset.images, loaders.val.dataset.images)
 
 
+class MakesFolder:
+    """A pickle that creates the folder ``path`` when a plain ``pickle.load`` reads it."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (os.mkdir, (self.path,))
+
+
+def test_cifar_pickles_are_read_without_running_code(tmp_path):
+    """Arrays and lists pickled with any protocol read back; a batch that names any other
+    callable is refused in one line naming the file, and the callable never runs."""
+    folder = tmp_path / "cifar-10-batches-py"
+    os.makedirs(folder)
+    rng = np.random.default_rng(0)
+    files = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    written = {}
+    for protocol, file in zip([2, 3, 4, 5, 2, 5], files):
+        images = rng.integers(0, 256, (4, 3072), dtype=np.uint8)
+        with open(folder / file, "wb") as f:
+            pickle.dump({b"data": images, b"labels": [1, 2, 3, 4]}, f, protocol=protocol)
+        written[file] = images.reshape(-1, 3, 32, 32)
+    train_images, train_labels, test_images, _ = data.read_cifar(str(tmp_path), "CIFAR10")
+    assert np.array_equal(train_images, np.concatenate([written[file] for file in files[:5]]))
+    assert np.array_equal(test_images, written["test_batch"]) and train_labels.dtype == np.int64
+
+    marker = tmp_path / "code_ran"
+    with open(folder / "data_batch_1", "wb") as f:
+        pickle.dump({b"data": MakesFolder(str(marker)), b"labels": [0]}, f, protocol=2)
+    with pytest.raises(data.DataError) as caught:
+        data.read_cifar(str(tmp_path), "CIFAR10")
+    message = str(caught.value)
+    assert "\n" not in message and "data_batch_1" in message and "refused" in message, message
+    assert not marker.exists()
+    with open(folder / "data_batch_1", "rb") as f:  # the payload is live: a plain load runs it
+        pickle.load(f)
+    assert marker.exists()
+
+
 def write_idx(path, array, compress):
     """One file in the IDX format of MNIST (big-endian: magic 0x0000080N for N uint8 dims,
     then the N sizes), gzipped when ``compress``."""
@@ -815,7 +855,7 @@ def test_truncated_lmdb_and_bad_converter_targets_are_one_line(imagenet_lmdb, tm
     for result in (check, info):  # not a SIGBUS (exit 135)
         assert_one_line_error(result, "train.lmdb is truncated")
     assert_one_line_error(missing_parent, "does not exist")
-    assert_one_line_error(zero, "--records_per_commit 0")
+    assert_one_line_error(zero, "argument --records_per_commit: '0'")
 
 
 def test_a_training_set_smaller_than_a_batch_stops_only_who_trains(tmp_path, monkeypatch, capsys):
@@ -890,7 +930,7 @@ def test_user_errors_are_one_line_with_exit_status_2(tmp_path):
         ("info", "--dataset", "svhn"),
         ("info", "--dataset", "imagenet", "--datapath", str(tmp_path)))
     assert_one_line_error(missing_cifar, "cifar-10-batches-py")
-    assert_one_line_error(unknown, "unknown dataset 'svhn'")
+    assert_one_line_error(unknown, "invalid choice: 'svhn'")
     assert_one_line_error(missing_lmdb, "train.lmdb")
     os.makedirs(tmp_path / "cifar-10-batches-py")
     with open(tmp_path / "cifar-10-batches-py" / "test_batch", "wb") as f:
