@@ -112,7 +112,7 @@ def _number(kind, low, high=None, low_open=False):
             pass
         bounds = f"{'>' if low_open else '>='} {low}" + ("" if high is None else f" and <= {high}")
         what = "an integer" if kind is int else "a number"
-        raise argparse.ArgumentTypeError(f"{text!r} is not {what} {bounds}")
+        raise argparse.ArgumentTypeError(f"{text!r} is invalid: it must be {what} {bounds}")
     return parse
 
 
