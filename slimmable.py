@@ -1,39 +1,19 @@
 """Slimmable layers: one set of weights, many widths.
 
 A slimmable network (Yu et al., "Slimmable Neural Networks", ICLR'19; "Universally Slimmable
-Networks", ICCV'19) runs at any per-layer width by using the *first k* channels of every layer.
-Width search (Joslim, AutoSlim) then asks which widths to use at each cost. This file holds
-everything that is about widths and nothing that is about a particular network:
+Networks", ICCV'19) runs at any per-layer width by using the *first k* channels of every layer;
+width search (Joslim, AutoSlim) then asks which widths to use at each cost. This file holds all
+that is about widths and nothing about a particular network, and imports only torch:
 
-- ``SlimConv2d``, ``SlimBatchNorm2d``, ``SlimLinear``: subclasses of the torch layers whose forward
-  slices the weights to the active width. Parameter and buffer names are torch's, so a full-width
-  ``state_dict()`` is an ordinary one. The input width is read from the input tensor; the output
-  width is set by ``set_widths``. BN is *shared* across widths and sliced (US-Nets); training
-  always uses batch statistics, and ``calibrate_bn`` recomputes the running statistics of one
-  configuration before it is evaluated.
-- Width groups. Layers that must agree on a channel count (tied by a residual add, or a depthwise
-  conv and the layer feeding it) share one ``WidthGroup``. A model lists its groups in
-  ``model.width_groups``; a width configuration is one multiplier in (0, 1] per group.
-  Each layer names the ``ChannelSlot`` of its input and output: a slot is a group plus a full
-  channel count (usually the group's own; an SE squeeze layer uses its block's multiplier on its
-  own smaller count). ``None`` means the width never changes (the image input, the logits).
-- Rounding. ``channels = round_channels(multiplier, full, divisor)``. With ``divisor == 1``
-  (CIFAR ResNets) it is round-half-up of ``multiplier * full``, at least 1. With ``divisor == 8``
-  (ImageNet networks) it is torchvision's ``_make_divisible``: the nearest multiple of 8, at least
-  8, bumped up one step if that lost more than 10%. Both are clamped to ``full`` and monotone, so
-  the cost of a configuration never decreases when a multiplier grows.
-- Cost. ``macs`` and ``params`` are analytic: every conv/linear contributes
-  ``coefficient * c_in * c_out`` (a bilinear form in the slot channel counts), so the cost of N
-  configurations is one (N, terms) product, with no forward pass. Plain torch layers count at
-  their fixed width, so an exported model is counted as it is. "FLOPs" in the slimmable
-  literature are these multiply-accumulates of conv and linear layers. ``mmcv_flops`` is the
-  other convention, mmcv's counter (mmrazor, mmcls): MACs plus BN, activations and pooling,
-  about 5% more on MobileNetV2 (AutoSlim's 505M network is mmrazor's "530M").
-- Memory. ``memory`` is the peak activation memory of layer-by-layer inference, in elements:
-  per layer a sum of (pixels x one slot's channels), so also analytic; residual blocks and
-  squeeze-excitation declare the tensors they keep alive in ``keeps_alive``.
-- ``export``: an ordinary model whose leaves are plain ``nn.Conv2d``/``nn.BatchNorm2d``/``nn.Linear``
-  holding the sliced weights and statistics (AutoSlim's "split checkpoint").
+- the layers ``SlimConv2d``, ``SlimBatchNorm2d`` and ``SlimLinear``;
+- width groups: layers that must agree on a channel count (tied by a residual add, say) share a
+  ``WidthGroup``; a model lists its groups in ``model.width_groups``, and a width configuration
+  is one multiplier in (0, 1] per group, applied by ``set_widths``;
+- the costs of any number of configurations, counted without running the network: ``macs``
+  (the papers' FLOPs), ``params``, ``mmcv_flops`` and peak activation ``memory``;
+- ``calibrate_bn`` (BN statistics for one configuration) and ``export`` (a plain torch model);
+- channel configuration files: ``config_record``/``save_config`` write one, ``load_config``
+  reads it back.
 
 Example::
 
@@ -63,7 +43,10 @@ class WidthGroup(NamedTuple):
 
 
 class ChannelSlot(NamedTuple):
-    """The width of one layer input or output: group ``group`` applied to ``channels`` full channels."""
+    """The width of a layer's input or output: group ``group``'s multiplier applied to
+    ``channels`` full channels (the group's own count, except for an SE squeeze layer, which
+    applies its block's multiplier to its own smaller count). A layer whose slot is ``None`` has
+    a width that never changes (the image input, the logits)."""
     group: int
     channels: int
     divisor: int = 1
@@ -84,7 +67,10 @@ def divisible(values, divisor):
 
 
 def round_channels(multipliers, full, divisor=1):
-    """Channel count(s) for multiplier(s) of ``full`` channels (tensor in, int64 tensor out)."""
+    """Channel count(s) for multiplier(s) of ``full`` channels (tensor in, int64 tensor out):
+    with ``divisor == 1`` (CIFAR ResNets) round half up, at least 1; otherwise (8 for the
+    ImageNet networks) ``divisible``. Clamped to ``full`` and monotone, so a cost never
+    decreases when a multiplier grows."""
     value = torch.as_tensor(multipliers, dtype=torch.float64) * full
     if divisor == 1:
         channels = torch.floor(value + 0.5).clamp(min=1)
@@ -94,7 +80,8 @@ def round_channels(multipliers, full, divisor=1):
 
 
 # ---------------------------------------------------------------------------------------------
-# Layers
+# Layers: torch's parameter names, so a full-width ``state_dict()`` is an ordinary one. The input
+# width is read from the input tensor, the output width is set by ``set_widths``.
 
 
 class SlimConv2d(nn.Conv2d):
@@ -134,8 +121,10 @@ class SlimConv2d(nn.Conv2d):
 
 
 class SlimBatchNorm2d(nn.BatchNorm2d):
-    """``nn.BatchNorm2d`` shared across widths: uses the first c channels of its affine
-    parameters and running statistics, c read from the input."""
+    """``nn.BatchNorm2d`` shared across widths (US-Nets): uses the first c channels of its affine
+    parameters and running statistics, c read from the input. Training always normalizes by
+    batch statistics; ``calibrate_bn`` recomputes the running ones of a configuration before it
+    is evaluated."""
 
     def __init__(self, num_features, slot: Optional[ChannelSlot] = None, eps=1e-5, momentum=0.1):
         super().__init__(num_features, eps=eps, momentum=momentum)
@@ -265,16 +254,6 @@ def _full_in_out(layer):
     return layer.num_features, layer.num_features
 
 
-COUNTED_LAYERS = (nn.Conv2d, nn.Linear, nn.BatchNorm2d)  # slimmable or plain: both are counted
-# The layers of layer-by-layer execution that ``memory`` counts: convs, linears, pooling.
-MEMORY_LAYERS = (nn.Conv2d, nn.Linear, nn.modules.pooling._MaxPoolNd,
-                 nn.modules.pooling._AvgPoolNd, nn.modules.pooling._AdaptiveAvgPoolNd,
-                 nn.modules.pooling._AdaptiveMaxPoolNd)
-# The modules besides those that mmcv's FLOPs counter counts (``mmcv_flops``): per element.
-MMCV_ELEMENTWISE = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU)
-MMCV_POOLING = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveMaxPool2d, nn.AdaptiveAvgPool2d)
-
-
 def set_widths(model, widths):
     """Make ``model`` run at ``widths`` (a float, or one multiplier per width group).
 
@@ -294,14 +273,25 @@ def layer_channels(model, widths):
 
 
 # ---------------------------------------------------------------------------------------------
-# Cost: MACs and parameters as bilinear forms in the slot channel counts
+# Costs. Each is a sum of terms ``coefficient * c[a] * c[b]``, c the channel counts of the
+# slots, so the costs of N configurations are one (N, terms) product. Plain torch layers count
+# too, at their fixed width: an exported model is counted as it is.
+
+COUNTED_LAYERS = (nn.Conv2d, nn.Linear, nn.BatchNorm2d)
+# The layers of layer-by-layer execution that ``memory`` counts: convs, linears, pooling.
+MEMORY_LAYERS = (nn.Conv2d, nn.Linear, nn.modules.pooling._MaxPoolNd,
+                 nn.modules.pooling._AvgPoolNd, nn.modules.pooling._AdaptiveAvgPoolNd,
+                 nn.modules.pooling._AdaptiveMaxPoolNd)
+# The modules besides those that mmcv's FLOPs counter counts (``mmcv_flops``): per element.
+MMCV_ELEMENTWISE = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU)
+MMCV_POOLING = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveMaxPool2d, nn.AdaptiveAvgPool2d)
 
 
 def image_channels(model):
     """Channels of the image the model takes: ``model.in_channels`` when the network declares it
-    (every network of models.py does: 3 for RGB, 1 for grey), else the first conv's input."""
+    (every network of models.py does), else the first slimmable conv's input."""
     model = _unwrap(model)
-    if hasattr(model, "in_channels"):
+    if getattr(model, "in_channels", None) is not None:
         return int(model.in_channels)
     first = next((m for _, m in slim_layers(model) if isinstance(m, SlimConv2d)), None)
     if first is None:
@@ -309,150 +299,147 @@ def image_channels(model):
     return first.in_channels
 
 
-def _cost_terms(model):
-    """(slots, macs_terms, params_terms, mmcv_terms, memory_terms); a term is
-    ``coefficient * c[a] * c[b]`` where c are the slot channel counts and index ``len(slots)``
-    stands for the constant 1; a memory term has a fourth row, the index of its layer in
-    execution order. Built from one full-width forward of a ``(1, image_channels, input_size,
-    input_size)`` zero image that records each layer's resolution, each activation or pooling
-    call and the tensors held across each layer; cached on the model for that input shape, so
-    changing ``model.input_size`` or ``model.in_channels`` rebuilds it."""
-    model = _unwrap(model)
-    probe_shape = (1, image_channels(model), model.input_size, model.input_size)
-    cached = model.__dict__.get("_cost_terms")
-    if cached is not None and cached[0] == probe_shape:
-        return cached[1]
-    # Plain torch layers count too, at their fixed width: an exported model, or a network that
-    # mixes slimmable and plain layers, is counted as it is.
-    layers = [m for m in model.modules() if isinstance(m, COUNTED_LAYERS)]
-    sizes, calls = {}, []  # calls: every layer, activation and pooling call, in forward order
-    tensors_of_layer = []  # per memory layer, [(elements, slot)]
-    held = []  # (owner module, tensor, (elements, slot)) alive across the layers inside owner
+def _alive(tensor, slot):
+    """A tensor as an addend of ``memory``: (elements per channel, slot) when its width follows
+    ``slot``, (elements, None) when it never changes."""
+    if slot is None:
+        return tensor.numel(), None
+    if slot.channels != tensor.shape[1]:
+        raise ValueError(f"memory: a tensor of {tensor.shape[1]} channels follows a layer of "
+                         f"{slot.channels}; declare the layer's slots")
+    return tensor.numel() // tensor.shape[1], slot
+
+
+def _probe(model, image):
+    """Run ``model`` at full width on ``image`` with hooks that record what the costs need:
+    ``sizes``, {counted layer: (input, output) resolution of its first call}; ``calls``, every
+    counted layer, activation and pooling call with its input shape, in forward order; ``alive``,
+    per memory layer in execution order, the ``_alive`` addends of the tensors alive while it
+    runs (its input, its output, what blocks keep for later, each storage once)."""
+    sizes, calls, alive, held = {}, [], [], []  # held: (owner block, tensor, addend)
     latest = [None]  # out_slot of the latest counted layer that ran: the width of what it made
+    kept_by = {}  # child module -> the blocks that keep its output until they return
+    for block in model.modules():
+        for name in getattr(block, "keeps_alive", ()):
+            if name != "input":
+                kept_by.setdefault(block.get_submodule(name), []).append(block)
 
-    def activation(tensor, slot):  # (elements per channel, slot), or (elements, None): fixed
-        if slot is None:
-            return tensor.numel(), None
-        if slot.channels != tensor.shape[1]:
-            raise ValueError(f"memory: a tensor of {tensor.shape[1]} channels follows a layer of "
-                             f"{slot.channels}; declare the layer's slots")
-        return tensor.numel() // tensor.shape[1], slot
+    def before(block, inputs):  # a block that keeps its input (residual, SE)
+        held.append((block, inputs[0], _alive(inputs[0], latest[0])))
 
-    def on_counted(m, inputs, output):
-        latest[0] = getattr(m, "out_slot", None)
-        sizes.setdefault(m, (inputs[0].shape[2:], output.shape[2:]))
+    def after(m, inputs, output):
+        x, counted = inputs[0], isinstance(m, COUNTED_LAYERS)
+        if counted:
+            sizes.setdefault(m, (x.shape[2:], output.shape[2:]))
+        if isinstance(m, COUNTED_LAYERS + MMCV_ELEMENTWISE + MMCV_POOLING):
+            calls.append((m, x.shape))
+        if isinstance(m, MEMORY_LAYERS):  # a conv/linear has its own slots, pooling follows
+            in_slot, out_slot = (getattr(m, "in_slot", None), getattr(m, "out_slot", None)) \
+                if counted else (latest[0], latest[0])
+            storages = {x.untyped_storage().data_ptr(), output.untyped_storage().data_ptr()}
+            alive.append([_alive(x, in_slot), _alive(output, out_slot)] + [
+                addend for _, tensor, addend in held  # a held tensor that is the input counts once
+                if tensor.untyped_storage().data_ptr() not in storages])
+        if counted:
+            latest[0] = getattr(m, "out_slot", None)
+        held.extend((block, output, _alive(output, getattr(m, "out_slot", None)))
+                    for block in kept_by.get(m, ()))
+        held[:] = [entry for entry in held if entry[0] is not m]  # a block releases what it kept
 
-    def on_call(m, inputs, output):
-        calls.append((m, inputs[0].shape))
-
-    def on_memory_layer(m, inputs, output):
-        if isinstance(m, COUNTED_LAYERS):  # its own slots; a plain one has a fixed width
-            ends = [activation(inputs[0], getattr(m, "in_slot", None)),
-                    activation(output, getattr(m, "out_slot", None))]
-        else:  # pooling keeps the width of what it pools
-            ends = [activation(inputs[0], latest[0]), activation(output, latest[0])]
-        alive = {inputs[0].untyped_storage().data_ptr(), output.untyped_storage().data_ptr()}
-        ends += [term for _, tensor, term in held  # a held tensor that is the input counts once
-                 if tensor.untyped_storage().data_ptr() not in alive]
-        tensors_of_layer.append(ends)
-
-    def on_block_start(m, inputs):
-        if "input" in m.keeps_alive:
-            held.append((m, inputs[0], activation(inputs[0], latest[0])))
-
-    def on_block_end(m, inputs, output):
-        held[:] = [entry for entry in held if entry[0] is not m]
-
-    def keeper(owner):
-        def on_kept_output(m, inputs, output):
-            held.append((owner, output, activation(output, getattr(m, "out_slot", None))))
-        return on_kept_output
-
-    hooks = [m.register_forward_hook(on_counted) for m in layers]
-    hooks += [m.register_forward_hook(on_call) for m in model.modules()
-              if isinstance(m, COUNTED_LAYERS + MMCV_ELEMENTWISE + MMCV_POOLING)]
-    hooks += [m.register_forward_hook(on_memory_layer) for m in model.modules()
-              if isinstance(m, MEMORY_LAYERS)]
-    for owner in [m for m in model.modules() if getattr(m, "keeps_alive", ())]:
-        hooks += [owner.register_forward_pre_hook(on_block_start),
-                  owner.register_forward_hook(on_block_end)]
-        hooks += [owner.get_submodule(name).register_forward_hook(keeper(owner))
-                  for name in owner.keeps_alive if name != "input"]
-    previous = getattr(model, "current_widths", 1.0)
-    was_training = model.training
+    probed = COUNTED_LAYERS + MEMORY_LAYERS + MMCV_ELEMENTWISE + MMCV_POOLING
+    hooks = [m.register_forward_hook(after) for m in model.modules()
+             if isinstance(m, probed) or m in kept_by or getattr(m, "keeps_alive", ())]
+    hooks += [m.register_forward_pre_hook(before) for m in model.modules()
+              if "input" in getattr(m, "keeps_alive", ())]
+    previous, was_training = getattr(model, "current_widths", 1.0), model.training
     set_widths(model, 1.0)
-    device = next(model.parameters()).device
     try:
         with torch.no_grad():
-            model.eval()(torch.zeros(probe_shape, device=device))
+            model.eval()(image)
     finally:
         model.train(was_training)
         for hook in hooks:
             hook.remove()
         set_widths(model, previous)
+    return sizes, calls, alive
 
-    def slot(m, side):  # a plain layer's widths never change
-        return getattr(m, side, None)
 
-    slots = sorted({s for m in layers for s in (slot(m, "in_slot"), slot(m, "out_slot"))
-                    if s is not None})
-    one = len(slots)
-    index = {s: i for i, s in enumerate(slots)}
-    macs_terms, params_terms, mmcv_terms = [], [], []
+def _operation_terms(layers, sizes, calls, index):
+    """The MAC, parameter and mmcv-FLOP terms, rows (coefficient, slot a, slot b), of the counted
+    ``layers`` and the ``calls`` recorded by ``_probe``. ``index`` maps a slot to its column,
+    None (a fixed width) to the column of the constant 1."""
+    one = index[None]
 
-    def factor(slot, full):  # (slot index, constant multiplier)
-        return (index[slot], 1) if slot is not None else (one, full)
+    def factor(slot, full):  # (column, constant multiplier)
+        return index[slot], (full if slot is None else 1)
 
-    def pixels_of(shape):
+    def pixels(shape):
         return int(shape[0] * shape[1]) if len(shape) == 2 else 1
 
+    macs_terms, params_terms, mmcv_terms = [], [], []
     for m in layers:
         full_in, full_out = _full_in_out(m)
+        a, ka = factor(getattr(m, "out_slot", None), full_out)
         if isinstance(m, nn.BatchNorm2d):
-            a, k = factor(slot(m, "out_slot"), full_out)
             if m.affine:
-                params_terms.append((2 * k, a, one))
+                params_terms.append((2 * ka, a, one))
             if m in sizes:  # a layer that never runs costs no operations
-                mmcv_terms.append(((2 if m.affine else 1) * pixels_of(sizes[m][0]) * k, a, one))
+                mmcv_terms.append(((2 if m.affine else 1) * pixels(sizes[m][0]) * ka, a, one))
             continue
-        if isinstance(m, nn.Conv2d):
-            kernel = m.kernel_size[0] * m.kernel_size[1]
-            pixels = pixels_of(sizes[m][1])
-        else:
-            kernel, pixels = 1, 1
-        a, ka = factor(slot(m, "out_slot"), full_out)
+        conv = isinstance(m, nn.Conv2d)
+        kernel = m.kernel_size[0] * m.kernel_size[1] if conv else 1
+        positions = pixels(sizes[m][1]) if conv else 1
         if getattr(m, "depthwise", False):
             b, kb = one, 1  # one filter per channel: cost linear in the width
         else:
-            b, kb = factor(slot(m, "in_slot"), full_in // getattr(m, "groups", 1))
-        macs_terms.append((kernel * pixels * ka * kb, a, b))
-        mmcv_terms.append((kernel * pixels * ka * kb, a, b))
+            b, kb = factor(getattr(m, "in_slot", None), full_in // getattr(m, "groups", 1))
+        macs_terms.append((kernel * positions * ka * kb, a, b))
         params_terms.append((kernel * ka * kb, a, b))
         if m.bias is not None:
             params_terms.append((ka, a, one))
-            if isinstance(m, nn.Conv2d):  # mmcv counts a conv's bias, not a linear layer's
-                mmcv_terms.append((pixels * ka, a, one))
+            if conv:  # mmcv counts a conv's bias, not a linear layer's
+                mmcv_terms.append((positions * ka, a, one))
     # An activation or pooling call counts its input elements; its channels are those of the
-    # conv/BN/linear layer that ran last before it (checked: the counts must agree).
+    # counted layer that ran last before it (checked: the counts must agree).
     last = None
     for m, shape in calls:
         if isinstance(m, COUNTED_LAYERS):
             last = m
             continue
-        source = slot(last, "out_slot") if last is not None else None
-        if source is not None and _full_in_out(last)[1] != shape[1]:
+        slot = getattr(last, "out_slot", None)
+        if slot is not None and _full_in_out(last)[1] != shape[1]:
             raise RuntimeError(f"cannot tell the channels of {type(m).__name__}: its input has "
                                f"{shape[1]}, the layer before it {_full_in_out(last)[1]}")
-        a, k = factor(source, int(shape[1]))
-        mmcv_terms.append((pixels_of(shape[2:]) * k, a, one))
-    memory_terms = [(elements, index[s] if s is not None else one, one, layer)
-                    for layer, ends in enumerate(tensors_of_layer) for elements, s in ends]
-    # As long tensors (coefficient, slot a, slot b[, layer]) per count, for the vectorized
-    # evaluation.
+        a, k = factor(slot, int(shape[1]))
+        mmcv_terms.append((pixels(shape[2:]) * k, a, one))
+    return macs_terms, params_terms, mmcv_terms + macs_terms
+
+
+def _cost_terms(model):
+    """``(slots, macs, params, mmcv_flops, memory)``: the slots, then per cost an int64 tensor of
+    rows (coefficient, a, b), a term being ``coefficient * c[a] * c[b]`` with c the slot channel
+    counts and column ``len(slots)`` the constant 1; memory has a fourth row, the term's layer in
+    execution order. Built from one ``_probe`` of a zero image (1, image channels, input_size,
+    input_size) in the model's dtype, on its device; cached for that shape, so changing
+    ``model.input_size`` or ``model.in_channels`` rebuilds it."""
+    model = _unwrap(model)
+    shape = (1, image_channels(model), model.input_size, model.input_size)
+    cached = model.__dict__.get("_cost_terms")
+    if cached is not None and cached[0] == shape:
+        return cached[1]
+    weight = next(model.parameters())
+    sizes, calls, alive = _probe(model, torch.zeros(shape, dtype=weight.dtype,
+                                                    device=weight.device))
+    layers = [m for m in model.modules() if isinstance(m, COUNTED_LAYERS)]
+    slots = sorted({s for m in layers for s in (getattr(m, "in_slot", None),
+                                                getattr(m, "out_slot", None)) if s is not None})
+    index = {**{s: i for i, s in enumerate(slots)}, None: len(slots)}
+    memory_terms = [(elements, index[slot], len(slots), layer)
+                    for layer, addends in enumerate(alive) for elements, slot in addends]
     terms = (slots, *(torch.tensor(t, dtype=torch.long).reshape(-1, 3).T
-                      for t in (macs_terms, params_terms, mmcv_terms)),
+                      for t in _operation_terms(layers, sizes, calls, index)),
              torch.tensor(memory_terms, dtype=torch.long).reshape(-1, 4).T)
-    model.__dict__["_cost_terms"] = (probe_shape, terms)
+    model.__dict__["_cost_terms"] = (shape, terms)
     return terms
 
 
@@ -481,8 +468,9 @@ def macs(model, widths=1.0):
     """Multiply-accumulates of conv and linear layers for one image at ``model.input_size``:
     what the slimmable papers (S-Nets, US-Nets, AutoSlim, Joslim) call FLOPs.
 
-    One configuration → int. An (N, D) array → N counts (a NumPy array, or a tensor for a tensor
-    input), computed analytically without running the network.
+    One configuration (see ``width_matrix``) -> int. An (N, D) array -> N counts (a NumPy
+    array, or a tensor for a tensor input). ValueError for bad widths. ``params``,
+    ``mmcv_flops`` and ``memory`` take and return the same.
     """
     return _evaluate_terms(model, widths, "macs")
 
@@ -493,52 +481,36 @@ def params(model, widths=1.0):
 
 
 def mmcv_flops(model, widths=1.0):
-    """FLOPs for one image at ``model.input_size`` as mmcv's counter counts them
-    (``mmcv.cnn.utils.flops_counter.get_model_complexity_info``, mmcv 1.x; what mmrazor 0.x and
-    mmcls report, e.g. AutoSlim-MobileNetV2 "530M / 320M / 220M"). Per module call:
-
-    - conv: output elements x kernel_h x kernel_w x in_channels / groups, plus the output
-      elements again if it has a bias (so its MACs, plus the bias);
-    - linear: input elements x out_features (its MACs; the bias is not counted);
-    - BatchNorm: input elements, twice if affine;
-    - ReLU, ReLU6, LeakyReLU, PReLU, ELU: output elements;
-    - max / average pooling, adaptive ones included: input elements;
-    - anything else (Hardswish, Hardsigmoid, Sigmoid, Dropout, residual additions, SE scaling): 0.
-
-    mmcv only sees modules. Every activation and pooling of the networks in models.py runs as a
-    module, as in their mmcls counterparts, so this is what mmcv counts on the equivalent mmcls
-    network (MobileNetV2: ConvModule + ReLU6, the neck's global average pooling, the linear head).
-    About 5% above ``macs`` for MobileNetV2. Same signature and return types as ``macs``;
-    ValueError for widths outside (0, 1].
-    """
+    """FLOPs for one image at ``model.input_size`` as mmcv 1.x's counter counts them
+    (``get_model_complexity_info``; what mmrazor 0.x and mmcls report, e.g. "530M / 320M / 220M"
+    for the AutoSlim-MobileNetV2 networks of 505M / 305M / 207M MACs). Per module call: a conv,
+    its MACs plus its output elements if it has a bias; a linear layer, its MACs; BatchNorm, its
+    input elements, twice if affine; ReLU, ReLU6, LeakyReLU, PReLU, ELU, their output elements;
+    max and average pooling (adaptive too), their input elements; anything else (Hardswish,
+    Sigmoid, residual additions, SE scaling), 0. mmcv sees modules only; the networks of
+    models.py run every activation and pooling as a module, as mmcls's do. MobileNetV2: about 5%
+    above ``macs``."""
     return _evaluate_terms(model, widths, "mmcv_flops")
 
 
 def memory(model, widths=1.0):
     """Peak activation memory of inference for one image at ``model.input_size``, in elements
-    (bytes = elements x element size: 4 in float32, 1 in int8). Weights are not included.
+    (times 4 bytes in float32, 1 in int8); weights are not included.
 
-    Definition: the peak over operations of the tensors alive at once (Sandler et al.,
-    MobileNetV2, Sec. 5.1), for layer-by-layer execution in the order of the network's forward,
-    every layer output materialized (MCUNet's "peak SRAM", Lin et al. NeurIPS'20). A layer is a
-    conv, a linear or a pooling module; BN and activations are applied in place, fused into the
-    conv before them. While a layer runs, memory holds its input, its output, and every tensor a
-    later step still needs: a residual block's input (kept for the skip addition, which adds in
-    place into the block's output), a squeeze-excitation's input (kept for the channel rescale),
-    a projection block's main-path output while its shortcut conv runs. A module declares what
-    it keeps in ``keeps_alive``: ``"input"`` and/or names of children whose outputs it keeps
-    until it returns. A tensor counts once, whatever its roles. Every addend is (pixels x the
-    channels of one slot), so N configurations are one (N, layers) matrix and a max, with no
-    forward pass (the pixels come from the probe forward of ``_cost_terms``).
+    The peak of the tensors alive at once (Sandler et al., MobileNetV2, Sec. 5.1) in
+    layer-by-layer execution, every layer output materialized (MCUNet's "peak SRAM", Lin et al.
+    NeurIPS'20). A layer is a conv, a linear or a pooling module; BN and activations run in
+    place, fused into the conv before them. While a layer runs, memory holds its input, its
+    output and what a block declares in ``keeps_alive``: ``"input"`` (a residual block's input,
+    kept for the skip addition; an SE block's, for the rescale) and names of children whose
+    outputs it keeps until it returns (a projection block's main path while its shortcut conv
+    runs). A tensor counts once, whatever its roles.
 
-    Example: MobileNetV2 at 224, full width, peaks at 1,505,280 elements (5.7 MiB in float32),
-    at the stride-2 depthwise conv of ``features.2`` (96x112x112 in, 96x56x56 out). MCUNetV2
-    (Lin et al. NeurIPS'21, Fig. 1) reports 1372 kB in int8 = 1,404,928 elements, our value at
-    the 16 -> 96 expansion before it: MCUNet's engine runs depthwise convs in place.
-
-    One configuration → int. An (N, D) array → N values (a NumPy array, or a tensor for a tensor
-    input). Raises ValueError for bad widths (see ``width_matrix``), or when a tensor's width
-    cannot be told from the slots the network declares.
+    MobileNetV2 at 224, full width: 1,505,280 elements (5.7 MiB in float32), at the stride-2
+    depthwise conv of ``features.2`` (96x112x112 in, 96x56x56 out). MCUNetV2 (Lin et al.
+    NeurIPS'21, Fig. 1) reports 1372 kB in int8 = 1,404,928 elements, our value at the 16 -> 96
+    expansion before it: its engine runs depthwise convs in place. Also ValueError when a
+    tensor's width cannot be told from the slots the network declares.
     """
     return _evaluate_terms(model, widths, "memory")
 
@@ -631,15 +603,11 @@ def model_identity(model):
     channels and number of classes."""
     net = _unwrap(model)
     linears = [m for _, m in slim_layers(net) if isinstance(m, SlimLinear)]
-    identity = {"network": getattr(net, "network_name", type(net).__name__),
-                "width_mult": float(getattr(net, "width_mult", 1.0)),
-                "input_size": getattr(net, "input_size", None),
-                "in_channels": getattr(net, "in_channels", None),
-                "num_classes": linears[-1].out_features if linears else None}
-    return identity
-
-
-IDENTITY_CHECKED = ("network", "width_mult")  # the fields load_config refuses to see differ
+    return {"network": getattr(net, "network_name", type(net).__name__),
+            "width_mult": float(getattr(net, "width_mult", 1.0)),
+            "input_size": getattr(net, "input_size", None),
+            "in_channels": getattr(net, "in_channels", None),
+            "num_classes": linears[-1].out_features if linears else None}
 
 
 def config_record(model, widths, **extra):
@@ -668,68 +636,75 @@ def possible_channels(group):
                                      group.divisor).tolist()))
 
 
+def _config_channels(path, channels, net):
+    """A configuration's ``channels`` as ``{group name: int}``; ValueError, one line, for a group
+    missing or unknown or a count the group cannot take (naming the nearest it can)."""
+    groups = net.width_groups
+    if not isinstance(channels, dict):
+        raise ValueError(f"channel config {path}: 'channels' must map group names to counts")
+    unknown = sorted(set(channels) - {g.name for g in groups})
+    missing = [g.name for g in groups if g.name not in channels]
+    if unknown or missing:
+        problems = [f"{what} groups " + ", ".join(found[:4])
+                    + (f" and {len(found) - 4} more" if len(found) > 4 else "")
+                    for what, found in (("unknown", unknown), ("missing", missing)) if found]
+        raise ValueError(f"channel config {path} does not fit {model_identity(net)['network']}: "
+                         + "; ".join(problems))
+    counts = {}
+    for group in groups:
+        count, possible = channels[group.name], possible_channels(group)
+        number = isinstance(count, (int, float)) and not isinstance(count, bool)
+        if not (number and float(count).is_integer() and int(count) in possible):  # 8.0 is 8
+            below = [c for c in possible if number and c < count]
+            above = [c for c in possible if number and c > count]
+            near = " or ".join(map(str, below[-1:] + above[:1])) or f"{possible[0]}..{possible[-1]}"
+            raise ValueError(f"channel config {path}: group '{group.name}' has {count!r} "
+                             f"channels, which it cannot take (nearest possible: {near}; "
+                             f"full width {group.channels})")
+        counts[group.name] = int(count)
+    return counts
+
+
 def load_config(path, model):
-    """Read a configuration written by ``save_config`` (or any JSON object with ``channels`` per
-    group, or ``widths``: one multiplier per group); returns ``(widths, record)`` whose widths
-    reproduce the recorded channels exactly. Raises ValueError with a one-line reason: an
-    unreadable file, another network or width multiplier, a group missing or unknown, a count
-    the group cannot take (naming the nearest it can), a malformed value."""
+    """Read a configuration written by ``save_config``, or any JSON object with ``channels`` (a
+    count per group) or ``widths`` (one multiplier per group), or both if they agree; returns
+    ``(widths, record)``, widths that reproduce the channels exactly. Raises ValueError with a
+    one-line reason: an unreadable file, another network or width multiplier, a group missing
+    or unknown, a count the group cannot take, channels and widths that disagree, a malformed
+    value."""
     try:
         with open(path) as handle:
             record = json.load(handle)
     except (OSError, ValueError) as error:
         raise ValueError(f"cannot read channel config {path}: {error}") from None
-    if not isinstance(record, dict):
+    if not isinstance(record, dict) or not {"channels", "widths"} & set(record):
         raise ValueError(f"channel config {path} is not a JSON object with 'channels' or 'widths'")
     net = _unwrap(model)
     identity = model_identity(net)
-    for key in IDENTITY_CHECKED:
-        if key in record and record[key] != identity[key] and \
-                (key != "network" or hasattr(net, "network_name")):
+    # A model built without models.get_model has no network name to compare with.
+    for key in ("network", "width_mult") if hasattr(net, "network_name") else ("width_mult",):
+        if key in record and record[key] != identity[key]:
             raise ValueError(f"channel config {path} is for {key} {record[key]!r}, this model "
                              f"has {identity[key]!r}")
-    groups = net.width_groups
-    if "channels" in record:
-        channels = record["channels"]
-        if not isinstance(channels, dict):
-            raise ValueError(f"channel config {path}: 'channels' must map group names to counts")
-        unknown = sorted(set(channels) - {g.name for g in groups})
-        missing = [g.name for g in groups if g.name not in channels]
-        if unknown or missing:
-            def names(found):
-                return ", ".join(found[:4]) + (f" and {len(found) - 4} more" if len(found) > 4
-                                               else "")
-            raise ValueError(f"channel config {path} does not fit {identity['network']}: "
-                             + "; ".join(part for part in (
-                                 f"unknown groups {names(unknown)}" if unknown else "",
-                                 f"missing groups {names(missing)}" if missing else "")
-                                 if part))
-        for group in groups:
-            count = channels[group.name]
-            possible = possible_channels(group)
-            if isinstance(count, bool) or not isinstance(count, int) or count not in possible:
-                below = [c for c in possible if isinstance(count, (int, float)) and c < count]
-                above = [c for c in possible if isinstance(count, (int, float)) and c > count]
-                near = " or ".join(str(c) for c in (below[-1:] + above[:1])) or \
-                    f"{possible[0]}..{possible[-1]}"
-                raise ValueError(f"channel config {path}: group '{group.name}' has {count!r} "
-                                 f"channels, which it cannot take (nearest possible: {near}; "
-                                 f"full width {group.channels})")
-        widths = channels_to_widths(net, channels)
-        if group_channels(net, widths) != {g.name: channels[g.name] for g in groups}:
-            raise ValueError(f"channel config {path}: its channels do not round-trip (a bug)")
-    elif "widths" in record:
-        widths = record["widths"]
-        if not isinstance(widths, list) or len(widths) != len(groups) or not all(
+    widths = record.get("widths")
+    if "widths" in record:
+        if not isinstance(widths, list) or len(widths) != len(net.width_groups) or not all(
                 isinstance(w, (int, float)) and not isinstance(w, bool) for w in widths):
             raise ValueError(f"channel config {path}: 'widths' must be a list of "
-                             f"{len(groups)} numbers in (0, 1], one per width group")
-    else:
-        raise ValueError(f"channel config {path} has neither 'channels' nor 'widths'")
-    try:
-        widths = width_matrix(net, widths)[0].tolist()
-    except ValueError as error:
-        raise ValueError(f"channel config {path}: {error}") from None
+                             f"{len(net.width_groups)} numbers in (0, 1], one per width group")
+        try:
+            widths = width_matrix(net, widths)[0].tolist()
+        except ValueError as error:
+            raise ValueError(f"channel config {path}: {error}") from None
+    if "channels" in record:
+        channels = _config_channels(path, record["channels"], net)
+        if widths is not None:
+            given = group_channels(net, widths)
+            name = next((name for name in channels if given[name] != channels[name]), None)
+            if name is not None:
+                raise ValueError(f"channel config {path}: its 'channels' and 'widths' disagree "
+                                 f"(group '{name}': {channels[name]} and {given[name]} channels)")
+        widths = width_matrix(net, channels_to_widths(net, channels))[0].tolist()
     return widths, record
 
 
