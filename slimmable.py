@@ -23,7 +23,7 @@ Example::
     print(slimmable.macs(net, 0.5), slimmable.params(net, 0.5))
     small = slimmable.export(net.eval(), 0.5)           # plain torch layers only
     x = torch.randn(2, 3, 32, 32)
-    print((small(x) - net(x)).abs().max())              # ~1e-7
+    print((small(x) - net(x)).abs().max())              # 0, or a rounding error
 """
 import contextlib
 import copy
@@ -209,9 +209,10 @@ def width_matrix(model, widths):
 
 
 def _slot_channels(slots, matrix):
-    """int64 (N, len(slots)) channel counts of each slot under each configuration."""
+    """int64 (N, len(slots) + 1): each slot's channel count under each configuration, then the
+    constant 1 (the column of a fixed width in the cost terms)."""
     columns = [round_channels(matrix[:, s.group], s.channels, s.divisor) for s in slots]
-    return torch.stack(columns, dim=1) if columns else torch.zeros(len(matrix), 0, dtype=torch.long)
+    return torch.stack(columns + [torch.ones(len(matrix), dtype=torch.long)], dim=1)
 
 
 def group_channels(model, widths):
@@ -232,17 +233,15 @@ def channels_to_widths(model, channels):
     return [min(1.0, channels[g.name] / g.channels) for g in groups]
 
 
-def _layer_channels(model, widths):
-    """``{layer: (c_in, c_out)}`` for one configuration, from the declared slots."""
+def layer_channels(model, widths):
+    """``{layer name: [c_in, c_out]}`` of every slimmable layer under ``widths``."""
     layers = slim_layers(model)
     slots = sorted({s for _, m in layers for s in (m.in_slot, m.out_slot) if s is not None})
     counts = dict(zip(slots, _slot_channels(slots, width_matrix(model, widths))[0].tolist()))
     result = {}
-    for _, m in layers:
+    for name, m in layers:  # a slot None is a fixed width: the layer's own
         full_in, full_out = _full_in_out(m)
-        c_in = counts[m.in_slot] if m.in_slot is not None else full_in
-        c_out = counts[m.out_slot] if m.out_slot is not None else full_out
-        result[m] = (c_in, c_out)
+        result[name] = [counts.get(m.in_slot, full_in), counts.get(m.out_slot, full_out)]
     return result
 
 
@@ -259,17 +258,12 @@ def set_widths(model, widths):
 
     Raises ``ValueError`` naming the group for a wrong length or a value outside (0, 1].
     """
-    for layer, (_, c_out) in _layer_channels(model, widths).items():
+    channels = layer_channels(model, widths)
+    for name, layer in slim_layers(model):
         if not isinstance(layer, SlimBatchNorm2d):
-            layer.active_out = c_out
+            layer.active_out = channels[name][1]
     _unwrap(model).current_widths = widths
     return model
-
-
-def layer_channels(model, widths):
-    """``{layer name: [c_in, c_out]}`` of every slimmable layer under ``widths`` (for configs/logs)."""
-    by_layer = _layer_channels(model, widths)
-    return {name: list(by_layer[m]) for name, m in slim_layers(model)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -299,56 +293,76 @@ def image_channels(model):
     return first.in_channels
 
 
-def _alive(tensor, slot):
-    """A tensor as an addend of ``memory``: (elements per channel, slot) when its width follows
-    ``slot``, (elements, None) when it never changes."""
+def _columns(layer, index):
+    """``(a, ka, b, kb)``: ``layer`` has ``c[a] * ka`` output channels, each computed with
+    ``c[b] * kb`` weights; c are the slot channel counts, ``index`` maps a slot to its column and
+    a fixed width (None) to the column of the constant 1. A BN or a depthwise conv has one
+    filter per channel: its b is the constant."""
+    full_in, full_out = _full_in_out(layer)
+    in_slot, out_slot = getattr(layer, "in_slot", None), getattr(layer, "out_slot", None)
+    kernel = layer.kernel_size[0] * layer.kernel_size[1] if isinstance(layer, nn.Conv2d) else 1
+    if getattr(layer, "depthwise", False) or isinstance(layer, nn.BatchNorm2d):
+        b, kb = index[None], kernel
+    else:
+        b = index[in_slot]
+        kb = kernel * (full_in // getattr(layer, "groups", 1) if in_slot is None else 1)
+    return index[out_slot], (full_out if out_slot is None else 1), b, kb
+
+
+def _term(tensor, slot, index):
+    """A tensor's elements as a term: (elements per channel, ``index[slot]``) when its width
+    follows ``slot``, (elements, the column of the constant 1) when it never changes."""
     if slot is None:
-        return tensor.numel(), None
+        return tensor.numel(), index[None]
     if slot.channels != tensor.shape[1]:
-        raise ValueError(f"memory: a tensor of {tensor.shape[1]} channels follows a layer of "
+        raise ValueError(f"a tensor of {tensor.shape[1]} channels follows a layer of "
                          f"{slot.channels}; declare the layer's slots")
-    return tensor.numel() // tensor.shape[1], slot
+    return tensor.numel() // tensor.shape[1], index[slot]
 
 
-def _probe(model, image):
-    """Run ``model`` at full width on ``image`` with hooks that record what the costs need:
-    ``sizes``, {counted layer: (input, output) resolution of its first call}; ``calls``, every
-    counted layer, activation and pooling call with its input shape, in forward order; ``alive``,
-    per memory layer in execution order, the ``_alive`` addends of the tensors alive while it
-    runs (its input, its output, what blocks keep for later, each storage once)."""
-    sizes, calls, alive, held = {}, [], [], []  # held: (owner block, tensor, addend)
+def _probe(model, image, index):
+    """Run ``model`` at full width on ``image`` (one image) with hooks that write down, as terms
+    (coefficient, a, b), what each module costs: the MACs of each conv and linear call; what
+    ``mmcv_flops`` adds to them (conv biases, BN, activation and pooling calls); and, per memory
+    layer in execution order, the tensors alive while it runs (``memory``; a fourth row, the
+    layer). Returns the three lists."""
+    macs_terms, mmcv_terms, memory_terms, held = [], [], [], []  # held: (block, tensor, term)
     latest = [None]  # out_slot of the latest counted layer that ran: the width of what it made
-    kept_by = {}  # child module -> the blocks that keep its output until they return
-    for block in model.modules():
-        for name in getattr(block, "keeps_alive", ()):
-            if name != "input":
-                kept_by.setdefault(block.get_submodule(name), []).append(block)
+    # (module, block): the block keeps the module's output until it returns
+    kept = [(block.get_submodule(name), block) for block in model.modules()
+            for name in getattr(block, "keeps_alive", ()) if name != "input"]
 
-    def before(block, inputs):  # a block that keeps its input (residual, SE)
-        held.append((block, inputs[0], _alive(inputs[0], latest[0])))
+    def before(block, inputs):  # a block that keeps its input (a residual, an SE rescale)
+        held.append((block, inputs[0], _term(inputs[0], latest[0], index)))
 
     def after(m, inputs, output):
-        x, counted = inputs[0], isinstance(m, COUNTED_LAYERS)
+        counted = isinstance(m, COUNTED_LAYERS)
+        slot = getattr(m, "out_slot", None) if counted else latest[0]  # pooling, activations
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            (elements, a), (_, _, b, kb) = _term(output, slot, index), _columns(m, index)
+            macs_terms.append((elements * kb, a, b))
+            if isinstance(m, nn.Conv2d) and m.bias is not None:  # mmcv skips a linear's bias
+                mmcv_terms.append((elements, a, index[None]))
+        elif isinstance(m, (nn.BatchNorm2d,) + MMCV_ELEMENTWISE + MMCV_POOLING):
+            # mmcv counts the input elements, twice for an affine BN
+            elements, a = _term(inputs[0], slot, index)
+            mmcv_terms.append((2 * elements if getattr(m, "affine", False) else elements, a,
+                               index[None]))
+        if isinstance(m, MEMORY_LAYERS):
+            x = inputs[0]
+            ptrs = {x.untyped_storage().data_ptr(), output.untyped_storage().data_ptr()}
+            in_slot = getattr(m, "in_slot", None) if counted else slot
+            alive = [_term(x, in_slot, index), _term(output, slot, index)]
+            alive += [t for _, tensor, t in held if tensor.untyped_storage().data_ptr() not in ptrs]
+            layer = memory_terms[-1][3] + 1 if memory_terms else 0
+            memory_terms.extend((elements, a, index[None], layer) for elements, a in alive)
         if counted:
-            sizes.setdefault(m, (x.shape[2:], output.shape[2:]))
-        if isinstance(m, COUNTED_LAYERS + MMCV_ELEMENTWISE + MMCV_POOLING):
-            calls.append((m, x.shape))
-        if isinstance(m, MEMORY_LAYERS):  # a conv/linear has its own slots, pooling follows
-            in_slot, out_slot = (getattr(m, "in_slot", None), getattr(m, "out_slot", None)) \
-                if counted else (latest[0], latest[0])
-            storages = {x.untyped_storage().data_ptr(), output.untyped_storage().data_ptr()}
-            alive.append([_alive(x, in_slot), _alive(output, out_slot)] + [
-                addend for _, tensor, addend in held  # a held tensor that is the input counts once
-                if tensor.untyped_storage().data_ptr() not in storages])
-        if counted:
-            latest[0] = getattr(m, "out_slot", None)
-        held.extend((block, output, _alive(output, getattr(m, "out_slot", None)))
-                    for block in kept_by.get(m, ()))
+            latest[0] = slot
+        held.extend((block, output, _term(output, slot, index))
+                    for module, block in kept if module is m)
         held[:] = [entry for entry in held if entry[0] is not m]  # a block releases what it kept
 
-    probed = COUNTED_LAYERS + MEMORY_LAYERS + MMCV_ELEMENTWISE + MMCV_POOLING
-    hooks = [m.register_forward_hook(after) for m in model.modules()
-             if isinstance(m, probed) or m in kept_by or getattr(m, "keeps_alive", ())]
+    hooks = [m.register_forward_hook(after) for m in model.modules()]
     hooks += [m.register_forward_pre_hook(before) for m in model.modules()
               if "input" in getattr(m, "keeps_alive", ())]
     previous, was_training = getattr(model, "current_widths", 1.0), model.training
@@ -361,92 +375,40 @@ def _probe(model, image):
         for hook in hooks:
             hook.remove()
         set_widths(model, previous)
-    return sizes, calls, alive
-
-
-def _operation_terms(layers, sizes, calls, index):
-    """The MAC, parameter and mmcv-FLOP terms, rows (coefficient, slot a, slot b), of the counted
-    ``layers`` and the ``calls`` recorded by ``_probe``. ``index`` maps a slot to its column,
-    None (a fixed width) to the column of the constant 1."""
-    one = index[None]
-
-    def factor(slot, full):  # (column, constant multiplier)
-        return index[slot], (full if slot is None else 1)
-
-    def pixels(shape):
-        return int(shape[0] * shape[1]) if len(shape) == 2 else 1
-
-    macs_terms, params_terms, mmcv_terms = [], [], []
-    for m in layers:
-        full_in, full_out = _full_in_out(m)
-        a, ka = factor(getattr(m, "out_slot", None), full_out)
-        if isinstance(m, nn.BatchNorm2d):
-            if m.affine:
-                params_terms.append((2 * ka, a, one))
-            if m in sizes:  # a layer that never runs costs no operations
-                mmcv_terms.append(((2 if m.affine else 1) * pixels(sizes[m][0]) * ka, a, one))
-            continue
-        conv = isinstance(m, nn.Conv2d)
-        kernel = m.kernel_size[0] * m.kernel_size[1] if conv else 1
-        positions = pixels(sizes[m][1]) if conv else 1
-        if getattr(m, "depthwise", False):
-            b, kb = one, 1  # one filter per channel: cost linear in the width
-        else:
-            b, kb = factor(getattr(m, "in_slot", None), full_in // getattr(m, "groups", 1))
-        macs_terms.append((kernel * positions * ka * kb, a, b))
-        params_terms.append((kernel * ka * kb, a, b))
-        if m.bias is not None:
-            params_terms.append((ka, a, one))
-            if conv:  # mmcv counts a conv's bias, not a linear layer's
-                mmcv_terms.append((positions * ka, a, one))
-    # An activation or pooling call counts its input elements; its channels are those of the
-    # counted layer that ran last before it (checked: the counts must agree).
-    last = None
-    for m, shape in calls:
-        if isinstance(m, COUNTED_LAYERS):
-            last = m
-            continue
-        slot = getattr(last, "out_slot", None)
-        if slot is not None and _full_in_out(last)[1] != shape[1]:
-            raise RuntimeError(f"cannot tell the channels of {type(m).__name__}: its input has "
-                               f"{shape[1]}, the layer before it {_full_in_out(last)[1]}")
-        a, k = factor(slot, int(shape[1]))
-        mmcv_terms.append((pixels(shape[2:]) * k, a, one))
-    return macs_terms, params_terms, mmcv_terms + macs_terms
+    return macs_terms, mmcv_terms, memory_terms
 
 
 def _cost_terms(model):
     """``(slots, macs, params, mmcv_flops, memory)``: the slots, then per cost an int64 tensor of
     rows (coefficient, a, b), a term being ``coefficient * c[a] * c[b]`` with c the slot channel
-    counts and column ``len(slots)`` the constant 1; memory has a fourth row, the term's layer in
-    execution order. Built from one ``_probe`` of a zero image (1, image channels, input_size,
-    input_size) in the model's dtype, on its device; cached for that shape, so changing
-    ``model.input_size`` or ``model.in_channels`` rebuilds it."""
+    counts and column ``len(slots)`` the constant 1; memory has a fourth row, the term's layer.
+    Parameters are counted from the layers, the rest by one ``_probe`` of a zero image (1, image
+    channels, input_size, input_size) in the model's dtype, on its device; cached for that
+    shape, so changing ``model.input_size`` or ``model.in_channels`` rebuilds it."""
     model = _unwrap(model)
     shape = (1, image_channels(model), model.input_size, model.input_size)
     cached = model.__dict__.get("_cost_terms")
     if cached is not None and cached[0] == shape:
         return cached[1]
-    weight = next(model.parameters())
-    sizes, calls, alive = _probe(model, torch.zeros(shape, dtype=weight.dtype,
-                                                    device=weight.device))
     layers = [m for m in model.modules() if isinstance(m, COUNTED_LAYERS)]
     slots = sorted({s for m in layers for s in (getattr(m, "in_slot", None),
                                                 getattr(m, "out_slot", None)) if s is not None})
     index = {**{s: i for i, s in enumerate(slots)}, None: len(slots)}
-    memory_terms = [(elements, index[slot], len(slots), layer)
-                    for layer, addends in enumerate(alive) for elements, slot in addends]
+    params_terms = []
+    for m in layers:
+        a, ka, b, kb = _columns(m, index)
+        if m.weight is not None:  # None for a BN without affine parameters
+            params_terms.append((ka * kb, a, b))
+        if m.bias is not None:
+            params_terms.append((ka, a, len(slots)))
+    weight = next(model.parameters())
+    macs_terms, mmcv_terms, memory_terms = _probe(
+        model, torch.zeros(shape, dtype=weight.dtype, device=weight.device), index)
     terms = (slots, *(torch.tensor(t, dtype=torch.long).reshape(-1, 3).T
-                      for t in _operation_terms(layers, sizes, calls, index)),
+                      for t in (macs_terms, params_terms, mmcv_terms + macs_terms)),
              torch.tensor(memory_terms, dtype=torch.long).reshape(-1, 4).T)
     model.__dict__["_cost_terms"] = (shape, terms)
     return terms
-
-
-def _channels_and_one(slots, matrix):
-    """int64 (N, len(slots) + 1): the slot channel counts, then the constant 1."""
-    return torch.cat([_slot_channels(slots, matrix), torch.ones(len(matrix), 1, dtype=torch.long)],
-                     dim=1)
 
 
 def _evaluate_terms(model, widths, which):
@@ -455,7 +417,7 @@ def _evaluate_terms(model, widths, which):
         total = memory_by_layer(model, widths).max(dim=1).values
     else:
         coef, a, b = {"macs": macs_terms, "params": params_terms, "mmcv_flops": mmcv_terms}[which]
-        channels = _channels_and_one(slots, width_matrix(model, widths))
+        channels = _slot_channels(slots, width_matrix(model, widths))
         total = (channels[:, a] * channels[:, b] * coef).sum(dim=1)
     if torch.is_tensor(widths) and widths.dim() == 2:
         return total
@@ -497,21 +459,16 @@ def memory(model, widths=1.0):
     """Peak activation memory of inference for one image at ``model.input_size``, in elements
     (times 4 bytes in float32, 1 in int8); weights are not included.
 
-    The peak of the tensors alive at once (Sandler et al., MobileNetV2, Sec. 5.1) in
-    layer-by-layer execution, every layer output materialized (MCUNet's "peak SRAM", Lin et al.
-    NeurIPS'20). A layer is a conv, a linear or a pooling module; BN and activations run in
-    place, fused into the conv before them. While a layer runs, memory holds its input, its
-    output and what a block declares in ``keeps_alive``: ``"input"`` (a residual block's input,
-    kept for the skip addition; an SE block's, for the rescale) and names of children whose
-    outputs it keeps until it returns (a projection block's main path while its shortcut conv
-    runs). A tensor counts once, whatever its roles.
-
-    MobileNetV2 at 224, full width: 1,505,280 elements (5.7 MiB in float32), at the stride-2
-    depthwise conv of ``features.2`` (96x112x112 in, 96x56x56 out). MCUNetV2 (Lin et al.
-    NeurIPS'21, Fig. 1) reports 1372 kB in int8 = 1,404,928 elements, our value at the 16 -> 96
-    expansion before it: its engine runs depthwise convs in place. Also ValueError when a
-    tensor's width cannot be told from the slots the network declares.
-    """
+    The peak over the layers of layer-by-layer execution (Sandler et al., MobileNetV2, Sec. 5.1;
+    MCUNet's "peak SRAM", Lin et al. NeurIPS'20) of the tensors alive while a layer (a conv, a
+    linear or a pooling module; BN and activations run in place) runs: its input, its output and
+    what a block keeps in ``keeps_alive``, ``"input"`` (for a residual addition or an SE rescale)
+    and names of children whose outputs it keeps until it returns (a projection block's main
+    path, while its shortcut conv runs). A tensor counts once. MobileNetV2 at 224, full width:
+    1,505,280 elements (5.7 MiB in float32) at the stride-2 depthwise conv of ``features.2``
+    (96x112x112 in, 96x56x56 out); MCUNetV2 (NeurIPS'21, Fig. 1) reports 1,404,928 (1372 kB in
+    int8), our value at the expansion before it: its engine runs depthwise convs in place.
+    ValueError too when a tensor's width cannot be told from the slots the network declares."""
     return _evaluate_terms(model, widths, "memory")
 
 
@@ -520,7 +477,7 @@ def memory_by_layer(model, widths=1.0):
     an int64 tensor (N, layers), N = 1 for one configuration. Its row maximum is ``memory``;
     its argmax says which layer sets the peak."""
     slots, _, _, _, (coef, a, _, layer) = _cost_terms(model)
-    channels = _channels_and_one(slots, width_matrix(model, widths))
+    channels = _slot_channels(slots, width_matrix(model, widths))
     per_layer = torch.zeros(len(channels), int(layer.max()) + 1, dtype=torch.long)
     return per_layer.index_add_(1, layer, channels[:, a] * coef)
 
@@ -629,13 +586,6 @@ def save_config(path, model, widths, **extra):
     return record
 
 
-def possible_channels(group):
-    """Every channel count ``group`` (a WidthGroup) can take, ascending."""
-    full = group.channels
-    return sorted(set(round_channels(torch.arange(1, full + 1) / full, full,
-                                     group.divisor).tolist()))
-
-
 def _config_channels(path, channels, net):
     """A configuration's ``channels`` as ``{group name: int}``; ValueError, one line, for a group
     missing or unknown or a count the group cannot take (naming the nearest it can)."""
@@ -652,7 +602,10 @@ def _config_channels(path, channels, net):
                          + "; ".join(problems))
     counts = {}
     for group in groups:
-        count, possible = channels[group.name], possible_channels(group)
+        count, full = channels[group.name], group.channels
+        # every count the group can take, ascending
+        possible = round_channels(torch.arange(1, full + 1) / full, full, group.divisor).unique()
+        possible = possible.tolist()
         number = isinstance(count, (int, float)) and not isinstance(count, bool)
         if not (number and float(count).is_integer() and int(count) in possible):  # 8.0 is 8
             below = [c for c in possible if number and c < count]
@@ -718,18 +671,16 @@ def export(model, widths):
     ``export(get_model(name, num_classes), widths).load_state_dict(state)``.
     """
     source = _unwrap(model)
-    channels = _layer_channels(source, widths)
+    channels = layer_channels(source, widths)
     # Deep-copy everything except the big slimmable layers, which are rebuilt below.
-    memo = {id(m): None for m in channels}
+    memo = {id(m): None for _, m in slim_layers(source)}
     static = copy.deepcopy(source, memo)
     for key in ("_slim_layers", "_cost_terms", "current_widths"):
         static.__dict__.pop(key, None)
-    by_name = dict(source.named_modules())
     for name, layer in slim_layers(source):
-        c_in, c_out = channels[layer]
         parent_name, _, attr = name.rpartition(".")
         parent = static.get_submodule(parent_name) if parent_name else static
-        setattr(parent, attr, _static_copy(by_name[name], c_in, c_out))
+        setattr(parent, attr, _static_copy(layer, *channels[name]))
     static.train(source.training)
     return static
 
