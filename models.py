@@ -390,8 +390,8 @@ def channels_from_flat_list(model, flat):
         full = layer.out_features if isinstance(layer, SlimLinear) else layer.out_channels
         if layer.out_slot is None:
             if count != full:
-                raise ValueError(f"entry {position} ({name}) is {count}; that layer is fixed at "
-                                 f"{full}")
+                raise ValueError(f"entry {position} ({name}) is {count}; that layer is fixed "
+                                 f"at {full}")
             continue
         group = groups[layer.out_slot.group].name
         if channels.setdefault(group, count) != count:
@@ -430,8 +430,7 @@ def write_autoslim_configs(folder="configs"):
 
 def print_table(lower=0.42, file=sys.stdout):
     """Every network's width groups, MACs, mmcv-style FLOPs and params at full width and at
-    ``lower`` (CIFAR ResNets at 32x32 with 10 classes, the others at 224x224 with 1000), then
-    the published AutoSlim-MobileNetV2 networks."""
+    ``lower``, then the published AutoSlim-MobileNetV2 networks."""
     header = (f"{'network':<24}{'groups':>7}{'MACs@1.0':>15}{'mmcv@1.0':>15}{'params@1.0':>13}"
               f"{f'MACs@{lower}':>15}{f'params@{lower}':>14}")
     print(header, "-" * len(header), sep="\n", file=file)
