@@ -7,36 +7,37 @@ that must agree. The rules, for every network:
 - Layers tied by a residual add share one group (a ResNet stage's residual width; a MobileNet
   stage's output width). A depthwise conv follows its input, so it has no group of its own.
 - Each block's inner width (ResNet ``conv1`` output, MobileNet expansion) is its own group.
-- The image input and the logits never change; neither do the last 1x1 conv of the MobileNets
+- The image input and the logits never change; neither does the last 1x1 conv of the MobileNets
   (1280 / 960 channels), which Joslim and AutoSlim keep fixed too.
-- Channel rounding: the CIFAR ResNets allow any count >= 1 (divisor 1); the ImageNet networks use
-  multiples of 8 like torchvision (divisor 8). See ``slimmable.round_channels``.
+- Channel rounding (``slimmable.round_channels``): the CIFAR ResNets allow any count >= 1, the
+  ImageNet networks multiples of 8 like torchvision.
 
 Design choices worth knowing:
 
 - CIFAR ResNets (He et al. 2016, Sec. 4.2): 3x3 conv stem with BN and ReLU, three stages of 16/32/64
   channels, parameter-free option-A shortcuts (stride-2 subsampling, then zero channels). Under
-  slimming a stage may be *narrower* than the stage before it; the shortcut then keeps the first
+  slimming a stage may be *narrower* than the one before it; its shortcut then keeps the first
   channels of its input. The Joslim reference instead forces residual widths to be non-decreasing
   across stages, which makes the cost a max() of the multipliers; here every multiplier is free.
-- MobileNetV3's squeeze-and-excitation layer has its own width: ``round8(m * full_squeeze)`` with
-  ``m`` the multiplier of its block's expansion, so the squeeze stays about a quarter of the
-  expansion at every width (torchvision: ``_make_divisible(expanded // 4, 8)``). The 5x5 depthwise
-  kernels are real 5x5 kernels (the Joslim reference silently used 3x3).
+- MobileNetV3's squeeze-and-excitation layer has its own width, ``round8(m * full_squeeze)`` with
+  ``m`` its block's expansion multiplier: the squeeze stays about a quarter of the expansion at
+  every width (torchvision: ``_make_divisible(expanded // 4, 8)``). Its 5x5 depthwise kernels are
+  real 5x5 kernels (the Joslim reference silently used 3x3).
 - At full width the ImageNet networks have torchvision's parameter names and shapes, so
   ``model.load_state_dict(torchvision.models.resnet18(weights=...).state_dict())`` works.
 
-``python models.py`` prints every network's width groups, MACs, mmcv-style FLOPs and parameters
-at full and at the smallest width (0.42), then the published AutoSlim-MobileNetV2 networks.
-``python models.py write-configs`` (re)writes those networks as ``configs/autoslim_mbv2_*.json``.
+``python models.py`` prints every network's width groups and costs at full and at the smallest
+width (0.42), and the published AutoSlim-MobileNetV2 networks; ``python models.py write-configs``
+(re)writes those as ``configs/autoslim_mbv2_*.json``.
 """
+import functools
 import os
 import sys
 
 import torch.nn as nn
 
-from slimmable import (SlimBatchNorm2d, SlimConv2d, SlimLinear, add_group, divisible, macs,
-                       mmcv_flops, params, save_config, slim_layers)
+from slimmable import (SlimBatchNorm2d, SlimConv2d, SlimLinear, add_group, divisible,
+                       group_channels, macs, mmcv_flops, params, save_config, slim_layers)
 
 
 def option_a_shortcut(x, channels, stride):
@@ -53,8 +54,8 @@ def _conv_bn(in_slot, out_slot, kernel, stride=1, groups=1, activation=None, bn_
              bn_momentum=0.1):
     """conv -> BN [-> activation] as an ``nn.Sequential`` (torchvision's Conv2dNormActivation
     names: ``0`` conv, ``1`` bn, ``2`` activation). A slot given as a plain int is a fixed width."""
-    c_in, c_out = _channels(in_slot), _channels(out_slot)
-    in_slot, out_slot = _slot(in_slot), _slot(out_slot)
+    c_in, c_out = [s if isinstance(s, int) else s.channels for s in (in_slot, out_slot)]
+    in_slot, out_slot = [None if isinstance(s, int) else s for s in (in_slot, out_slot)]
     layers = [SlimConv2d(c_in, c_out, kernel, stride, (kernel - 1) // 2, groups=groups,
                          in_slot=in_slot, out_slot=out_slot),
               SlimBatchNorm2d(c_out, out_slot, eps=bn_eps, momentum=bn_momentum)]
@@ -63,23 +64,13 @@ def _conv_bn(in_slot, out_slot, kernel, stride=1, groups=1, activation=None, bn_
     return nn.Sequential(*layers)
 
 
-def _channels(slot_or_count):
-    return slot_or_count if isinstance(slot_or_count, int) else slot_or_count.channels
-
-
-def _slot(slot_or_count):
-    return None if isinstance(slot_or_count, int) else slot_or_count
-
-
 def _init_weights(model, linear_std=None):
+    """torchvision's initialization (a BN starts at weight 1, bias 0 already)."""
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
         elif isinstance(m, nn.Linear) and linear_std is not None:
             nn.init.normal_(m.weight, 0, linear_std)
             nn.init.zeros_(m.bias)
@@ -135,18 +126,16 @@ class ResNet(nn.Module):
                  in_channels=3):
         super().__init__()
         divisor = 8 if imagenet else 1
-        self.width_groups = []
+        groups = self.width_groups = []
         self.input_size, self.in_channels = input_size, in_channels
         residual, inner = [], []  # groups in network order: each stage's residual, then its blocks
         for k, (count, channels) in enumerate(zip(blocks_per_stage, stage_channels)):
-            residual.append(add_group(self.width_groups, f"layer{k + 1}.residual", channels, divisor))
-            inner.append([add_group(self.width_groups, f"layer{k + 1}.{b}.inner", channels, divisor)
+            residual.append(add_group(groups, f"layer{k + 1}.residual", channels, divisor))
+            inner.append([add_group(groups, f"layer{k + 1}.{b}.inner", channels, divisor)
                           for b in range(count)])
         stem = residual[0]
-        if imagenet:
-            self.conv1 = SlimConv2d(in_channels, stem.channels, 7, 2, 3, out_slot=stem)
-        else:
-            self.conv1 = SlimConv2d(in_channels, stem.channels, 3, 1, 1, out_slot=stem)
+        kernel, stride, padding = (7, 2, 3) if imagenet else (3, 1, 1)
+        self.conv1 = SlimConv2d(in_channels, stem.channels, kernel, stride, padding, out_slot=stem)
         self.bn1 = SlimBatchNorm2d(stem.channels, stem)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, 2, 1) if imagenet else nn.Identity()
@@ -262,9 +251,8 @@ class MobileNetV2(nn.Module):
     def __init__(self, num_classes=1000, width_mult=1.0, input_size=224, dropout=0.2,
                  in_channels=3):
         super().__init__()
-        self.width_groups, self.input_size, self.in_channels = [], input_size, in_channels
-        self.width_mult = width_mult
-        groups = self.width_groups
+        groups = self.width_groups = []
+        self.input_size, self.in_channels, self.width_mult = input_size, in_channels, width_mult
         in_slot = add_group(groups, "stem", make_divisible(32 * width_mult), 8)
         last_channels = make_divisible(1280 * max(1.0, width_mult))
         features = [_conv_bn(in_channels, in_slot, 3, 2, activation=nn.ReLU6(inplace=True))]
@@ -278,14 +266,12 @@ class MobileNetV2(nn.Module):
                 features.append(InvertedResidual(in_slot, expand, out_slot, 3, s if i == 0 else 1,
                                                  lambda: nn.ReLU6(inplace=True)))
                 in_slot = out_slot
-        features.append(_conv_bn(in_slot, last_channels, 1,
-                                 activation=nn.ReLU6(inplace=True)))
+        features.append(_conv_bn(in_slot, last_channels, 1, activation=nn.ReLU6(inplace=True)))
         self.features = nn.Sequential(*features)
         # A module, not torchvision's functional call: slimmable.memory sees the layer, and mmcv's
         # counter (slimmable.mmcv_flops) counts modules only (mmcls's MobileNetV2 pools in its neck).
         self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Sequential(nn.Dropout(dropout),
-                                        SlimLinear(last_channels, num_classes))
+        self.classifier = nn.Sequential(nn.Dropout(dropout), SlimLinear(last_channels, num_classes))
         _init_weights(self, linear_std=0.01)
 
     def forward(self, x):
@@ -308,8 +294,8 @@ class MobileNetV3Large(nn.Module):
 
     def __init__(self, num_classes=1000, input_size=224, dropout=0.2, in_channels=3):
         super().__init__()
-        self.width_groups, self.input_size, self.in_channels = [], input_size, in_channels
-        groups = self.width_groups
+        groups = self.width_groups = []
+        self.input_size, self.in_channels = input_size, in_channels
         norm = dict(bn_eps=0.001, bn_momentum=0.01)
         in_slot = add_group(groups, "stem", 16, 8)
         features = [_conv_bn(in_channels, in_slot, 3, 2, activation=nn.Hardswish(), **norm)]
@@ -329,8 +315,7 @@ class MobileNetV3Large(nn.Module):
                                              squeeze, attribute="block", **norm))
             in_slot = out_slot
         last_channels = 6 * in_slot.channels
-        features.append(_conv_bn(in_slot, last_channels, 1, activation=nn.Hardswish(),
-                                 **norm))
+        features.append(_conv_bn(in_slot, last_channels, 1, activation=nn.Hardswish(), **norm))
         self.features = nn.Sequential(*features)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Sequential(SlimLinear(last_channels, 1280), nn.Hardswish(),
@@ -344,10 +329,8 @@ class MobileNetV3Large(nn.Module):
 # ---------------------------------------------------------------------------------------------
 
 NETWORKS = {
-    "slim_resnet20": lambda num_classes, **kw: slim_cifar_resnet(20, num_classes, **kw),
-    "slim_resnet32": lambda num_classes, **kw: slim_cifar_resnet(32, num_classes, **kw),
-    "slim_resnet44": lambda num_classes, **kw: slim_cifar_resnet(44, num_classes, **kw),
-    "slim_resnet56": lambda num_classes, **kw: slim_cifar_resnet(56, num_classes, **kw),
+    **{f"slim_resnet{depth}": functools.partial(slim_cifar_resnet, depth)
+       for depth in (20, 32, 44, 56)},
     "slim_resnet18": slim_resnet18,
     "slim_mobilenetv2": MobileNetV2,
     "slim_mobilenetv3_large": MobileNetV3Large,
@@ -407,8 +390,8 @@ def channels_from_flat_list(model, flat):
         full = layer.out_features if isinstance(layer, SlimLinear) else layer.out_channels
         if layer.out_slot is None:
             if count != full:
-                raise ValueError(f"entry {position} ({name}) is {count}; that layer is fixed at "
-                                 f"{full}")
+                raise ValueError(f"entry {position} ({name}) is {count}; that layer is fixed "
+                                 f"at {full}")
             continue
         group = groups[layer.out_slot.group].name
         if channels.setdefault(group, count) != count:
@@ -417,50 +400,52 @@ def channels_from_flat_list(model, flat):
     return channels
 
 
-def write_autoslim_configs(folder="configs"):
-    """Write the three published AutoSlim-MobileNetV2 networks as channel configurations of
-    ``get_model("slim_mobilenetv2", 1000, width_mult=1.5)`` (``slimmable.save_config``'s
-    format, which ``train.py --channel_config`` reads): ``FOLDER/autoslim_mbv2_{530M,320M,220M}.json``.
-    Each records its source, the paper's MACs and mmrazor's label (``cost``/``target``: the
-    mmcv-style FLOPs it is known by). Returns the paths."""
-    from slimmable import load_config  # noqa: E402  (the round trip below checks the file)
+def autoslim_networks():
+    """The 1.5x MobileNetV2 supernet and ``[(label, widths)]`` of the published AutoSlim networks
+    in it; the widths reproduce the published channels (checked)."""
     net = get_model("slim_mobilenetv2", 1000, width_mult=1.5)
-    paths = []
+    networks = []
     for label, flat in AUTOSLIM_MOBILENETV2.items():
         channels = channels_from_flat_list(net, flat)
         widths = [channels[g.name] / g.channels for g in net.width_groups]
-        path = os.path.join(folder, f"autoslim_mbv2_{label}.json")
+        if group_channels(net, widths) != channels:
+            raise RuntimeError(f"the widths of AutoSlim {label} miss its channels (a bug)")
+        networks.append((label, widths))
+    return net, networks
+
+
+def write_autoslim_configs(folder="configs"):
+    """Write the published AutoSlim-MobileNetV2 networks as channel configurations
+    (``slimmable.save_config``'s format, read by ``train.py --channel_config``):
+    ``FOLDER/autoslim_mbv2_{530M,320M,220M}.json``, each with its source, the paper's MACs and
+    mmrazor's label (``cost``/``target``: the mmcv-style FLOPs it is known by). Returns the paths."""
+    net, networks = autoslim_networks()
+    paths = [os.path.join(folder, f"autoslim_mbv2_{label}.json") for label, _ in networks]
+    for path, (label, widths) in zip(paths, networks):
         save_config(path, net, widths, cost="mmcv_flops", target=float(label[:-1]),
-                    paper_macs=AUTOSLIM_PAPER_MACS[label], flat_channels=flat,
+                    paper_macs=AUTOSLIM_PAPER_MACS[label], flat_channels=AUTOSLIM_MOBILENETV2[label],
                     source=AUTOSLIM_SOURCE.format(label=label))
-        if load_config(path, net)[1]["channels"] != channels:
-            raise RuntimeError(f"{path} does not hold the published channels (a bug)")
-        paths.append(path)
     return paths
 
 
 def print_table(lower=0.42, file=sys.stdout):
-    """The model table: width groups, MACs, mmcv-style FLOPs and params at full width and at
-    ``lower``; then the published AutoSlim-MobileNetV2 networks."""
+    """Every network's width groups, MACs, mmcv-style FLOPs and params at full width and at
+    ``lower``, then the published AutoSlim-MobileNetV2 networks."""
     header = (f"{'network':<24}{'groups':>7}{'MACs@1.0':>15}{'mmcv@1.0':>15}{'params@1.0':>13}"
               f"{f'MACs@{lower}':>15}{f'params@{lower}':>14}")
-    print(header, file=file)
-    print("-" * len(header), file=file)
+    print(header, "-" * len(header), sep="\n", file=file)
     for name in NETWORKS:
-        num_classes = 10 if name in CIFAR_NETWORKS else 1000
-        net = get_model(name, num_classes)
+        net = get_model(name, 10 if name in CIFAR_NETWORKS else 1000)
         print(f"{name:<24}{len(net.width_groups):>7}{macs(net, 1.0):>15,}"
               f"{mmcv_flops(net, 1.0):>15,}{params(net, 1.0):>13,}"
               f"{macs(net, lower):>15,}{params(net, lower):>14,}", file=file)
     print("MACs: conv+linear multiply-accumulates per image (32x32 CIFAR nets with 10 classes, "
           "224x224 ImageNet nets with 1000 classes), the papers' FLOPs. mmcv: the same plus BN, "
           "activations and pooling, as mmcv's counter (slimmable.mmcv_flops).", file=file)
-    net = get_model("slim_mobilenetv2", 1000, width_mult=1.5)
+    net, networks = autoslim_networks()
     print(f"\n{'AutoSlim-MobileNetV2 (1.5x supernet)':<38}{'MACs':>13}{'paper':>7}{'params':>11}"
           f"{'mmcv FLOPs':>13}{'mmrazor':>9}", file=file)
-    for label, flat in AUTOSLIM_MOBILENETV2.items():
-        channels = channels_from_flat_list(net, flat)
-        widths = [channels[g.name] / g.channels for g in net.width_groups]
+    for label, widths in networks:
         print(f"{f'configs/autoslim_mbv2_{label}.json':<38}{macs(net, widths):>13,}"
               f"{AUTOSLIM_PAPER_MACS[label]:>7}{params(net, widths):>11,}"
               f"{mmcv_flops(net, widths):>13,}{label:>9}", file=file)

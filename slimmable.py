@@ -1,39 +1,19 @@
 """Slimmable layers: one set of weights, many widths.
 
 A slimmable network (Yu et al., "Slimmable Neural Networks", ICLR'19; "Universally Slimmable
-Networks", ICCV'19) runs at any per-layer width by using the *first k* channels of every layer.
-Width search (Joslim, AutoSlim) then asks which widths to use at each cost. This file holds
-everything that is about widths and nothing that is about a particular network:
+Networks", ICCV'19) runs at any per-layer width by using the *first k* channels of every layer;
+width search (Joslim, AutoSlim) then asks which widths to use at each cost. This file holds all
+that is about widths and nothing about a particular network, and imports only torch:
 
-- ``SlimConv2d``, ``SlimBatchNorm2d``, ``SlimLinear``: subclasses of the torch layers whose forward
-  slices the weights to the active width. Parameter and buffer names are torch's, so a full-width
-  ``state_dict()`` is an ordinary one. The input width is read from the input tensor; the output
-  width is set by ``set_widths``. BN is *shared* across widths and sliced (US-Nets); training
-  always uses batch statistics, and ``calibrate_bn`` recomputes the running statistics of one
-  configuration before it is evaluated.
-- Width groups. Layers that must agree on a channel count (tied by a residual add, or a depthwise
-  conv and the layer feeding it) share one ``WidthGroup``. A model lists its groups in
-  ``model.width_groups``; a width configuration is one multiplier in (0, 1] per group.
-  Each layer names the ``ChannelSlot`` of its input and output: a slot is a group plus a full
-  channel count (usually the group's own; an SE squeeze layer uses its block's multiplier on its
-  own smaller count). ``None`` means the width never changes (the image input, the logits).
-- Rounding. ``channels = round_channels(multiplier, full, divisor)``. With ``divisor == 1``
-  (CIFAR ResNets) it is round-half-up of ``multiplier * full``, at least 1. With ``divisor == 8``
-  (ImageNet networks) it is torchvision's ``_make_divisible``: the nearest multiple of 8, at least
-  8, bumped up one step if that lost more than 10%. Both are clamped to ``full`` and monotone, so
-  the cost of a configuration never decreases when a multiplier grows.
-- Cost. ``macs`` and ``params`` are analytic: every conv/linear contributes
-  ``coefficient * c_in * c_out`` (a bilinear form in the slot channel counts), so the cost of N
-  configurations is one (N, terms) product, with no forward pass. Plain torch layers count at
-  their fixed width, so an exported model is counted as it is. "FLOPs" in the slimmable
-  literature are these multiply-accumulates of conv and linear layers. ``mmcv_flops`` is the
-  other convention, mmcv's counter (mmrazor, mmcls): MACs plus BN, activations and pooling,
-  about 5% more on MobileNetV2 (AutoSlim's 505M network is mmrazor's "530M").
-- Memory. ``memory`` is the peak activation memory of layer-by-layer inference, in elements:
-  per layer a sum of (pixels x one slot's channels), so also analytic; residual blocks and
-  squeeze-excitation declare the tensors they keep alive in ``keeps_alive``.
-- ``export``: an ordinary model whose leaves are plain ``nn.Conv2d``/``nn.BatchNorm2d``/``nn.Linear``
-  holding the sliced weights and statistics (AutoSlim's "split checkpoint").
+- the layers ``SlimConv2d``, ``SlimBatchNorm2d`` and ``SlimLinear``;
+- width groups: layers that must agree on a channel count (tied by a residual add, say) share a
+  ``WidthGroup``; a model lists its groups in ``model.width_groups``, and a width configuration
+  is one multiplier in (0, 1] per group, applied by ``set_widths``;
+- the costs of any number of configurations, counted without running the network: ``macs``
+  (the papers' FLOPs), ``params``, ``mmcv_flops`` and peak activation ``memory``;
+- ``calibrate_bn`` (BN statistics for one configuration) and ``export`` (a plain torch model);
+- channel configuration files: ``config_record``/``save_config`` write one, ``load_config``
+  reads it back.
 
 Example::
 
@@ -43,7 +23,7 @@ Example::
     print(slimmable.macs(net, 0.5), slimmable.params(net, 0.5))
     small = slimmable.export(net.eval(), 0.5)           # plain torch layers only
     x = torch.randn(2, 3, 32, 32)
-    print((small(x) - net(x)).abs().max())              # ~1e-7
+    print((small(x) - net(x)).abs().max())              # 0, or a rounding error
 """
 import contextlib
 import copy
@@ -63,7 +43,10 @@ class WidthGroup(NamedTuple):
 
 
 class ChannelSlot(NamedTuple):
-    """The width of one layer input or output: group ``group`` applied to ``channels`` full channels."""
+    """The width of a layer's input or output: group ``group``'s multiplier applied to
+    ``channels`` full channels (the group's own count, except for an SE squeeze layer, which
+    applies its block's multiplier to its own smaller count). A layer whose slot is ``None`` has
+    a width that never changes (the image input, the logits)."""
     group: int
     channels: int
     divisor: int = 1
@@ -84,7 +67,10 @@ def divisible(values, divisor):
 
 
 def round_channels(multipliers, full, divisor=1):
-    """Channel count(s) for multiplier(s) of ``full`` channels (tensor in, int64 tensor out)."""
+    """Channel count(s) for multiplier(s) of ``full`` channels (tensor in, int64 tensor out):
+    with ``divisor == 1`` (CIFAR ResNets) round half up, at least 1; otherwise (8 for the
+    ImageNet networks) ``divisible``. Clamped to ``full`` and monotone, so a cost never
+    decreases when a multiplier grows."""
     value = torch.as_tensor(multipliers, dtype=torch.float64) * full
     if divisor == 1:
         channels = torch.floor(value + 0.5).clamp(min=1)
@@ -94,7 +80,8 @@ def round_channels(multipliers, full, divisor=1):
 
 
 # ---------------------------------------------------------------------------------------------
-# Layers
+# Layers: torch's parameter names, so a full-width ``state_dict()`` is an ordinary one. The input
+# width is read from the input tensor, the output width is set by ``set_widths``.
 
 
 class SlimConv2d(nn.Conv2d):
@@ -134,8 +121,10 @@ class SlimConv2d(nn.Conv2d):
 
 
 class SlimBatchNorm2d(nn.BatchNorm2d):
-    """``nn.BatchNorm2d`` shared across widths: uses the first c channels of its affine
-    parameters and running statistics, c read from the input."""
+    """``nn.BatchNorm2d`` shared across widths (US-Nets): uses the first c channels of its affine
+    parameters and running statistics, c read from the input. Training always normalizes by
+    batch statistics; ``calibrate_bn`` recomputes the running ones of a configuration before it
+    is evaluated."""
 
     def __init__(self, num_features, slot: Optional[ChannelSlot] = None, eps=1e-5, momentum=0.1):
         super().__init__(num_features, eps=eps, momentum=momentum)
@@ -220,9 +209,10 @@ def width_matrix(model, widths):
 
 
 def _slot_channels(slots, matrix):
-    """int64 (N, len(slots)) channel counts of each slot under each configuration."""
+    """int64 (N, len(slots) + 1): each slot's channel count under each configuration, then the
+    constant 1 (the column of a fixed width in the cost terms)."""
     columns = [round_channels(matrix[:, s.group], s.channels, s.divisor) for s in slots]
-    return torch.stack(columns, dim=1) if columns else torch.zeros(len(matrix), 0, dtype=torch.long)
+    return torch.stack(columns + [torch.ones(len(matrix), dtype=torch.long)], dim=1)
 
 
 def group_channels(model, widths):
@@ -243,17 +233,15 @@ def channels_to_widths(model, channels):
     return [min(1.0, channels[g.name] / g.channels) for g in groups]
 
 
-def _layer_channels(model, widths):
-    """``{layer: (c_in, c_out)}`` for one configuration, from the declared slots."""
+def layer_channels(model, widths):
+    """``{layer name: [c_in, c_out]}`` of every slimmable layer under ``widths``."""
     layers = slim_layers(model)
     slots = sorted({s for _, m in layers for s in (m.in_slot, m.out_slot) if s is not None})
     counts = dict(zip(slots, _slot_channels(slots, width_matrix(model, widths))[0].tolist()))
     result = {}
-    for _, m in layers:
+    for name, m in layers:  # a slot None is a fixed width: the layer's own
         full_in, full_out = _full_in_out(m)
-        c_in = counts[m.in_slot] if m.in_slot is not None else full_in
-        c_out = counts[m.out_slot] if m.out_slot is not None else full_out
-        result[m] = (c_in, c_out)
+        result[name] = [counts.get(m.in_slot, full_in), counts.get(m.out_slot, full_out)]
     return result
 
 
@@ -265,7 +253,25 @@ def _full_in_out(layer):
     return layer.num_features, layer.num_features
 
 
-COUNTED_LAYERS = (nn.Conv2d, nn.Linear, nn.BatchNorm2d)  # slimmable or plain: both are counted
+def set_widths(model, widths):
+    """Make ``model`` run at ``widths`` (a float, or one multiplier per width group).
+
+    Raises ``ValueError`` naming the group for a wrong length or a value outside (0, 1].
+    """
+    channels = layer_channels(model, widths)
+    for name, layer in slim_layers(model):
+        if not isinstance(layer, SlimBatchNorm2d):
+            layer.active_out = channels[name][1]
+    _unwrap(model).current_widths = widths
+    return model
+
+
+# ---------------------------------------------------------------------------------------------
+# Costs. Each is a sum of terms ``coefficient * c[a] * c[b]``, c the channel counts of the
+# slots, so the costs of N configurations are one (N, terms) product. Plain torch layers count
+# too, at their fixed width: an exported model is counted as it is.
+
+COUNTED_LAYERS = (nn.Conv2d, nn.Linear, nn.BatchNorm2d)
 # The layers of layer-by-layer execution that ``memory`` counts: convs, linears, pooling.
 MEMORY_LAYERS = (nn.Conv2d, nn.Linear, nn.modules.pooling._MaxPoolNd,
                  nn.modules.pooling._AvgPoolNd, nn.modules.pooling._AdaptiveAvgPoolNd,
@@ -275,33 +281,11 @@ MMCV_ELEMENTWISE = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU)
 MMCV_POOLING = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveMaxPool2d, nn.AdaptiveAvgPool2d)
 
 
-def set_widths(model, widths):
-    """Make ``model`` run at ``widths`` (a float, or one multiplier per width group).
-
-    Raises ``ValueError`` naming the group for a wrong length or a value outside (0, 1].
-    """
-    for layer, (_, c_out) in _layer_channels(model, widths).items():
-        if not isinstance(layer, SlimBatchNorm2d):
-            layer.active_out = c_out
-    _unwrap(model).current_widths = widths
-    return model
-
-
-def layer_channels(model, widths):
-    """``{layer name: [c_in, c_out]}`` of every slimmable layer under ``widths`` (for configs/logs)."""
-    by_layer = _layer_channels(model, widths)
-    return {name: list(by_layer[m]) for name, m in slim_layers(model)}
-
-
-# ---------------------------------------------------------------------------------------------
-# Cost: MACs and parameters as bilinear forms in the slot channel counts
-
-
 def image_channels(model):
     """Channels of the image the model takes: ``model.in_channels`` when the network declares it
-    (every network of models.py does: 3 for RGB, 1 for grey), else the first conv's input."""
+    (every network of models.py does), else the first slimmable conv's input."""
     model = _unwrap(model)
-    if hasattr(model, "in_channels"):
+    if getattr(model, "in_channels", None) is not None:
         return int(model.in_channels)
     first = next((m for _, m in slim_layers(model) if isinstance(m, SlimConv2d)), None)
     if first is None:
@@ -309,157 +293,122 @@ def image_channels(model):
     return first.in_channels
 
 
-def _cost_terms(model):
-    """(slots, macs_terms, params_terms, mmcv_terms, memory_terms); a term is
-    ``coefficient * c[a] * c[b]`` where c are the slot channel counts and index ``len(slots)``
-    stands for the constant 1; a memory term has a fourth row, the index of its layer in
-    execution order. Built from one full-width forward of a ``(1, image_channels, input_size,
-    input_size)`` zero image that records each layer's resolution, each activation or pooling
-    call and the tensors held across each layer; cached on the model for that input shape, so
-    changing ``model.input_size`` or ``model.in_channels`` rebuilds it."""
-    model = _unwrap(model)
-    probe_shape = (1, image_channels(model), model.input_size, model.input_size)
-    cached = model.__dict__.get("_cost_terms")
-    if cached is not None and cached[0] == probe_shape:
-        return cached[1]
-    # Plain torch layers count too, at their fixed width: an exported model, or a network that
-    # mixes slimmable and plain layers, is counted as it is.
-    layers = [m for m in model.modules() if isinstance(m, COUNTED_LAYERS)]
-    sizes, calls = {}, []  # calls: every layer, activation and pooling call, in forward order
-    tensors_of_layer = []  # per memory layer, [(elements, slot)]
-    held = []  # (owner module, tensor, (elements, slot)) alive across the layers inside owner
+def _columns(layer, index):
+    """``(a, ka, b, kb)``: ``layer`` has ``c[a] * ka`` output channels, each computed with
+    ``c[b] * kb`` weights; c are the slot channel counts, ``index`` maps a slot to its column and
+    a fixed width (None) to the column of the constant 1. A BN or a depthwise conv has one
+    filter per channel: its b is the constant."""
+    full_in, full_out = _full_in_out(layer)
+    in_slot, out_slot = getattr(layer, "in_slot", None), getattr(layer, "out_slot", None)
+    kernel = layer.kernel_size[0] * layer.kernel_size[1] if isinstance(layer, nn.Conv2d) else 1
+    if getattr(layer, "depthwise", False) or isinstance(layer, nn.BatchNorm2d):
+        b, kb = index[None], kernel
+    else:
+        b = index[in_slot]
+        kb = kernel * (full_in // getattr(layer, "groups", 1) if in_slot is None else 1)
+    return index[out_slot], (full_out if out_slot is None else 1), b, kb
+
+
+def _term(tensor, slot, index):
+    """A tensor's elements as a term: (elements per channel, ``index[slot]``) when its width
+    follows ``slot``, (elements, the column of the constant 1) when it never changes."""
+    if slot is None:
+        return tensor.numel(), index[None]
+    if slot.channels != tensor.shape[1]:
+        raise ValueError(f"a tensor of {tensor.shape[1]} channels follows a layer of "
+                         f"{slot.channels}; declare the layer's slots")
+    return tensor.numel() // tensor.shape[1], index[slot]
+
+
+def _probe(model, image, index):
+    """Run ``model`` at full width on ``image`` (one image) with hooks that write down, as terms
+    (coefficient, a, b), what each module costs: the MACs of each conv and linear call; what
+    ``mmcv_flops`` adds to them (conv biases, BN, activation and pooling calls); and, per memory
+    layer in execution order, the tensors alive while it runs (``memory``; a fourth row, the
+    layer). Returns the three lists."""
+    macs_terms, mmcv_terms, memory_terms, held = [], [], [], []  # held: (block, tensor, term)
     latest = [None]  # out_slot of the latest counted layer that ran: the width of what it made
+    # (module, block): the block keeps the module's output until it returns
+    kept = [(block.get_submodule(name), block) for block in model.modules()
+            for name in getattr(block, "keeps_alive", ()) if name != "input"]
 
-    def activation(tensor, slot):  # (elements per channel, slot), or (elements, None): fixed
-        if slot is None:
-            return tensor.numel(), None
-        if slot.channels != tensor.shape[1]:
-            raise ValueError(f"memory: a tensor of {tensor.shape[1]} channels follows a layer of "
-                             f"{slot.channels}; declare the layer's slots")
-        return tensor.numel() // tensor.shape[1], slot
+    def before(block, inputs):  # a block that keeps its input (a residual, an SE rescale)
+        held.append((block, inputs[0], _term(inputs[0], latest[0], index)))
 
-    def on_counted(m, inputs, output):
-        latest[0] = getattr(m, "out_slot", None)
-        sizes.setdefault(m, (inputs[0].shape[2:], output.shape[2:]))
+    def after(m, inputs, output):
+        counted = isinstance(m, COUNTED_LAYERS)
+        slot = getattr(m, "out_slot", None) if counted else latest[0]  # pooling, activations
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            (elements, a), (_, _, b, kb) = _term(output, slot, index), _columns(m, index)
+            macs_terms.append((elements * kb, a, b))
+            if isinstance(m, nn.Conv2d) and m.bias is not None:  # mmcv skips a linear's bias
+                mmcv_terms.append((elements, a, index[None]))
+        elif isinstance(m, (nn.BatchNorm2d,) + MMCV_ELEMENTWISE + MMCV_POOLING):
+            # mmcv counts the input elements, twice for an affine BN
+            elements, a = _term(inputs[0], slot, index)
+            mmcv_terms.append((2 * elements if getattr(m, "affine", False) else elements, a,
+                               index[None]))
+        if isinstance(m, MEMORY_LAYERS):
+            x = inputs[0]
+            ptrs = {x.untyped_storage().data_ptr(), output.untyped_storage().data_ptr()}
+            in_slot = getattr(m, "in_slot", None) if counted else slot
+            alive = [_term(x, in_slot, index), _term(output, slot, index)]
+            alive += [t for _, tensor, t in held if tensor.untyped_storage().data_ptr() not in ptrs]
+            layer = memory_terms[-1][3] + 1 if memory_terms else 0
+            memory_terms.extend((elements, a, index[None], layer) for elements, a in alive)
+        if counted:
+            latest[0] = slot
+        held.extend((block, output, _term(output, slot, index))
+                    for module, block in kept if module is m)
+        held[:] = [entry for entry in held if entry[0] is not m]  # a block releases what it kept
 
-    def on_call(m, inputs, output):
-        calls.append((m, inputs[0].shape))
-
-    def on_memory_layer(m, inputs, output):
-        if isinstance(m, COUNTED_LAYERS):  # its own slots; a plain one has a fixed width
-            ends = [activation(inputs[0], getattr(m, "in_slot", None)),
-                    activation(output, getattr(m, "out_slot", None))]
-        else:  # pooling keeps the width of what it pools
-            ends = [activation(inputs[0], latest[0]), activation(output, latest[0])]
-        alive = {inputs[0].untyped_storage().data_ptr(), output.untyped_storage().data_ptr()}
-        ends += [term for _, tensor, term in held  # a held tensor that is the input counts once
-                 if tensor.untyped_storage().data_ptr() not in alive]
-        tensors_of_layer.append(ends)
-
-    def on_block_start(m, inputs):
-        if "input" in m.keeps_alive:
-            held.append((m, inputs[0], activation(inputs[0], latest[0])))
-
-    def on_block_end(m, inputs, output):
-        held[:] = [entry for entry in held if entry[0] is not m]
-
-    def keeper(owner):
-        def on_kept_output(m, inputs, output):
-            held.append((owner, output, activation(output, getattr(m, "out_slot", None))))
-        return on_kept_output
-
-    hooks = [m.register_forward_hook(on_counted) for m in layers]
-    hooks += [m.register_forward_hook(on_call) for m in model.modules()
-              if isinstance(m, COUNTED_LAYERS + MMCV_ELEMENTWISE + MMCV_POOLING)]
-    hooks += [m.register_forward_hook(on_memory_layer) for m in model.modules()
-              if isinstance(m, MEMORY_LAYERS)]
-    for owner in [m for m in model.modules() if getattr(m, "keeps_alive", ())]:
-        hooks += [owner.register_forward_pre_hook(on_block_start),
-                  owner.register_forward_hook(on_block_end)]
-        hooks += [owner.get_submodule(name).register_forward_hook(keeper(owner))
-                  for name in owner.keeps_alive if name != "input"]
-    previous = getattr(model, "current_widths", 1.0)
-    was_training = model.training
+    hooks = [m.register_forward_hook(after) for m in model.modules()]
+    hooks += [m.register_forward_pre_hook(before) for m in model.modules()
+              if "input" in getattr(m, "keeps_alive", ())]
+    previous, was_training = getattr(model, "current_widths", 1.0), model.training
     set_widths(model, 1.0)
-    device = next(model.parameters()).device
     try:
         with torch.no_grad():
-            model.eval()(torch.zeros(probe_shape, device=device))
+            model.eval()(image)
     finally:
         model.train(was_training)
         for hook in hooks:
             hook.remove()
         set_widths(model, previous)
+    return macs_terms, mmcv_terms, memory_terms
 
-    def slot(m, side):  # a plain layer's widths never change
-        return getattr(m, side, None)
 
-    slots = sorted({s for m in layers for s in (slot(m, "in_slot"), slot(m, "out_slot"))
-                    if s is not None})
-    one = len(slots)
-    index = {s: i for i, s in enumerate(slots)}
-    macs_terms, params_terms, mmcv_terms = [], [], []
-
-    def factor(slot, full):  # (slot index, constant multiplier)
-        return (index[slot], 1) if slot is not None else (one, full)
-
-    def pixels_of(shape):
-        return int(shape[0] * shape[1]) if len(shape) == 2 else 1
-
+def _cost_terms(model):
+    """``(slots, macs, params, mmcv_flops, memory)``: the slots, then per cost an int64 tensor of
+    rows (coefficient, a, b), a term being ``coefficient * c[a] * c[b]`` with c the slot channel
+    counts and column ``len(slots)`` the constant 1; memory has a fourth row, the term's layer.
+    Parameters are counted from the layers, the rest by one ``_probe`` of a zero image (1, image
+    channels, input_size, input_size) in the model's dtype, on its device; cached for that
+    shape, so changing ``model.input_size`` or ``model.in_channels`` rebuilds it."""
+    model = _unwrap(model)
+    shape = (1, image_channels(model), model.input_size, model.input_size)
+    cached = model.__dict__.get("_cost_terms")
+    if cached is not None and cached[0] == shape:
+        return cached[1]
+    layers = [m for m in model.modules() if isinstance(m, COUNTED_LAYERS)]
+    slots = sorted({s for m in layers for s in (getattr(m, "in_slot", None),
+                                                getattr(m, "out_slot", None)) if s is not None})
+    index = {**{s: i for i, s in enumerate(slots)}, None: len(slots)}
+    params_terms = []
     for m in layers:
-        full_in, full_out = _full_in_out(m)
-        if isinstance(m, nn.BatchNorm2d):
-            a, k = factor(slot(m, "out_slot"), full_out)
-            if m.affine:
-                params_terms.append((2 * k, a, one))
-            if m in sizes:  # a layer that never runs costs no operations
-                mmcv_terms.append(((2 if m.affine else 1) * pixels_of(sizes[m][0]) * k, a, one))
-            continue
-        if isinstance(m, nn.Conv2d):
-            kernel = m.kernel_size[0] * m.kernel_size[1]
-            pixels = pixels_of(sizes[m][1])
-        else:
-            kernel, pixels = 1, 1
-        a, ka = factor(slot(m, "out_slot"), full_out)
-        if getattr(m, "depthwise", False):
-            b, kb = one, 1  # one filter per channel: cost linear in the width
-        else:
-            b, kb = factor(slot(m, "in_slot"), full_in // getattr(m, "groups", 1))
-        macs_terms.append((kernel * pixels * ka * kb, a, b))
-        mmcv_terms.append((kernel * pixels * ka * kb, a, b))
-        params_terms.append((kernel * ka * kb, a, b))
+        a, ka, b, kb = _columns(m, index)
+        if m.weight is not None:  # None for a BN without affine parameters
+            params_terms.append((ka * kb, a, b))
         if m.bias is not None:
-            params_terms.append((ka, a, one))
-            if isinstance(m, nn.Conv2d):  # mmcv counts a conv's bias, not a linear layer's
-                mmcv_terms.append((pixels * ka, a, one))
-    # An activation or pooling call counts its input elements; its channels are those of the
-    # conv/BN/linear layer that ran last before it (checked: the counts must agree).
-    last = None
-    for m, shape in calls:
-        if isinstance(m, COUNTED_LAYERS):
-            last = m
-            continue
-        source = slot(last, "out_slot") if last is not None else None
-        if source is not None and _full_in_out(last)[1] != shape[1]:
-            raise RuntimeError(f"cannot tell the channels of {type(m).__name__}: its input has "
-                               f"{shape[1]}, the layer before it {_full_in_out(last)[1]}")
-        a, k = factor(source, int(shape[1]))
-        mmcv_terms.append((pixels_of(shape[2:]) * k, a, one))
-    memory_terms = [(elements, index[s] if s is not None else one, one, layer)
-                    for layer, ends in enumerate(tensors_of_layer) for elements, s in ends]
-    # As long tensors (coefficient, slot a, slot b[, layer]) per count, for the vectorized
-    # evaluation.
+            params_terms.append((ka, a, len(slots)))
+    weight = next(model.parameters())
+    macs_terms, mmcv_terms, memory_terms = _probe(
+        model, torch.zeros(shape, dtype=weight.dtype, device=weight.device), index)
     terms = (slots, *(torch.tensor(t, dtype=torch.long).reshape(-1, 3).T
-                      for t in (macs_terms, params_terms, mmcv_terms)),
+                      for t in (macs_terms, params_terms, mmcv_terms + macs_terms)),
              torch.tensor(memory_terms, dtype=torch.long).reshape(-1, 4).T)
-    model.__dict__["_cost_terms"] = (probe_shape, terms)
+    model.__dict__["_cost_terms"] = (shape, terms)
     return terms
-
-
-def _channels_and_one(slots, matrix):
-    """int64 (N, len(slots) + 1): the slot channel counts, then the constant 1."""
-    return torch.cat([_slot_channels(slots, matrix), torch.ones(len(matrix), 1, dtype=torch.long)],
-                     dim=1)
 
 
 def _evaluate_terms(model, widths, which):
@@ -468,7 +417,7 @@ def _evaluate_terms(model, widths, which):
         total = memory_by_layer(model, widths).max(dim=1).values
     else:
         coef, a, b = {"macs": macs_terms, "params": params_terms, "mmcv_flops": mmcv_terms}[which]
-        channels = _channels_and_one(slots, width_matrix(model, widths))
+        channels = _slot_channels(slots, width_matrix(model, widths))
         total = (channels[:, a] * channels[:, b] * coef).sum(dim=1)
     if torch.is_tensor(widths) and widths.dim() == 2:
         return total
@@ -481,8 +430,9 @@ def macs(model, widths=1.0):
     """Multiply-accumulates of conv and linear layers for one image at ``model.input_size``:
     what the slimmable papers (S-Nets, US-Nets, AutoSlim, Joslim) call FLOPs.
 
-    One configuration → int. An (N, D) array → N counts (a NumPy array, or a tensor for a tensor
-    input), computed analytically without running the network.
+    One configuration (see ``width_matrix``) -> int. An (N, D) array -> N counts (a NumPy
+    array, or a tensor for a tensor input). ValueError for bad widths. ``params``,
+    ``mmcv_flops`` and ``memory`` take and return the same.
     """
     return _evaluate_terms(model, widths, "macs")
 
@@ -493,53 +443,32 @@ def params(model, widths=1.0):
 
 
 def mmcv_flops(model, widths=1.0):
-    """FLOPs for one image at ``model.input_size`` as mmcv's counter counts them
-    (``mmcv.cnn.utils.flops_counter.get_model_complexity_info``, mmcv 1.x; what mmrazor 0.x and
-    mmcls report, e.g. AutoSlim-MobileNetV2 "530M / 320M / 220M"). Per module call:
-
-    - conv: output elements x kernel_h x kernel_w x in_channels / groups, plus the output
-      elements again if it has a bias (so its MACs, plus the bias);
-    - linear: input elements x out_features (its MACs; the bias is not counted);
-    - BatchNorm: input elements, twice if affine;
-    - ReLU, ReLU6, LeakyReLU, PReLU, ELU: output elements;
-    - max / average pooling, adaptive ones included: input elements;
-    - anything else (Hardswish, Hardsigmoid, Sigmoid, Dropout, residual additions, SE scaling): 0.
-
-    mmcv only sees modules. Every activation and pooling of the networks in models.py runs as a
-    module, as in their mmcls counterparts, so this is what mmcv counts on the equivalent mmcls
-    network (MobileNetV2: ConvModule + ReLU6, the neck's global average pooling, the linear head).
-    About 5% above ``macs`` for MobileNetV2. Same signature and return types as ``macs``;
-    ValueError for widths outside (0, 1].
-    """
+    """FLOPs for one image at ``model.input_size`` as mmcv 1.x's counter counts them
+    (``get_model_complexity_info``; what mmrazor 0.x and mmcls report, e.g. "530M / 320M / 220M"
+    for the AutoSlim-MobileNetV2 networks of 505M / 305M / 207M MACs). Per module call: a conv,
+    its MACs plus its output elements if it has a bias; a linear layer, its MACs; BatchNorm, its
+    input elements, twice if affine; ReLU, ReLU6, LeakyReLU, PReLU, ELU, their output elements;
+    max and average pooling (adaptive too), their input elements; anything else (Hardswish,
+    Sigmoid, residual additions, SE scaling), 0. mmcv sees modules only; the networks of
+    models.py run every activation and pooling as a module, as mmcls's do. MobileNetV2: about 5%
+    above ``macs``."""
     return _evaluate_terms(model, widths, "mmcv_flops")
 
 
 def memory(model, widths=1.0):
     """Peak activation memory of inference for one image at ``model.input_size``, in elements
-    (bytes = elements x element size: 4 in float32, 1 in int8). Weights are not included.
+    (times 4 bytes in float32, 1 in int8); weights are not included.
 
-    Definition: the peak over operations of the tensors alive at once (Sandler et al.,
-    MobileNetV2, Sec. 5.1), for layer-by-layer execution in the order of the network's forward,
-    every layer output materialized (MCUNet's "peak SRAM", Lin et al. NeurIPS'20). A layer is a
-    conv, a linear or a pooling module; BN and activations are applied in place, fused into the
-    conv before them. While a layer runs, memory holds its input, its output, and every tensor a
-    later step still needs: a residual block's input (kept for the skip addition, which adds in
-    place into the block's output), a squeeze-excitation's input (kept for the channel rescale),
-    a projection block's main-path output while its shortcut conv runs. A module declares what
-    it keeps in ``keeps_alive``: ``"input"`` and/or names of children whose outputs it keeps
-    until it returns. A tensor counts once, whatever its roles. Every addend is (pixels x the
-    channels of one slot), so N configurations are one (N, layers) matrix and a max, with no
-    forward pass (the pixels come from the probe forward of ``_cost_terms``).
-
-    Example: MobileNetV2 at 224, full width, peaks at 1,505,280 elements (5.7 MiB in float32),
-    at the stride-2 depthwise conv of ``features.2`` (96x112x112 in, 96x56x56 out). MCUNetV2
-    (Lin et al. NeurIPS'21, Fig. 1) reports 1372 kB in int8 = 1,404,928 elements, our value at
-    the 16 -> 96 expansion before it: MCUNet's engine runs depthwise convs in place.
-
-    One configuration → int. An (N, D) array → N values (a NumPy array, or a tensor for a tensor
-    input). Raises ValueError for bad widths (see ``width_matrix``), or when a tensor's width
-    cannot be told from the slots the network declares.
-    """
+    The peak over the layers of layer-by-layer execution (Sandler et al., MobileNetV2, Sec. 5.1;
+    MCUNet's "peak SRAM", Lin et al. NeurIPS'20) of the tensors alive while a layer (a conv, a
+    linear or a pooling module; BN and activations run in place) runs: its input, its output and
+    what a block keeps in ``keeps_alive``, ``"input"`` (for a residual addition or an SE rescale)
+    and names of children whose outputs it keeps until it returns (a projection block's main
+    path, while its shortcut conv runs). A tensor counts once. MobileNetV2 at 224, full width:
+    1,505,280 elements (5.7 MiB in float32) at the stride-2 depthwise conv of ``features.2``
+    (96x112x112 in, 96x56x56 out); MCUNetV2 (NeurIPS'21, Fig. 1) reports 1,404,928 (1372 kB in
+    int8), our value at the expansion before it: its engine runs depthwise convs in place.
+    ValueError too when a tensor's width cannot be told from the slots the network declares."""
     return _evaluate_terms(model, widths, "memory")
 
 
@@ -548,7 +477,7 @@ def memory_by_layer(model, widths=1.0):
     an int64 tensor (N, layers), N = 1 for one configuration. Its row maximum is ``memory``;
     its argmax says which layer sets the peak."""
     slots, _, _, _, (coef, a, _, layer) = _cost_terms(model)
-    channels = _channels_and_one(slots, width_matrix(model, widths))
+    channels = _slot_channels(slots, width_matrix(model, widths))
     per_layer = torch.zeros(len(channels), int(layer.max()) + 1, dtype=torch.long)
     return per_layer.index_add_(1, layer, channels[:, a] * coef)
 
@@ -631,15 +560,11 @@ def model_identity(model):
     channels and number of classes."""
     net = _unwrap(model)
     linears = [m for _, m in slim_layers(net) if isinstance(m, SlimLinear)]
-    identity = {"network": getattr(net, "network_name", type(net).__name__),
-                "width_mult": float(getattr(net, "width_mult", 1.0)),
-                "input_size": getattr(net, "input_size", None),
-                "in_channels": getattr(net, "in_channels", None),
-                "num_classes": linears[-1].out_features if linears else None}
-    return identity
-
-
-IDENTITY_CHECKED = ("network", "width_mult")  # the fields load_config refuses to see differ
+    return {"network": getattr(net, "network_name", type(net).__name__),
+            "width_mult": float(getattr(net, "width_mult", 1.0)),
+            "input_size": getattr(net, "input_size", None),
+            "in_channels": getattr(net, "in_channels", None),
+            "num_classes": linears[-1].out_features if linears else None}
 
 
 def config_record(model, widths, **extra):
@@ -661,75 +586,78 @@ def save_config(path, model, widths, **extra):
     return record
 
 
-def possible_channels(group):
-    """Every channel count ``group`` (a WidthGroup) can take, ascending."""
-    full = group.channels
-    return sorted(set(round_channels(torch.arange(1, full + 1) / full, full,
-                                     group.divisor).tolist()))
+def _config_channels(path, channels, net):
+    """A configuration's ``channels`` as ``{group name: int}``; ValueError, one line, for a group
+    missing or unknown or a count the group cannot take (naming the nearest it can)."""
+    groups = net.width_groups
+    if not isinstance(channels, dict):
+        raise ValueError(f"channel config {path}: 'channels' must map group names to counts")
+    unknown = sorted(set(channels) - {g.name for g in groups})
+    missing = [g.name for g in groups if g.name not in channels]
+    if unknown or missing:
+        problems = [f"{what} groups " + ", ".join(found[:4])
+                    + (f" and {len(found) - 4} more" if len(found) > 4 else "")
+                    for what, found in (("unknown", unknown), ("missing", missing)) if found]
+        raise ValueError(f"channel config {path} does not fit {model_identity(net)['network']}: "
+                         + "; ".join(problems))
+    counts = {}
+    for group in groups:
+        count, full = channels[group.name], group.channels
+        # every count the group can take, ascending
+        possible = round_channels(torch.arange(1, full + 1) / full, full, group.divisor).unique()
+        possible = possible.tolist()
+        number = isinstance(count, (int, float)) and not isinstance(count, bool)
+        if not (number and float(count).is_integer() and int(count) in possible):  # 8.0 is 8
+            below = [c for c in possible if number and c < count]
+            above = [c for c in possible if number and c > count]
+            near = " or ".join(map(str, below[-1:] + above[:1])) or f"{possible[0]}..{possible[-1]}"
+            raise ValueError(f"channel config {path}: group '{group.name}' has {count!r} "
+                             f"channels, which it cannot take (nearest possible: {near}; "
+                             f"full width {group.channels})")
+        counts[group.name] = int(count)
+    return counts
 
 
 def load_config(path, model):
-    """Read a configuration written by ``save_config`` (or any JSON object with ``channels`` per
-    group, or ``widths``: one multiplier per group); returns ``(widths, record)`` whose widths
-    reproduce the recorded channels exactly. Raises ValueError with a one-line reason: an
-    unreadable file, another network or width multiplier, a group missing or unknown, a count
-    the group cannot take (naming the nearest it can), a malformed value."""
+    """Read a configuration written by ``save_config``, or any JSON object with ``channels`` (a
+    count per group) or ``widths`` (one multiplier per group), or both if they agree; returns
+    ``(widths, record)``, widths that reproduce the channels exactly. Raises ValueError with a
+    one-line reason: an unreadable file, another network or width multiplier, a group missing
+    or unknown, a count the group cannot take, channels and widths that disagree, a malformed
+    value."""
     try:
         with open(path) as handle:
             record = json.load(handle)
     except (OSError, ValueError) as error:
         raise ValueError(f"cannot read channel config {path}: {error}") from None
-    if not isinstance(record, dict):
+    if not isinstance(record, dict) or not {"channels", "widths"} & set(record):
         raise ValueError(f"channel config {path} is not a JSON object with 'channels' or 'widths'")
     net = _unwrap(model)
     identity = model_identity(net)
-    for key in IDENTITY_CHECKED:
-        if key in record and record[key] != identity[key] and \
-                (key != "network" or hasattr(net, "network_name")):
+    # A model built without models.get_model has no network name to compare with.
+    for key in ("network", "width_mult") if hasattr(net, "network_name") else ("width_mult",):
+        if key in record and record[key] != identity[key]:
             raise ValueError(f"channel config {path} is for {key} {record[key]!r}, this model "
                              f"has {identity[key]!r}")
-    groups = net.width_groups
-    if "channels" in record:
-        channels = record["channels"]
-        if not isinstance(channels, dict):
-            raise ValueError(f"channel config {path}: 'channels' must map group names to counts")
-        unknown = sorted(set(channels) - {g.name for g in groups})
-        missing = [g.name for g in groups if g.name not in channels]
-        if unknown or missing:
-            def names(found):
-                return ", ".join(found[:4]) + (f" and {len(found) - 4} more" if len(found) > 4
-                                               else "")
-            raise ValueError(f"channel config {path} does not fit {identity['network']}: "
-                             + "; ".join(part for part in (
-                                 f"unknown groups {names(unknown)}" if unknown else "",
-                                 f"missing groups {names(missing)}" if missing else "")
-                                 if part))
-        for group in groups:
-            count = channels[group.name]
-            possible = possible_channels(group)
-            if isinstance(count, bool) or not isinstance(count, int) or count not in possible:
-                below = [c for c in possible if isinstance(count, (int, float)) and c < count]
-                above = [c for c in possible if isinstance(count, (int, float)) and c > count]
-                near = " or ".join(str(c) for c in (below[-1:] + above[:1])) or \
-                    f"{possible[0]}..{possible[-1]}"
-                raise ValueError(f"channel config {path}: group '{group.name}' has {count!r} "
-                                 f"channels, which it cannot take (nearest possible: {near}; "
-                                 f"full width {group.channels})")
-        widths = channels_to_widths(net, channels)
-        if group_channels(net, widths) != {g.name: channels[g.name] for g in groups}:
-            raise ValueError(f"channel config {path}: its channels do not round-trip (a bug)")
-    elif "widths" in record:
-        widths = record["widths"]
-        if not isinstance(widths, list) or len(widths) != len(groups) or not all(
+    widths = record.get("widths")
+    if "widths" in record:
+        if not isinstance(widths, list) or len(widths) != len(net.width_groups) or not all(
                 isinstance(w, (int, float)) and not isinstance(w, bool) for w in widths):
             raise ValueError(f"channel config {path}: 'widths' must be a list of "
-                             f"{len(groups)} numbers in (0, 1], one per width group")
-    else:
-        raise ValueError(f"channel config {path} has neither 'channels' nor 'widths'")
-    try:
-        widths = width_matrix(net, widths)[0].tolist()
-    except ValueError as error:
-        raise ValueError(f"channel config {path}: {error}") from None
+                             f"{len(net.width_groups)} numbers in (0, 1], one per width group")
+        try:
+            widths = width_matrix(net, widths)[0].tolist()
+        except ValueError as error:
+            raise ValueError(f"channel config {path}: {error}") from None
+    if "channels" in record:
+        channels = _config_channels(path, record["channels"], net)
+        if widths is not None:
+            given = group_channels(net, widths)
+            name = next((name for name in channels if given[name] != channels[name]), None)
+            if name is not None:
+                raise ValueError(f"channel config {path}: its 'channels' and 'widths' disagree "
+                                 f"(group '{name}': {channels[name]} and {given[name]} channels)")
+        widths = width_matrix(net, channels_to_widths(net, channels))[0].tolist()
     return widths, record
 
 
@@ -743,18 +671,16 @@ def export(model, widths):
     ``export(get_model(name, num_classes), widths).load_state_dict(state)``.
     """
     source = _unwrap(model)
-    channels = _layer_channels(source, widths)
+    channels = layer_channels(source, widths)
     # Deep-copy everything except the big slimmable layers, which are rebuilt below.
-    memo = {id(m): None for m in channels}
+    memo = {id(m): None for _, m in slim_layers(source)}
     static = copy.deepcopy(source, memo)
     for key in ("_slim_layers", "_cost_terms", "current_widths"):
         static.__dict__.pop(key, None)
-    by_name = dict(source.named_modules())
     for name, layer in slim_layers(source):
-        c_in, c_out = channels[layer]
         parent_name, _, attr = name.rpartition(".")
         parent = static.get_submodule(parent_name) if parent_name else static
-        setattr(parent, attr, _static_copy(by_name[name], c_in, c_out))
+        setattr(parent, attr, _static_copy(layer, *channels[name]))
     static.train(source.training)
     return static
 

@@ -244,6 +244,16 @@ def test_export_keeps_the_dtype(dtype):
         torch.testing.assert_close(static(x), net(x))
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_costs_of_a_model_in_another_dtype(dtype):
+    # The probe image takes the model's dtype: the costs are those of the float32 model.
+    net = models.get_model("slim_mobilenetv3_large", 10, input_size=64)
+    widths = random_widths(net, random.Random(5))
+    expected = [slimmable.cost(net, widths, kind) for kind in slimmable.COSTS]
+    net = models.get_model("slim_mobilenetv3_large", 10, input_size=64).to(dtype)
+    assert [slimmable.cost(net, widths, kind) for kind in slimmable.COSTS] == expected
+
+
 def test_costs_follow_the_models_input_shape():
     net = models.get_model("slim_resnet18", 1000)
     at_224 = slimmable.macs(net, 0.5)
@@ -472,6 +482,21 @@ def test_channel_configs_reproduce_their_channels_or_are_refused(tmp_path):
     refused({"widths": [1.5] * 24}, "must be in (0, 1]")
     refused({"channels": {"stem": 8, "nonsense": 3}}, "unknown groups nonsense",
             "missing groups stage1.out")
+    refused(edited("stem", 16.5), "'stem' has 16.5", "nearest possible: 16 or 24")
+    disagreeing = edited("stem", 16)  # the widths still give the stem 32 channels
+    refused(disagreeing, "'channels' and 'widths' disagree", "'stem': 16 and 32")
+
+
+def test_channel_configs_take_whole_floats_and_agreeing_widths(tmp_path):
+    net = models.get_model("slim_resnet20", 10)
+    path = tmp_path / "c.json"
+    record = slimmable.config_record(net, 0.5)
+    path.write_text(json.dumps({"channels": {g: float(c) for g, c in record["channels"].items()}}))
+    widths, _ = slimmable.load_config(str(path), net)  # "channels": {"layer1.residual": 8.0, ...}
+    assert slimmable.group_channels(net, widths) == record["channels"]
+    path.write_text(json.dumps({"channels": record["channels"], "widths": [0.505] * 12}))
+    assert slimmable.group_channels(net, slimmable.load_config(str(path), net)[0]) == \
+        record["channels"]  # other multipliers, the same channels: they agree
 
 
 def test_channel_config_round_trip():
