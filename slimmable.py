@@ -498,27 +498,33 @@ def cost(model, widths=1.0, kind="macs"):
 # BN calibration and export
 
 
-def calibrate_bn(model, batches):
-    """Recompute every BN's running statistics for the current widths, as the exact average of
-    the per-batch mean and (unbiased) variance over ``batches`` (tensors or (input, target) pairs).
+def calibrate_bn(model, batches, norms=None, forward=None):
+    """Recompute the running statistics of the BNs ``norms`` (default: every BN) for the current
+    widths, as the exact average of the per-batch mean and (unbiased) variance over ``batches``
+    (tensors or (input, target) pairs); the other BNs normalize with their own running statistics
+    and keep them. ``forward(inputs)`` runs one batch (default: the model), e.g. a forward that
+    starts at a middle block, as search.py's scorer does when only later BNs change.
 
     US-Nets and Joslim do this before evaluating any subnet: the running statistics left by
     training mix all widths and are wrong for each one of them. Returns the number of batches.
     """
     net = _unwrap(model)
-    norms = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    every = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    norms = every if norms is None else list(norms)
     momenta = [m.momentum for m in norms]
     was_training = net.training
     device = next(net.parameters()).device
+    net.train()
+    for m in every:
+        m.train(m in norms)  # the others normalize with their running statistics
     for m in norms:
         m.reset_running_stats()
         m.momentum = None  # cumulative average instead of an exponential one
     count = 0
-    net.train()
     with torch.no_grad():
         for batch in batches:
             inputs = batch[0] if isinstance(batch, (tuple, list)) else batch
-            net(inputs.to(device, non_blocking=True))
+            (forward or net)(inputs.to(device, non_blocking=True))
             count += 1
     for m, momentum in zip(norms, momenta):
         m.momentum = momentum
