@@ -1973,13 +1973,14 @@ def test_resuming_with_other_settings_is_refused(workdir, searched, capsys):
 @pytest.mark.parametrize("flags,says", [
     (["--targets", "1000"], "above the full network's"), (["--targets", "0.5"], "below the smallest"),
     (["--cost", "mmcv_flops", "--targets", "1000"], "1000M mmcv_flops is above"),
-    (["--target_ratios", "0.8", "1.5"], "--target_ratios 0.8 1.5 is invalid"), ([], "give the targets"),
-    (["--target_flops", "30", "20"], "--target_flops is ambiguous"),
-    (["--targets", "nan"], "--targets nan is invalid"), (["--target_ratios", "inf"], "invalid"),
+    (["--target_ratios", "0.8", "1.5"], "--target_ratios: '1.5' is not a number"),
+    ([], "give the targets"), (["--target_flops", "30", "20"], "--target_flops is ambiguous"),
+    (["--targets", "nan"], "--targets: 'nan' is not a number"),
+    (["--target_ratios", "inf"], "'inf' is not a number"),
     (["--cost", "latency", "--targets", "20"], "invalid choice"),
-    (["--targets", "20", "--steps", "0"], "--steps 0 is invalid"),
-    (["--targets", "20", "--eval_batch_size", "0"], "--eval_batch_size 0 is invalid"),
-    (["--targets", "20", "--device", "tpu"], "--device tpu is invalid"),
+    (["--targets", "20", "--steps", "0"], "--steps: '0' is not an integer >= 1"),
+    (["--targets", "20", "--eval_batch_size", "0"], "--eval_batch_size: '0' is not an integer"),
+    (["--targets", "20", "--device", "tpu"], "--device: 'tpu' is not auto, cpu, cuda"),
     (["--targets", "20", "--val_size", "-1"], "--val_size -1 is invalid")])
 def test_bad_flags_end_in_one_line_and_status_2(workdir, flags, says, capsys):
     try:
@@ -1989,6 +1990,20 @@ def test_bad_flags_end_in_one_line_and_status_2(workdir, flags, says, capsys):
     assert status == 2
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and error[0].startswith("error: ") and says in error[0], error
+
+
+def test_a_run_being_trained_or_searched_is_not_searched(workdir, searched, capsys):
+    """A search holds runs/NAME/train.lock, the lock train.py holds: another search of the run
+    (here: this process holding it) is refused in one line naming the holder, touching nothing."""
+    state = "runs/sn/search/search.state"
+    before = open(state).read()
+    with runs.lock(os.path.join("runs", "sn"), doing="searched"):
+        assert search.main(["--name", "sn", "--target_ratios", *map(str, RATIOS), "--steps", "4",
+                            "--search_images", "50", "--threads", "1"]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and error[0].startswith("error: runs/sn is being searched by process "
+                                                   f"{os.getpid()} on "), error
+    assert open(state).read() == before
 
 
 def test_batch_statistics_search_needs_no_training_batch(workdir):
