@@ -1995,15 +1995,15 @@ def test_bad_flags_end_in_one_line_and_status_2(workdir, flags, says, capsys):
 def test_a_run_being_trained_or_searched_is_not_searched(workdir, searched, capsys):
     """A search holds runs/NAME/train.lock, the lock train.py holds: another search of the run
     (here: this process holding it) is refused in one line naming the holder, touching nothing."""
-    state = "runs/sn/search/search.state"
-    before = open(state).read()
+    state = Path("runs/sn/search/search.state")
+    before = state.read_text()
     with runs.lock(os.path.join("runs", "sn"), doing="searched"):
         assert search.main(["--name", "sn", "--target_ratios", *map(str, RATIOS), "--steps", "4",
                             "--search_images", "50", "--threads", "1"]) == 2
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and error[0].startswith("error: runs/sn is being searched by process "
                                                    f"{os.getpid()} on "), error
-    assert open(state).read() == before
+    assert state.read_text() == before
 
 
 def test_batch_statistics_search_needs_no_training_batch(workdir):
