@@ -1973,13 +1973,13 @@ def test_resuming_with_other_settings_is_refused(workdir, searched, capsys):
 @pytest.mark.parametrize("flags,says", [
     (["--targets", "1000"], "above the full network's"), (["--targets", "0.5"], "below the smallest"),
     (["--cost", "mmcv_flops", "--targets", "1000"], "1000M mmcv_flops is above"),
-    (["--target_ratios", "0.8", "1.5"], "--target_ratios: '1.5' is not a number"),
+    (["--target_ratios", "0.8", "1.5"], "--target_ratios: '1.5' is invalid"),
     ([], "give the targets"), (["--target_flops", "30", "20"], "--target_flops is ambiguous"),
-    (["--targets", "nan"], "--targets: 'nan' is not a number"),
-    (["--target_ratios", "inf"], "'inf' is not a number"),
+    (["--targets", "nan"], "--targets: 'nan' is invalid"),
+    (["--target_ratios", "inf"], "'inf' is invalid"),
     (["--cost", "latency", "--targets", "20"], "invalid choice"),
-    (["--targets", "20", "--steps", "0"], "--steps: '0' is not an integer >= 1"),
-    (["--targets", "20", "--eval_batch_size", "0"], "--eval_batch_size: '0' is not an integer"),
+    (["--targets", "20", "--steps", "0"], "--steps: '0' is invalid: it must be an integer >= 1"),
+    (["--targets", "20", "--eval_batch_size", "0"], "--eval_batch_size: '0' is invalid"),
     (["--targets", "20", "--device", "tpu"], "--device: 'tpu' is not auto, cpu, cuda"),
     (["--targets", "20", "--val_size", "-1"], "--val_size -1 is invalid")])
 def test_bad_flags_end_in_one_line_and_status_2(workdir, flags, says, capsys):
