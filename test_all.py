@@ -1980,8 +1980,8 @@ def test_resuming_with_other_settings_is_refused(workdir, searched, capsys):
     (["--cost", "latency", "--targets", "20"], "invalid choice"),
     (["--targets", "20", "--steps", "0"], "--steps: '0' is invalid: it must be an integer >= 1"),
     (["--targets", "20", "--eval_batch_size", "0"], "--eval_batch_size: '0' is invalid"),
-    (["--targets", "20", "--device", "tpu"], "--device: 'tpu' is not auto, cpu, cuda"),
-    (["--targets", "20", "--val_size", "-1"], "--val_size -1 is invalid")])
+    (["--targets", "20", "--device", "tpu"], "--device: 'tpu' is invalid: it must be auto, cpu, cuda"),
+    (["--targets", "20", "--val_size", "-1"], "--val_size: '-1' is invalid")])
 def test_bad_flags_end_in_one_line_and_status_2(workdir, flags, says, capsys):
     try:
         status = search.main(["--name", "sn", *flags])
