@@ -62,7 +62,8 @@ def cli(job, *args, user_errors=(),
     status 2, Ctrl-C outside a training step in ``interrupted`` and status 130. Leaves the
     process group cleanly."""
     try:
-        status = job(*args) or 0
+        status = job(*args)
+        status = status if isinstance(status, int) else 0
     except (Fail, *user_errors) as error:
         print(f"error: {first_line(error)}", file=sys.stderr)
         status = 2
@@ -160,12 +161,12 @@ def lock(folder, doing="trained"):
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            raise Fail(f"{folder} is being {doing} by {holder}; wait for it to finish (or stop "
-                       f"it), or pick another --name") from None
+            holder = handle.read().strip() or "used by another process"
+            raise Fail(f"{folder} is being {holder}; wait for it to finish (or stop it), or "
+                       f"pick another --name") from None
         handle.seek(0)
         handle.truncate()
-        handle.write(f"process {os.getpid()} on {os.uname().nodename}")
+        handle.write(f"{doing} by process {os.getpid()} on {os.uname().nodename}")
         handle.flush()
         try:
             yield

@@ -582,7 +582,7 @@ def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     given = runs.explicit_flags(parser, argv)
-    return runs.cli(lambda: search(args, given) and 0, user_errors=(data.DataError,))
+    return runs.cli(lambda: search(args, given), user_errors=(data.DataError,))
 
 
 if __name__ == "__main__":
