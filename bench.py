@@ -373,7 +373,7 @@ def bench_thread_tuner(steps=40, period=20, batch_size=128,
 
 def contention_table(rows, busy_share=0.40, quiet_share=0.95):
     """Add to each row (``setting``, ``quiet`` and ``busy`` images/s) its ``busy_share`` (busy /
-    quiet), ``quiet_share_of_best`` and whether it ``meets_rule``: issue 14 H's rule for the
+    quiet), ``quiet_share_of_best`` and whether it ``meets_rule``: the contention rule for the
     defaults, keep >= ``busy_share`` of the quiet rate beside one busy process and stay within
     ``1 - quiet_share`` of the best quiet rate. Prints the table."""
     best_quiet = max(row["quiet"] for row in rows)

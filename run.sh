@@ -35,8 +35,9 @@ case "${1:-}" in
 esac
 case "$job" in
   test)
-    python -c "import pytest" 2>/dev/null || python -m pip install -q pytest
-    exec python -m pytest -q test_all.py "$@"
+    # two pytest-xdist workers, one test class (one concern) each at a time
+    python -c "import pytest, xdist" 2>/dev/null || python -m pip install -q pytest pytest-xdist
+    exec python -m pytest -q -n 2 --dist loadscope test_all.py "$@"
     ;;
   main)
     python train.py --name demo "$@"
