@@ -259,7 +259,19 @@ def load_checkpoint(path, required=("model",), what="a checkpoint written by tra
         raise Fail(f"cannot read {path} ({first_line(error)[:200]}): it is not {what}") from None
     if not isinstance(loaded, dict) or not set(required) <= set(loaded):
         raise Fail(f"{path} is not {what}")
+    broken = not_finite(loaded.get("model") or loaded.get("state_dict") or {})
+    if broken:
+        raise Fail(f"{path} holds weights that are not finite ({broken}): the training that "
+                   f"wrote it diverged; train again with a lower --baselr")
     return loaded
+
+
+def not_finite(state_dict):
+    """The names of the floating-point tensors of ``state_dict`` that hold a NaN or an infinity
+    (at most three, then a count), or "" when all are finite."""
+    names = [name for name, value in state_dict.items() if torch.is_tensor(value)
+             and value.is_floating_point() and not bool(torch.isfinite(value).all())]
+    return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
 
 
 def resume(path, args, required, free):

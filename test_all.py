@@ -1497,6 +1497,38 @@ class TestTrain:
         assert torch.load(path, weights_only=True) == {"step": 1}
         assert os.listdir(tmp_path) == ["checkpoint.pt"]  # no temporary file left behind
 
+    def test_a_killed_writes_temporary_file_goes_at_the_next_write(self, tmp_path):
+        """kill -9 during a write leaves checkpoint.pt.XXXX.tmp behind; the next write of the
+        same file removes it (they are the size of a checkpoint)."""
+        path = tmp_path / "checkpoint.pt"
+        (tmp_path / "checkpoint.pt.k2j4x.tmp").write_bytes(b"half a checkpoint")
+        (tmp_path / "other.pt.a1.tmp").write_bytes(b"another file's")
+        runs.save_checkpoint(str(path), {"step": 3})
+        assert sorted(os.listdir(tmp_path)) == ["checkpoint.pt", "other.pt.a1.tmp"]
+
+    def test_divergence_stops_training_and_keeps_the_last_finite_checkpoint(
+            self, tmp_path, monkeypatch, capsys):
+        """A learning rate far too large: training stops in one line (status 2) naming the step,
+        the network and the learning rate; nothing non-finite is saved; evaluate.py and
+        search.py refuse a checkpoint whose weights are not finite."""
+        monkeypatch.chdir(tmp_path)
+        flags = ["--name", "d"] + with_flag(TINY_RUN, "--epochs", "1")
+        assert train.main(flags) == 0
+        path = tmp_path / "runs" / "d" / "checkpoint.pt"
+        before = path.read_bytes()
+        capsys.readouterr()
+        assert train.main(flags + ["--restart", "--baselr", "1e9", "--warmup", "0"]) == 2
+        error = capsys.readouterr().err.strip().splitlines()
+        assert len(error) == 1 and "diverged" in error[0] and "step" in error[0], error
+        assert path.read_bytes() == before
+        checkpoint = torch.load(path, weights_only=True)
+        checkpoint["model"]["conv1.weight"][0, 0, 0, 0] = float("nan")
+        torch.save(checkpoint, path)
+        assert evaluate.main(["--name", "d"]) == 2
+        assert search.main(["--name", "d", "--target_ratios", "0.5"]) == 2
+        for line in capsys.readouterr().err.strip().splitlines():
+            assert "not finite (conv1.weight)" in line, line
+
     def test_a_full_disk_ends_training_in_one_line(self, tmp_path):
         """A real write failure (the kernel's file-size limit, RLIMIT_FSIZE, as a full disk would):
         one line naming the file and the OS's reason, the previous checkpoint intact, no temporary
@@ -2178,6 +2210,17 @@ class TestThreads:
         assert used["quiet"][:100].count(2) == 100 - 4 * 4  # only the 4 probes ran at 1 thread
         assert used["busy"][40:].count(1) >= 60 - 3 * 4  # moved within 2 periods; then only probes
         assert tuner.threads == 2
+
+    def test_thread_tuner_decides_early_in_a_short_run(self, monkeypatch):
+        """With ``first`` (train.py: 8), a run beside a busy process drops the thread it cannot
+        use after its first few steps, not after 100."""
+        current = [2]
+        monkeypatch.setattr(torch, "set_num_threads", lambda n: current.__setitem__(0, n))
+        tuner, used = runs.ThreadTuner(2, first=8), []
+        for step in range(20):
+            used.append(current[0])
+            tuner.record(128 / {2: 34.0, 1: 72.0}[current[0]], 5e7)
+        assert tuner.threads == 1 and used[8:] == [1] * 12
 
     def test_default_threads_follow_the_cpus_this_process_may_use(self, monkeypatch):
         """Pinned (taskset) to 2 of 16 CPUs, a run takes 2 threads, not 16 on 2 CPUs."""

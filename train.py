@@ -281,6 +281,9 @@ def next_configs(args, sampler, net, held_out_batch, autocast, log, step):
         history = runs.broadcast(sampler.history_configs() if rank == 0 else None)
         if len(history):
             losses = rescore(net, history, *held_out_batch(), autocast)
+            if not np.isfinite(losses).all():
+                raise Fail(f"training diverged: held-out losses of the history are not finite at "
+                           f"step {step}; lower --baselr and --restart")
             if rank == 0:
                 sampler.observe(losses)
         net.train()
@@ -428,7 +431,7 @@ class TrainingRun:
                                "target": record.get("target")}
                               for path, (_, record) in zip(args.channel_config, loaded)]
         self.sampler = build_sampler(args, self.net)
-        self.tuner = runs.ThreadTuner(torch.get_num_threads()) \
+        self.tuner = runs.ThreadTuner(torch.get_num_threads(), first=8) \
             if not args.threads and self.device.type == "cpu" else None
         self.full_macs = float(slimmable.macs(self.net, 1.0))
         self.steps_per_epoch = len(loaders.train)
@@ -470,6 +473,12 @@ class TrainingRun:
                      + (f" (changed for this session: {'; '.join(session)})" if session else ""))
 
     def save(self, finished=False):
+        """Write the checkpoint (rank 0); ``Fail`` instead when a weight or BN statistic is not
+        finite, so the last finite checkpoint stays."""
+        broken = runs.not_finite(self.net.state_dict())
+        if broken:
+            raise Fail(f"training diverged by step {self.step}: {broken} not finite; "
+                       f"{self.checkpoint_path} keeps the last finite state: lower --baselr")
         if self.rank == 0:
             runs.save_checkpoint(self.checkpoint_path, self.state_dict(finished))
 
@@ -525,6 +534,11 @@ class TrainingRun:
         """After a step: the thread tuner, the loss meters, a progress line every --print_freq
         steps and a point of the training curves every ``curve_every``."""
         self.session_steps += 1
+        for network, loss in (("full", full_loss), ("smallest", small_loss)):
+            if not math.isfinite(loss):  # nothing after this step is worth keeping
+                raise Fail(f"training diverged: the {network} network's loss is {loss} at step "
+                           f"{self.step} (learning rate {lr:.4g}); {self.checkpoint_path} keeps the "
+                           f"last finite state: lower --baselr and --restart")
         if self.tuner is not None:
             change = self.tuner.record(seconds, self.step_macs)
             if change:
