@@ -340,6 +340,8 @@ def evaluate_run(name, overrides=None, argv=None):
     args, checkpoint = run_settings(name, argv, overrides)
     if args.export and os.path.exists(args.export) and not os.path.isdir(args.export):
         raise Fail(f"--export {args.export} is a file; pass a folder (made when missing)")
+    for folder in [RESULTS_DIR] + ([args.export] if args.export else []):
+        runs.writable(folder)  # refused now, not after the whole evaluation
     start = time.time()
     net, loaders, device, rank, world_size = load_run(args, checkpoint)
     candidates, source = candidate_records(net, checkpoint, args)
@@ -378,7 +380,7 @@ def load_run(args, checkpoint):
     device, rank, world_size = runs.start(args.device, args.threads, set_threads=False)
     net = models.get_model(checkpoint["network"], checkpoint["num_classes"],
                            **checkpoint["model_options"])
-    net.load_state_dict(checkpoint["model"])
+    runs.load_weights(net, checkpoint["model"], os.path.join("runs", args.name, "checkpoint.pt"))
     if loaders.num_classes != checkpoint["num_classes"]:
         raise Fail(f"the data has {loaders.num_classes} classes, run {args.name} was trained on "
                    f"{checkpoint['num_classes']}; pass the run's --dataset")

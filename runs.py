@@ -154,9 +154,13 @@ def lock(folder, doing="trained"):
     the holder. A folder this call made and nothing but the lock wrote into is removed again."""
     import fcntl  # POSIX only; imported here so that the rest of this file works elsewhere
     created = not os.path.isdir(folder)
-    os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, "train.lock")
-    with open(path, "a+") as handle:
+    try:
+        os.makedirs(folder, exist_ok=True)
+        handle = open(path, "a+")
+    except OSError as error:  # a read-only disk, a file where the folder should be
+        raise Fail(f"cannot write into {folder}: {error.strerror}") from None
+    with handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -177,6 +181,17 @@ def lock(folder, doing="trained"):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def writable(folder):
+    """Make ``folder`` when missing and check that a file can be written into it, before any
+    long work; ``Fail`` in one line if not (a read-only disk, a file where the folder should be)."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise Fail(f"cannot write into {folder}: {error.strerror}") from None
+
+
 class Log:
     """Lines printed and appended to ``path``, on rank 0 only; the file is opened at the first
     line, so a run refused before it says anything leaves no log behind."""
@@ -189,8 +204,11 @@ class Log:
             return
         print(message, flush=True)
         if self.file is None:
-            os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
-            self.file = open(self.path, "a")
+            try:
+                os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+                self.file = open(self.path, "a")
+            except OSError as error:
+                raise Fail(f"cannot write {self.path}: {error.strerror}") from None
         self.file.write(message + "\n")
         self.file.flush()
 
@@ -264,6 +282,17 @@ def load_checkpoint(path, required=("model",), what="a checkpoint written by tra
         raise Fail(f"{path} holds weights that are not finite ({broken}): the training that "
                    f"wrote it diverged; train again with a lower --baselr")
     return loaded
+
+
+def load_weights(net, state_dict, path):
+    """``net.load_state_dict(state_dict)`` (strict); ``Fail`` in one line when the file at
+    ``path`` holds another network's weights (names missing or unexpected, other shapes)."""
+    try:
+        net.load_state_dict(state_dict)
+    except RuntimeError as error:
+        detail = " ".join(str(error).split())[:240]
+        raise Fail(f"{path} holds the weights of another network ({detail}...)") from None
+    return net
 
 
 def not_finite(state_dict):

@@ -1506,6 +1506,33 @@ class TestTrain:
         runs.save_checkpoint(str(path), {"step": 3})
         assert sorted(os.listdir(tmp_path)) == ["checkpoint.pt", "other.pt.a1.tmp"]
 
+    def test_unusable_files_end_in_one_line_before_any_work(self, tmp_path, monkeypatch, capsys):
+        """A 0-byte checkpoint, another network's weights in checkpoint.pt, and a file where
+        runs/ or results/ should be: one line and status 2 from train.py and evaluate.py."""
+        monkeypatch.chdir(tmp_path)
+        flags = ["--name", "u"] + with_flag(TINY_RUN, "--epochs", "1")
+        assert train.main(flags) == 0
+        path = tmp_path / "runs" / "u" / "checkpoint.pt"
+        good = path.read_bytes()
+        checkpoint = torch.load(path, weights_only=True)
+        checkpoint["model"] = models.get_model("slim_resnet32", 10).state_dict()
+        torch.save(checkpoint, path)
+        capsys.readouterr()
+        assert train.main(flags) == 2 and evaluate.main(["--name", "u"]) == 2
+        path.write_bytes(b"")
+        assert train.main(flags) == 2 and evaluate.main(["--name", "u"]) == 2
+        path.write_bytes(good)
+        shutil.rmtree(tmp_path / "results", ignore_errors=True)
+        (tmp_path / "results").write_text("a file, not a folder")
+        assert evaluate.main(["--name", "u"]) == 2
+        shutil.move(tmp_path / "runs", tmp_path / "kept")
+        (tmp_path / "runs").write_text("a file, not a folder")
+        assert train.main(flags) == 2
+        errors = capsys.readouterr().err.strip().splitlines()
+        assert len(errors) == 6 and all(line.startswith("error: ") for line in errors), errors
+        assert "another network" in errors[0] and "another network" in errors[1], errors
+        assert "cannot write into results" in errors[4] and "cannot write into runs" in errors[5]
+
     def test_divergence_stops_training_and_keeps_the_last_finite_checkpoint(
             self, tmp_path, monkeypatch, capsys):
         """A learning rate far too large: training stops in one line (status 2) naming the step,

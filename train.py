@@ -456,7 +456,7 @@ class TrainingRun:
                 "curves": self.curves, "curve_meter": self.curve_meter, "finished": finished}
 
     def _restore(self, checkpoint):
-        self.net.load_state_dict(checkpoint["model"])
+        runs.load_weights(self.net, checkpoint["model"], self.checkpoint_path)
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.step, self.window_configs = checkpoint["step"], checkpoint["window_configs"]
         self.val_batches_used = checkpoint["val_batches_used"]
