@@ -4,6 +4,7 @@ Run with ``./run.sh test`` (or ``python -m pytest -q test_all.py``). Nothing her
 download; speed and quality figures live in bench.py, never in a timed test.
 """
 import argparse
+import contextlib
 import copy
 import glob
 import json
@@ -1743,6 +1744,20 @@ def evaluated_tiny_run(tmp_path_factory):
         torch.set_num_threads(threads)
 
 
+def interrupt_when(argv, cwd, marker, env=None):
+    """Run ``argv``, send Ctrl-C (SIGINT) once a line holding ``marker`` is printed, and return
+    ``(exit status, stderr)``."""
+    import signal
+    process = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, env=env or dict(os.environ, PYTHONPATH=REPO))
+    for line in process.stdout:
+        if marker in line:
+            process.send_signal(signal.SIGINT)
+            break
+    process.stdout.read()
+    return process.wait(timeout=300), process.stderr.read()
+
+
 class TestEvaluate:
     """evaluate.py: fronts, result files, plots, subnets, comparisons."""
 
@@ -1848,6 +1863,22 @@ class TestEvaluate:
             assert evaluate.main(argv) == 2, argv
             error = capsys.readouterr().err
             assert error.startswith("error: ") and len(error.strip().splitlines()) == 1, (argv, error)
+
+    def test_ctrl_c_and_bad_destinations_end_in_one_line(self, evaluated_tiny_run, capsys):
+        """Ctrl-C during the evaluation: status 130 and one line, no traceback; --export onto a
+        file and a --name that would leave runs/: refused before any work, one line."""
+        workdir, _ = evaluated_tiny_run
+        status, error = interrupt_when([sys.executable, os.path.join(REPO, "evaluate.py"), "--name",
+                                        "tiny", "--threads", "1"], workdir, "held-out [",
+                                       env=eval_env())
+        assert status == 130 and len(error.strip().splitlines()) == 1, error
+        assert "Traceback" not in error
+        (workdir / "a_file").write_text("not a folder")
+        for argv in (["--name", "tiny", "--export", "a_file"], ["--name", "../tiny"]):
+            with pytest.raises(SystemExit) if argv[1] == "../tiny" else contextlib.nullcontext():
+                assert evaluate.main(argv) == 2
+            error = capsys.readouterr().err
+            assert error.startswith("error: ") and len(error.strip().splitlines()) == 1, error
 
     def test_draw_batches_is_the_same_on_every_call_with_workers(self):
         """BN calibration batches come from the augmenting training loader; with DataLoader
@@ -2032,6 +2063,18 @@ class TestSearch:
         assert len(error) == 1 and error[0].startswith("error: runs/sn is being searched by process "
                                                        f"{os.getpid()} on "), error
         assert state.read_text() == before
+
+    def test_ctrl_c_ends_a_search_in_one_line_and_it_resumes(self, workdir, searched):
+        """Ctrl-C during a search: status 130 and one line, no traceback; the saved state stays
+        valid JSON and the rerun finishes the search."""
+        argv = [sys.executable, os.path.join(REPO, "search.py"), "--name", "sn", "--target_ratios",
+                *map(str, RATIOS), "--steps", "4", "--search_images", "50", "--threads", "1",
+                "--restart"]
+        status, error = interrupt_when(argv, workdir, "held-out top-1")
+        assert status == 130 and len(error.strip().splitlines()) == 1, error
+        assert "Traceback" not in error
+        json.loads(Path(workdir, "runs", "sn", "search", "search.state").read_text())
+        assert search.main(argv[2:-1]) == 0
 
     def test_batch_statistics_search_needs_no_training_batch(self, workdir):
         """--bn batch draws no training batch, so a training split smaller than --batch_size is
