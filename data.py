@@ -25,8 +25,7 @@ LMDB layout (`python data.py to-lmdb SRC DST.lmdb`; SRC's sorted class folders g
 0..C-1): key b"%08d" % i holds record i, an 8-byte header (label, CRC-32 of the image bytes;
 little-endian uint32s) then the image file's bytes still ENCODED, so the database is as small as
 the JPEGs and the loader workers decode. b"__classes__" holds the class names (JSON); b"__len__",
-the record count (ASCII digits), is written last: a database without it is incomplete. The
-converter writes DST.tmp-PID and renames it to DST only after success.
+the record count (ASCII digits), is written last: a database without it is incomplete.
 
 Examples:
     python data.py info                                  # synthetic split sizes
@@ -41,6 +40,7 @@ Examples:
 """
 import argparse
 import io
+import itertools
 import json
 import math
 import os
@@ -105,11 +105,11 @@ def _number(kind, low, high=None, low_open=False):
     def parse(text):
         try:
             value = kind(text)
-            if math.isfinite(value) and (value > low or value == low and not low_open) and \
-                    (high is None or value <= high):
-                return value
         except ValueError:
-            pass
+            value = math.nan
+        if math.isfinite(value) and (value > low or value == low and not low_open) and \
+                (high is None or value <= high):
+            return value
         bounds = f"{'>' if low_open else '>='} {low}" + ("" if high is None else f" and <= {high}")
         what = "an integer" if kind is int else "a number"
         raise argparse.ArgumentTypeError(f"{text!r} is invalid: it must be {what} {bounds}")
@@ -118,18 +118,6 @@ def _number(kind, low, high=None, low_open=False):
 
 # ----------------------------------------------------------------------------- synthetic
 
-def _prototype_textures(rng, count, size):
-    """`count` grey textures (count, size, size) in [-1, 1]: two gratings inside an ellipse."""
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) - (size - 1) / 2
-    theta = rng.uniform(0, np.pi, (count, 2, 1, 1))
-    frequency = rng.uniform(0.3, 1.4, (count, 2, 1, 1))  # radians per pixel: 4 to 20 px periods
-    phase = rng.uniform(0, 2 * np.pi, (count, 2, 1, 1))
-    pattern = np.cos(frequency * (np.cos(theta) * xx + np.sin(theta) * yy) + phase).mean(1)
-    radius_y, radius_x = (rng.uniform(0.35, 0.5, (2, count, 1, 1)) * size)
-    inside = (yy / radius_y) ** 2 + (xx / radius_x) ** 2 <= 1
-    return (pattern * inside).astype(np.float32), inside
-
-
 def make_synthetic_images(num_images, num_classes=10, seed=0, split=0, modes_per_class=2,
                           patch_size=16, image_size=32, color_jitter=0.2):
     """Return (uint8 images (N, 3, 32, 32), int64 labels (N,)), a pure function of its args.
@@ -137,10 +125,17 @@ def make_synthetic_images(num_images, num_classes=10, seed=0, split=0, modes_per
     The prototypes depend on `seed` only; `split` picks an independent stream of images (0 for
     train, 1 for test), so both splits show the same classes but never the same image.
     """
-    world = np.random.default_rng([seed, 0])
-    num_prototypes = num_classes * modes_per_class
-    textures, inside = _prototype_textures(world, num_prototypes, patch_size)
-    colours = world.uniform(-1, 1, (num_prototypes, 3)).astype(np.float32)
+    world = np.random.default_rng([seed, 0])  # each prototype: two gratings in an ellipse
+    shape = (num_classes * modes_per_class, 2, 1, 1)  # (prototype, grating, y, x)
+    yy, xx = np.mgrid[0:patch_size, 0:patch_size].astype(np.float32) - (patch_size - 1) / 2
+    theta = world.uniform(0, np.pi, shape)
+    frequency = world.uniform(0.3, 1.4, shape)  # radians per pixel: 4 to 20 px periods
+    phase = world.uniform(0, 2 * np.pi, shape)
+    pattern = np.cos(frequency * (np.cos(theta) * xx + np.sin(theta) * yy) + phase).mean(1)
+    radius_y, radius_x = world.uniform(0.35, 0.5, (2, shape[0], 1, 1)) * patch_size
+    inside = (yy / radius_y) ** 2 + (xx / radius_x) ** 2 <= 1
+    textures = (pattern * inside).astype(np.float32)  # in [-1, 1], 0 outside the ellipse
+    colours = world.uniform(-1, 1, (shape[0], 3)).astype(np.float32)
 
     rng = np.random.default_rng([seed, 1 + split])
     labels = np.arange(num_images) % num_classes  # exactly balanced, then shuffled
@@ -186,9 +181,8 @@ def read_cifar(datapath, name):
         "CIFAR10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)],
                     "test_batch", "labels", 10),
         "CIFAR100": ("cifar-100-python", ["train"], "test", "fine_labels", 100)}[name]
-    folder = datapath
-    if not os.path.exists(os.path.join(folder, test_file)):
-        folder = os.path.join(datapath, folder_name)  # --datapath may be the parent folder
+    folder = datapath if os.path.exists(os.path.join(datapath, test_file)) else \
+        os.path.join(datapath, folder_name)  # --datapath may be the parent folder
     if not os.path.isdir(folder):
         raise DataError(f"no {name} at {datapath}: expected the python-pickle folder "
                         f"{folder_name}/ (from cs.toronto.edu/~kriz) there or as --datapath")
@@ -304,16 +298,15 @@ def read_idx(datapath, name):
 # ----------------------------------------------------------------------------- ImageNet
 
 class PCALighting:
-    """AlexNet-style lighting noise: add sum_j eigvec[:, j] * alpha_j * eigval_j to every pixel
-    of a [0, 1] tensor, alpha_j ~ N(0, alphastd). Applied after ToTensor, before Normalize."""
+    """AlexNet-style lighting noise (torchvision has none): add sum_j eigvec[:, j] * alpha_j *
+    eigval_j to every pixel of a [0, 1] tensor, alpha_j ~ N(0, alphastd). After ToTensor."""
 
     def __init__(self, alphastd=0.1):
         self.alphastd = alphastd
 
     def __call__(self, image):
         alpha = torch.randn(3) * self.alphastd
-        rgb_shift = (PCA_EIGVEC * alpha.view(1, 3) * PCA_EIGVAL.view(1, 3)).sum(1)
-        return image + rgb_shift.view(3, 1, 1)
+        return image + (PCA_EIGVEC * alpha.view(1, 3) * PCA_EIGVAL.view(1, 3)).sum(1).view(3, 1, 1)
 
 
 def imagenet_transform(train, scale_ratio=0.08, slim_dataaug=False, image_size=224):
@@ -321,18 +314,15 @@ def imagenet_transform(train, scale_ratio=0.08, slim_dataaug=False, image_size=2
     lighting] + flip. Eval: Resize(round(image_size * 256 / 224)) + CenterCrop(image_size), the
     papers' 256 -> 224 ratio. Both end in ImageNet's Normalize; ``image_size`` in pixels."""
     from torchvision import transforms  # imported here: it takes seconds, and only ImageNet needs it
-    normalize = transforms.Normalize(*IMAGENET_MEAN_STD)
     if not train:
-        return transforms.Compose([transforms.Resize(round(image_size * 256 / 224)),
-                                   transforms.CenterCrop(image_size), transforms.ToTensor(),
-                                   normalize])
-    steps = [transforms.RandomResizedCrop(image_size, scale=(scale_ratio, 1.0))]
-    if slim_dataaug:
-        steps.append(transforms.ColorJitter(0.4, 0.4, 0.4))
-    steps += [transforms.RandomHorizontalFlip(), transforms.ToTensor()]
-    if slim_dataaug:
-        steps.append(PCALighting(0.1))
-    return transforms.Compose(steps + [normalize])
+        steps = [transforms.Resize(round(image_size * 256 / 224)), transforms.CenterCrop(image_size),
+                 transforms.ToTensor()]
+    else:
+        jitter, lighting = ([transforms.ColorJitter(0.4, 0.4, 0.4)], [PCALighting(0.1)]) \
+            if slim_dataaug else ([], [])
+        steps = [transforms.RandomResizedCrop(image_size, scale=(scale_ratio, 1.0)), *jitter,
+                 transforms.RandomHorizontalFlip(), transforms.ToTensor(), *lighting]
+    return transforms.Compose(steps + [transforms.Normalize(*IMAGENET_MEAN_STD)])
 
 
 def _require_lmdb():
@@ -346,19 +336,19 @@ def _open_lmdb(path):
     if not os.path.exists(path):
         raise DataError(f"missing {path}: make it with python data.py to-lmdb IMAGE_FOLDER {path}")
     _require_lmdb()
+    data_file = os.path.join(path, "data.mdb") if os.path.isdir(path) else path
     try:
         env = lmdb.open(path, subdir=os.path.isdir(path), readonly=True, lock=False,
                         readahead=False, meminit=False)
         # A truncated copy would kill the process with SIGBUS at its first read past the end:
         # the meta page says how far the pages go, so check that before reading any.
-        needed = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
+        needed, size = (env.info()["last_pgno"] + 1) * env.stat()["psize"], os.path.getsize(data_file)
     except lmdb.Error as error:
         raise DataError(f"{path} is not a readable LMDB database ({_first_line(error)})") from None
-    data_file = os.path.join(path, "data.mdb") if os.path.isdir(path) else path
-    if needed > os.path.getsize(data_file):
+    if needed > size:
         env.close()
         raise DataError(f"{path} is truncated: its pages need {needed} bytes, {data_file} holds "
-                        f"{os.path.getsize(data_file)}; copy it again or rebuild it with to-lmdb")
+                        f"{size}; copy it again or rebuild it with to-lmdb")
     return env
 
 
@@ -379,61 +369,50 @@ def _shared_lmdb(path):
     return env
 
 
-def _read_lmdb_header(path):
-    """(record count, class names) of a database written by `to-lmdb`, read through this
-    process's shared environment if it has one, else one closed after (the process keeps no
-    database open that it reads no record of)."""
-    pid, shared = _ENVIRONMENTS.get(path, (None, None))
-    env = shared if pid == os.getpid() else _open_lmdb(path)
-    try:
-        with env.begin() as txn:
-            length, classes = txn.get(LEN_KEY), txn.get(CLASSES_KEY)
-        if length is not None and classes is not None:
-            return int(length), json.loads(classes)
-    except (lmdb.Error, ValueError) as error:
-        raise DataError(f"{path} is not a to-lmdb database ({_first_line(error)})") from None
-    finally:
-        if env is not shared:
-            env.close()
-    raise DataError(f"{path} is incomplete (no __len__ key): its conversion did not finish; "
-                    f"delete it and run python data.py to-lmdb again")
-
-
 class LMDBImageFolder(Dataset):
-    """The images of a `to-lmdb` database, or of its records `indices`. It opens the database
-    in each process at its first read (`_shared_lmdb`), so it crosses into DataLoader workers
-    as a path."""
+    """The images of a `to-lmdb` database, or of its records `indices`, as (transformed image,
+    label); `transform=None` gives the decoded RGB PIL image. It opens the database in each
+    process at its first read (`_shared_lmdb`), so it crosses into DataLoader workers as a path.
+    A record that fails its CRC or does not decode fully is a DataError."""
 
     def __init__(self, path, transform, indices=None):
         self.path, self.transform = path, transform
-        num_records, self.classes = _read_lmdb_header(path)
-        self.indices = range(num_records) if indices is None else indices
+        # The header is read through this process's shared environment if it has one, else
+        # through one closed after: a process keeps no database open that it reads no record of.
+        pid, env = _ENVIRONMENTS.get(path, (None, None))
+        own = pid != os.getpid()
+        env = _open_lmdb(path) if own else env
+        try:
+            with env.begin() as txn:
+                length, classes = txn.get(LEN_KEY), txn.get(CLASSES_KEY)
+            if length is None or classes is None:
+                raise DataError(f"{path} is incomplete (no __len__ key): its conversion did not "
+                                f"finish; delete it and run python data.py to-lmdb again")
+            self.classes = json.loads(classes)
+            self.indices = range(int(length)) if indices is None else indices
+        except (lmdb.Error, ValueError) as error:
+            raise DataError(f"{path} is not a to-lmdb database ({_first_line(error)})") from None
+        finally:
+            if own:
+                env.close()
 
     def __len__(self):
         return len(self.indices)
 
     def __getitem__(self, index):
-        """(transformed image, label); `transform=None` gives the decoded RGB PIL image. A
-        record that fails its CRC or does not decode fully is a DataError."""
         record = self.indices[index]
-        where, env = f"{self.path}: record {record}", _shared_lmdb(self.path)
+        env = _shared_lmdb(self.path)
         try:
             with env.begin() as txn:
-                value = txn.get(b"%08d" % record)
-        except lmdb.Error as error:
-            raise DataError(f"{where} cannot be read ({_first_line(error)}); rebuild the "
-                            f"database") from None
-        if value is None or len(value) < RECORD_HEADER.size:
-            raise DataError(f"{where} is missing or truncated; rebuild the database with to-lmdb")
-        label, checksum = RECORD_HEADER.unpack_from(value)
-        image_bytes = value[RECORD_HEADER.size:]
-        if zlib.crc32(image_bytes) != checksum or label >= len(self.classes):
-            raise DataError(f"{where} is corrupt (checksum or label mismatch); rebuild the database")
-        try:
+                value = txn.get(b"%08d" % record) or b""
+            label, checksum = RECORD_HEADER.unpack_from(value)  # struct.error if short or missing
+            image_bytes = value[RECORD_HEADER.size:]
+            if zlib.crc32(image_bytes) != checksum or label >= len(self.classes):
+                raise ValueError("checksum or label mismatch")
             image = Image.open(io.BytesIO(image_bytes)).convert("RGB")  # forces the full decode
-        except Exception as error:  # PIL raises OSError, SyntaxError, ValueError, ...
-            raise DataError(f"{where} does not decode as an image ({_first_line(error)}); "
-                            f"rebuild the database") from None
+        except Exception as error:  # lmdb.Error, struct.error, PIL's OSError, SyntaxError, ...
+            raise DataError(f"{self.path}: record {record} is missing or corrupt "
+                            f"({_first_line(error)}); rebuild the database with to-lmdb") from None
         return (self.transform(image) if self.transform else image), label
 
 
@@ -442,14 +421,14 @@ class LMDBImageFolder(Dataset):
 def scan_image_folder(source_dir):
     """(class names, [(file path, label)]) of an ImageFolder tree: one sub-folder per class,
     sorted by name to give labels; the image files in each, found recursively and in sorted
-    order by torchvision's own ImageFolder listing."""
+    order, by torchvision's own ImageFolder listing."""
     from torchvision.datasets import folder  # seconds to import; only the converter needs it
-    if not os.path.isdir(source_dir):
-        raise DataError(f"{source_dir} is not a folder: expected one sub-folder per class")
-    classes = sorted(entry.name for entry in os.scandir(source_dir) if entry.is_dir())
-    samples = classes and folder.make_dataset(source_dir, {name: label for label, name in
-                                              enumerate(classes)}, folder.IMG_EXTENSIONS,
-                                              allow_empty=True)
+    try:
+        classes, class_to_idx = folder.find_classes(source_dir)
+        samples = folder.make_dataset(source_dir, class_to_idx, folder.IMG_EXTENSIONS,
+                                      allow_empty=True)
+    except OSError:  # no such folder, or no class sub-folders in it
+        samples = []
     if not samples:
         raise DataError(f"no images ({', '.join(folder.IMG_EXTENSIONS)}) in class sub-folders "
                         f"of {source_dir}")
@@ -482,14 +461,14 @@ def _put_all(env, items):
 
 def convert_folder_to_lmdb(source_dir, lmdb_path, records_per_commit=1000, log=print):
     """Write every image of an ImageFolder tree into a new LMDB database at `lmdb_path`; returns
-    the number of images. Records go to `lmdb_path`.tmp-PID, the record count last, and the
-    folder is renamed into place only after all succeeded: an interrupted conversion leaves no
-    database at `lmdb_path`."""
+    the number of images. Records go to `lmdb_path`.tmp-PID, the class names and record count
+    last, and the folder is renamed into place only after all succeeded: an interrupted
+    conversion leaves no database at `lmdb_path`."""
     if os.path.exists(lmdb_path):
         raise DataError(f"{lmdb_path} already exists; delete it or choose another destination")
-    parent = os.path.dirname(os.path.abspath(lmdb_path))
-    if not os.path.isdir(parent):
-        raise DataError(f"the folder {parent} does not exist; create it first")
+    if not os.path.isdir(os.path.dirname(os.path.abspath(lmdb_path))):
+        raise DataError(f"the folder {os.path.dirname(os.path.abspath(lmdb_path))} does not "
+                        f"exist; create it first")
     _require_lmdb()
     classes, samples = scan_image_folder(source_dir)
     log(f"to-lmdb: {len(samples)} images in {len(classes)} classes from {source_dir}")
@@ -506,8 +485,9 @@ def convert_folder_to_lmdb(source_dir, lmdb_path, records_per_commit=1000, log=p
             _put_all(env, [(b"%08d" % record, value) for record, value in enumerate(records, first)])
             done = first + len(chunk)
             log(f"to-lmdb: {done}/{len(samples)} images, {done / (time.time() - start):.0f}/s")
-        _put_all(env, [(CLASSES_KEY, json.dumps(classes).encode())])
-        _put_all(env, [(LEN_KEY, str(len(samples)).encode())])  # last: marks it complete
+        # The record count is what marks a database complete, so it goes in the last commit.
+        _put_all(env, [(CLASSES_KEY, json.dumps(classes).encode()),
+                       (LEN_KEY, str(len(samples)).encode())])
         env.close()  # every commit was already synced to disk (lmdb's default)
         os.rename(temporary_path, lmdb_path)
     except BaseException:  # includes Ctrl-C: leave nothing half-written behind
@@ -615,16 +595,15 @@ def _imagenet_datasets(args, val_size):
     if not (os.path.exists(train_path) and os.path.exists(test_path)):
         raise DataError(f"no ImageNet at {datapath}: expected train.lmdb and val.lmdb "
                         f"there (make them with python data.py to-lmdb)")
-    num_train, classes = _read_lmdb_header(train_path)
-    train_indices, val_indices = held_out_split(num_train, val_size, args.train_size)
     evaluation = imagenet_transform(False, image_size=args.image_size)
     train = LMDBImageFolder(train_path, imagenet_transform(
-        True, args.scale_ratio, args.slim_dataaug, args.image_size), train_indices)
-    val = LMDBImageFolder(train_path, evaluation, val_indices) if val_size else None
+        True, args.scale_ratio, args.slim_dataaug, args.image_size))
     test = LMDBImageFolder(test_path, evaluation)
-    if test.classes != classes:
+    if test.classes != train.classes:
         raise DataError(f"{test_path} and {train_path} list different classes")
-    return train, val, test, len(classes)
+    train.indices, val_indices = held_out_split(len(train), val_size, args.train_size)
+    val = LMDBImageFolder(train_path, evaluation, val_indices) if val_size else None
+    return train, val, test, len(train.classes)
 
 
 def build_datasets(args):
@@ -634,23 +613,21 @@ def build_datasets(args):
     if name == "ImageNet":
         return *_imagenet_datasets(args, val_size), args.image_size, 3
     padding, flip = 4, True
+    num_classes = {"synthetic": args.synthetic_classes, "CIFAR100": 100}.get(name, 10)
     if name == "synthetic":
         train_images, train_labels = make_synthetic_images(
-            args.synthetic_train, args.synthetic_classes, args.data_seed, split=0)
+            args.synthetic_train, num_classes, args.data_seed, split=0)
         test_images, test_labels = make_synthetic_images(
-            args.synthetic_test, args.synthetic_classes, args.data_seed, split=1)
+            args.synthetic_test, num_classes, args.data_seed, split=1)
         pixels = torch.from_numpy(train_images).float().div_(255)  # the set's own mean/std
         mean, std = pixels.mean((0, 2, 3)).tolist(), pixels.std((0, 2, 3)).tolist()
-        num_classes = args.synthetic_classes
     elif name in IDX_MEAN_STD:
         train_images, train_labels, test_images, test_labels = read_idx(args.datapath, name)
-        mean, std = IDX_MEAN_STD[name]
-        num_classes, padding, flip = 10, 2, name == "FashionMNIST"
+        (mean, std), padding, flip = IDX_MEAN_STD[name], 2, name == "FashionMNIST"
     else:
         train_images, train_labels, test_images, test_labels = read_cifar(
             args.datapath or "./data", name)
         mean, std = CIFAR_MEAN_STD[name]
-        num_classes = 10 if name == "CIFAR10" else 100
     train_indices, val_indices = held_out_split(len(train_images), val_size, args.train_size)
     train = InMemoryImages(train_images[train_indices], train_labels[train_indices], mean, std,
                            True, padding, flip)
@@ -730,19 +707,6 @@ def first_batches(loader, count=None, images=None, seed=None):
 
 # ----------------------------------------------------------------------------- command line
 
-def check_lmdb(path, workers=2):
-    """Decode every record of a `to-lmdb` database (in `workers` processes); DataError on the
-    first bad one. Returns the number of records."""
-    dataset = LMDBImageFolder(path, transform=None)
-    checked, start = 0, time.time()
-    for batch_length in DataLoader(dataset, batch_size=64, num_workers=workers, collate_fn=len):
-        checked += batch_length
-        if checked % 12800 == 0:
-            print(f"check: {path}: {checked}/{len(dataset)} records, "
-                  f"{checked / (time.time() - start):.0f}/s", flush=True)
-    return checked
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(allow_abbrev=False, description="Inspect slimnets' data "
                                      "sets; convert and check ImageNet LMDB databases.")
@@ -770,8 +734,14 @@ def main(argv=None):
                                    log=lambda line: print(line, flush=True))
         elif args.command == "check" and args.dataset == "ImageNet":
             for name in ("train.lmdb", "val.lmdb"):  # every record, whatever the split flags
-                path = os.path.join(args.datapath or "./data", name)
-                print(f"check: {path}: all {check_lmdb(path, args.workers)} records decode")
+                path, start = os.path.join(args.datapath or "./data", name), time.time()
+                records = LMDBImageFolder(path, transform=None)  # decoded in --workers processes
+                batches = DataLoader(records, batch_size=64, num_workers=args.workers, collate_fn=len)
+                for checked in itertools.accumulate(batches):
+                    if checked % 12800 == 0:
+                        print(f"check: {path}: {checked}/{len(records)} records, "
+                              f"{checked / (time.time() - start):.0f}/s", flush=True)
+                print(f"check: {path}: all {len(records)} records decode")
         else:
             problem = check_data_args(args)
             if problem:
