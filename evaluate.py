@@ -51,6 +51,7 @@ import math
 import os
 import sys
 import time
+from pathlib import Path
 from xml.sax.saxutils import escape
 
 # idle OpenMP threads sleep: spinning ones stall beside other processes on shared cores (train.py
@@ -152,9 +153,8 @@ def checkpoint_stamp(name):
 
 
 def run_settings(name, argv=None, overrides=None):
-    """``(args, checkpoint)`` for run ``name``: flags given in ``argv`` or ``overrides`` win
-    over the values recorded at training (data flags, network, batch size, lower channel,
-    cost), except ``RUN_FLAGS``, which must equal them (``parse_args``)."""
+    """``(args, checkpoint)`` for run ``name``: flags in ``argv`` or ``overrides`` over those
+    recorded at training; ``RUN_FLAGS`` must equal them (``parse_args``)."""
     path = os.path.join(runs.run_folder(name), "checkpoint.pt")
     if not os.path.exists(path):
         raise Fail(f"no checkpoint at {path}; train it first: python train.py --name {name}")
@@ -288,8 +288,7 @@ def accuracy(net, loader, device):
 def measure(phase, records, loader, net, calibration, device, rank=0, world_size=1, export=False):
     """``{i: accuracy on loader}`` of ``net`` at each ``records[i]["widths"]``, its BN statistics
     recomputed on the ``calibration`` batches first; rank r measures i = r, r + W, ... and every
-    rank gets all. ``export``: a result also holds the ``state_dict`` of the static subnet, with
-    the statistics just calibrated. Prints a line per configuration with this process's eta."""
+    rank gets all. ``export``: each result also holds the static subnet's ``state_dict``."""
     started, mine, results = time.time(), range(rank, len(records), world_size), {}
     for done, i in enumerate(mine, 1):
         widths = records[i]["widths"]
@@ -381,11 +380,10 @@ def load_run(args, checkpoint):
 
 
 def select_front(candidates, measured, loader, kind):
-    """Score every candidate on held-out data (its ``held_out``); return the indices to test,
-    by ascending cost ``kind``, and the set of those non-dominated by (cost, held-out top-1
-    error). The full network is tested too (the Joslim reference's anchor), and every retrained
-    configuration (one with a ``config_file``): each is a model of its own, trained for its
-    target."""
+    """Score every candidate on held-out data (its ``held_out``); return the indices to test, by
+    ascending cost ``kind``, and the set of those non-dominated by (cost, held-out top-1 error).
+    Also tested: the full network (the Joslim reference's anchor) and every retrained
+    configuration (one with a ``config_file``), a model of its own trained for its target."""
     for i, result in measured("held-out", candidates, loader).items():
         candidates[i]["held_out"] = result
     front = set(pareto_front([c[kind] for c in candidates],
@@ -428,6 +426,12 @@ def millions(count):
     return f"{count / 1e6:.2f}M"
 
 
+def test_curve(result, label):
+    """``front_svg``'s curve of a result's tested points: (cost in millions, test top-1 %)."""
+    return {"label": label, "end": result["full_cost"] / 1e6, "points": [
+        (p[result["cost"]] / 1e6, p["test"]["top1"]) for p in result["points"]]}
+
+
 def print_table(columns, rows):
     """``rows`` (lists of strings) under ``columns`` (``(header, width)``): each cell right-aligned
     in its width, left-aligned where the width is negative."""
@@ -446,8 +450,7 @@ def write_results(result, stem):
                                [p["test"]["top5"] for p in points]]))
     runs.write_atomic(f"{stem}_eval_pareto.txt", text.getvalue())
     runs.write_json(f"{stem}_eval_pareto.json", result)
-    curves = [{"label": "test top-1, front selected on held-out", "end": result["full_cost"] / 1e6,
-               "points": [(p[kind] / 1e6, p["test"]["top1"]) for p in points]},
+    curves = [test_curve(result, "test top-1, front selected on held-out"),
               {"label": "held-out top-1, every candidate", "dots_only": True,
                "points": [(c[kind] / 1e6, c["held_out"]["top1"]) for c in result["candidates"]]}]
     runs.write_atomic(f"{stem}_pareto.svg", front_svg(curves, (
@@ -675,29 +678,23 @@ def compare(names, out_path=None, overrides=None, argv=None):
     wanted = (overrides or {}).get("cost") or build_parser().parse_args(argv or []).cost
     results = []
     for name in names:
-        path = os.path.join(RESULTS_DIR, f"{name}_eval_pareto.json")
-        if os.path.exists(path):
-            with open(path) as handle:
-                result = json.load(handle)
-            stamp = checkpoint_stamp(name)
-            if stamp is None or (result["checkpoint_stamp"] == stamp
-                                 and wanted in (None, result["cost"])):
-                results.append(result)
-                continue
+        path, stamp = os.path.join(RESULTS_DIR, f"{name}_eval_pareto.json"), checkpoint_stamp(name)
+        saved = json.loads(Path(path).read_text()) if os.path.exists(path) else None
+        if saved and stamp is not None and (saved["checkpoint_stamp"] != stamp
+                                            or wanted not in (None, saved["cost"])):
             print(f"{path} is older than runs/{name}/checkpoint.pt, or against another cost: "
                   f"evaluating it again")
-        results.append(evaluate_run(name, overrides, argv))
+            saved = None
+        results.append(saved or evaluate_run(name, overrides, argv))
     if any(result is None for result in results):  # not rank 0 of a torchrun job
         return []
     kinds = sorted({r["cost"] for r in results})
     if len(kinds) > 1:
         raise Fail(f"the runs' fronts are against different costs ({', '.join(kinds)}); pass "
                    f"--cost {kinds[0]} to compare them on one axis")
-    (cost_name, x_label), kind = COST_NAMES[kinds[0]], kinds[0]
+    cost_name, x_label = COST_NAMES[kinds[0]]
     out_path = out_path or os.path.join(RESULTS_DIR, f"compare_{'_'.join(names)}.svg")
-    curves = [{"label": f"{r['name']} ({r['method']}, area {area_text(r)})",
-               "end": r["full_cost"] / 1e6,
-               "points": [(p[kind] / 1e6, p["test"]["top1"]) for p in r["points"]]} for r in results]
+    curves = [test_curve(r, f"{r['name']} ({r['method']}, area {area_text(r)})") for r in results]
     runs.write_atomic(out_path, front_svg(
         curves, f"test top-1 vs {cost_name} (fronts selected on held-out data)", x_label))
     rows = [{"name": r["name"], "network": r["network"], "method": r["method"], "area": r["area"],
@@ -725,8 +722,7 @@ def job(args, argv):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
-    # Which job only: the values are parsed again over the run's (or subnet's) recorded flags,
-    # since a data flag can be valid for one dataset and not another.
+    # Which job only: the flags are parsed again over the run's (or subnet's) recorded ones
     return runs.cli(job, build_parser().parse_args(argv), argv, user_errors=(data.DataError,),
                     interrupted="interrupted: nothing was written; rerun to evaluate again")
 
