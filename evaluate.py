@@ -8,16 +8,15 @@ train.py this script
 
 1. takes candidate configurations. Joslim (Chin et al., ECML-PKDD'21): the non-dominated
    (cost, loss) entries of the sampler's history. Slim (US-Nets): 40 uniform widths evenly
-   spaced in MACs, found by bisection (channel rounding makes MACs only roughly quadratic in
-   the multiplier). AutoSlim (method ``random``): search.py's ``runs/NAME/search/*.json``
+   spaced in MACs. AutoSlim (method ``random``): search.py's ``runs/NAME/search/*.json``
    (without them, the 40 uniform widths). All three add the smallest and the full network.
    ``fixed``: the retrained configurations, every one reported (each is a model of its own,
    trained for its target). ``--configs FILE...``: any channel configs;
 2. calibrates BN for each one: training leaves running statistics that mix every width, so each
    candidate gets its own, averaged over the same ``--calib_batches`` training batches;
-3. selects the front on held-out data: every candidate is scored on the ``val`` split (carved
-   out of the training set) and the non-dominated ones by (MACs, held-out top-1 error) are
-   kept. The Joslim reference selected on the test set, which flatters the front;
+3. selects the front on held-out data: the candidates non-dominated by (MACs, top-1 error on
+   the ``val`` split, carved out of the training set). The Joslim reference selected on the
+   test set, which flatters the front;
 4. reports the front on the test split, top-1 and top-5, and its area: the mean of the test
    top-1 error step curve over MACs ratios [smallest, 1] (lower is better; the number Joslim
    minimizes). The full network is always reported when it is a candidate.
@@ -46,11 +45,13 @@ models.py and slimmable.py alone (all that ``load_subnet`` does)::
 import functools
 import glob
 import io
+import itertools
 import json
 import math
 import os
 import sys
 import time
+from pathlib import Path
 from xml.sax.saxutils import escape
 
 # idle OpenMP threads sleep: spinning ones stall beside other processes on shared cores (train.py
@@ -142,10 +143,8 @@ def parse_args(argv=None, defaults=None, run=None):
 
 
 def checkpoint_stamp(name):
-    """[size, modification time in ns] of runs/NAME/checkpoint.pt, or None when it is gone. A
-    result file records the stamp of the checkpoint it evaluated; ``compare`` re-evaluates a run
-    whose checkpoint has been rewritten since (retrained, resumed) instead of plotting stale
-    figures."""
+    """[size, modification time in ns] of runs/NAME/checkpoint.pt, or None when it is gone: a
+    result records it, and ``compare`` re-evaluates a run whose checkpoint was rewritten since."""
     try:
         stat = os.stat(os.path.join(runs.run_folder(name), "checkpoint.pt"))
     except FileNotFoundError:
@@ -154,9 +153,8 @@ def checkpoint_stamp(name):
 
 
 def run_settings(name, argv=None, overrides=None):
-    """``(args, checkpoint)`` for run ``name``: flags given in ``argv`` or ``overrides`` win
-    over the values recorded at training (data flags, network, batch size, lower channel,
-    cost), except ``RUN_FLAGS``, which must equal them (``parse_args``)."""
+    """``(args, checkpoint)`` for run ``name``: flags in ``argv`` or ``overrides`` over those
+    recorded at training; ``RUN_FLAGS`` must equal them (``parse_args``)."""
     path = os.path.join(runs.run_folder(name), "checkpoint.pt")
     if not os.path.exists(path):
         raise Fail(f"no checkpoint at {path}; train it first: python train.py --name {name}")
@@ -174,13 +172,11 @@ def run_settings(name, argv=None, overrides=None):
 
 
 def uniform_configs(net, lower, count=UNIFORM_COUNT, kind="macs"):
-    """``count`` uniform configurations (one multiplier for every group) whose cost ``kind``
-    (MACs by default) is evenly spaced from the smallest network (``lower``) to the full one:
-    ``(configs (count, D), targets)``.
-
-    Bisection on the cost, which never decreases with the multiplier, brackets each target
-    between two channel-rounding steps; the nearer one is kept.
-    """
+    """``(configs (count, D), targets)``: ``count`` uniform configurations (one multiplier for
+    every group) whose cost ``kind`` is evenly spaced from the smallest network (``lower``) to the
+    full one. Channel rounding makes MACs only roughly quadratic in the multiplier, so bisection
+    on the cost (never decreasing in it) brackets each target between two rounding steps; the
+    nearer one is kept."""
     num_groups = len(net.width_groups)
 
     def cost(multipliers):
@@ -224,8 +220,7 @@ def candidate_configs(net, checkpoint, args):
         return [list(map(float, c)) for c in checkpoint["fixed_configs"]], \
             "the retrained --channel_config configurations"
     folder = os.path.join(runs.run_folder(args.name), "search")  # search.py's AutoSlim widths
-    searched = sorted(path for kind in slimmable.COSTS
-                      for path in glob.glob(os.path.join(folder, f"{kind}_*M.json")))
+    searched = sorted(glob.glob(os.path.join(folder, "*.json")))
     if method == "random" and searched:
         return ends + [config_widths(path, net) for path in searched], \
             f"the smallest, the full network and {len(searched)} searched configurations"
@@ -236,12 +231,8 @@ def candidate_configs(net, checkpoint, args):
 
 
 def candidate_records(net, checkpoint, args):
-    """``(candidates, source)``: a JSON-ready record of each configuration of
-    ``candidate_configs`` (the first of those with the same channels): ``widths``, ``channels``
-    per group, every cost of ``slimmable.COSTS`` (MACs, params, mmcv-style FLOPs, peak activation
-    memory in elements), ``macs_ratio`` and ``cost_ratio`` (to the full network's MACs and
-    ``args.cost``); a retrained one also its ``config_file`` and search.py's ``cost`` and
-    ``target`` (in millions of that cost; None without one)."""
+    """``(candidates, source)``: a JSON-ready record (see ``evaluate_run``) of each configuration
+    of ``candidate_configs``, the first of those with the same channels."""
     configs, source = candidate_configs(net, checkpoint, args)
     if not configs:
         raise Fail(f"run {args.name} has no configurations to evaluate; pass --configs FILE...")
@@ -297,8 +288,7 @@ def accuracy(net, loader, device):
 def measure(phase, records, loader, net, calibration, device, rank=0, world_size=1, export=False):
     """``{i: accuracy on loader}`` of ``net`` at each ``records[i]["widths"]``, its BN statistics
     recomputed on the ``calibration`` batches first; rank r measures i = r, r + W, ... and every
-    rank gets all. ``export``: a result also holds the ``state_dict`` of the static subnet, with
-    the statistics just calibrated. Prints a line per configuration with this process's eta."""
+    rank gets all. ``export``: each result also holds the static subnet's ``state_dict``."""
     started, mine, results = time.time(), range(rank, len(records), world_size), {}
     for done, i in enumerate(mine, 1):
         widths = records[i]["widths"]
@@ -306,7 +296,7 @@ def measure(phase, records, loader, net, calibration, device, rank=0, world_size
         slimmable.calibrate_bn(net, calibration)
         results[i] = accuracy(net.eval(), loader, device)
         elapsed = time.time() - started
-        print(f"  {phase} [{i + 1}/{len(records)}] MACs {records[i]['macs'] / 1e6:.2f}M "
+        print(f"  {phase} [{i + 1}/{len(records)}] MACs {millions(records[i]['macs'])} "
               f"({100 * records[i]['macs_ratio']:.1f}%) top-1 {results[i]['top1']:.2f}  "
               f"{elapsed:.0f} s, eta {elapsed / done * (len(mine) - done):.0f} s", flush=True)
         if export:
@@ -326,15 +316,15 @@ def evaluate_run(name, overrides=None, argv=None):
     ``name, network, method, num_classes, model_options, dataset, lower_channel, calib_batches,
     calib_images, source, cost, full_cost, full_macs, full_params, full_mmcv_flops,
     smallest_ratio, area, seconds, checkpoint_stamp, points, candidates, training_curves``.
-    ``cost`` names the front's axis (a key of ``slimmable.COSTS``) and ``full_cost`` is the full
-    network's. A point (front member, by ascending cost): ``widths``, ``channels`` (per group),
-    ``macs``, ``params``, ``mmcv_flops``, ``memory``, ``macs_ratio``, ``cost_ratio`` (to
-    ``full_cost``), ``held_out`` and ``test`` (each ``{top1, top5, loss, images}``),
+    ``cost`` names the front's axis (a key of ``slimmable.COSTS``), ``full_cost`` is the full
+    network's. A candidate: ``widths``, ``channels`` (per group), every cost of ``slimmable.COSTS``
+    (``macs``, ``params``, ``mmcv_flops``, ``memory`` in elements), ``macs_ratio`` and
+    ``cost_ratio`` (to the full network's), ``held_out`` (``{top1, top5, loss, images}``); a
+    retrained one also ``config_file`` and search.py's ``cost`` and ``target`` (millions of that
+    cost, or None). A point (a tested candidate, by ascending cost) adds ``test``,
     ``on_held_out_front`` (False only for the full network when a cheaper candidate beats it on
-    held-out data) and ``subnet`` (the --export file or None); a retrained one also
-    ``config_file``, ``cost`` and ``target``. A candidate: the same without ``test`` and
-    ``subnet``. ``area``: mean test top-1 error (%) of the step curve over cost ratios
-    [smallest_ratio, 1], or null where that range is empty.
+    held-out data) and ``subnet`` (the --export file or None). ``area``: mean test top-1 error
+    (%) of the step curve over cost ratios [smallest_ratio, 1], or None where that is empty.
     """
     stamp = checkpoint_stamp(name)
     args, checkpoint = run_settings(name, argv, overrides)
@@ -390,11 +380,10 @@ def load_run(args, checkpoint):
 
 
 def select_front(candidates, measured, loader, kind):
-    """Score every candidate on held-out data (its ``held_out``); return the indices to test,
-    by ascending cost ``kind``, and the set of those non-dominated by (cost, held-out top-1
-    error). The full network is tested too (the Joslim reference's anchor), and every retrained
-    configuration (one with a ``config_file``): each is a model of its own, trained for its
-    target."""
+    """Score every candidate on held-out data (its ``held_out``); return the indices to test, by
+    ascending cost ``kind``, and the set of those non-dominated by (cost, held-out top-1 error).
+    Also tested: the full network (the Joslim reference's anchor) and every retrained
+    configuration (one with a ``config_file``), a model of its own trained for its target."""
     for i, result in measured("held-out", candidates, loader).items():
         candidates[i]["held_out"] = result
     front = set(pareto_front([c[kind] for c in candidates],
@@ -433,6 +422,24 @@ def area_text(result, digits=2):
     return "none" if result["area"] is None else f"{result['area']:.{digits}f}"
 
 
+def millions(count):
+    return f"{count / 1e6:.2f}M"
+
+
+def test_curve(result, label):
+    """``front_svg``'s curve of a result's tested points: (cost in millions, test top-1 %)."""
+    return {"label": label, "end": result["full_cost"] / 1e6, "points": [
+        (p[result["cost"]] / 1e6, p["test"]["top1"]) for p in result["points"]]}
+
+
+def print_table(columns, rows):
+    """``rows`` (lists of strings) under ``columns`` (``(header, width)``): each cell right-aligned
+    in its width, left-aligned where the width is negative."""
+    for cells in [[header for header, _ in columns], *rows]:
+        print("".join(f"{cell:<{-width}}" if width < 0 else f"{cell:>{width}}"
+                      for cell, (_, width) in zip(cells, columns)))
+
+
 def write_results(result, stem):
     """The reference's 3-row text file, the JSON, the SVG plots; a table and the area on stdout."""
     points, kind = result["points"], result["cost"]
@@ -443,8 +450,7 @@ def write_results(result, stem):
                                [p["test"]["top5"] for p in points]]))
     runs.write_atomic(f"{stem}_eval_pareto.txt", text.getvalue())
     runs.write_json(f"{stem}_eval_pareto.json", result)
-    curves = [{"label": "test top-1, front selected on held-out", "end": result["full_cost"] / 1e6,
-               "points": [(p[kind] / 1e6, p["test"]["top1"]) for p in points]},
+    curves = [test_curve(result, "test top-1, front selected on held-out"),
               {"label": "held-out top-1, every candidate", "dots_only": True,
                "points": [(c[kind] / 1e6, c["held_out"]["top1"]) for c in result["candidates"]]}]
     runs.write_atomic(f"{stem}_pareto.svg", front_svg(curves, (
@@ -454,16 +460,14 @@ def write_results(result, stem):
         runs.write_atomic(f"{stem}_curves.svg", training_curves_svg(
             result["training_curves"], f"{result['name']}: training curves"))
     other = kind != "macs"  # the front's cost first (a count), then MACs too
-    print((f"{name:>12}" if other else f"{name:>10}") + f"{'ratio':>8}"
-          + (f"{'MACs':>10}" if other else "") + f"{'params':>11}{'mmcv FLOPs':>12}"
-          + f"{'held-out top-1':>16}{'test top-1':>12}{'test top-5':>12}")
-    for p in points:
-        print((f"{p[kind]:>12,}" if other else f"{p[kind] / 1e6:>9.2f}M")
-              + f"{p['cost_ratio']:>8.3f}" + (f"{p['macs'] / 1e6:>9.2f}M" if other else "")
-              + f"{p['params']:>11,}"
-              + f"{p['mmcv_flops'] / 1e6:>11.2f}M{p['held_out']['top1']:>16.2f}"
-              + f"{p['test']['top1']:>12.2f}{p['test']['top5']:>12.2f}"
-              + ("" if p["on_held_out_front"] else "  (full network, dominated on held-out)"))
+    print_table([(name, 12 if other else 10), ("ratio", 8)] + [("MACs", 10)] * other + [
+        ("params", 11), ("mmcv FLOPs", 12), ("held-out top-1", 16), ("test top-1", 12),
+        ("test top-5", 12), ("", 0)], [
+        [f"{p[kind]:,}" if other else millions(p[kind]), f"{p['cost_ratio']:.3f}"]
+        + [millions(p["macs"])] * other + [f"{p['params']:,}", millions(p["mmcv_flops"])]
+        + [f"{top1:.2f}" for top1 in (p["held_out"]["top1"], p["test"]["top1"], p["test"]["top5"])]
+        + ["" if p["on_held_out_front"] else "  (full network, dominated on held-out)"]
+        for p in points])
     span = f"% error averaged over {name} ratios {result['smallest_ratio']:.3f}..1; lower is " \
         "better" if result["area"] is not None else "the smallest network costs as much as the " \
         f"full one: no range of {name} ratios to average over"
@@ -481,7 +485,7 @@ def write_results(result, stem):
 
 def save_subnet(args, checkpoint, index, point, state_dict):
     """One file per front point: the static model's state_dict plus its channel config."""
-    path = os.path.join(args.export, f"{args.name}_{index:02d}_{point['macs'] / 1e6:.2f}M.pt")
+    path = os.path.join(args.export, f"{args.name}_{index:02d}_{millions(point['macs'])}.pt")
     data_args = {key: getattr(args, key) for key in sorted(data.data_flag_names())
                  if isinstance(getattr(args, key), (int, float, str))}
     runs.save_checkpoint(path, {
@@ -520,7 +524,7 @@ def evaluate_subnet(path, argv=None, loaders_cache=None):
     device = runs.start(args.device, args.threads, set_threads=False)[0]
     result = accuracy(net.to(device), loaders.test, device)
     counted = sum(p.numel() for p in net.parameters())
-    print(f"{path}: {record['network']} at {record['macs'] / 1e6:.2f}M MACs, {counted:,} params; "
+    print(f"{path}: {record['network']} at {millions(record['macs'])} MACs, {counted:,} params; "
           f"test top-1 {result['top1']:.2f}, top-5 {result['top5']:.2f} on {result['images']} "
           f"{loaders.dataset} images")
     return {**result, "macs": record["macs"], "params": counted,
@@ -533,14 +537,13 @@ def evaluate_subnets(paths, argv=None):
     AutoSlim's pipeline: target, MACs, params and test accuracy of each standalone model)."""
     loaders_cache = {}
     rows = [(path, evaluate_subnet(path, argv, loaders_cache)) for path in paths]
-    if len(rows) > 1:
-        print(f"\n{'subnet':<40}{'target':>22}{'MACs':>10}{'params':>11}{'mmcv_flops':>12}"
-              f"{'top-1':>8}{'top-5':>8}")
-        for path, row in rows:  # the target named as search.py names its files: mmcv_flops_530M
-            target = f"{row['cost']}_{row['target']:g}M" if row["target"] else "-"
-            print(f"{os.path.basename(path):<40}{target:>22}{row['macs'] / 1e6:>9.2f}M"
-                  f"{row['params']:>11,}{row['mmcv_flops'] / 1e6:>11.2f}M{row['top1']:>8.2f}"
-                  f"{row['top5']:>8.2f}")
+    if len(rows) > 1:  # the target named as search.py names its files: mmcv_flops_530M
+        print()
+        print_table([("subnet", -40), ("target", 22), ("MACs", 10), ("params", 11),
+                     ("mmcv_flops", 12), ("top-1", 8), ("top-5", 8)], [
+            [os.path.basename(path), f"{row['cost']}_{row['target']:g}M" if row["target"] else "-",
+             millions(row["macs"]), f"{row['params']:,}", millions(row["mmcv_flops"]),
+             f"{row['top1']:.2f}", f"{row['top5']:.2f}"] for path, row in rows])
     return rows
 
 
@@ -576,11 +579,10 @@ def tag(name, text=None, **attributes):
 
 def front_svg(curves, title, x_label="MACs (millions)", y_label="top-1 accuracy (%)", offset=0,
               legend_top=False):
-    """An SVG plot of curves ``{"label", "points": [(macs_millions, top1)], "end", "dots_only",
-    "line"}``: each one's points and (unless dots_only) its step curve up to ``end``, or the
-    straight lines through its points when ``line``; axes, ticks, legend. ``offset``: the plot's
-    y when it is nested in another SVG (``panels_svg``); ``legend_top``: the legend in the top
-    right corner (falling curves) instead of the bottom right."""
+    """An SVG plot of curves ``{"label", "points": [(x, y)], "end", "dots_only", "line"}``: each
+    one's points and (unless dots_only) its step curve up to x = ``end``, or the straight lines
+    through its points when ``line``; axes, ticks, legend (top right when ``legend_top``, for
+    falling curves; else bottom right). ``offset``: the plot's y inside ``panels_svg``."""
     width, height, left, right, top, bottom = 760, 480, 72, 24, 44, 56
     xs = [x for c in curves for x, _ in c["points"]] + [c.get("end", 0.0) for c in curves]
     ys = [y for c in curves for _, y in c["points"]] or [0.0]
@@ -593,7 +595,9 @@ def front_svg(curves, title, x_label="MACs (millions)", y_label="top-1 accuracy 
     def sy(y):
         return round(height - bottom - (height - top - bottom) * (y - y_low) / (y_high - y_low), 1)
 
-    middle, grid = (top + height - bottom) / 2, "#e5e5e5"
+    middle, grid, legend_height = (top + height - bottom) / 2, "#e5e5e5", 18 * len(curves)
+    legend_x = width - right - 310
+    legend_y = top + 8 if legend_top else height - bottom - 10 - legend_height
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" y="{offset}" width="{width}" '
            f'height="{height}" font-family="sans-serif" font-size="12">',
            tag("rect", width=width, height=height, fill="white"),
@@ -604,28 +608,24 @@ def front_svg(curves, title, x_label="MACs (millions)", y_label="top-1 accuracy 
     for t in nice_ticks(y_low, y_high):
         out += [tag("line", x1=left, y1=sy(t), x2=width - right, y2=sy(t), stroke=grid),
                 tag("text", f"{t:g}", x=left - 6, y=sy(t) + 4, text_anchor="end")]
-    legend_x = width - right - 310
-    legend_y = top + 8 if legend_top else height - bottom - 10 - 18 * len(curves)
     out += [tag("rect", x=left, y=top, width=width - left - right, height=height - top - bottom,
                 fill="none", stroke="black"),
             tag("text", x_label, x=(left + width - right) / 2, y=height - 14, text_anchor="middle"),
             tag("text", y_label, x=18, y=middle, text_anchor="middle",
                 transform=f"rotate(-90 18 {middle})"),
-            tag("rect", x=legend_x, y=legend_y, width=302, height=18 * len(curves) + 4,
+            tag("rect", x=legend_x, y=legend_y, width=302, height=legend_height + 4,
                 fill="white", fill_opacity=0.85, stroke="#cccccc")]
-    solid = 0
+    colors = itertools.cycle(COLORS)  # grey dots take no color
     for index, curve in enumerate(curves):
-        dots_only = curve.get("dots_only", False)
-        color = "#999999" if dots_only else COLORS[solid % len(COLORS)]
-        solid += not dots_only
+        dots_only, line = curve.get("dots_only", False), curve.get("line", False)
+        color = "#999999" if dots_only else next(colors)
         out.append(f'<g class="{"dots" if dots_only else "run"}" fill="{color}">')
         if not dots_only and curve["points"]:
-            line = curve["points"] if curve.get("line") else \
-                step_curve(curve["points"], curve.get("end", 0.0))
+            path = curve["points"] if line else step_curve(curve["points"], curve.get("end", 0.0))
             out.append(tag("polyline", class_="front", points=" ".join(
-                f"{sx(x)},{sy(y)}" for x, y in line), fill="none", stroke=color, stroke_width=2))
-        radius = 2.5 if dots_only or curve.get("line") else 4
-        out += [tag("circle", cx=sx(x), cy=sy(y), r=radius) for x, y in curve["points"]]
+                f"{sx(x)},{sy(y)}" for x, y in path), fill="none", stroke=color, stroke_width=2))
+        out += [tag("circle", cx=sx(x), cy=sy(y), r=2.5 if dots_only or line else 4)
+                for x, y in curve["points"]]
         row_y = legend_y + 16 + 18 * index
         out += [tag("circle", cx=legend_x + 12, cy=row_y - 4, r=4),
                 tag("text", curve["label"], x=legend_x + 22, y=row_y, fill="black"), "</g>"]
@@ -633,8 +633,8 @@ def front_svg(curves, title, x_label="MACs (millions)", y_label="top-1 accuracy 
 
 
 def panels_svg(panels, title):
-    """Plots stacked in one SVG: ``panels`` is a list of ``(y_label, curves)`` drawn by
-    ``front_svg`` against the training step, each titled ``title``."""
+    """``front_svg`` plots against the training step, one per ``(y_label, curves)`` of ``panels``,
+    stacked in one SVG, each titled ``title``."""
     plots = [front_svg(curves, title, "training step", y_label, offset=480 * k,
                        legend_top="loss" in y_label) for k, (y_label, curves) in enumerate(panels)]
     return (f'<svg xmlns="http://www.w3.org/2000/svg" width="760" height="{480 * len(plots)}">\n'
@@ -647,11 +647,13 @@ def training_curves_svg(points, title):
     panels = []
     for y_label, key in (("training loss (full: labels; smallest: its students' loss)", "loss"),
                          ("held-out top-1 (%, BN batch statistics)", "top1")):
-        curves = [{"label": end, "line": True, "points": [
-            (p["step"], p[f"{end}_{key}"]) for p in points if f"{end}_{key}" in p]}
-            for end in ("full", "smallest")]
-        panels.append((y_label, [curve for curve in curves if curve["points"]]))
-    return panels_svg([(y_label, curves) for y_label, curves in panels if curves], title)
+        curves = [{"label": end, "line": True, "points": [(p["step"], p[f"{end}_{key}"])
+                                                          for p in points if f"{end}_{key}" in p]}
+                  for end in ("full", "smallest")]
+        curves = [curve for curve in curves if curve["points"]]
+        if curves:
+            panels.append((y_label, curves))
+    return panels_svg(panels, title)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -676,40 +678,33 @@ def compare(names, out_path=None, overrides=None, argv=None):
     wanted = (overrides or {}).get("cost") or build_parser().parse_args(argv or []).cost
     results = []
     for name in names:
-        path = os.path.join(RESULTS_DIR, f"{name}_eval_pareto.json")
-        if os.path.exists(path):
-            with open(path) as handle:
-                result = json.load(handle)
-            stamp = checkpoint_stamp(name)
-            if stamp is None or (result["checkpoint_stamp"] == stamp
-                                 and wanted in (None, result["cost"])):
-                results.append(result)
-                continue
+        path, stamp = os.path.join(RESULTS_DIR, f"{name}_eval_pareto.json"), checkpoint_stamp(name)
+        saved = json.loads(Path(path).read_text()) if os.path.exists(path) else None
+        if saved and stamp is not None and (saved["checkpoint_stamp"] != stamp
+                                            or wanted not in (None, saved["cost"])):
             print(f"{path} is older than runs/{name}/checkpoint.pt, or against another cost: "
                   f"evaluating it again")
-        results.append(evaluate_run(name, overrides, argv))
+            saved = None
+        results.append(saved or evaluate_run(name, overrides, argv))
     if any(result is None for result in results):  # not rank 0 of a torchrun job
         return []
     kinds = sorted({r["cost"] for r in results})
     if len(kinds) > 1:
         raise Fail(f"the runs' fronts are against different costs ({', '.join(kinds)}); pass "
                    f"--cost {kinds[0]} to compare them on one axis")
-    (cost_name, x_label), kind = COST_NAMES[kinds[0]], kinds[0]
+    cost_name, x_label = COST_NAMES[kinds[0]]
     out_path = out_path or os.path.join(RESULTS_DIR, f"compare_{'_'.join(names)}.svg")
-    curves = [{"label": f"{r['name']} ({r['method']}, area {area_text(r)})",
-               "end": r["full_cost"] / 1e6,
-               "points": [(p[kind] / 1e6, p["test"]["top1"]) for p in r["points"]]} for r in results]
+    curves = [test_curve(r, f"{r['name']} ({r['method']}, area {area_text(r)})") for r in results]
     runs.write_atomic(out_path, front_svg(
         curves, f"test top-1 vs {cost_name} (fronts selected on held-out data)", x_label))
     rows = [{"name": r["name"], "network": r["network"], "method": r["method"], "area": r["area"],
              "top1_at": {level: top1_at(r["points"], level) for level in MATCHED_RATIOS}}
             for r in results]
     width = max([len("run")] + [len(row["name"]) for row in rows]) + 2
-    print(f"{'run':<{width}}{'network':<24}{'method':<8}{'area':>8}"
-          + "".join(f"{f'top1@{100 * level:g}%':>12}" for level in MATCHED_RATIOS))
-    for row in rows:
-        print(f"{row['name']:<{width}}{row['network']:<24}{row['method']:<8}{area_text(row, 3):>8}"
-              + "".join(f"{'-' if v is None else f'{v:.2f}':>12}" for v in row["top1_at"].values()))
+    print_table([("run", -width), ("network", -24), ("method", -8), ("area", 8)]
+                + [(f"top1@{100 * level:g}%", 12) for level in MATCHED_RATIOS], [
+        [row["name"], row["network"], row["method"], area_text(row, 3)]
+        + ["-" if v is None else f"{v:.2f}" for v in row["top1_at"].values()] for row in rows])
     print(f"area: mean test top-1 error (%) over {cost_name} ratios [smallest, 1], lower is "
           f"better; top1@X%: best test top-1 within X% of the full network's {cost_name}. "
           f"Plot: {out_path}")
@@ -727,8 +722,7 @@ def job(args, argv):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
-    # Which job only: the values are parsed again over the run's (or subnet's) recorded flags,
-    # since a data flag can be valid for one dataset and not another.
+    # Which job only: the flags are parsed again over the run's (or subnet's) recorded ones
     return runs.cli(job, build_parser().parse_args(argv), argv, user_errors=(data.DataError,),
                     interrupted="interrupted: nothing was written; rerun to evaluate again")
 
