@@ -421,12 +421,10 @@ def _evaluate_terms(model, widths, which):
 
 def macs(model, widths=1.0):
     """Multiply-accumulates of conv and linear layers for one image at ``model.input_size``:
-    what the slimmable papers (S-Nets, US-Nets, AutoSlim, Joslim) call FLOPs.
-
-    One configuration (see ``width_matrix``) -> int. An (N, D) array -> N counts (a NumPy
-    array, or a tensor for a tensor input). ValueError for bad widths. ``params``,
-    ``mmcv_flops`` and ``memory`` take and return the same.
-    """
+    what the slimmable papers (S-Nets, US-Nets, AutoSlim, Joslim) call FLOPs. One configuration
+    (see ``width_matrix``) -> int; an (N, D) array -> N counts (a NumPy array, or a tensor for a
+    tensor input); ValueError for bad widths. ``params``, ``mmcv_flops`` and ``memory`` take and
+    return the same."""
     return _evaluate_terms(model, widths, "macs")
 
 
@@ -661,13 +659,10 @@ def load_config(path, model):
 
 def export(model, widths):
     """A copy of ``model`` at ``widths`` whose slimmable layers are replaced by plain torch.nn
-    layers holding the sliced weights and BN statistics (AutoSlim's "split checkpoint").
-
-    The copy has exactly ``params(model, widths)`` parameters, the dtype and device of
-    ``model``'s weights and, in eval mode, the outputs of ``model`` at ``widths``. Rebuild a
-    saved one with
-    ``export(get_model(name, num_classes), widths).load_state_dict(state)``.
-    """
+    layers holding the sliced weights and BN statistics (AutoSlim's "split checkpoint"), with
+    exactly ``params(model, widths)`` parameters, the dtype and device of ``model``'s weights and,
+    in eval mode, the outputs of ``model`` at ``widths``. Rebuild a saved one with
+    ``export(get_model(name, num_classes), widths).load_state_dict(state)``."""
     source = _unwrap(model)
     channels = layer_channels(source, widths)
     # Deep-copy everything except the big slimmable layers, which are rebuilt below.
