@@ -1,8 +1,7 @@
 """Width samplers for slimmable networks: which per-layer widths to train next.
 
 A slimmable network shares one set of weights among many sub-networks, each given by a vector of
-per-layer width multipliers x in [lower, 1]^D. Training visits only a few widths per step; the
-sampler picks them:
+per-layer width multipliers x in [lower, 1]^D. Each training step visits a few, picked by:
 
 * `UniformSampler`: one multiplier for every layer (the "Slim" / US-Nets baseline).
 * `RandomSampler`: an independent multiplier per layer (the AutoSlim / two-stage supernet).
@@ -99,11 +98,10 @@ def expected_improvement(mean, std, best):
 
 class CholeskyFactor:
     """Lower Cholesky factor L of a symmetric positive-definite (n, n) matrix K, built by appending
-    block rows of 64: each new block row is a triangular solve against the rows above plus a 64x64
-    Cholesky. Nearly all the work is matrix products. Why not np.linalg.cholesky/solve: NumPy has no
+    block rows of 64, each a triangular solve against the rows above plus a 64x64 Cholesky, so
+    conditioning on new points costs O(n^2), not O(n^3). Not np.linalg.cholesky/solve: NumPy has no
     triangular solver, and OpenBLAS's threaded LAPACK stalls 10-100x when a trainer shares the
-    cores, while products and 64x64 LAPACK calls do not. Appending rows is also how conditioning on
-    new points costs O(n^2) instead of O(n^3)."""
+    cores, while matrix products and 64x64 LAPACK calls do not."""
 
     BLOCK = 64
 
@@ -138,16 +136,13 @@ class CholeskyFactor:
             solution[start:stop] = inverse @ (rhs[start:stop] - self.lower[start:stop, :start] @ solution[:start])
         return solution
 
-    def solve_upper(self, rhs):
-        """L^-T rhs by blocked back substitution."""
+    def solve(self, vector):
+        """K^-1 vector = L^-T (L^-1 vector) for a vector (n,), the L^-T by blocked back substitution."""
+        rhs = self.solve_lower(vector[:, None])
         solution = np.empty_like(rhs, dtype=float)
         for start, stop, inverse in reversed(self.blocks):
             solution[start:stop] = inverse.T @ (rhs[start:stop] - self.lower[stop:, start:stop].T @ solution[stop:])
-        return solution
-
-    def solve(self, vector):
-        """K^-1 vector = L^-T L^-1 vector, for a vector of shape (n,)."""
-        return self.solve_upper(self.solve_lower(vector[:, None]))[:, 0]
+        return solution[:, 0]
 
     def log_density(self, y, alpha):
         """log N(y; 0, K) given alpha = K^-1 y (R&W Eq. 2.30), with log det K = 2 sum log diag L."""
@@ -178,23 +173,22 @@ class GaussianProcess:
     noise_variance = property(lambda self: float(np.exp(self.log_params[-1])))
 
     @staticmethod
-    def _scaled_distances(X1, X2, lengthscales):
+    def _matern(X1, X2, lengthscales, signal):
+        """Scaled distances r, exp(-sqrt(5) r) and the kernel, each (n, m), for X1 (n, D), X2 (m, D)."""
         A, B = X1 / lengthscales, X2 / lengthscales
-        squared = (A * A).sum(1)[:, None] + (B * B).sum(1)[None, :] - 2.0 * A @ B.T
-        return np.sqrt(np.maximum(squared, 0.0))
+        r = np.sqrt(np.maximum((A * A).sum(1)[:, None] + (B * B).sum(1)[None, :] - 2.0 * A @ B.T, 0.0))
+        decay = np.exp(-SQRT5 * r)
+        return r, decay, signal * (1.0 + SQRT5 * r + (5.0 / 3.0) * r * r) * decay
 
     def kernel(self, X1, X2):
-        r = self._scaled_distances(X1, X2, self.lengthscales)
-        return self.signal_variance * (1.0 + SQRT5 * r + (5.0 / 3.0) * r * r) * np.exp(-SQRT5 * r)
+        return self._matern(X1, X2, self.lengthscales, self.signal_variance)[2]
 
     def _lml_and_grad(self, log_params, X, y):
         """Log marginal likelihood and its gradient in log-hyperparameters (R&W Eq. 2.30, 5.9):
         dLML/dtheta_j = 1/2 tr((alpha alpha^T - K^-1) dK/dtheta_j)."""
         n = len(y)
         lengthscales, signal, noise = np.exp(log_params[:-2]), math.exp(log_params[-2]), math.exp(log_params[-1])
-        r = self._scaled_distances(X, X, lengthscales)
-        decay = np.exp(-SQRT5 * r)
-        signal_kernel = signal * (1.0 + SQRT5 * r + (5.0 / 3.0) * r * r) * decay
+        r, decay, signal_kernel = self._matern(X, X, lengthscales, signal)
         factor = CholeskyFactor(signal_kernel + noise * np.eye(n))
         alpha = factor.solve(y)
         inverse_cholesky = factor.solve_lower(np.eye(n))        # K^-1 = L^-T L^-1, needed by the trace
@@ -263,9 +257,8 @@ class GaussianProcess:
 
     def log_marginal_likelihood(self, return_grad=False):
         """log p(y | X) at the current hyperparameters; with return_grad also d/d log_params."""
-        if return_grad:
-            return self._lml_and_grad(self.log_params, self.X, self.y)
-        return float(self.cholesky.log_density(self.y, self.alpha))
+        return (self._lml_and_grad(self.log_params, self.X, self.y) if return_grad
+                else float(self.cholesky.log_density(self.y, self.alpha)))
 
 
 # ---------------------------------------------------------------- Pareto helpers
@@ -330,20 +323,9 @@ class RandomSampler(UniformSampler):
 class JoslimSampler:
     """Joslim's sampler, on the reference's schedule: `prior_points` configurations with one uniform
     multiplier, then the full network, then one GP-guided proposal per call slot at a target cost
-    t ~ U(cost(lower), 1), chosen among `num_candidates` candidates moved onto t.
-
-    acquisition='ei': the candidate at cost t (within `cost_tolerance`) with the largest expected
-        improvement over `best`, the lowest observed loss at cost <= t (the front's step curve at t,
-        whose area Joslim minimizes); if nothing observed is that cheap, the loss of the cheapest
-        observed configuration, as `area_under_front` extends its curve. Proposals of one call are
-        made distinct by the kriging believer: each chosen point joins the GP with its posterior mean
-        as a fantasy observation (the mean is unchanged, its uncertainty collapses), and candidates
-        within 1e-3 of a chosen point are excluded.
-    acquisition='ucb': the reference's scheme: UCB mean + sqrt(beta) std of the standardized loss
-        (the reference ADDS the std to a minimized loss, a pessimistic bound; kept as is) and the
-        exact standardized cost, combined by an augmented Tchebyshev scalarization against reference
-        point `baseline`, its weight bisected (<= 10 steps, tolerance 0.02) so the arg-min's cost is
-        near t; the winner is then moved onto t exactly. No fantasies (the reference had none).
+    t ~ U(cost(lower), 1), chosen among `num_candidates` candidates moved onto t by `acquisition`:
+    'ei' (expected improvement, `_propose_expected_improvement`) or 'ucb' (the reference's
+    scheme, `_propose_tchebyshev_ucb`).
 
     The GP's hyperparameters are refitted once per `observe`: `fit_iterations` Adam steps (four
     times as many the first time) on at most `fit_subset_size` random points.
@@ -425,10 +407,8 @@ class JoslimSampler:
             else:
                 model = model or self._conditioned_model()
                 target = self.rng.uniform(self.lowest_cost, 1.0)
-                if self.acquisition == "ei":
-                    config = self._propose_expected_improvement(model, target, chosen_units)
-                else:
-                    config = self._propose_tchebyshev_ucb(model, target, chosen_units)
+                config = (self._propose_expected_improvement if self.acquisition == "ei"
+                          else self._propose_tchebyshev_ucb)(model, target, chosen_units)
                 chosen_units.append(self._unit(config))
             self.configs, self.losses = np.vstack([self.configs, config]), np.append(self.losses, np.nan)
             self.latest_losses = np.append(self.latest_losses, np.nan)
@@ -448,16 +428,14 @@ class JoslimSampler:
                                "before proposing past the prior phase")
         losses = self.losses[observed]
         scale = losses.std() if losses.std() > 1e-9 else 1.0      # all equal: only center them
-        if self.gp_log_params is None:
-            # sqrt(D) makes a move of 1 along the diagonal (where the prior points lie) one lengthscale.
-            model = GaussianProcess(np.full(self.num_dims, math.sqrt(self.num_dims)), 1.0, 0.1)
-            iterations = 4 * self.fit_iterations           # cold start needs more steps
-        else:
-            model = GaussianProcess(np.ones(self.num_dims))
+        # Cold start: sqrt(D) makes a move of 1 along the diagonal (where the prior points lie) one
+        # lengthscale, and 4x the Adam steps; later fits warm-start from the last hyperparameters.
+        model = GaussianProcess(np.full(self.num_dims, math.sqrt(self.num_dims)), 1.0, 0.1)
+        if self.gp_log_params is not None:
             model.log_params = np.array(self.gp_log_params, dtype=float)
-            iterations = self.fit_iterations
         model.fit(self._unit(self.configs[observed]), (losses - losses.mean()) / scale, optimize=self.needs_fit,
-                  iterations=iterations, subset_size=self.fit_subset_size, rng=self.rng)
+                  iterations=self.fit_iterations * (4 if self.gp_log_params is None else 1),
+                  subset_size=self.fit_subset_size, rng=self.rng)
         self.gp_log_params, self.needs_fit = model.log_params.copy(), False
         # Costs are recomputed in one batch here so a restored checkpoint sees bit-identical values.
         self._model_costs = self._cost(self.configs[observed])
@@ -507,6 +485,13 @@ class JoslimSampler:
         return np.abs(units[:, None, :] - np.array(chosen_units)[None]).max(-1).min(1) < 1e-3
 
     def _propose_expected_improvement(self, model, target, chosen_units):
+        """acquisition='ei': the candidate at cost t (within `cost_tolerance`) with the largest
+        expected improvement over `best`, the lowest observed loss at cost <= t (the front's step
+        curve at t, whose area Joslim minimizes); if nothing observed is that cheap, the loss of the
+        cheapest observed configuration, as `area_under_front` extends its curve. Proposals of one
+        call are made distinct by the kriging believer: the winner joins the GP with its posterior
+        mean as a fantasy observation (the mean is unchanged, its uncertainty collapses), and
+        candidates within 1e-3 of a chosen point are excluded."""
         candidates, costs = self._candidates(model, np.full(self.num_candidates, target))
         units = self._unit(candidates)
         mean, std = model.predict(units)
@@ -520,12 +505,17 @@ class JoslimSampler:
         if not np.isfinite(score).any():                  # nothing on target: the closest in cost
             score = -np.abs(costs - target)
         winner = int(np.argmax(score))
-        # Kriging believer: pretend the winner was observed at its posterior mean.
         model.add_observations(units[winner][None], mean[winner:winner + 1])
         self._model_costs = np.append(self._model_costs, costs[winner])
         return candidates[winner]
 
     def _propose_tchebyshev_ucb(self, model, target, chosen_units):
+        """acquisition='ucb', the reference's scheme: UCB mean + sqrt(beta) std of the standardized
+        loss (the reference ADDS the std to a minimized loss, a pessimistic bound; kept as is) and
+        the exact standardized cost, combined by an augmented Tchebyshev scalarization against
+        reference point `baseline`, its weight bisected (<= 10 steps, tolerance 0.02) so the
+        arg-min's cost is near t; the winner is then moved onto t exactly. No fantasies (the
+        reference had none)."""
         # A pool spread over all costs stands in for the reference's optimization over the whole box.
         pool, pool_costs = self._candidates(model, self.rng.uniform(self.lowest_cost, 1.0, size=self.num_candidates))
         units = self._unit(pool)

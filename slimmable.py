@@ -85,11 +85,9 @@ def round_channels(multipliers, full, divisor=1):
 
 
 class SlimConv2d(nn.Conv2d):
-    """``nn.Conv2d`` that uses ``weight[:active_out, :c_in]``; c_in is read from the input.
-
-    A depthwise conv (``groups == in_channels == out_channels``) follows its input: it uses the
-    first c_in filters with ``groups = c_in``.
-    """
+    """``nn.Conv2d`` that uses ``weight[:active_out, :c_in]``; c_in is read from the input. A
+    depthwise conv (``groups == in_channels == out_channels``) follows its input: it uses the first
+    c_in filters with ``groups = c_in``."""
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, groups=1,
                  bias=False, in_slot: Optional[ChannelSlot] = None,
@@ -185,11 +183,9 @@ def slim_layers(model):
 
 
 def width_matrix(model, widths):
-    """Validate ``widths`` and return a float64 (N, D) tensor of multipliers (N = 1 for one config).
-
-    ``widths`` is a float (the same multiplier for every group), a sequence of D multipliers, or
-    an (N, D) array/tensor of N configurations.
-    """
+    """Validate ``widths`` and return a float64 (N, D) tensor of multipliers: ``widths`` is a float
+    (the same multiplier for every group, N = 1), a sequence of D multipliers (one per group, N = 1)
+    or an (N, D) array/tensor of N configurations. ValueError naming the group for a bad value."""
     groups = _unwrap(model).width_groups
     if isinstance(widths, (int, float)) and not isinstance(widths, bool):
         matrix = torch.full((1, len(groups)), float(widths), dtype=torch.float64)
@@ -218,9 +214,8 @@ def _slot_channels(slots, matrix):
 def group_channels(model, widths):
     """``{group name: channels}`` for one configuration."""
     groups = _unwrap(model).width_groups
-    matrix = width_matrix(model, widths)
     slots = [ChannelSlot(i, g.channels, g.divisor) for i, g in enumerate(groups)]
-    counts = _slot_channels(slots, matrix)[0].tolist()
+    counts = _slot_channels(slots, width_matrix(model, widths))[0].tolist()
     return {g.name: c for g, c in zip(groups, counts)}
 
 
@@ -254,10 +249,8 @@ def _full_in_out(layer):
 
 
 def set_widths(model, widths):
-    """Make ``model`` run at ``widths`` (a float, or one multiplier per width group).
-
-    Raises ``ValueError`` naming the group for a wrong length or a value outside (0, 1].
-    """
+    """Make ``model`` run at ``widths`` (a float, or one multiplier per width group); ValueError
+    naming the group for a wrong length or a value outside (0, 1]."""
     channels = layer_channels(model, widths)
     for name, layer in slim_layers(model):
         if not isinstance(layer, SlimBatchNorm2d):
@@ -428,12 +421,10 @@ def _evaluate_terms(model, widths, which):
 
 def macs(model, widths=1.0):
     """Multiply-accumulates of conv and linear layers for one image at ``model.input_size``:
-    what the slimmable papers (S-Nets, US-Nets, AutoSlim, Joslim) call FLOPs.
-
-    One configuration (see ``width_matrix``) -> int. An (N, D) array -> N counts (a NumPy
-    array, or a tensor for a tensor input). ValueError for bad widths. ``params``,
-    ``mmcv_flops`` and ``memory`` take and return the same.
-    """
+    what the slimmable papers (S-Nets, US-Nets, AutoSlim, Joslim) call FLOPs. One configuration
+    (see ``width_matrix``) -> int; an (N, D) array -> N counts (a NumPy array, or a tensor for a
+    tensor input); ValueError for bad widths. ``params``, ``mmcv_flops`` and ``memory`` take and
+    return the same."""
     return _evaluate_terms(model, widths, "macs")
 
 
@@ -600,18 +591,17 @@ def _config_channels(path, channels, net):
         raise ValueError(f"channel config {path}: 'channels' must map group names to counts")
     unknown = sorted(set(channels) - {g.name for g in groups})
     missing = [g.name for g in groups if g.name not in channels]
-    if unknown or missing:
-        problems = [f"{what} groups " + ", ".join(found[:4])
-                    + (f" and {len(found) - 4} more" if len(found) > 4 else "")
-                    for what, found in (("unknown", unknown), ("missing", missing)) if found]
+    problems = [f"{what} groups " + ", ".join(found[:4])
+                + (f" and {len(found) - 4} more" if len(found) > 4 else "")
+                for what, found in (("unknown", unknown), ("missing", missing)) if found]
+    if problems:
         raise ValueError(f"channel config {path} does not fit {model_identity(net)['network']}: "
                          + "; ".join(problems))
     counts = {}
     for group in groups:
         count, full = channels[group.name], group.channels
-        # every count the group can take, ascending
-        possible = round_channels(torch.arange(1, full + 1) / full, full, group.divisor).unique()
-        possible = possible.tolist()
+        possible = round_channels(torch.arange(1, full + 1) / full, full, group.divisor)
+        possible = possible.unique().tolist()  # every count the group can take, ascending
         number = isinstance(count, (int, float)) and not isinstance(count, bool)
         if not (number and float(count).is_integer() and int(count) in possible):  # 8.0 is 8
             below = [c for c in possible if number and c < count]
@@ -669,13 +659,10 @@ def load_config(path, model):
 
 def export(model, widths):
     """A copy of ``model`` at ``widths`` whose slimmable layers are replaced by plain torch.nn
-    layers holding the sliced weights and BN statistics (AutoSlim's "split checkpoint").
-
-    The copy has exactly ``params(model, widths)`` parameters, the dtype and device of
-    ``model``'s weights and, in eval mode, the outputs of ``model`` at ``widths``. Rebuild a
-    saved one with
-    ``export(get_model(name, num_classes), widths).load_state_dict(state)``.
-    """
+    layers holding the sliced weights and BN statistics (AutoSlim's "split checkpoint"), with
+    exactly ``params(model, widths)`` parameters, the dtype and device of ``model``'s weights and,
+    in eval mode, the outputs of ``model`` at ``widths``. Rebuild a saved one with
+    ``export(get_model(name, num_classes), widths).load_state_dict(state)``."""
     source = _unwrap(model)
     channels = layer_channels(source, widths)
     # Deep-copy everything except the big slimmable layers, which are rebuilt below.
@@ -692,23 +679,18 @@ def export(model, widths):
 
 
 def _static_copy(layer, c_in, c_out):
+    """The plain torch.nn layer of ``c_in`` -> ``c_out`` channels that ``layer`` runs as, holding
+    the leading block of each of its parameters and buffers."""
+    if isinstance(layer, SlimBatchNorm2d):
+        new = nn.BatchNorm2d(c_out, eps=layer.eps, momentum=layer.momentum)
+    elif isinstance(layer, SlimLinear):
+        new = nn.Linear(c_in, c_out, bias=layer.bias is not None)
+    else:
+        new = nn.Conv2d(c_in, c_out, layer.kernel_size, layer.stride, layer.padding, layer.dilation,
+                        groups=c_out if layer.depthwise else 1, bias=layer.bias is not None)
+    source = layer.state_dict()
     with torch.no_grad():
-        if isinstance(layer, SlimBatchNorm2d):
-            new = nn.BatchNorm2d(c_out, eps=layer.eps, momentum=layer.momentum)
-            for key in ("weight", "bias", "running_mean", "running_var"):
-                getattr(new, key).copy_(getattr(layer, key)[:c_out])
-            new.num_batches_tracked.copy_(layer.num_batches_tracked)
-        elif isinstance(layer, SlimLinear):
-            new = nn.Linear(c_in, c_out, bias=layer.bias is not None)
-            new.weight.copy_(layer.weight[:c_out, :c_in])
-            if layer.bias is not None:
-                new.bias.copy_(layer.bias[:c_out])
-        else:
-            groups = c_out if layer.depthwise else 1
-            new = nn.Conv2d(c_in, c_out, layer.kernel_size, layer.stride, layer.padding,
-                            layer.dilation, groups=groups, bias=layer.bias is not None)
-            new.weight.copy_(layer.weight[:c_out, :c_in // groups])
-            if layer.bias is not None:
-                new.bias.copy_(layer.bias[:c_out])
+        for key, value in new.state_dict().items():  # weight[:c_out, :c_in // groups], ...
+            value.copy_(source[key][tuple(slice(0, size) for size in value.shape)])
     new.train(layer.training)
     return new.to(device=layer.weight.device, dtype=layer.weight.dtype)  # as the source: half...
