@@ -679,7 +679,10 @@ def compare(names, out_path=None, overrides=None, argv=None):
     results = []
     for name in names:
         path, stamp = os.path.join(RESULTS_DIR, f"{name}_eval_pareto.json"), checkpoint_stamp(name)
-        saved = json.loads(Path(path).read_text()) if os.path.exists(path) else None
+        try:  # a result file that cannot be read is evaluated again
+            saved = json.loads(Path(path).read_text())
+        except (OSError, ValueError, RecursionError):
+            saved = None
         if saved and stamp is not None and (saved["checkpoint_stamp"] != stamp
                                             or wanted not in (None, saved["cost"])):
             print(f"{path} is older than runs/{name}/checkpoint.pt, or against another cost: "

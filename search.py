@@ -495,7 +495,7 @@ def saved_state(out_dir, settings, restart, rank):
         try:
             with open(path) as handle:
                 state = json.load(handle)
-        except (OSError, ValueError) as error:
+        except (OSError, ValueError, RecursionError) as error:
             raise Fail(f"cannot read {path}: {error}; --restart to start over") from None
         for key in settings:
             if settings[key] != state["settings"].get(key):

@@ -624,8 +624,8 @@ def load_config(path, model):
     try:
         with open(path) as handle:
             record = json.load(handle)
-    except (OSError, ValueError) as error:
-        raise ValueError(f"cannot read channel config {path}: {error}") from None
+    except (OSError, ValueError, RecursionError) as error:  # RecursionError: nested too deep
+        raise ValueError(f"cannot read channel config {path}: {str(error)[:200]}") from None
     if not isinstance(record, dict) or not {"channels", "widths"} & set(record):
         raise ValueError(f"channel config {path} is not a JSON object with 'channels' or 'widths'")
     net = _unwrap(model)

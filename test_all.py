@@ -538,16 +538,30 @@ class TestCosts:
                 "    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
                 "    x = torch.ones(16 << 20); y = x * 2; del x, y\n"
                 "    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)\n"
-                "print(applied, sum(faults[10:]))\n")
+                "print(applied, sum(count > 0 for count in faults[10:]))\n")
 
         def run(**env):
             out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                                  check=True, cwd=REPO, env={**os.environ, **env}).stdout.split()
             return out[0] == "True", int(out[1])
-        applied, faults = run()
-        assert applied and faults < 16384, faults  # under one 64 MiB block in the last 10 steps
+        applied, faulting_steps = run()
+        # glibc's defaults fault in each of the last 10 steps; kept, at most a stray few do (the
+        # kernel may still reclaim a page now and then on a busy machine)
+        assert applied and faulting_steps <= 3, faulting_steps
         applied, _ = run(MALLOC_MMAP_MAX_="65536")  # the user's setting wins
         assert not applied
+
+    def test_a_config_nested_too_deep_is_refused_in_one_line(self, tmp_path, monkeypatch, capsys):
+        """A configuration file of 100,000 nested lists (json.load's RecursionError) ends
+        train.py in one line and status 2, as any unreadable configuration does."""
+        path = tmp_path / "deep.json"
+        path.write_text("[" * 100_000 + "]" * 100_000)
+        with pytest.raises(ValueError, match="cannot read channel config"):
+            slimmable.load_config(str(path), models.get_model("slim_resnet20", 10))
+        monkeypatch.chdir(tmp_path)
+        assert train.main(["--method", "fixed", "--channel_config", str(path)] + TINY_RUN) == 2
+        error = capsys.readouterr().err.strip().splitlines()
+        assert len(error) == 1 and "cannot read channel config" in error[0], error
 
     def test_calibrate_bn_is_an_exact_average(self):
         torch.manual_seed(0)
