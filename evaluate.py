@@ -111,10 +111,7 @@ def build_parser():
         "these runs on one SVG, print their areas and top-1 at matched cost ratios (runs "
         "without results are evaluated)")
     add("--out", metavar="PATH", help="--compare: SVG path (default: results/compare_NAMES.svg)")
-    add("--device", type=runs.device_flag, default="auto",
-        help="auto (CUDA when available), cpu, cuda or cuda:N")
-    add("--threads", type=runs.number(int, 0), default=0,
-        help="CPU threads per process (0: cores / processes)")
+    runs.add_process_flags(parser)
     data.add_data_args(parser)
     parser.epilog = ("Data flags, --network, --batch_size, --lower_channel and --cost default to "
                      "the values the run was trained with. Those that describe the trained run ("

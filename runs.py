@@ -113,6 +113,13 @@ def number(kind=float, low=None, high=None, low_open=False, high_open=False):
     return parse
 
 
+def add_process_flags(parser, threads_help="CPU threads per process (0: cores / processes)"):
+    """``--device`` and ``--threads``, which ``start`` reads, as every script declares them."""
+    parser.add_argument("--device", type=device_flag, default="auto",
+                        help="auto (CUDA when available), cpu, cuda or cuda:N")
+    parser.add_argument("--threads", type=number(int, 0), default=0, help=threads_help)
+
+
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,99}")
 
 

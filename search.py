@@ -114,10 +114,7 @@ def build_parser():
         help="discard the state and configurations in runs/NAME/search/ and start again")
     add("--full_forward", action="store_true", help="run candidates from the image, not from "
         "the first block they change (the same scores, slower; for checking)")
-    add("--device", type=runs.device_flag, default="auto",
-        help="auto (CUDA when available), cpu, cuda or cuda:N")
-    add("--threads", type=runs.number(int, 0), default=0,
-        help="CPU threads per process (0: cores / processes)")
+    runs.add_process_flags(parser)
     data.add_data_args(parser)
     parser.epilog = ("Data flags default to the values the supernet was trained with (its held-out "
                      "split must be the one training left out).")

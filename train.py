@@ -130,11 +130,8 @@ def parse_args(argv=None):
              "network's training loss and held-out top-1), evenly spaced; 0: none")
     add("--curve_images", type=count, default=512, help="held-out images per curve point")
     add("--seed", type=some, default=0, help="seed for weights, data order and sampling")
-    add("--device", type=runs.device_flag, default="auto",
-        help="auto (CUDA when available), cpu, cuda or cuda:N")
-    add("--threads", type=some, default=0,
-        help="CPU threads per process (0: the usable cores / processes, adjusted while other "
-             "processes compete for them)")
+    runs.add_process_flags(parser, "CPU threads per process (0: the usable cores / processes, "
+                           "adjusted while other processes compete for them)")
     add("--restart", action="store_true",
         help="start over even if runs/NAME/checkpoint.pt exists (it is overwritten)")
     add("--resume", action="store_true",
