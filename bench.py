@@ -371,6 +371,28 @@ def bench_thread_tuner(steps=40, period=20, batch_size=128,
     return rows
 
 
+def bench_short_run(out_path=os.path.join("results", "contention_short_run.json")):
+    """A 20-step default run of train.py (``--epochs 1``, 2,560 training images, ``--threads 0``:
+    the ThreadTuner, which decides first after 8 steps) timed quiet and then beside one busy
+    process, each in a fresh run folder; the rule: beside it the run keeps >= 40% of its quiet
+    throughput. Prints both wall times and the share, writes ``out_path``."""
+    argv = [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "train.py"),
+            "--epochs", "1", "--synthetic_train", "3560", "--curve_points", "0", "--restart"]
+    seconds = {}
+    with tempfile.TemporaryDirectory() as folder:
+        for phase in ("quiet", "busy"):
+            with busy_process() if phase == "busy" else contextlib.nullcontext():
+                start = time.perf_counter()
+                subprocess.run(argv + ["--name", phase], cwd=folder, check=True,
+                               capture_output=True)
+                seconds[phase] = time.perf_counter() - start
+    share = seconds["quiet"] / seconds["busy"]
+    print(f"20-step train.py run: {seconds['quiet']:.1f} s quiet, {seconds['busy']:.1f} s beside one "
+          f"busy process: {100 * share:.0f}% of the quiet throughput (rule: >= 40%)")
+    runs.write_json(out_path, {"machine": machine(), "seconds": seconds, "share": share})
+    return share
+
+
 def contention_table(rows, busy_share=0.40, quiet_share=0.95):
     """Add to each row (``setting``, ``quiet`` and ``busy`` images/s) its ``busy_share`` (busy /
     quiet), ``quiet_share_of_best`` and whether it ``meets_rule``: the contention rule for the
@@ -932,6 +954,9 @@ def main():
                              "CPUs this process may use, e.g. under taskset)")
     parser.add_argument("--spincounts", type=int, nargs="+", default=[1000, 30000],
                         help="contention: GOMP_SPINCOUNT values to measure (default 1000 30000)")
+    parser.add_argument("--short_run", action="store_true",
+                        help="contention: a 20-step default train.py run, quiet and beside one "
+                             "busy process (wall times and the share kept)")
     parser.add_argument("--tuner", action="store_true",
                         help="contention: train.py's ThreadTuner against fixed thread counts, "
                              "--steps quiet then --steps beside one busy process (use --steps 40)")
@@ -986,7 +1011,9 @@ def main():
     if args.what in ("speed", "window"):
         bench_window_share()
     if args.what == "contention":
-        if args.tuner:
+        if args.short_run:
+            bench_short_run()
+        elif args.tuner:
             bench_thread_tuner(steps=args.steps)
         else:
             bench_contention(args.cores, args.steps, args.quick, args.spincounts,
