@@ -761,7 +761,17 @@ def bench_recipe(seeds=(0, 1), threads=None, probe_every=26, out_dir="results", 
         mean = np.mean(results, axis=0)
         detail = "  ".join(f"{f:.2f}/{s:.2f}/{a:.2f}" for f, s, a in results)
         print(f"{label:<18}{mean[0]:>8.2f}{mean[1]:>10.2f}{mean[2]:>8.2f}   {detail}")
-    panels = {"full": [], "smallest": []}  # held-out top-1 against the step, one line a run
+    recipe_curves_svg(recipe_runs, seeds[0], out_dir)
+    print_probes(probes, seeds[0])
+    content = {"runs": recipe_runs, "table": table, "probes": probes}
+    runs.write_json(os.path.join(out_dir, "recipe.json"), content)
+    return table, probes
+
+
+def recipe_curves_svg(recipe_runs, seed, out_dir):
+    """``recipe_curves.svg``: held-out top-1 against the step, one line a run (seed ``seed``)."""
+    import evaluate
+    panels = {"full": [], "smallest": []}
     for label, names in recipe_runs.items():
         with open(os.path.join("runs", names[0], "curves.json")) as handle:
             points = json.load(handle)["points"]
@@ -771,11 +781,15 @@ def bench_recipe(seeds=(0, 1), threads=None, probe_every=26, out_dir="results", 
                                "points": [(p["step"], p[f"{end}_top1"]) for p in points]})
     svg = evaluate.panels_svg([(f"{end} network: held-out top-1 (%)", curves)
                                for end, curves in panels.items()],
-                              f"Fashion-MNIST, the students' recipes, seed {seeds[0]}")
+                              f"Fashion-MNIST, the students' recipes, seed {seed}")
     runs.write_atomic(os.path.join(out_dir, "recipe_curves.svg"), svg)
+
+
+def print_probes(probes, seed):
+    """The table of ``gradient_probe`` results (nothing when there are none)."""
     if probes:
         print("\ngradients at the shared weights, old default (distillation after epoch 1), "
-              f"seed {seeds[0]}: three students (0.42, 0.6, 0.8) vs the full network")
+              f"seed {seed}: three students (0.42, 0.6, 0.8) vs the full network")
         print(f"{'step':>5}{'lr':>8}{'teacher p':>10}{'teacher top1':>13}{'|g_full|':>9}"
               f"{'|g_kd|':>8}{'|g_label|':>10}{'cos(kd,full)':>13}{'cos(label,full)':>16}")
         for p in probes:
@@ -783,9 +797,6 @@ def bench_recipe(seeds=(0, 1), threads=None, probe_every=26, out_dir="results", 
                   f"{p['teacher_top1']:>13.1f}{p['full_grad_norm']:>9.3f}{p['kd_grad_norm']:>8.3f}"
                   f"{p['label_grad_norm']:>10.3f}{p['cos_kd_full']:>13.3f}"
                   f"{p['cos_label_full']:>16.3f}")
-    content = {"runs": recipe_runs, "table": table, "probes": probes}
-    runs.write_json(os.path.join(out_dir, "recipe.json"), content)
-    return table, probes
 
 
 def _train_with_probes(argv, name, every):
@@ -927,7 +938,19 @@ def compare_with_uniform(name, bn=None, test_images=2000, threads=1):
     return rows
 
 
-def main():
+def quality_dataset(dataset, datapath):
+    """``dataset``, or for "auto": FashionMNIST when its files are there, else synthetic."""
+    if dataset != "auto":
+        return dataset
+    found = all(any(os.path.exists(os.path.join(data.idx_folder(datapath, "FashionMNIST"),
+                                                f + ext)) for ext in ("", ".gz"))
+                for f in data.IDX_FILES)
+    print("quality: --dataset " + ("FashionMNIST" if found else "synthetic (no Fashion-MNIST "
+          "files: apt-get install dataset-fashion-mnist, or pass --datapath)"))
+    return "FashionMNIST" if found else "synthetic"
+
+
+def parse_args():
     parser = argparse.ArgumentParser(description=__doc__, allow_abbrev=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("what", choices=["speed", "quality", "recipe", "overhead", "macs",
@@ -978,6 +1001,11 @@ def main():
         parser.exit(2, "error: --steps, --repeats and --cores take a positive number\n")
     if min(args.spincounts) < 0:
         parser.exit(2, "error: --spincounts take numbers >= 0\n")
+    return args
+
+
+def main():
+    args = parse_args()
     torch.set_num_threads(args.threads)
     print(machine())
     kept = runs.keep_freed_memory()
@@ -985,16 +1013,8 @@ def main():
     if args.what == "recipe":
         bench_recipe(args.seeds, threads=args.threads, datapath=args.datapath)
     if args.what == "quality":
-        dataset = args.dataset
-        if dataset == "auto":
-            found = all(any(os.path.exists(os.path.join(data.idx_folder(
-                args.datapath, "FashionMNIST"), f + ext)) for ext in ("", ".gz"))
-                for f in data.IDX_FILES)
-            dataset = "FashionMNIST" if found else "synthetic"
-            print(f"quality: --dataset {dataset}" + ("" if found else " (no Fashion-MNIST files: "
-                  "apt-get install dataset-fashion-mnist, or pass --datapath)"))
-        bench_quality(args.seeds, dataset, args.quick, threads=args.threads,
-                      datapath=args.datapath)
+        bench_quality(args.seeds, quality_dataset(args.dataset, args.datapath), args.quick,
+                      threads=args.threads, datapath=args.datapath)
     if args.what in ("speed", "macs"):
         bench_macs()
     if args.what in ("speed", "sampler"):
