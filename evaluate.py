@@ -143,7 +143,7 @@ def checkpoint_stamp(name):
     """[size, modification time in ns] of runs/NAME/checkpoint.pt, or None when it is gone: a
     result records it, and ``compare`` re-evaluates a run whose checkpoint was rewritten since."""
     try:
-        stat = os.stat(os.path.join(runs.run_folder(name), "checkpoint.pt"))
+        stat = os.stat(runs.checkpoint_path(name))
     except FileNotFoundError:
         return None
     return [stat.st_size, stat.st_mtime_ns]
@@ -152,7 +152,7 @@ def checkpoint_stamp(name):
 def run_settings(name, argv=None, overrides=None):
     """``(args, checkpoint)`` for run ``name``: flags in ``argv`` or ``overrides`` over those
     recorded at training; ``RUN_FLAGS`` must equal them (``parse_args``)."""
-    path = os.path.join(runs.run_folder(name), "checkpoint.pt")
+    path = runs.checkpoint_path(name)
     if not os.path.exists(path):
         raise Fail(f"no checkpoint at {path}; train it first: python train.py --name {name}")
     checkpoint = runs.load_checkpoint(path, CHECKPOINT_KEYS)
@@ -367,7 +367,7 @@ def load_run(args, checkpoint):
     device, rank, world_size = runs.start(args.device, args.threads, set_threads=False)
     net = models.get_model(checkpoint["network"], checkpoint["num_classes"],
                            **checkpoint["model_options"])
-    runs.load_weights(net, checkpoint["model"], os.path.join("runs", args.name, "checkpoint.pt"))
+    runs.load_weights(net, checkpoint["model"], runs.checkpoint_path(args.name))
     if loaders.num_classes != checkpoint["num_classes"]:
         raise Fail(f"the data has {loaders.num_classes} classes, run {args.name} was trained on "
                    f"{checkpoint['num_classes']}; pass the run's --dataset")

@@ -154,6 +154,11 @@ def run_folder(name):
         raise Fail(f"--name {error}") from None
 
 
+def checkpoint_path(name):
+    """``runs/NAME/checkpoint.pt``, where train.py keeps run ``name`` and the others read it."""
+    return os.path.join(run_folder(name), "checkpoint.pt")
+
+
 @contextlib.contextmanager
 def lock(folder, doing="trained"):
     """Hold ``folder/train.lock`` (an flock, released by the kernel however the process ends, so

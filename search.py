@@ -168,7 +168,7 @@ def target_name(cost, millions):
 
 def load_supernet(name, device):
     """The supernet of run ``name`` on ``device``, and its checkpoint."""
-    path = os.path.join(runs.run_folder(name), "checkpoint.pt")
+    path = runs.checkpoint_path(name)
     if not os.path.exists(path):
         raise Fail(f"no supernet at {path}; train one: python train.py --name {name} --method random")
     checkpoint = runs.load_checkpoint(path, CHECKPOINT_KEYS)

@@ -379,7 +379,7 @@ class TrainingRun:
     def __init__(self, args, device, rank, world_size, log):
         self.args, self.device, self.rank, self.world_size, self.log = \
             args, device, rank, world_size, log
-        self.checkpoint_path = os.path.join(runs.run_folder(args.name), "checkpoint.pt")
+        self.checkpoint_path = runs.checkpoint_path(args.name)
         checkpoint = runs.resume(self.checkpoint_path, args, CHECKPOINT_KEYS,
                                  SESSION_FLAGS | UNUSED_FLAGS[args.method])
         torch.manual_seed(args.seed)
@@ -571,7 +571,7 @@ class TrainingRun:
         self.curves.append(point)
         self.curve_meter[:] = [0.0, 0.0, 0]
         if self.rank == 0:
-            runs.write_json(os.path.join(runs.run_folder(args.name), "curves.json"), {
+            runs.write_json(os.path.join(os.path.dirname(self.checkpoint_path), "curves.json"), {
                 "name": args.name, "method": args.method, "kd_weight": args.kd_weight,
                 "distill_after": args.distill_after, "steps_per_epoch": self.steps_per_epoch,
                 "total_steps": self.total_steps, "points": self.curves})
