@@ -138,6 +138,10 @@ def parse_args(argv=None):
         help="continue runs/NAME/checkpoint.pt (also done without this flag when it exists)")
     add("--pause_after", type=some, default=0,
         help="save and stop after this many steps of this run (preemptible jobs; rerun to go on)")
+    add("--data_on_device", default="auto", choices=["auto", "on", "off"],
+        help="keep an in-memory training set (synthetic, CIFAR, MNIST, FashionMNIST) on the "
+             "device as uint8 and draw and augment its batches there, no loader workers "
+             "(data.DeviceBatches); auto: on for CUDA, off (DataLoader) on the CPU")
     data.add_data_args(parser)
     args = parser.parse_args(argv)
     if args.method == "fixed" and not args.channel_config:
@@ -267,6 +271,20 @@ def build_sampler(args, net):
                                       baseline=args.baseline, seed=args.seed,
                                       max_scored=args.rescore_limit or None)
     return None
+
+
+def device_batches(args, loaders, device, rank, world_size):
+    """``data.DeviceBatches`` over the training set when ``--data_on_device`` asks for it (auto:
+    on CUDA with an in-memory set), else None (the DataLoader serves the batches)."""
+    in_memory = isinstance(loaders.train.dataset, data.InMemoryImages)
+    if args.data_on_device == "off" or (args.data_on_device == "auto" and
+                                        (device.type != "cuda" or not in_memory)):
+        return None
+    if not in_memory:
+        raise Fail(f"--data_on_device on: {loaders.dataset} is read from disk, not held in "
+                   f"memory; use --data_on_device off")
+    return data.DeviceBatches(loaders.train.dataset, loaders.train.batch_size, device, rank,
+                              world_size)
 
 
 def next_configs(args, sampler, net, held_out_batch, autocast, log, step):
@@ -414,6 +432,8 @@ class TrainingRun:
         self.options = {"input_size": loaders.input_size, "in_channels": loaders.in_channels}
         if args.network == "slim_mobilenetv2":
             self.options["width_mult"] = args.width_mult
+        self.device_batches = device_batches(args, loaders, self.device, self.rank,
+                                             self.world_size)
         self.net = models.get_model(args.network, loaders.num_classes, **self.options)
         self.net.to(self.device)
         if self.device.type == "cuda":
@@ -485,10 +505,13 @@ class TrainingRun:
         RNG state after skipping the batches already trained, so it continues exactly."""
         epoch, offset = divmod(self.step, self.steps_per_epoch)
         torch.manual_seed(self.args.seed * 100_003 + epoch)
-        data.set_epoch(self.loaders, epoch)
-        batches = iter(self.loaders.train)
-        for _ in range(offset):
-            next(batches)
+        if self.device_batches is not None:  # drawn from (seed, epoch): skipped, not drawn
+            batches = self.device_batches.batches(self.args.seed, epoch, skip=offset)
+        else:
+            data.set_epoch(self.loaders, epoch)
+            batches = iter(self.loaders.train)
+            for _ in range(offset):
+                next(batches)
         if self.resumed_rng is not None and offset:
             runs.set_rng_states(self.resumed_rng)
         self.resumed_rng = None
