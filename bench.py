@@ -17,13 +17,17 @@ machine slows both sides alike. Nothing here is asserted by the tests.
     python bench.py recipe --seeds 0 1  # the students' recipes on Fashion-MNIST (README)
     taskset -c 0,1 python bench.py contention  # training beside one busy process: threads and
                                                # OpenMP waiting, each setting in a fresh process
+    python bench.py gpu                 # the CUDA path in one command (under 9 minutes on one
+                                        # H100): results/gpu.json; --device cpu --tiny: seconds
 """
 import argparse
 import contextlib
+import copy
 import glob
 import json
 import os
 import shutil
+import signal
 import tempfile
 import platform
 import statistics
@@ -38,6 +42,7 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 import data  # noqa: E402
+import evaluate  # noqa: E402
 import models  # noqa: E402
 import sampler as samplers  # noqa: E402
 import search  # noqa: E402
@@ -938,6 +943,459 @@ def compare_with_uniform(name, bn=None, test_images=2000, threads=1):
     return rows
 
 
+# ----------------------------------------------------------------------------- bench.py gpu
+
+GPU_WIDTHS = (1.0, 0.71, 0.42)  # the full, a middle and the smallest width multiplier
+# Exported vs slimmable logits, the largest difference over the largest logit: bf16 keeps 8
+# significant bits (0.4%), and the two models may pick different kernels that round differently.
+BF16_TOLERANCE = 0.05
+GPU_OUT = os.path.join("results", "gpu.json")
+GPU_DATAPATH = os.path.join("datasets", "fashion-mnist")  # git-ignored, inside the checkout
+# A Joslim step (re-scoring, the Gaussian process) beside three other runs on one GPU, over one
+# sandwich step alone: an estimate; a run that overruns is stopped before the deadline.
+REAL_DATA_SLOWDOWN = 2.5
+GPU_RECIPES = {  # label: train.py flags of the real-data runs, trained side by side
+    "joslim": ["--method", "joslim", "--kd_weight", "0"],
+    "slim": ["--method", "slim", "--kd_weight", "0"],
+    "full alone": ["--method", "fixed", "--channel_config", "full.json"],
+    "joslim kd 1": ["--method", "joslim", "--kd_weight", "1"],
+}
+
+
+def gpu_settings(tiny, threads):
+    """The sizes of ``bench.py gpu``'s parts: for one H100 (under 9 minutes in all), or ``tiny``
+    ones that run the same plumbing on a CPU in seconds."""
+    if tiny:
+        data_flags = ["--synthetic_train", "160", "--synthetic_test", "32", "--val_size", "32",
+                      "--synthetic_classes", "4", "--workers", "0", "--batch_size", "32"]
+        return {"data": data_flags, "real_data": data_flags, "threads": threads,
+                "run": ["--epochs", "1", "--tau", "2", "--prior_points", "2", "--print_freq", "2",
+                        "--curve_points", "0", "--threads", str(threads)],
+                "search_images": 32, "search_ratio": 0.9, "cifar_batch": 4, "imagenet_batch": 2,
+                "imagenet_size": 64, "networks": ("slim_resnet20", "slim_mobilenetv2"),
+                "warmup": 0, "calls": 1, "pairs": 1, "latency_calls": 1, "compile_seconds": 0,
+                "sandwich_batch": 32}
+    return {"data": ["--synthetic_train", "4000", "--synthetic_test", "1000", "--val_size", "500"],
+            "real_data": None, "threads": threads,
+            "run": ["--epochs", "1", "--tau", "10", "--print_freq", "10"],
+            "search_images": 500, "search_ratio": 0.6, "cifar_batch": 512, "imagenet_batch": 256,
+            "imagenet_size": 224, "networks": tuple(models.NETWORKS), "warmup": 2, "calls": 3,
+            "pairs": 4, "latency_calls": 50,
+            "compile_seconds": 90, "sandwich_batch": 128}
+
+
+def device_seconds(function, device, calls=1, warmup=1):
+    """Seconds per call of ``function`` after ``warmup`` calls: CUDA events around ``calls`` calls
+    on a GPU (the queue drained first), time.perf_counter on the CPU."""
+    for _ in range(warmup):
+        function()
+    if device.type != "cuda":
+        start = time.perf_counter()
+        for _ in range(calls):
+            function()
+        return (time.perf_counter() - start) / calls
+    torch.cuda.synchronize(device)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(calls):
+        function()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / 1000 / calls
+
+
+def on_device(model, device):
+    """``model`` (or input batch) where train.py puts it: on ``device``, channels_last on CUDA."""
+    model = model.to(device)
+    return model.to(memory_format=torch.channels_last) if device.type == "cuda" else model
+
+
+def autocast_on(device):
+    """train.py's precision: bf16 autocast on CUDA, float32 elsewhere."""
+    if device.type == "cuda":
+        return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext
+
+
+def forward_backward(model, inputs, targets, autocast):
+    model.zero_grad(set_to_none=True)
+    with autocast():
+        loss = torch.nn.functional.cross_entropy(model(inputs), targets)
+    loss.backward()
+
+
+def _script(main_function, argv):
+    """Run a script's main(argv); RuntimeError naming it unless it exits 0."""
+    status = main_function(argv)
+    if status != 0:
+        raise RuntimeError(f"{main_function.__module__}.py {' '.join(argv[:4])} ... exited {status}")
+
+
+def gpu_scripts(device, settings):
+    """Each method's short train.py run on ``device``, evaluate.py of each, search.py of the
+    random-width supernet, --method fixed on the configuration it found, then --export of the
+    Joslim run's front and --subnet of the exported files. Returns {step: outcome}."""
+    common = settings["data"] + settings["run"] + ["--device", device.type]
+    for method in ("joslim", "slim", "random"):
+        _script(train.main, ["--name", method, "--method", method] + common)
+    found = search.run_search("random", target_ratios=[settings["search_ratio"]], restart=True,
+                              steps=4, device=device.type, threads=settings["threads"],
+                              search_images=settings["search_images"])
+    config = os.path.join(os.path.dirname(runs.checkpoint_path("random")), "search",
+                          found["records"][0]["file"])
+    _script(train.main, ["--name", "fixed", "--method", "fixed", "--channel_config", config] + common)
+    flags = ["--device", device.type, "--calib_batches", "1", "--threads", str(settings["threads"])]
+    outcome = {"searched": {"file": config, "macs": found["records"][0]["macs"]}}
+    for name in ("joslim", "slim", "random", "fixed"):
+        result = evaluate.evaluate_run(name, argv=flags)
+        outcome[f"evaluate {name}"] = {"area": result["area"], "points": len(result["points"]),
+                                       "full_test_top1": result["points"][-1]["test"]["top1"]}
+    _script(evaluate.main, ["--name", "joslim", "--export", "subnets"] + flags)
+    subnets = sorted(glob.glob(os.path.join("subnets", "*.pt")))
+    tested = evaluate.evaluate_subnets(subnets, ["--device", device.type] + flags[-2:])
+    outcome["subnets"] = [{"file": os.path.basename(path), "top1": row["top1"]}
+                          for path, (_, row) in zip(subnets, tested)]
+    return outcome
+
+
+def gpu_subnets_match(device, name="joslim", batch=64):
+    """The trained run ``name`` against ``slimmable.export`` of it at the full, middle and
+    smallest width, in eval mode on ``device``: the largest |logit difference| over the largest
+    |logit|, under train.py's precision (bf16 autocast on CUDA) and float32. AssertionError when
+    the first exceeds BF16_TOLERANCE."""
+    checkpoint = runs.load_checkpoint(runs.checkpoint_path(name))
+    options = checkpoint["model_options"]
+    net = models.get_model(checkpoint["network"], checkpoint["num_classes"], **options)
+    net.load_state_dict(checkpoint["model"])
+    net = on_device(net.eval(), device)
+    size, channels = options["input_size"], options["in_channels"]
+    inputs = on_device(torch.randn(batch, channels, size, size,
+                                   generator=torch.Generator().manual_seed(0)), device)
+    differences = {}
+    for widths in GPU_WIDTHS:
+        slimmable.set_widths(net, widths)
+        static = on_device(slimmable.export(net, widths).eval(), device)
+        for precision, context in (("train.py's", autocast_on(device)),
+                                   ("float32", contextlib.nullcontext)):
+            with torch.inference_mode(), context():
+                slimmable_logits, static_logits = net(inputs).float(), static(inputs).float()
+            differences[f"{widths} {precision}"] = float(
+                (slimmable_logits - static_logits).abs().max() / slimmable_logits.abs().max())
+    worst = max(value for key, value in differences.items() if "train.py's" in key)
+    if not worst <= BF16_TOLERANCE:
+        raise AssertionError(f"exported subnets differ from the slimmable model by {worst:.3g} "
+                             f"of the largest logit (tolerance {BF16_TOLERANCE})")
+    return {"relative_difference": differences, "tolerance": BF16_TOLERANCE}
+
+
+def gpu_distributed(device, settings, folder):
+    """torchrun with one process: train.py exits 0. Then, in this process, a one-process NCCL
+    group (gloo on the CPU): a DistributedDataParallel sandwich step's gradients equal the plain
+    step's (relative difference), and a short Joslim run of train.py whose broadcasts and
+    all-reduces go through it. (runs.start makes no group for a single torchrun process.)"""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1",
+               os.path.join(os.path.dirname(os.path.abspath(__file__)), "train.py"),
+               "--name", "torchrun"] + settings["data"] + settings["run"] + ["--device", device.type]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    if completed.returncode:
+        lines = (completed.stderr or completed.stdout).strip().splitlines() or ["no output"]
+        raise RuntimeError(f"torchrun exited {completed.returncode}: {lines[-1]}")
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    store = torch.distributed.FileStore(os.path.join(folder, "process_group"), 1)
+    torch.distributed.init_process_group(backend, store=store, rank=0, world_size=1)
+    try:
+        torch.manual_seed(0)
+        net = on_device(models.get_model("slim_resnet20", 10), device)
+        plain = copy.deepcopy(net)
+        wrapped = torch.nn.parallel.DistributedDataParallel(
+            net, device_ids=[device.index] if device.type == "cuda" else None)
+        inputs = on_device(torch.randn(settings["sandwich_batch"], 3, 32, 32), device)
+        targets = torch.randint(0, 10, (settings["sandwich_batch"],), device=device)
+        configs = [[0.7] * len(net.width_groups), [0.42] * len(net.width_groups)]
+        args = _train_args(method="slim")
+        train.train_step(wrapped, net, inputs, targets, configs, args, autocast_on(device))
+        train.train_step(plain, plain, inputs, targets, configs, args, autocast_on(device))
+        difference = max(float((a.grad - b.grad).abs().max() / b.grad.abs().max().clamp_min(1e-12))
+                         for a, b in zip(net.parameters(), plain.parameters()))
+        _script(train.main, ["--name", "in_group"] + settings["data"] + settings["run"]
+                + ["--device", device.type])
+    finally:
+        if torch.distributed.is_initialized():  # train.main leaves the group it ran in
+            torch.distributed.destroy_process_group()
+    return {"torchrun": "exit 0", "backend": backend, "ddp_gradient_difference": difference}
+
+
+def gpu_network(name, settings, device, batch):
+    """(network in train mode on ``device``, inputs, targets) at the speed parts' sizes: the CIFAR
+    ResNets at 32x32, the ImageNet networks at settings["imagenet_size"]; random weights."""
+    cifar = name in models.CIFAR_NETWORKS
+    size = 32 if cifar else settings["imagenet_size"]
+    torch.manual_seed(0)
+    net = on_device(models.get_model(name, 10 if cifar else 1000, input_size=size).train(), device)
+    inputs = on_device(torch.randn(batch, 3, size, size), device)
+    return net, inputs, torch.randint(0, 10, (batch,), device=device)
+
+
+def gpu_speed(device, settings):
+    """Per network of models.py and width of GPU_WIDTHS: forward+backward ms of the slimmable
+    model and of ``slimmable.export`` of it (train.py's precision and layout), their ratio (the
+    median of ``pairs`` alternating measurements, so a slow spell hits both), and images/s of
+    one sandwich step (full + 2 sampled + smallest network, one optimizer step)."""
+    autocast, args, rows, sandwich = autocast_on(device), _train_args(method="random"), [], {}
+    print(f"{'network':<24}{'batch':>6}{'width':>6}{'slim ms':>9}{'static ms':>10}{'ratio':>7}")
+    for name in settings["networks"]:
+        batch = settings["cifar_batch" if name in models.CIFAR_NETWORKS else "imagenet_batch"]
+        net, inputs, targets = gpu_network(name, settings, device, batch)
+        for widths in GPU_WIDTHS:
+            slimmable.set_widths(net, widths)
+            static = on_device(slimmable.export(net, widths).train(), device)
+            times = {net: [], static: []}
+            for pair in range(settings["pairs"]):
+                for model in (net, static) if pair % 2 == 0 else (static, net):
+                    times[model].append(device_seconds(
+                        lambda: forward_backward(model, inputs, targets, autocast), device,
+                        settings["calls"], settings["warmup"]))
+            ratio = statistics.median(a / b for a, b in zip(times[net], times[static]))
+            rows.append({"network": name, "batch": batch, "width": widths, "ratio": ratio,
+                         "slimmable_ms": 1000 * statistics.median(times[net]),
+                         "static_ms": 1000 * statistics.median(times[static])})
+            print(f"{name:<24}{batch:>6}{widths:>6}{rows[-1]['slimmable_ms']:>9.2f}"
+                  f"{rows[-1]['static_ms']:>10.2f}{ratio:>7.3f}", flush=True)
+        groups = len(net.width_groups)
+        configs = [row.tolist() for row in samplers.RandomSampler(groups, 0.42, seed=0).propose(2)]
+        optimizer = train.make_optimizer(net, args, 0.01)
+
+        def sandwich_step():
+            optimizer.zero_grad(set_to_none=True)
+            train.train_step(net, net, inputs, targets, configs + [[0.42] * groups], args, autocast)
+            optimizer.step()
+        sandwich[name] = batch / device_seconds(sandwich_step, device, settings["calls"],
+                                                settings["warmup"])
+        print(f"{name:<24}{batch:>6} sandwich step: {sandwich[name]:,.0f} images/s", flush=True)
+        del net, static, optimizer
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return {"overhead": rows, "sandwich_images_per_s": sandwich}
+
+
+def gpu_latency(device, settings):
+    """Batch-1 forward latency (eval, inference mode, train.py's precision and layout), ms, of
+    each network's exported subnet and slimmable model at the full and the smallest width, and
+    smallest / full: does the smallest network answer sooner at batch 1?"""
+    rows, autocast = [], autocast_on(device)
+    print(f"{'network':<24}{'static full':>12}{'smallest':>10}{'ratio':>7}{'slim full':>11}"
+          f"{'smallest':>10}{'ratio':>7}")
+    for name in settings["networks"]:
+        net, inputs, _ = gpu_network(name, settings, device, 1)
+        net.eval()
+        row = {"network": name}
+        for label, widths in (("full", 1.0), ("smallest", GPU_WIDTHS[-1])):
+            slimmable.set_widths(net, widths)
+            static = on_device(slimmable.export(net, widths).eval(), device)
+            with torch.inference_mode(), autocast():
+                for kind, model in (("static", static), ("slimmable", net)):
+                    row[f"{kind}_{label}_ms"] = 1000 * device_seconds(
+                        lambda: model(inputs), device, settings["latency_calls"],
+                        settings["warmup"] + 1)
+        for kind in ("static", "slimmable"):
+            row[f"{kind}_ratio"] = row[f"{kind}_smallest_ms"] / row[f"{kind}_full_ms"]
+        rows.append(row)
+        print(f"{name:<24}{row['static_full_ms']:>12.2f}{row['static_smallest_ms']:>10.2f}"
+              f"{row['static_ratio']:>7.2f}{row['slimmable_full_ms']:>11.2f}"
+              f"{row['slimmable_smallest_ms']:>10.2f}{row['slimmable_ratio']:>7.2f}", flush=True)
+    return {"batch_1": rows}
+
+
+def gpu_compile(device, settings, name="slim_resnet20"):
+    """torch.compile, forward+backward at the CIFAR batch. An exported subnet (middle width):
+    seconds of its first compiled step, then eager vs compiled ms (CUDA events). The slimmable
+    model compiled while its widths change every step, as in training: each step's wall seconds
+    (perf_counter after synchronize: recompilations included, no warm-up) against eager ones,
+    until settings["compile_seconds"] have passed in this part. Says which to use."""
+    if not settings["compile_seconds"]:
+        return {"skipped": "--tiny: compiling takes minutes on a CPU"}
+    autocast, stop = autocast_on(device), time.time() + settings["compile_seconds"]
+
+    def wall():  # seconds, once the queued GPU work is done
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter()
+    net, inputs, targets = gpu_network(name, settings, device, settings["cifar_batch"])
+    torch._dynamo.reset()
+    static = on_device(slimmable.export(net, GPU_WIDTHS[1]).train(), device)
+    compiled = torch.compile(static)
+    start = wall()
+    forward_backward(compiled, inputs, targets, autocast)
+    result = {"static_compile_s": wall() - start, "static_eager_ms": 1000 * device_seconds(
+        lambda: forward_backward(static, inputs, targets, autocast), device, 10, warmup=3),
+        "static_compiled_ms": 1000 * device_seconds(
+        lambda: forward_backward(compiled, inputs, targets, autocast), device, 10, warmup=3)}
+    compiled_net = torch.compile(net)
+    configs = samplers.RandomSampler(len(net.width_groups), 0.42, seed=0).propose(8)
+    eager_steps, compiled_steps = [], []
+    for widths in configs:
+        slimmable.set_widths(net, widths.tolist())
+        for model, steps in ((net, eager_steps), (compiled_net, compiled_steps)):
+            start = wall()
+            forward_backward(model, inputs, targets, autocast)
+            steps.append(wall() - start)
+        if time.time() > stop:
+            break
+    speedup = result["static_eager_ms"] / result["static_compiled_ms"]
+    result.update(changing_widths_eager_s=eager_steps, changing_widths_compiled_s=compiled_steps,
+                  advice=f"compile exported subnets ({speedup:.2f}x eager after "
+                  f"{result['static_compile_s']:.0f} s); train the slimmable model "
+                  + ("eager" if sum(compiled_steps) > sum(eager_steps) else "compiled")
+                  + f" ({len(compiled_steps)} steps with new widths: compiled "
+                  f"{sum(compiled_steps):.1f} s, eager {sum(eager_steps):.1f} s)")
+    print(result["advice"], flush=True)
+    return result
+
+
+def run_side_by_side(commands, stop_at):
+    """Start every command (argv lists) at once; SIGINT any still running at ``stop_at`` (epoch
+    seconds: train.py saves at the step it is in). Returns each one's exit status."""
+    processes = [subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                  text=True) for argv in commands]
+    while any(process.poll() is None for process in processes) and time.time() < stop_at:
+        time.sleep(1)
+    for process in processes:
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+    return [process.wait() for process in processes]
+
+
+def gpu_real_data(device, settings, deadline, datapath):
+    """Fashion-MNIST (all 60,000 training images, 5,000 held out; --tiny: synthetic), slim_resnet20:
+    each of GPU_RECIPES, one process each side by side, for as many epochs as the time left
+    allows (estimated from one process's sandwich step, the GPU shared four ways; a run still
+    going a minute before the deadline is stopped and evaluated where it stands), then each
+    evaluated here in turn: the area (mean test top-1 error over the MACs range) and the full and smallest test top-1."""
+    data_flags = settings["real_data"] or ["--dataset", "FashionMNIST", "--datapath", datapath]
+    parsed = train.parse_args(data_flags)
+    train_set, _, _, num_classes, size, channels = data.build_datasets(parsed)  # fails if missing
+    net = models.get_model("slim_resnet20", num_classes, input_size=size, in_channels=channels)
+    slimmable.save_config("full.json", net, 1.0)
+    batch, steps_per_epoch = parsed.batch_size, len(train_set) // parsed.batch_size
+    step_seconds = device_seconds(sandwich_timer(net, device, batch, size, channels, num_classes),
+                                  device, settings["calls"], settings["warmup"])
+    seconds_left = deadline - time.time() - 90  # start-up and evaluation
+    epochs = 1 if settings["real_data"] else \
+        max(1, int(seconds_left / (steps_per_epoch * step_seconds * REAL_DATA_SLOWDOWN)))
+    print(f"real data: {epochs} epochs of {steps_per_epoch} steps (sandwich step "
+          f"{1000 * step_seconds:.1f} ms alone), {len(GPU_RECIPES)} runs side by side", flush=True)
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "train.py")
+    threads = str(max(1, (os.cpu_count() or 4) // len(GPU_RECIPES)))
+    common = data_flags + ["--network", "slim_resnet20", "--epochs", str(epochs), "--device",
+                           device.type, "--threads", threads, "--data_on_device", "on"]
+    statuses = run_side_by_side([[sys.executable, script, "--name", label.replace(" ", "_")]
+                                 + flags + common for label, flags in GPU_RECIPES.items()],
+                                deadline - 60)
+    rows = {label: real_data_row(label.replace(" ", "_"), status, epochs * steps_per_epoch,
+                                 ["--device", device.type, "--threads", str(settings["threads"])])
+            for label, status in zip(GPU_RECIPES, statuses)}
+    return {"dataset": data_flags, "epochs": epochs, "steps_per_epoch": steps_per_epoch,
+            "sandwich_step_ms_alone": 1000 * step_seconds, "runs": rows}
+
+
+def real_data_row(name, train_status, total_steps, evaluate_flags):
+    """Run ``name`` evaluated (evaluate.py with ``evaluate_flags``) where its checkpoint stands,
+    printed in one line; its error in one line when that fails."""
+    row = {"train_status": train_status}
+    try:
+        checkpoint = runs.load_checkpoint(runs.checkpoint_path(name))
+        result = evaluate.evaluate_run(name, argv=evaluate_flags)
+    except (Exception, SystemExit) as error:  # one failed run must not hide the others
+        print(f"{name:<14} failed: {runs.first_line(error)}", flush=True)
+        return {**row, "error": runs.first_line(error)}
+    smallest, full = result["points"][0], result["points"][-1]
+    row.update(steps=checkpoint["step"], of_steps=total_steps, area=result["area"],
+               full_top1=full["test"]["top1"], smallest_top1=smallest["test"]["top1"],
+               smallest_macs_ratio=smallest["macs_ratio"])
+    print(f"{name:<14} steps {row['steps']}/{total_steps} area {evaluate.area_text(result)} "
+          f"top-1 full {row['full_top1']:.2f}, smallest {row['smallest_top1']:.2f} at "
+          f"{100 * row['smallest_macs_ratio']:.0f}% of the MACs", flush=True)
+    return row
+
+
+def sandwich_timer(net, device, batch, size, channels, num_classes):
+    """A function taking one sandwich step of ``net`` on random (batch, channels, size, size)
+    inputs and labels in 0..num_classes-1 on ``device`` (train.py's precision and layout): the real-data schedule's unit."""
+    net = on_device(copy.deepcopy(net).train(), device)
+    inputs = on_device(torch.randn(batch, channels, size, size), device)
+    targets = torch.randint(0, num_classes, (batch,), device=device)
+    args, groups = _train_args(method="slim"), len(net.width_groups)
+    optimizer = train.make_optimizer(net, args, 0.01)
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        train.train_step(net, net, inputs, targets, [[0.8] * groups, [0.6] * groups,
+                                                     [0.42] * groups], args, autocast_on(device))
+        optimizer.step()
+    return step
+
+
+GPU_PARTS = ("scripts", "subnets match", "distributed", "speed", "latency", "compile", "real data")
+
+
+def bench_gpu(device_flag="cuda", tiny=False, budget_s=480, datapath=None, out_path=GPU_OUT,
+              threads=1):
+    """The GPU path checked in one command: each of GPU_PARTS in its own try (a failing part is
+    recorded with its one-line error and the rest still run), ``out_path`` rewritten after each
+    part, the work done in a temporary folder, and a closing table. ``budget_s`` bounds the whole
+    (the real-data schedule takes what the other parts leave); ``tiny``: the same plumbing on
+    tiny data in seconds (the test suite runs it so on the CPU)."""
+    start, out_path = time.time(), os.path.abspath(out_path)
+    datapath = os.path.abspath(datapath or GPU_DATAPATH)
+    device = torch.device(device_flag)
+    if device.type == "cuda":
+        device = torch.device("cuda", device.index or 0)
+        torch.cuda.set_device(device)
+    settings = gpu_settings(tiny, threads)
+    report = {"machine": machine(), "device": torch.cuda.get_device_name(device)
+              if device.type == "cuda" else "cpu", "torch": torch.__version__, "tiny": tiny,
+              "budget_s": budget_s, "parts": {}}
+    previous = os.getcwd()
+    with tempfile.TemporaryDirectory() as folder:
+        os.chdir(folder)
+        try:
+            for part in GPU_PARTS:
+                report["parts"][part] = gpu_part(part, device, settings, start + budget_s,
+                                                 datapath, folder)
+                runs.write_json(out_path, report)
+        finally:
+            os.chdir(previous)
+    print(f"\n{report['device']}, torch {torch.__version__}, {time.time() - start:.0f} s; "
+          f"{out_path}")
+    print(f"{'part':<16}{'status':<8}{'seconds':>8}  error")
+    for part, result in report["parts"].items():
+        print(f"{part:<16}{result['status']:<8}{result['seconds']:>8.1f}  {result.get('error', '')}")
+    return report
+
+
+def gpu_part(part, device, settings, deadline, datapath, folder):
+    """One part of ``bench_gpu``: its result with status "ok" and its seconds, or status
+    "failed" and its error in one line."""
+    print(f"\n[gpu] {part}", flush=True)
+    start = time.time()
+    try:
+        result = {"scripts": lambda: gpu_scripts(device, settings),
+                  "subnets match": lambda: gpu_subnets_match(device),
+                  "distributed": lambda: gpu_distributed(device, settings, folder),
+                  "speed": lambda: gpu_speed(device, settings),
+                  "latency": lambda: gpu_latency(device, settings),
+                  "compile": lambda: gpu_compile(device, settings),
+                  "real data": lambda: gpu_real_data(device, settings, deadline, datapath)}[part]()
+        result = {"status": "ok", **result}
+    except (Exception, SystemExit) as error:  # one shot on the GPU: record it, run the rest
+        result = {"status": "failed", "error": f"{type(error).__name__}: {runs.first_line(error)}"}
+        print(f"[gpu] {part} failed: {result['error']}", flush=True)
+    result["seconds"] = time.time() - start
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return result
+
+
 def quality_dataset(dataset, datapath):
     """``dataset``, or for "auto": FashionMNIST when its files are there, else synthetic."""
     if dataset != "auto":
@@ -956,7 +1414,7 @@ def parse_args():
     parser.add_argument("what", choices=["speed", "quality", "recipe", "overhead", "macs",
                                          "sampler",
                                          "training", "window", "converter", "search",
-                                         "contention"],
+                                         "contention", "gpu"],
                         help="which benchmark to run ('speed' runs every speed benchmark)")
     parser.add_argument("--networks", nargs="+", default=list(models.NETWORKS),
                         choices=list(models.NETWORKS), metavar="NAME",
@@ -992,11 +1450,22 @@ def parse_args():
                         help="quality: the study's data set (default auto: FashionMNIST when "
                              "its files are at --datapath or Debian's folder, else synthetic)")
     parser.add_argument("--datapath", default=None,
-                        help="quality, recipe: where the FashionMNIST files are (train.py's flag)")
+                        help="quality, recipe: where the FashionMNIST files are (train.py's flag); "
+                             f"gpu: the same (default {GPU_DATAPATH}, git-ignored)")
     parser.add_argument("--name", help="search: time the search of this searched supernet "
                         "(runs/NAME) instead of a tiny one, and compare its configurations with "
                         "uniform widths at matched MACs")
+    parser.add_argument("--device", type=runs.device_flag, default="cuda",
+                        help="gpu: where the parts run (default cuda; cpu with --tiny)")
+    parser.add_argument("--tiny", action="store_true",
+                        help="gpu: the same plumbing on tiny data and sizes, seconds on a CPU")
+    parser.add_argument("--budget_s", type=runs.number(float, 0, low_open=True), default=480,
+                        help="gpu: seconds for all parts; the real-data schedule takes what the "
+                             "others leave (default 480: under 9 minutes with start-up)")
+    parser.add_argument("--out", default=GPU_OUT, help=f"gpu: the JSON (default {GPU_OUT})")
     args = parser.parse_args()
+    if args.what == "gpu" and args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.exit(2, "error: gpu: no CUDA device here; use --device cpu --tiny\n")
     if args.steps < 1 or args.repeats < 1 or (args.cores is not None and args.cores < 1):
         parser.exit(2, "error: --steps, --repeats and --cores take a positive number\n")
     if min(args.spincounts) < 0:
@@ -1010,6 +1479,8 @@ def main():
     print(machine())
     kept = runs.keep_freed_memory()
     print(f"glibc malloc keeps freed memory (runs.keep_freed_memory): {kept}")
+    if args.what == "gpu":
+        bench_gpu(args.device, args.tiny, args.budget_s, args.datapath, args.out, args.threads)
     if args.what == "recipe":
         bench_recipe(args.seeds, threads=args.threads, datapath=args.datapath)
     if args.what == "quality":

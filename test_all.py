@@ -19,13 +19,17 @@ import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-import lmdb
 import numpy as np
 import pytest
 import torch
 import torch.nn as nn
 from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
+
+try:
+    import lmdb
+except ImportError:  # optional, as in data.py: the LMDB tests skip where it is missing
+    lmdb = None
 
 import data
 import evaluate
@@ -36,6 +40,8 @@ import slimmable
 import train
 from sampler import (GaussianProcess, JoslimSampler, RandomSampler, UniformSampler,
                      area_under_front, expected_improvement, normal_cdf, pareto_front)
+
+needs_lmdb = pytest.mark.skipif(lmdb is None, reason="the lmdb package is not installed")
 
 # One thread per pytest-xdist worker (./run.sh test runs two), two when run alone.
 torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
@@ -680,6 +686,8 @@ def make_image_folder(root, classes=("cat", "dog", "emu"), per_class=4, seed=0):
 @pytest.fixture(scope="module")
 def imagenet_lmdb(tmp_path_factory):
     """train.lmdb / val.lmdb made by the command line converter from generated JPEG folders."""
+    if lmdb is None:
+        pytest.skip("the lmdb package is not installed")
     root = tmp_path_factory.mktemp("imagenet")
     sources = {split: make_image_folder(str(root / "src" / split), seed=seed)
                for seed, split in enumerate(("train", "val"))}
@@ -924,6 +932,7 @@ class TestData:
         capsys.readouterr()
         assert evaluate.main(["--subnet", *subnets, "--threads", "1"]) == 0, capsys.readouterr().err
 
+    @needs_lmdb
     def test_converter_failure_leaves_no_database(self, tmp_path, capsys):
         make_image_folder(str(tmp_path / "src"), per_class=2)
         with open(tmp_path / "src" / "dog" / "broken.jpg", "wb") as f:
@@ -939,6 +948,7 @@ class TestData:
         assert "already exists" in capsys.readouterr().err
         assert os.listdir(tmp_path / "train.lmdb") == []
 
+    @needs_lmdb
     def test_incomplete_lmdb_is_rejected(self, tmp_path):
         with lmdb.open(str(tmp_path / "train.lmdb")) as env, env.begin(write=True) as txn:
             txn.put(b"00000000", b"\0" * 16)  # records but no __len__: an unfinished conversion
@@ -2444,6 +2454,8 @@ def make_tiny_jpegs(root, count, classes=4, seed=0):
 def seed_imagenet(tmp_path_factory):
     """A tiny ImageNet: generated JPEG folders converted by ``python data.py to-lmdb`` into the
     layout --dataset ImageNet reads (DATAPATH/train.lmdb, DATAPATH/val.lmdb)."""
+    if lmdb is None:
+        pytest.skip("the lmdb package is not installed")
     root = tmp_path_factory.mktemp("seed_imagenet")
     make_tiny_jpegs(str(root / "jpeg" / "train"), SEED_TRAIN_IMAGES)
     make_tiny_jpegs(str(root / "jpeg" / "val"), 32, seed=1)
@@ -2618,3 +2630,110 @@ class TestReadme:
         result = json.loads((tmp_path / "results" / "tiny_eval_pareto.json").read_text())
         assert result["network"] == "tiny_net" and result["method"] == "joslim"
         assert len(result["points"]) >= 2 and math.isfinite(result["area"])
+
+
+class TestGPUPath:
+    """The path a CUDA machine takes, checked on the CPU: data.DeviceBatches (train.py
+    --data_on_device) and ``bench.py gpu --device cpu --tiny``; the CUDA test runs where CUDA is."""
+
+    @staticmethod
+    def reference_batches(dataset, batch_size, seed, epoch, rank=0, world_size=1):
+        """DeviceBatches' documented draws applied image by image, as InMemoryImages does."""
+        generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        count = len(dataset)
+        total = math.ceil(count / world_size) * world_size
+        order = (torch.randperm(count, generator=generator).tolist() * world_size)[:total]
+        tops, lefts = torch.randint(0, 2 * dataset.padding + 1, (2, total), generator=generator)
+        flips = torch.rand(total, generator=generator) < 0.5
+        positions = list(range(rank, total, world_size))
+        batches = []
+        for start in range(0, len(positions) - batch_size + 1, batch_size):
+            images, labels = [], []
+            for position in positions[start:start + batch_size]:
+                image, size, pad = dataset.images[order[position]], dataset.images.shape[-1], \
+                    dataset.padding
+                top, left = int(tops[position]), int(lefts[position])
+                image = nn.functional.pad(image, (pad, pad, pad, pad))[:, top:top + size,
+                                                                      left:left + size]
+                if dataset.flip and flips[position]:
+                    image = image.flip(-1)
+                images.append((image.float() - dataset.mean_255) / dataset.std_255)
+                labels.append(dataset.labels[order[position]])
+            batches.append((torch.stack(images), torch.stack(labels)))
+        return batches
+
+    @staticmethod
+    def tiny_sets():
+        """An RGB set (padding 4, flips) and a grey MNIST-like one (padding 2, no flips)."""
+        generator = torch.Generator().manual_seed(0)
+        rgb = torch.randint(0, 256, (45, 3, 8, 8), dtype=torch.uint8, generator=generator)
+        grey = torch.randint(0, 256, (30, 1, 6, 6), dtype=torch.uint8, generator=generator)
+        return [data.InMemoryImages(rgb, torch.arange(45) % 10, (0.4, 0.5, 0.6), (0.2, 0.25, 0.3),
+                                    True),
+                data.InMemoryImages(grey, torch.arange(30) % 10, (0.3,), (0.35,), True, 2, False)]
+
+    @pytest.mark.parametrize("rank,world_size", [(0, 1), (2, 4)])
+    def test_device_batches_equal_a_per_image_reference(self, rank, world_size):
+        """Same (seed, epoch): the batched pipeline gives the reference's batches exactly, as
+        many as a DataLoader over a DistributedSampler with drop_last; a resume skips exactly;
+        another epoch draws another order."""
+        for dataset in self.tiny_sets():
+            pipeline = data.DeviceBatches(dataset, 4, torch.device("cpu"), rank, world_size)
+            sampler = torch.utils.data.DistributedSampler(dataset, world_size, rank)
+            assert len(pipeline) == len(torch.utils.data.DataLoader(
+                dataset, 4, sampler=sampler, drop_last=True))
+            drawn = list(pipeline.batches(seed=3, epoch=1))
+            expected = self.reference_batches(dataset, 4, 3, 1, rank, world_size)
+            assert len(drawn) == len(expected) == len(pipeline)
+            for (images, labels), (want_images, want_labels) in zip(drawn, expected):
+                assert images.dtype == torch.float32 and torch.equal(images, want_images)
+                assert torch.equal(labels, want_labels)
+            resumed = list(pipeline.batches(seed=3, epoch=1, skip=2))
+            assert all(torch.equal(a[0], b[0]) for a, b in zip(resumed, drawn[2:]))
+            other = next(pipeline.batches(seed=3, epoch=2))
+            assert not torch.equal(other[0], drawn[0][0])
+
+    @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+    def test_device_batches_on_cuda_equal_the_cpu_ones(self):
+        for dataset in self.tiny_sets():
+            on_cpu = data.DeviceBatches(dataset, 4, torch.device("cpu"))
+            on_gpu = data.DeviceBatches(dataset, 4, torch.device("cuda"))
+            for (images, labels), (gpu_images, gpu_labels) in zip(
+                    on_cpu.batches(5, 0), on_gpu.batches(5, 0)):
+                assert gpu_images.is_cuda and torch.equal(gpu_images.cpu(), images)
+                assert torch.equal(gpu_labels.cpu(), labels)
+
+    def test_resume_with_data_on_device_is_exact(self, tmp_path, monkeypatch):
+        """--data_on_device on (here on the CPU): paused inside the first epoch, resumed across
+        the epoch boundary, the run ends with the uninterrupted run's weights; a data set read
+        from disk is refused in one line."""
+        monkeypatch.chdir(tmp_path)
+        flags = with_flags(TINY_RUN, method="slim", synthetic_train=192) + [
+            "--data_on_device", "on", "--device", "cpu"]  # 2 epochs of 4 steps
+        assert train.main(["--name", "whole"] + flags) == 0
+        assert train.main(["--name", "parts", "--pause_after", "3"] + flags) == 0
+        assert train.main(["--name", "parts", "--pause_after", "3"] + flags) == 0
+        assert train.main(["--name", "parts"] + flags) == 0
+        whole = load_run(tmp_path, "whole")
+        assert whole["finished"] and whole["args"]["data_on_device"] == "on"
+        assert_same_weights(whole, load_run(tmp_path, "parts"))
+
+    def test_bench_gpu_tiny_runs_every_part_on_the_cpu(self, tmp_path):
+        """``bench.py gpu --device cpu --tiny``: every part ends "ok" (compile: skipped), the
+        JSON holds them all, and the closing table names each."""
+        import bench
+        out = tmp_path / "gpu.json"
+        completed = run_script("bench.py", "gpu", "--device", "cpu", "--tiny", "--threads", "1",
+                               "--out", str(out), cwd=tmp_path)
+        assert completed.returncode == 0, completed.stderr[-2000:]
+        report = json.loads(out.read_text())
+        assert report["device"] == "cpu" and report["tiny"]
+        assert list(report["parts"]) == list(bench.GPU_PARTS)
+        failed = {part: r.get("error") for part, r in report["parts"].items() if r["status"] != "ok"}
+        assert not failed
+        assert report["parts"]["compile"]["skipped"]
+        assert len(report["parts"]["speed"]["overhead"]) == 3 * 2  # --tiny: two networks
+        assert set(report["parts"]["real data"]["runs"]) == set(bench.GPU_RECIPES)
+        table = completed.stdout.split("part            status")[1]
+        assert all(part in table for part in bench.GPU_PARTS)
+        assert not (tmp_path / "runs").exists()  # the work stays in a temporary folder
