@@ -966,7 +966,7 @@ def gpu_settings(tiny, threads):
     """The sizes of ``bench.py gpu``'s parts: for one H100 (under 9 minutes in all), or ``tiny``
     ones that run the same plumbing on a CPU in seconds."""
     if tiny:
-        data_flags = ["--synthetic_train", "160", "--synthetic_test", "32", "--val_size", "32",
+        data_flags = ["--synthetic_train", "96", "--synthetic_test", "32", "--val_size", "32",
                       "--synthetic_classes", "4", "--workers", "0", "--batch_size", "32"]
         return {"data": data_flags, "real_data": data_flags, "threads": threads,
                 "run": ["--epochs", "1", "--tau", "2", "--prior_points", "2", "--print_freq", "2",
@@ -1253,10 +1253,13 @@ def gpu_compile(device, settings, name="slim_resnet20"):
 
 
 def run_side_by_side(commands, stop_at):
-    """Start every command (argv lists) at once; SIGINT any still running at ``stop_at`` (epoch
-    seconds: train.py saves at the step it is in). Returns each one's exit status."""
-    processes = [subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                  text=True) for argv in commands]
+    """Start every command ({name: argv}) at once, its output to NAME.log; SIGINT any still
+    running at ``stop_at`` (epoch seconds: train.py saves at the step it is in). Returns each
+    one's exit status."""
+    processes = []
+    for name, argv in commands.items():
+        with open(f"{name}.log", "w") as log:  # the child keeps its own copy of the file
+            processes.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT))
     while any(process.poll() is None for process in processes) and time.time() < stop_at:
         time.sleep(1)
     for process in processes:
@@ -1265,12 +1268,19 @@ def run_side_by_side(commands, stop_at):
     return [process.wait() for process in processes]
 
 
+def run_in_turn(commands, stop_at):
+    """``run_side_by_side`` for --tiny: each train.py command's main() in this process, one after
+    the other (a CPU has no room for four; ``stop_at`` is not needed). Returns the statuses."""
+    return [train.main(argv[2:]) for argv in commands.values()]
+
+
 def gpu_real_data(device, settings, deadline, datapath):
     """Fashion-MNIST (all 60,000 training images, 5,000 held out; --tiny: synthetic), slim_resnet20:
-    each of GPU_RECIPES, one process each side by side, for as many epochs as the time left
-    allows (estimated from one process's sandwich step, the GPU shared four ways; a run still
-    going a minute before the deadline is stopped and evaluated where it stands), then each
-    evaluated here in turn: the area (mean test top-1 error over the MACs range) and the full and smallest test top-1."""
+    each of GPU_RECIPES, one process each, side by side (--tiny: in turn, in this process), for
+    as many epochs as the time left allows (one sandwich step alone, times REAL_DATA_SLOWDOWN);
+    a run still going 90 s before the deadline is stopped and evaluated where it stands. Each is
+    evaluated here in turn: the area (mean test top-1 error over the MACs range), the full and
+    the smallest network's test top-1."""
     data_flags = settings["real_data"] or ["--dataset", "FashionMNIST", "--datapath", datapath]
     parsed = train.parse_args(data_flags)
     train_set, _, _, num_classes, size, channels = data.build_datasets(parsed)  # fails if missing
@@ -1279,7 +1289,7 @@ def gpu_real_data(device, settings, deadline, datapath):
     batch, steps_per_epoch = parsed.batch_size, len(train_set) // parsed.batch_size
     step_seconds = device_seconds(sandwich_timer(net, device, batch, size, channels, num_classes),
                                   device, settings["calls"], settings["warmup"])
-    seconds_left = deadline - time.time() - 90  # start-up and evaluation
+    seconds_left = deadline - time.time() - 120  # start-up, and evaluation after the stop
     epochs = 1 if settings["real_data"] else \
         max(1, int(seconds_left / (steps_per_epoch * step_seconds * REAL_DATA_SLOWDOWN)))
     print(f"real data: {epochs} epochs of {steps_per_epoch} steps (sandwich step "
@@ -1288,10 +1298,11 @@ def gpu_real_data(device, settings, deadline, datapath):
     threads = str(max(1, (os.cpu_count() or 4) // len(GPU_RECIPES)))
     common = data_flags + ["--network", "slim_resnet20", "--epochs", str(epochs), "--device",
                            device.type, "--threads", threads, "--data_on_device", "on"]
-    statuses = run_side_by_side([[sys.executable, script, "--name", label.replace(" ", "_")]
-                                 + flags + common for label, flags in GPU_RECIPES.items()],
-                                deadline - 60)
-    rows = {label: real_data_row(label.replace(" ", "_"), status, epochs * steps_per_epoch,
+    launch = run_in_turn if settings["real_data"] else run_side_by_side
+    names = {label: "real_" + label.replace(" ", "_") for label in GPU_RECIPES}  # runs/real_...
+    statuses = launch({names[label]: [sys.executable, script, "--name", names[label]] + flags
+                       + common for label, flags in GPU_RECIPES.items()}, deadline - 90)
+    rows = {label: real_data_row(names[label], status, epochs * steps_per_epoch,
                                  ["--device", device.type, "--threads", str(settings["threads"])])
             for label, status in zip(GPU_RECIPES, statuses)}
     return {"dataset": data_flags, "epochs": epochs, "steps_per_epoch": steps_per_epoch,
@@ -1302,6 +1313,9 @@ def real_data_row(name, train_status, total_steps, evaluate_flags):
     """Run ``name`` evaluated (evaluate.py with ``evaluate_flags``) where its checkpoint stands,
     printed in one line; its error in one line when that fails."""
     row = {"train_status": train_status}
+    if train_status not in (0, 130):  # 130: stopped by the deadline, saved where it stood
+        with open(f"{name}.log") as log:
+            row["train_error"] = (log.read().strip().splitlines() or ["no output"])[-1]
     try:
         checkpoint = runs.load_checkpoint(runs.checkpoint_path(name))
         result = evaluate.evaluate_run(name, argv=evaluate_flags)
