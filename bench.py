@@ -962,9 +962,10 @@ GPU_RECIPES = {  # label: train.py flags of the real-data runs, trained side by 
 }
 
 
-def gpu_settings(tiny, threads):
-    """The sizes of ``bench.py gpu``'s parts: for one H100 (under 9 minutes in all), or ``tiny``
-    ones that run the same plumbing on a CPU in seconds."""
+def gpu_settings(tiny, threads, budget_s):
+    """The sizes of ``bench.py gpu``'s parts: for one H100 (under 9 minutes in all at a budget of
+    480 s; the compile part's share scales with ``budget_s``), or ``tiny`` ones that run the
+    same plumbing on a CPU in seconds."""
     if tiny:
         data_flags = ["--synthetic_train", "96", "--synthetic_test", "32", "--val_size", "32",
                       "--synthetic_classes", "4", "--workers", "0", "--batch_size", "32"]
@@ -981,7 +982,7 @@ def gpu_settings(tiny, threads):
             "search_images": 500, "search_ratio": 0.6, "cifar_batch": 512, "imagenet_batch": 256,
             "imagenet_size": 224, "networks": tuple(models.NETWORKS), "warmup": 2, "calls": 3,
             "pairs": 4, "latency_calls": 50,
-            "compile_seconds": 90, "sandwich_batch": 128}
+            "compile_seconds": 0.15 * budget_s, "sandwich_batch": 128}
 
 
 def device_seconds(function, device, calls=1, warmup=1):
@@ -1028,7 +1029,8 @@ def _script(main_function, argv):
     """Run a script's main(argv); RuntimeError naming it unless it exits 0."""
     status = main_function(argv)
     if status != 0:
-        raise RuntimeError(f"{main_function.__module__}.py {' '.join(argv[:4])} ... exited {status}")
+        raise RuntimeError(f"{main_function.__module__}.py {' '.join(argv[:4])} ... exited "
+                           f"{status}")
 
 
 def gpu_scripts(device, settings):
@@ -1043,7 +1045,8 @@ def gpu_scripts(device, settings):
                               search_images=settings["search_images"])
     config = os.path.join(os.path.dirname(runs.checkpoint_path("random")), "search",
                           found["records"][0]["file"])
-    _script(train.main, ["--name", "fixed", "--method", "fixed", "--channel_config", config] + common)
+    _script(train.main, ["--name", "fixed", "--method", "fixed", "--channel_config", config]
+            + common)
     flags = ["--device", device.type, "--calib_batches", "1", "--threads", str(settings["threads"])]
     outcome = {"searched": {"file": config, "macs": found["records"][0]["macs"]}}
     for name in ("joslim", "slim", "random", "fixed"):
@@ -1095,8 +1098,9 @@ def gpu_distributed(device, settings, folder):
     all-reduces go through it. (runs.start makes no group for a single torchrun process.)"""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1",
                os.path.join(os.path.dirname(os.path.abspath(__file__)), "train.py"),
-               "--name", "torchrun"] + settings["data"] + settings["run"] + ["--device", device.type]
-    completed = subprocess.run(command, capture_output=True, text=True, timeout=300)
+               "--name", "torchrun"] + settings["data"] + settings["run"] + ["--device",
+                                                                            device.type]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=180)
     if completed.returncode:
         lines = (completed.stderr or completed.stdout).strip().splitlines() or ["no output"]
         raise RuntimeError(f"torchrun exited {completed.returncode}: {lines[-1]}")
@@ -1230,26 +1234,38 @@ def gpu_compile(device, settings, name="slim_resnet20"):
         lambda: forward_backward(static, inputs, targets, autocast), device, 10, warmup=3),
         "static_compiled_ms": 1000 * device_seconds(
         lambda: forward_backward(compiled, inputs, targets, autocast), device, 10, warmup=3)}
-    compiled_net = torch.compile(net)
-    configs = samplers.RandomSampler(len(net.width_groups), 0.42, seed=0).propose(8)
-    eager_steps, compiled_steps = [], []
-    for widths in configs:
+    speedup = result["static_eager_ms"] / result["static_compiled_ms"]
+    advice = (f"compile exported subnets ({speedup:.2f}x eager" if speedup > 1 else
+              f"exported subnets: eager (compiled runs at {speedup:.2f}x") + \
+        f" after a {result['static_compile_s']:.0f} s compile)"
+    try:  # a failure here keeps the exported subnet's figures
+        eager, compiled = changing_widths_steps(net, inputs, targets, autocast, wall, stop)
+    except Exception as error:
+        result["changing_widths_error"] = f"{type(error).__name__}: {runs.first_line(error)}"
+        eager, compiled = [], []
+    result.update(changing_widths_eager_s=eager, changing_widths_compiled_s=compiled, advice=(
+        f"{advice}; train the slimmable model "
+        + ("eager" if sum(compiled) > sum(eager) or not compiled else "compiled")
+        + f" ({len(compiled)} steps with new widths: compiled {sum(compiled):.1f} s, eager "
+        f"{sum(eager):.1f} s)"))
+    print(result["advice"], flush=True)
+    return result
+
+
+def changing_widths_steps(net, inputs, targets, autocast, wall, stop):
+    """(eager, compiled) seconds of forward+backward steps of ``net`` and of torch.compile(net),
+    new random per-group widths each step (as the sandwich rule draws them), until ``stop``
+    (epoch seconds) after a step or 8 steps: recompilations included, nothing warmed up."""
+    compiled_net, eager, compiled = torch.compile(net), [], []
+    for widths in samplers.RandomSampler(len(net.width_groups), 0.42, seed=0).propose(8):
         slimmable.set_widths(net, widths.tolist())
-        for model, steps in ((net, eager_steps), (compiled_net, compiled_steps)):
+        for model, steps in ((net, eager), (compiled_net, compiled)):
             start = wall()
             forward_backward(model, inputs, targets, autocast)
             steps.append(wall() - start)
         if time.time() > stop:
             break
-    speedup = result["static_eager_ms"] / result["static_compiled_ms"]
-    result.update(changing_widths_eager_s=eager_steps, changing_widths_compiled_s=compiled_steps,
-                  advice=f"compile exported subnets ({speedup:.2f}x eager after "
-                  f"{result['static_compile_s']:.0f} s); train the slimmable model "
-                  + ("eager" if sum(compiled_steps) > sum(eager_steps) else "compiled")
-                  + f" ({len(compiled_steps)} steps with new widths: compiled "
-                  f"{sum(compiled_steps):.1f} s, eager {sum(eager_steps):.1f} s)")
-    print(result["advice"], flush=True)
-    return result
+    return eager, compiled
 
 
 def run_side_by_side(commands, stop_at):
@@ -1334,7 +1350,8 @@ def real_data_row(name, train_status, total_steps, evaluate_flags):
 
 def sandwich_timer(net, device, batch, size, channels, num_classes):
     """A function taking one sandwich step of ``net`` on random (batch, channels, size, size)
-    inputs and labels in 0..num_classes-1 on ``device`` (train.py's precision and layout): the real-data schedule's unit."""
+    inputs and labels in 0..num_classes-1 on ``device`` (train.py's precision and layout): the
+    real-data schedule's unit."""
     net = on_device(copy.deepcopy(net).train(), device)
     inputs = on_device(torch.randn(batch, channels, size, size), device)
     targets = torch.randint(0, num_classes, (batch,), device=device)
@@ -1349,12 +1366,13 @@ def sandwich_timer(net, device, batch, size, channels, num_classes):
     return step
 
 
-GPU_PARTS = ("scripts", "subnets match", "distributed", "speed", "latency", "compile", "real data")
+GPU_PARTS = ("scripts", "subnets", "distributed", "speed", "latency", "compile", "real_data")
 
 
 def bench_gpu(device_flag="cuda", tiny=False, budget_s=480, datapath=None, out_path=GPU_OUT,
-              threads=1):
-    """The GPU path checked in one command: each of GPU_PARTS in its own try (a failing part is
+              threads=1, parts=GPU_PARTS):
+    """The GPU path checked in one command: each of ``parts`` (GPU_PARTS; "subnets" reads the
+    Joslim run of "scripts") in its own try (a failing part is
     recorded with its one-line error and the rest still run), ``out_path`` rewritten after each
     part, the work done in a temporary folder, and a closing table. ``budget_s`` bounds the whole
     (the real-data schedule takes what the other parts leave); ``tiny``: the same plumbing on
@@ -1365,7 +1383,7 @@ def bench_gpu(device_flag="cuda", tiny=False, budget_s=480, datapath=None, out_p
     if device.type == "cuda":
         device = torch.device("cuda", device.index or 0)
         torch.cuda.set_device(device)
-    settings = gpu_settings(tiny, threads)
+    settings = gpu_settings(tiny, threads, budget_s)
     report = {"machine": machine(), "device": torch.cuda.get_device_name(device)
               if device.type == "cuda" else "cpu", "torch": torch.__version__, "tiny": tiny,
               "budget_s": budget_s, "parts": {}}
@@ -1373,7 +1391,7 @@ def bench_gpu(device_flag="cuda", tiny=False, budget_s=480, datapath=None, out_p
     with tempfile.TemporaryDirectory() as folder:
         os.chdir(folder)
         try:
-            for part in GPU_PARTS:
+            for part in parts:
                 report["parts"][part] = gpu_part(part, device, settings, start + budget_s,
                                                  datapath, folder)
                 runs.write_json(out_path, report)
@@ -1383,7 +1401,8 @@ def bench_gpu(device_flag="cuda", tiny=False, budget_s=480, datapath=None, out_p
           f"{out_path}")
     print(f"{'part':<16}{'status':<8}{'seconds':>8}  error")
     for part, result in report["parts"].items():
-        print(f"{part:<16}{result['status']:<8}{result['seconds']:>8.1f}  {result.get('error', '')}")
+        print(f"{part:<16}{result['status']:<8}{result['seconds']:>8.1f}  "
+              f"{result.get('error', '')}")
     return report
 
 
@@ -1394,13 +1413,15 @@ def gpu_part(part, device, settings, deadline, datapath, folder):
     start = time.time()
     try:
         result = {"scripts": lambda: gpu_scripts(device, settings),
-                  "subnets match": lambda: gpu_subnets_match(device),
+                  "subnets": lambda: gpu_subnets_match(device),
                   "distributed": lambda: gpu_distributed(device, settings, folder),
                   "speed": lambda: gpu_speed(device, settings),
                   "latency": lambda: gpu_latency(device, settings),
                   "compile": lambda: gpu_compile(device, settings),
-                  "real data": lambda: gpu_real_data(device, settings, deadline, datapath)}[part]()
-        result = {"status": "ok", **result}
+                  "real_data": lambda: gpu_real_data(device, settings, deadline, datapath)}[part]()
+        # NumPy scalars as numbers, other values JSON cannot hold as their repr: the file is written
+        result = json.loads(json.dumps({"status": "ok", **result}, default=lambda value: (
+            value.item() if hasattr(value, "item") else repr(value))))
     except (Exception, SystemExit) as error:  # one shot on the GPU: record it, run the rest
         result = {"status": "failed", "error": f"{type(error).__name__}: {runs.first_line(error)}"}
         print(f"[gpu] {part} failed: {result['error']}", flush=True)
@@ -1477,6 +1498,9 @@ def parse_args():
                         help="gpu: seconds for all parts; the real-data schedule takes what the "
                              "others leave (default 480: under 9 minutes with start-up)")
     parser.add_argument("--out", default=GPU_OUT, help=f"gpu: the JSON (default {GPU_OUT})")
+    parser.add_argument("--parts", nargs="+", default=list(GPU_PARTS), choices=GPU_PARTS,
+                        help="gpu: the parts to run, in their order (default all; subnets needs "
+                             "scripts)")
     args = parser.parse_args()
     if args.what == "gpu" and args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.exit(2, "error: gpu: no CUDA device here; use --device cpu --tiny\n")
@@ -1494,7 +1518,8 @@ def main():
     kept = runs.keep_freed_memory()
     print(f"glibc malloc keeps freed memory (runs.keep_freed_memory): {kept}")
     if args.what == "gpu":
-        bench_gpu(args.device, args.tiny, args.budget_s, args.datapath, args.out, args.threads)
+        bench_gpu(args.device, args.tiny, args.budget_s, args.datapath, args.out, args.threads,
+                  [part for part in GPU_PARTS if part in args.parts])
     if args.what == "recipe":
         bench_recipe(args.seeds, threads=args.threads, datapath=args.datapath)
     if args.what == "quality":

@@ -2733,7 +2733,7 @@ class TestGPUPath:
         assert not failed
         assert report["parts"]["compile"]["skipped"]
         assert len(report["parts"]["speed"]["overhead"]) == 3 * 2  # --tiny: two networks
-        assert set(report["parts"]["real data"]["runs"]) == set(bench.GPU_RECIPES)
+        assert set(report["parts"]["real_data"]["runs"]) == set(bench.GPU_RECIPES)
         table = completed.stdout.split("part            status")[1]
         assert all(part in table for part in bench.GPU_PARTS)
         assert not (tmp_path / "runs").exists()  # the work stays in a temporary folder
