@@ -1246,7 +1246,7 @@ def gpu_compile(device, settings, name="slim_resnet20"):
     result.update(changing_widths_eager_s=eager, changing_widths_compiled_s=compiled, advice=(
         f"{advice}; train the slimmable model "
         + ("eager" if sum(compiled) > sum(eager) or not compiled else "compiled")
-        + f" ({len(compiled)} steps with new widths: compiled {sum(compiled):.1f} s, eager "
+        + f" ({len(compiled)} step(s) with new widths: compiled {sum(compiled):.1f} s, eager "
         f"{sum(eager):.1f} s)"))
     print(result["advice"], flush=True)
     return result
