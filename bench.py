@@ -1309,7 +1309,8 @@ def gpu_real_data(device, settings, deadline, datapath):
     epochs = 1 if settings["real_data"] else \
         max(1, int(seconds_left / (steps_per_epoch * step_seconds * REAL_DATA_SLOWDOWN)))
     print(f"real data: {epochs} epochs of {steps_per_epoch} steps (sandwich step "
-          f"{1000 * step_seconds:.1f} ms alone), {len(GPU_RECIPES)} runs side by side", flush=True)
+          f"{1000 * step_seconds:.1f} ms alone), {len(GPU_RECIPES)} runs "
+          + ("in turn" if settings["real_data"] else "side by side"), flush=True)
     script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "train.py")
     threads = str(max(1, (os.cpu_count() or 4) // len(GPU_RECIPES)))
     common = data_flags + ["--network", "slim_resnet20", "--epochs", str(epochs), "--device",
@@ -1372,9 +1373,9 @@ GPU_PARTS = ("scripts", "subnets", "distributed", "speed", "latency", "compile",
 def bench_gpu(device_flag="cuda", tiny=False, budget_s=480, datapath=None, out_path=GPU_OUT,
               threads=1, parts=GPU_PARTS):
     """The GPU path checked in one command: each of ``parts`` (GPU_PARTS; "subnets" reads the
-    Joslim run of "scripts") in its own try (a failing part is
-    recorded with its one-line error and the rest still run), ``out_path`` rewritten after each
-    part, the work done in a temporary folder, and a closing table. ``budget_s`` bounds the whole
+    Joslim run of "scripts") in its own try (a failing part is recorded with its one-line error
+    and the rest still run), ``out_path`` rewritten after each part, the work done in a
+    temporary folder, and a closing table. ``budget_s`` bounds the whole
     (the real-data schedule takes what the other parts leave); ``tiny``: the same plumbing on
     tiny data in seconds (the test suite runs it so on the CPU)."""
     start, out_path = time.time(), os.path.abspath(out_path)

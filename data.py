@@ -21,6 +21,10 @@ leaves chance within a few dozen steps even under the sandwich rule (12x12 ones 
 200 steps). Train and test images are separate random streams of the same prototypes; classes
 are exactly balanced.
 
+On a GPU, `DeviceBatches` keeps an in-memory training set on the device as uint8 and draws,
+crops, flips and normalises each batch there (train.py --data_on_device), with the same
+distribution as `InMemoryImages` and an order that is a function of (seed, epoch).
+
 LMDB layout (`python data.py to-lmdb SRC DST.lmdb`; SRC's sorted class folders give labels
 0..C-1): key b"%08d" % i holds record i, an 8-byte header (label, CRC-32 of the image bytes;
 little-endian uint32s) then the image file's bytes still ENCODED, so the database is as small as
