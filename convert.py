@@ -57,7 +57,8 @@ PASS_FUNCTIONS = {F.relu, F.relu6, F.leaky_relu, F.elu, F.silu, F.gelu, F.hardsw
                   F.hardsigmoid, F.sigmoid, F.tanh, F.mish, F.hardtanh, F.dropout, F.max_pool2d,
                   F.avg_pool2d, F.adaptive_avg_pool2d, F.adaptive_max_pool2d, F.interpolate,
                   torch.relu, torch.sigmoid, torch.tanh, torch.clone}
-PASS_NAMES = {"stochastic_depth"}  # torchvision.ops wraps it as a leaf function for fx
+PASS_NAMES = {"stochastic_depth", "StochasticDepth"}  # torchvision.ops': a function fx keeps
+# whole, and its module, kept whole too: its forward reads self.training, which a trace would fix
 PASS_METHODS = {"relu", "relu_", "sigmoid", "sigmoid_", "tanh", "contiguous", "clone", "float",
                 "to", "type_as", "detach"}
 ELEMENTWISE = {operator.add, operator.iadd, operator.sub, operator.isub, operator.mul,
@@ -142,7 +143,8 @@ class _Tracer(fx.Tracer):
     """fx's tracer with every LayerNorm a leaf (ConvNeXt's LayerNorm2d permutes inside)."""
 
     def is_leaf_module(self, module, name):
-        return isinstance(module, nn.LayerNorm) or super().is_leaf_module(module, name)
+        return (isinstance(module, nn.LayerNorm) or type(module).__name__ in PASS_NAMES
+                or super().is_leaf_module(module, name))
 
 
 def trace(model, example_input):
@@ -257,7 +259,7 @@ class Analysis:
             return out
         if isinstance(module, nn.Flatten):
             return self.flatten(node, x, module.start_dim, module.end_dim)
-        if isinstance(module, PASS_MODULES):
+        if isinstance(module, PASS_MODULES) or type(module).__name__ in PASS_NAMES:
             self.calls.setdefault(node.target, []).append(x)
             return x
         return self.unknown(node, f"module {type(module).__name__}")
@@ -566,6 +568,21 @@ def _check_full_width(model, example_input, expected):
 
 
 def _narrow_scaled_parameters(model, analysis, slot):
-    if not analysis.scaled:
+    """``model``, or where a parameter multiplies slimmable channels directly (ConvNeXt's
+    ``layer_scale``), a GraphModule of its traced graph in which that parameter is narrowed to
+    its operand's channels; ``channel_parameters`` tells ``slimmable`` each one's slot and dim."""
+    graph, channel_parameters = analysis.traced.graph, {}
+    for parameter, user, dim, operand, operand_dim in analysis.scaled:
+        parameter_slot = slot(analysis.layout[operand])
+        if parameter_slot is None:
+            continue
+        with graph.inserting_before(user):
+            size = graph.call_method("size", (operand, operand_dim))
+            narrowed = graph.call_method("narrow", (parameter, dim, 0, size))
+        user.replace_input_with(parameter, narrowed)
+        channel_parameters[parameter.target] = (parameter_slot, dim)
+    if not channel_parameters:
         return model
-    raise NotImplementedError
+    converted = fx.GraphModule(model, graph, class_name=type(model).__name__)
+    converted.channel_parameters = channel_parameters
+    return converted

@@ -323,10 +323,20 @@ def layer_channels(model, widths):
 
 
 def _slot_counts(model, widths):
-    """``{slot: features}`` of every ``ChannelSlot`` of the slimmable layers under ``widths``."""
-    slots = sorted({s for _, m in slim_layers(model) for slot in (m.in_slot, m.out_slot)
-                    for s in slot_parts(slot)})
+    """``{slot: features}`` of every ``ChannelSlot`` of the slimmable layers (and of the
+    ``channel_parameters``) under ``widths``."""
+    slots = sorted({s for slot in _all_slots(model) for s in slot_parts(slot)})
     return dict(zip(slots, _slot_channels(slots, width_matrix(model, widths))[0].tolist()))
+
+
+def _all_slots(model):
+    """The slots of the slimmable layers and of ``model.channel_parameters``: ``{name: (slot,
+    dim)}``, parameters multiplied straight into slimmable channels (ConvNeXt's layer_scale,
+    narrowed to them by a converted network's graph)."""
+    net = _unwrap(model)
+    parameters = net.__dict__.get("channel_parameters", {})
+    return [slot for _, m in slim_layers(net) for slot in (m.in_slot, m.out_slot)] + \
+        [slot for slot, _ in parameters.values()]
 
 
 def _width(slot, counts, full):
@@ -464,7 +474,7 @@ def _probe(model, image, index):
         counted = isinstance(m, COUNTED_LAYERS)
         slot, dim = getattr(m, "out_slot", None) if counted else latest[0], 1
         if isinstance(m, (nn.Linear, nn.LayerNorm)):
-            dim = -1
+            dim = getattr(m, "channel_dim", -1)  # 1 for a LayerNorm over NCHW channels
         if "call_slots" in m.__dict__:
             calls[m] = calls.get(m, -1) + 1
             slot, dim = m.call_slots[calls[m] % len(m.call_slots)]
@@ -527,7 +537,8 @@ def _cost_terms(model):
     layers = [m for m in model.modules() if isinstance(m, COUNTED_LAYERS)]
     slots = sorted({s for m in layers for slot in (getattr(m, "in_slot", None),
                                                    getattr(m, "out_slot", None))
-                    for s in slot_parts(slot)})
+                    for s in slot_parts(slot)} | {s for slot in _all_slots(model)
+                                                  for s in slot_parts(slot)})
     index = {**{s: i for i, s in enumerate(slots)}, None: len(slots)}
     params_terms = []
     for m in layers:
@@ -536,6 +547,10 @@ def _cost_terms(model):
             params_terms.extend((ka * kb, a, b) for a, ka in outputs for b, kb in inputs)
         if m.bias is not None:
             params_terms.extend((ka, a, len(slots)) for a, ka in outputs)
+    for name, (slot, dim) in model.__dict__.get("channel_parameters", {}).items():
+        tensor = model.get_parameter(name)
+        params_terms.extend((tensor.numel() // tensor.shape[dim] * k, a, len(slots))
+                            for a, k in _slot_columns(slot, index, 1))
     weight = next(model.parameters())
     macs_terms, mmcv_terms, memory_terms = _probe(
         model, torch.zeros(shape, dtype=weight.dtype, device=weight.device), index)
@@ -820,6 +835,11 @@ def export(model, widths):
         index = concat_index(layer.in_slot, counts) \
             if isinstance(layer.in_slot, ChannelConcat) else None
         setattr(parent, attr, _static_copy(layer, *channels[name], index))
+    for name, (slot, dim) in source.__dict__.get("channel_parameters", {}).items():
+        parent_name, _, attr = name.rpartition(".")
+        parent = static.get_submodule(parent_name) if parent_name else static
+        kept = getattr(parent, attr).detach().narrow(dim, 0, counts[slot]).clone()
+        setattr(parent, attr, nn.Parameter(kept, requires_grad=getattr(parent, attr).requires_grad))
     static.train(source.training)
     return static
 
