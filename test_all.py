@@ -2625,13 +2625,39 @@ class TestReadme:
 
 
 USER_NETWORK = '''
+import torch
 import torch.nn as nn
 
 
+class Block(nn.Module):
+    def __init__(self, channels):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(channels)
+
+    def forward(self, x):
+        return torch.relu(x + self.bn(self.conv(x)))
+
+
+class Tiny(nn.Module):
+    """A residual stream (two blocks), a concatenation of it with a branch, a linear head."""
+
+    def __init__(self, num_classes):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8),
+                                  nn.ReLU())
+        self.blocks = nn.Sequential(Block(8), Block(8))
+        self.branch = nn.Conv2d(8, 6, 1)
+        self.head = nn.Linear(14, num_classes)
+
+    def forward(self, x):
+        x = self.blocks(self.stem(x))
+        x = torch.cat([x, self.branch(x)], 1)
+        return self.head(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
 def tiny(num_classes):
-    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
-                         nn.Conv2d(8, 12, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(12),
-                         nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(12, num_classes))
+    return Tiny(num_classes)
 
 
 def not_a_module(num_classes):
@@ -2653,6 +2679,8 @@ class TestNetworkFlag:
         assert train.main(["--name", "own", *flags]) == 0
         checkpoint = load_run(tmp_path, "own")
         assert checkpoint["network"] == f"{tmp_path / 'mine.py'}:tiny"  # absolute: found anywhere
+        net = models.get_model(checkpoint["network"], 10, **checkpoint["model_options"])
+        assert [g.channels for g in net.width_groups] == [8, 6]  # the residual stream, the branch
         assert search.main(["--name", "own", "--target_ratios", "0.5", "--search_images", "64",
                             "--steps", "4", "--threads", "1"]) == 0
         assert evaluate.main(["--name", "own", "--export", "subnets", "--threads", "1",
