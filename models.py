@@ -2,7 +2,9 @@
 
 Every network here is an ordinary ``nn.Module`` built from ``slimmable`` layers, plus a list
 ``model.width_groups``: the channel counts a width search may change, one entry per set of layers
-that must agree. The rules, for every network:
+that must agree. ``get_model`` also builds any torchvision classification network by name
+(``regnet_x_400mf``) and a user's own (``FILE.py:FUNCTION``), whose groups ``convert.py`` reads
+off a trace of the graph instead. The rules, for every network written here:
 
 - Layers tied by a residual add share one group (a ResNet stage's residual width; a MobileNet
   stage's output width). A depthwise conv follows its input, so it has no group of its own.
