@@ -19,6 +19,9 @@ machine slows both sides alike. Nothing here is asserted by the tests.
                                                # OpenMP waiting, each setting in a fresh process
     python bench.py gpu                 # the CUDA path in one command (under 9 minutes on one
                                         # H100): results/gpu.json; --device cpu --tiny: seconds
+    python bench.py convert --threads 1 # convert.make_slimmable on the 68 torchvision CNNs:
+                                        # groups, frozen groups, exports and costs checked
+    python bench.py convert --quick     # one network per family; --only NAME... for some
 """
 import argparse
 import contextlib
@@ -40,6 +43,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from PIL import Image  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 import data  # noqa: E402
 import evaluate  # noqa: E402
@@ -49,6 +53,7 @@ import search  # noqa: E402
 import runs  # noqa: E402
 import slimmable  # noqa: E402
 import train  # noqa: E402
+import convert  # noqa: E402
 
 
 def machine():
@@ -1432,6 +1437,102 @@ def gpu_part(part, device, settings, deadline, datapath, folder):
     return result
 
 
+# ---------------------------------------------------------------------------------------------
+# convert.make_slimmable on torchvision's classification CNNs
+
+CONVERT_SIZES = {"inception_v3": 75}  # the smallest input it takes; 64x64 for the others
+CONVERT_QUICK = ("alexnet", "convnext_tiny", "densenet121", "efficientnet_b0", "googlenet",
+                 "inception_v3", "mnasnet0_5", "mobilenet_v2", "mobilenet_v3_small",
+                 "regnet_x_400mf", "regnet_y_400mf", "resnet18", "resnext50_32x4d",
+                 "shufflenet_v2_x0_5", "squeezenet1_1", "vgg11", "wide_resnet50_2")
+
+
+def torchvision_cnns():
+    """torchvision's classification CNNs (68 in 0.29): every model but the transformers."""
+    import torchvision
+    return [name for name in torchvision.models.list_models(module=torchvision.models)
+            if not name.startswith(("vit_", "swin_", "maxvit_"))]
+
+
+def torchvision_cnn(name, num_classes=1000):
+    """torchvision network ``name`` with random weights (GoogLeNet and Inception-v3 without
+    their auxiliary classifiers and torchvision's slow initialization)."""
+    import torchvision
+    options = {"aux_logits": False, "init_weights": False} \
+        if name in ("googlenet", "inception_v3") else {}
+    return torchvision.models.get_model(name, num_classes=num_classes, **options)
+
+
+def scramble_bn_statistics(model, generator):
+    """Random BN running statistics, so that an eval-mode comparison sees them gathered."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.running_mean.copy_(torch.rand(m.running_mean.shape, generator=generator) - 0.5)
+            m.running_var.copy_(torch.rand(m.running_var.shape, generator=generator) + 0.5)
+
+
+def check_conversion(model, images, settings=3, seed=0, log=None):
+    """Convert ``model`` on ``images[:1]`` and check it: full-width outputs equal to the
+    original's (eval mode, BN statistics scrambled first); at ``settings`` random width
+    configurations, the exported model's outputs against the slimmable model's (the largest
+    difference relative to the largest output), ``macs`` against FlopCounterMode on the export
+    (2 FLOPs per MAC) and ``params`` against the export's parameter count. Returns a dict."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        scramble_bn_statistics(model, generator)
+        expected = model.eval()(images)
+        start = time.perf_counter()
+        net = convert.make_slimmable(model, images[:1], log=log or (lambda line: None))
+        seconds = time.perf_counter() - start
+        record = {"seconds": round(seconds, 3), "groups": len(net.width_groups),
+                  "frozen": len(net.frozen), "full_width_equal": torch.equal(net(images), expected),
+                  "export_error": 0.0, "macs_equal": True, "params_equal": True}
+        for _ in range(settings):
+            widths = (0.1 + 0.9 * torch.rand(len(net.width_groups), generator=generator)).tolist()
+            small = slimmable.export(slimmable.set_widths(net, widths), widths)
+            output = net(images)
+            error = (small(images) - output).abs().max() / output.abs().max().clamp(min=1e-12)
+            with FlopCounterMode(display=False) as counter:
+                small(images[:1])
+            record["export_error"] = max(record["export_error"], float(error))
+            record["macs_equal"] &= counter.get_total_flops() == 2 * slimmable.macs(net, widths)
+            record["params_equal"] &= sum(p.numel() for p in small.parameters()) == \
+                slimmable.params(net, widths)
+    return record
+
+
+def bench_convert(names=None, out_path=os.path.join("results", "convert.json")):
+    """``check_conversion`` of each torchvision CNN (default all 68) at 64x64 (or the smallest
+    input it takes); prints a table and writes ``out_path``. A conversion that raises is a row
+    with its one-line error."""
+    rows = []
+    print(f"{'network':<22}{'input':>6}{'seconds':>9}{'groups':>8}{'frozen':>8}{'full=':>7}"
+          f"{'export err':>12}{'macs=':>7}{'params=':>9}")
+    for name in names or torchvision_cnns():
+        size = CONVERT_SIZES.get(name, 64)
+        torch.manual_seed(0)
+        row = {"network": name, "input": size}
+        try:
+            row.update(check_conversion(torchvision_cnn(name), torch.randn(2, 3, size, size)))
+        except Exception as error:  # a failure is a result here: its row says which
+            row["error"] = f"{type(error).__name__}: {str(error).splitlines()[0][:150]}"
+            print(f"{name:<22}{size:>6}  FAILED {row['error']}", flush=True)
+            rows.append(row)
+            continue
+        rows.append(row)
+        print(f"{name:<22}{size:>6}{row['seconds']:>9.2f}{row['groups']:>8}{row['frozen']:>8}"
+              f"{str(row['full_width_equal']):>7}{row['export_error']:>12.1e}"
+              f"{str(row['macs_equal']):>7}{str(row['params_equal']):>9}", flush=True)
+    good = [r for r in rows if "error" not in r and r["full_width_equal"] and r["macs_equal"]
+            and r["params_equal"] and r["export_error"] < 1e-4]
+    print(f"{len(good)} of {len(rows)} converted and checked; {sum(r.get('frozen', 0) > 0 for r in rows)}"
+          f" with frozen groups; {sum('error' in r for r in rows)} failed")
+    os.makedirs(os.path.dirname(out_path), exist_ok=True)
+    with open(out_path, "w") as handle:
+        json.dump({"machine": machine(), "torch": torch.__version__, "rows": rows}, handle, indent=1)
+    return rows
+
+
 def quality_dataset(dataset, datapath):
     """``dataset``, or for "auto": FashionMNIST when its files are there, else synthetic."""
     if dataset != "auto":
@@ -1450,7 +1551,7 @@ def parse_args():
     parser.add_argument("what", choices=["speed", "quality", "recipe", "overhead", "macs",
                                          "sampler",
                                          "training", "window", "converter", "search",
-                                         "contention", "gpu"],
+                                         "contention", "convert", "gpu"],
                         help="which benchmark to run ('speed' runs every speed benchmark)")
     parser.add_argument("--networks", nargs="+", default=list(models.NETWORKS),
                         choices=list(models.NETWORKS), metavar="NAME",
@@ -1463,7 +1564,10 @@ def parse_args():
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch CPU threads")
     parser.add_argument("--quick", action="store_true",
                         help="quality: a few minutes instead of about an hour; contention: "
-                             "the thread counts and OMP_WAIT_POLICY=PASSIVE only")
+                             "the thread counts and OMP_WAIT_POLICY=PASSIVE only; convert: "
+                             "one network per family")
+    parser.add_argument("--only", nargs="+", metavar="NAME",
+                        help="convert: these torchvision networks only")
     parser.add_argument("--steps", type=int, default=5,
                         help="contention: timed training steps per measurement (default 5)")
     parser.add_argument("--cores", type=int, default=None,
@@ -1549,6 +1653,8 @@ def main():
         else:
             bench_contention(args.cores, args.steps, args.quick, args.spincounts,
                              repeats=args.repeats)
+    if args.what == "convert":
+        bench_convert(args.only or (CONVERT_QUICK if args.quick else None))
     if args.what in ("speed", "overhead"):
         bench_overhead(args.networks, batch_size=args.batch_size, pairs=args.pairs,
                        imagenet_size=args.imagenet_size)

@@ -365,8 +365,11 @@ def load_run(args, checkpoint):
     args.pin_memory = args.pin_memory and args.device != "cpu"
     loaders = data.get_loaders(args, args.batch_size, eval_batch_size=args.batch_size)
     device, rank, world_size = runs.start(args.device, args.threads, set_threads=False)
-    net = models.get_model(checkpoint["network"], checkpoint["num_classes"],
-                           **checkpoint["model_options"])
+    try:
+        net = models.get_model(checkpoint["network"], checkpoint["num_classes"],
+                               **checkpoint["model_options"])
+    except ValueError as error:  # e.g. the FILE.py of a --network FILE.py:FUNCTION run is gone
+        raise Fail(f"cannot rebuild the network of run {args.name}: {error}") from None
     runs.load_weights(net, checkpoint["model"], runs.checkpoint_path(args.name))
     if loaders.num_classes != checkpoint["num_classes"]:
         raise Fail(f"the data has {loaders.num_classes} classes, run {args.name} was trained on "

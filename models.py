@@ -2,7 +2,9 @@
 
 Every network here is an ordinary ``nn.Module`` built from ``slimmable`` layers, plus a list
 ``model.width_groups``: the channel counts a width search may change, one entry per set of layers
-that must agree. The rules, for every network:
+that must agree. ``get_model`` also builds any torchvision classification network by name
+(``regnet_x_400mf``) and a user's own (``FILE.py:FUNCTION``), whose groups ``convert.py`` reads
+off a trace of the graph instead. The rules, for every network written here:
 
 - Layers tied by a residual add share one group (a ResNet stage's residual width; a MobileNet
   stage's output width). A depthwise conv follows its input, so it has no group of its own.
@@ -27,13 +29,16 @@ Design choices worth knowing:
   ``model.load_state_dict(torchvision.models.resnet18(weights=...).state_dict())`` works.
 
 ``python models.py`` prints every network's width groups and costs at full and at the smallest
-width (0.42), and the published AutoSlim-MobileNetV2 networks; ``python models.py write-configs``
+width (0.42), the torchvision networks ``get_model`` also builds, and the published
+AutoSlim-MobileNetV2 networks; ``python models.py write-configs``
 (re)writes those as ``configs/autoslim_mbv2_*.json``.
 """
 import functools
+import importlib.util
 import os
 import sys
 
+import torch
 import torch.nn as nn
 
 from slimmable import (SlimBatchNorm2d, SlimConv2d, SlimLinear, add_group, divisible,
@@ -339,16 +344,92 @@ CIFAR_NETWORKS = ("slim_resnet20", "slim_resnet32", "slim_resnet44", "slim_resne
 
 
 def get_model(name, num_classes, **options):
-    """Build network ``name`` (see ``NETWORKS``). Options: ``input_size`` (the resolution the cost
-    is counted at; 32 for the CIFAR ResNets, 224 otherwise), ``in_channels`` (image channels: 3,
-    or 1 for grey images such as Fashion-MNIST), ``width_mult`` (MobileNetV2 only)."""
-    if name not in NETWORKS:
-        raise ValueError(f"unknown network '{name}'; valid: {', '.join(NETWORKS)}")
-    try:
-        model = NETWORKS[name](num_classes=num_classes, **options)
-    except TypeError as error:
-        raise ValueError(f"bad option for {name}: {error}") from None
+    """Build network ``name`` (see ``network_name``). Options: ``input_size`` (the resolution the
+    cost is counted at; 32 for the CIFAR ResNets, 224 otherwise), ``in_channels`` (image channels:
+    3, or 1 for grey images such as Fashion-MNIST), ``width_mult`` (slim_mobilenetv2 only).
+    A torchvision network or a user's own (``FILE.py:FUNCTION``) is built with random weights and
+    ``num_classes`` outputs, its first conv rebuilt for ``in_channels`` if it takes another count,
+    then made slimmable by ``convert.make_slimmable`` from one trace at ``input_size``; the groups
+    the conversion had to freeze are in ``model.frozen``, one line each. ValueError, one line,
+    for an unknown name or a network that cannot be built or traced."""
+    name = network_name(name)
+    if name in NETWORKS:
+        try:
+            model = NETWORKS[name](num_classes=num_classes, **options)
+        except TypeError as error:
+            raise ValueError(f"bad option for {name}: {error}") from None
+    else:
+        model = _build_traced(name, num_classes, **options)
     model.network_name = name
+    return model
+
+
+def torchvision_networks():
+    """The names of torchvision's classification networks (``torchvision.models.list_models``)."""
+    import torchvision
+    return torchvision.models.list_models(module=torchvision.models)
+
+
+def network_name(name):
+    """``name`` as a run records it: a network of ``NETWORKS``, a torchvision classification
+    network (``regnet_x_400mf``), or ``FILE.py:FUNCTION`` (a function of ``num_classes``
+    returning an ``nn.Module``) with FILE made absolute, so that search.py and evaluate.py
+    rebuild the same network from anywhere. ValueError, one line, otherwise (argparse ``type=``)."""
+    if name in NETWORKS or name in torchvision_networks():
+        return name
+    path, _, function = name.rpartition(":")
+    if path.endswith(".py") and function.isidentifier():
+        if not os.path.isfile(path):
+            raise ValueError(f"no file {path} (for --network FILE.py:FUNCTION)")
+        return f"{os.path.abspath(path)}:{function}"
+    raise ValueError(f"unknown network '{name}': one of {', '.join(NETWORKS)}, a torchvision "
+                     f"classification network (python models.py lists them) or FILE.py:FUNCTION")
+
+
+def _user_network(name, num_classes):
+    """Call FUNCTION(num_classes) of FILE for ``name = FILE.py:FUNCTION``."""
+    path, _, function = name.rpartition(":")
+    spec = importlib.util.spec_from_file_location(f"network_{abs(hash(path))}", path)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+        if not callable(getattr(module, function, None)):
+            raise ValueError(f"{path} has no function {function}")
+        model = getattr(module, function)(num_classes)
+    except Exception as error:  # the user's code: any error is theirs to read, in one line
+        raise ValueError(f"cannot build {name}: {type(error).__name__}: "
+                         f"{str(error).splitlines()[0] if str(error) else ''}") from None
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"{name} returned a {type(model).__name__}, not an nn.Module")
+    return model
+
+
+def _build_traced(name, num_classes, input_size=224, in_channels=3):
+    """A torchvision or user network with random weights, made slimmable (see ``get_model``)."""
+    import convert  # imported here: the hand-written networks above need only slimmable.py
+    import torchvision
+    if ":" not in name:
+        # GoogLeNet and Inception-v3: no auxiliary heads, no 3-channel input transform
+        extra = {"aux_logits": False, "init_weights": True, "transform_input": False} \
+            if name in ("googlenet", "inception_v3") else {}
+        model = torchvision.models.get_model(name, weights=None, num_classes=num_classes, **extra)
+    else:
+        model = _user_network(name, num_classes)
+    stem_name, stem = next(((n, m) for n, m in model.named_modules()
+                            if isinstance(m, nn.Conv2d)), (None, None))
+    if stem is not None and stem.in_channels != in_channels:  # grey images: a 1-channel stem
+        parent, _, attr = stem_name.rpartition(".")
+        setattr(model.get_submodule(parent), attr, nn.Conv2d(
+            in_channels, stem.out_channels, stem.kernel_size, stem.stride, stem.padding,
+            stem.dilation, bias=stem.bias is not None, padding_mode=stem.padding_mode))
+    frozen = []
+    try:
+        convert.make_slimmable(model, torch.zeros(1, in_channels, input_size, input_size),
+                               log=frozen.append)
+    except (RuntimeError, TypeError) as error:  # e.g. an image too small for the network
+        raise ValueError(f"cannot convert {name} at {input_size}x{input_size}: "
+                         f"{str(error).splitlines()[0]}") from None
+    model.frozen = frozen
     return model
 
 
@@ -442,6 +523,11 @@ def print_table(lower=0.42, file=sys.stdout):
     print("MACs: conv+linear multiply-accumulates per image (32x32 CIFAR nets with 10 classes, "
           "224x224 ImageNet nets with 1000 classes), the papers' FLOPs. mmcv: the same plus BN, "
           "activations and pooling, as mmcv's counter (slimmable.mmcv_flops).", file=file)
+    print("\nAlso --network NAME for these torchvision classification networks, made slimmable "
+          "from a trace of their graph at start-up (bench.py convert checks each CNN): "
+          + ", ".join(torchvision_networks()), file=file)
+    print("and --network FILE.py:FUNCTION for your own (FUNCTION(num_classes) -> nn.Module).",
+          file=file)
     net, networks = autoslim_networks()
     print(f"\n{'AutoSlim-MobileNetV2 (1.5x supernet)':<38}{'MACs':>13}{'paper':>7}{'params':>11}"
           f"{'mmcv FLOPs':>13}{'mmrazor':>9}", file=file)

@@ -312,9 +312,8 @@ class CandidateScorer:
             return
         first_use = [float("inf")] * len(self.resume_of_group)
         for layer in layers:
-            for slot in (layer.in_slot, layer.out_slot):
-                if slot is not None:
-                    first_use[slot.group] = min(first_use[slot.group], times[layer])
+            for slot in slimmable.slot_parts(layer.in_slot) + slimmable.slot_parts(layer.out_slot):
+                first_use[slot.group] = min(first_use[slot.group], times[layer])
         self.resume_of_group = [max(j for j, t in enumerate(self.cut_times) if t <= first)
                                 for first in first_use]
         self.norm_times = {m: times[m] for m in self.norms}

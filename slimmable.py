@@ -46,10 +46,37 @@ class ChannelSlot(NamedTuple):
     """The width of a layer's input or output: group ``group``'s multiplier applied to
     ``channels`` full channels (the group's own count, except for an SE squeeze layer, which
     applies its block's multiplier to its own smaller count). A layer whose slot is ``None`` has
-    a width that never changes (the image input, the logits)."""
+    a width that never changes (the image input, the logits). ``scale`` features per channel:
+    a linear layer after a channel-major flatten of C x H x W takes ``scale = H * W`` features
+    of each kept channel, a prefix of the flattened vector."""
     group: int
     channels: int
     divisor: int = 1
+    scale: int = 1
+
+
+class ChannelConcat(NamedTuple):
+    """The input of a layer that reads a concatenation (DenseNet, Inception, SqueezeNet's fire
+    modules): ``parts`` in order, each a ``ChannelSlot`` or an int (a part of fixed width, in
+    features). At a width the layer gathers the kept (leading) features of each part, so its
+    kept inputs are an index set rather than a prefix; ``set_widths`` stores it in ``in_index``."""
+    parts: tuple
+
+
+def slot_parts(slot):
+    """The ``ChannelSlot``s a layer's slot is made of: none for ``None``, the slot itself, or the
+    slotted parts of a ``ChannelConcat``."""
+    if slot is None:
+        return ()
+    return tuple(p for p in slot.parts if isinstance(p, ChannelSlot)) \
+        if isinstance(slot, ChannelConcat) else (slot,)
+
+
+def slot_features(slot):
+    """Full width in features of a slot (a ``ChannelSlot`` or ``ChannelConcat``)."""
+    if isinstance(slot, ChannelConcat):
+        return sum(slot_features(p) if isinstance(p, ChannelSlot) else p for p in slot.parts)
+    return slot.channels * slot.scale
 
 
 def add_group(groups, name, channels, divisor=1):
@@ -87,34 +114,45 @@ def round_channels(multipliers, full, divisor=1):
 class SlimConv2d(nn.Conv2d):
     """``nn.Conv2d`` that uses ``weight[:active_out, :c_in]``; c_in is read from the input. A
     depthwise conv (``groups == in_channels == out_channels``) follows its input: it uses the first
-    c_in filters with ``groups = c_in``."""
+    c_in filters with ``groups = c_in``. So does a grouped conv with ``in_channels ==
+    out_channels`` (ResNeXt, RegNet), by whole groups: c_in filters, ``groups = c_in //
+    group_width``. A conv reading a concatenation gathers its kept input channels (``in_index``)."""
+
+    in_index = None  # set by set_widths for a ChannelConcat input below full width
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, groups=1,
                  bias=False, in_slot: Optional[ChannelSlot] = None,
                  out_slot: Optional[ChannelSlot] = None):
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, groups=groups,
                          bias=bias)
-        self.depthwise = groups > 1 and groups == in_channels == out_channels
-        if groups > 1 and not self.depthwise:
-            raise ValueError("SlimConv2d supports dense or depthwise convolutions only")
+        if groups > 1 and in_channels != out_channels and (in_slot or out_slot):
+            raise ValueError("a slimmable grouped conv needs in_channels == out_channels")
+        self._set_slots(in_slot, out_slot)
+
+    def _set_slots(self, in_slot, out_slot):
+        self.follows_input = self.groups > 1 and self.in_channels == self.out_channels
+        self.depthwise = self.follows_input and self.groups == self.in_channels
+        self.group_width = self.in_channels // self.groups
         self.in_slot = in_slot
-        self.out_slot = in_slot if self.depthwise else out_slot
-        self.active_out = out_channels
+        self.out_slot = in_slot if self.follows_input else out_slot
+        self.active_out = self.out_channels
 
     def forward(self, x):
         c_in = x.shape[1]
-        if self.depthwise:
+        if self.follows_input:
             sliced = c_in != self.out_channels  # a full-width view would still cost a gradient copy
             weight = self.weight[:c_in] if sliced else self.weight
             bias = self.bias[:c_in] if sliced and self.bias is not None else self.bias
-            groups = c_in
+            groups = c_in // self.group_width
         else:
             c_out = self.active_out
             weight = self.weight
-            if c_out != self.out_channels or c_in != self.in_channels:
+            if self.in_index is not None:
+                weight = weight[:c_out].index_select(1, self.in_index)
+            elif c_out != self.out_channels or c_in != self.in_channels:
                 weight = weight[:c_out, :c_in]
             bias = self.bias[:c_out] if self.bias is not None else None
-            groups = 1
+            groups = self.groups
         return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, groups)
 
 
@@ -124,6 +162,8 @@ class SlimBatchNorm2d(nn.BatchNorm2d):
     batch statistics; ``calibrate_bn`` recomputes the running ones of a configuration before it
     is evaluated."""
 
+    in_index = None  # set by set_widths for a ChannelConcat input below full width
+
     def __init__(self, num_features, slot: Optional[ChannelSlot] = None, eps=1e-5, momentum=0.1):
         super().__init__(num_features, eps=eps, momentum=momentum)
         self.in_slot = self.out_slot = slot
@@ -132,6 +172,8 @@ class SlimBatchNorm2d(nn.BatchNorm2d):
         c = x.shape[1]
         if c == self.num_features:
             return super().forward(x)
+        if self.in_index is not None:
+            return self._gathered_forward(x)
         # The same bookkeeping as nn.BatchNorm2d.forward, on channel-prefix views; the in-place
         # running-stat update of F.batch_norm writes through the views into the shared buffers.
         factor = 0.0 if self.momentum is None else self.momentum
@@ -142,9 +184,31 @@ class SlimBatchNorm2d(nn.BatchNorm2d):
         return F.batch_norm(x, self.running_mean[:c], self.running_var[:c], self.weight[:c],
                             self.bias[:c], use_batch_stats, factor, self.eps)
 
+    def _gathered_forward(self, x):
+        """The forward on the channels ``in_index`` of a concatenation (DenseNet): the running
+        statistics are gathered copies, so their update is written back into the buffers."""
+        index = self.in_index
+        mean, var = self.running_mean[index], self.running_var[index]
+        use_batch_stats = self.training or not self.track_running_stats
+        if self.training and self.track_running_stats:
+            self.num_batches_tracked.add_(1)
+        factor = self.momentum
+        if factor is None:
+            factor = 1.0 / max(1, int(self.num_batches_tracked))
+        out = F.batch_norm(x, mean, var, self.weight[index], self.bias[index], use_batch_stats,
+                           factor, self.eps)
+        if self.training and self.track_running_stats:
+            with torch.no_grad():
+                self.running_mean.index_copy_(0, index, mean)
+                self.running_var.index_copy_(0, index, var)
+        return out
+
 
 class SlimLinear(nn.Linear):
-    """``nn.Linear`` that uses ``weight[:active_out, :c_in]``; c_in is read from the input."""
+    """``nn.Linear`` that uses ``weight[:active_out, :c_in]``; c_in is read from the input (the
+    last dim). It gathers its kept inputs (``in_index``) when it reads a concatenation."""
+
+    in_index = None  # set by set_widths for a ChannelConcat input below full width
 
     def __init__(self, in_features, out_features, bias=True, in_slot: Optional[ChannelSlot] = None,
                  out_slot: Optional[ChannelSlot] = None):
@@ -157,10 +221,33 @@ class SlimLinear(nn.Linear):
         if c_in == self.in_features and c_out == self.out_features:
             return super().forward(x)
         bias = self.bias[:c_out] if self.bias is not None else None
+        if self.in_index is not None:
+            return F.linear(x, self.weight[:c_out].index_select(1, self.in_index), bias)
         return F.linear(x, self.weight[:c_out, :c_in], bias)
 
 
-SLIM_LAYERS = (SlimConv2d, SlimBatchNorm2d, SlimLinear)
+class SlimLayerNorm(nn.LayerNorm):
+    """``nn.LayerNorm`` over one channel dim (``normalized_shape == (channels,)``) that uses the
+    first c weights, c read from the input: ``channel_dim = -1`` normalizes the last dim (a
+    channels-last block, ConvNeXt's), ``channel_dim = 1`` the channel dim of an NCHW tensor, as
+    ConvNeXt's ``LayerNorm2d`` does (permute to channels-last, normalize, permute back)."""
+
+    def __init__(self, channels, slot: Optional[ChannelSlot] = None, eps=1e-5, channel_dim=-1):
+        super().__init__(channels, eps=eps)
+        self.in_slot = self.out_slot = slot
+        self.channel_dim = channel_dim
+
+    def forward(self, x):
+        if self.channel_dim == 1:
+            x = x.permute(0, 2, 3, 1)
+        c = x.shape[-1]
+        weight = self.weight if self.weight is None or c == self.weight.shape[0] else self.weight[:c]
+        bias = self.bias if self.bias is None or c == self.bias.shape[0] else self.bias[:c]
+        x = F.layer_norm(x, (c,), weight, bias, self.eps)
+        return x.permute(0, 3, 1, 2) if self.channel_dim == 1 else x
+
+
+SLIM_LAYERS = (SlimConv2d, SlimBatchNorm2d, SlimLinear, SlimLayerNorm)
 
 
 def _unwrap(model):
@@ -205,9 +292,9 @@ def width_matrix(model, widths):
 
 
 def _slot_channels(slots, matrix):
-    """int64 (N, len(slots) + 1): each slot's channel count under each configuration, then the
-    constant 1 (the column of a fixed width in the cost terms)."""
-    columns = [round_channels(matrix[:, s.group], s.channels, s.divisor) for s in slots]
+    """int64 (N, len(slots) + 1): each slot's channel count (times its ``scale``) under each
+    configuration, then the constant 1 (the column of a fixed width in the cost terms)."""
+    columns = [round_channels(matrix[:, s.group], s.channels, s.divisor) * s.scale for s in slots]
     return torch.stack(columns + [torch.ones(len(matrix), dtype=torch.long)], dim=1)
 
 
@@ -230,14 +317,49 @@ def channels_to_widths(model, channels):
 
 def layer_channels(model, widths):
     """``{layer name: [c_in, c_out]}`` of every slimmable layer under ``widths``."""
-    layers = slim_layers(model)
-    slots = sorted({s for _, m in layers for s in (m.in_slot, m.out_slot) if s is not None})
-    counts = dict(zip(slots, _slot_channels(slots, width_matrix(model, widths))[0].tolist()))
-    result = {}
-    for name, m in layers:  # a slot None is a fixed width: the layer's own
-        full_in, full_out = _full_in_out(m)
-        result[name] = [counts.get(m.in_slot, full_in), counts.get(m.out_slot, full_out)]
-    return result
+    counts = _slot_counts(model, widths)
+    return {name: [_width(m.in_slot, counts, full_in), _width(m.out_slot, counts, full_out)]
+            for name, m in slim_layers(model) for full_in, full_out in [_full_in_out(m)]}
+
+
+def _slot_counts(model, widths):
+    """``{slot: features}`` of every ``ChannelSlot`` of the slimmable layers (and of the
+    ``channel_parameters``) under ``widths``."""
+    slots = sorted({s for slot in _all_slots(model) for s in slot_parts(slot)})
+    return dict(zip(slots, _slot_channels(slots, width_matrix(model, widths))[0].tolist()))
+
+
+def _all_slots(model):
+    """The slots of the slimmable layers and of ``model.channel_parameters``: ``{name: (slot,
+    dim)}``, parameters multiplied straight into slimmable channels (ConvNeXt's layer_scale,
+    narrowed to them by a converted network's graph)."""
+    net = _unwrap(model)
+    parameters = net.__dict__.get("channel_parameters", {})
+    return [slot for _, m in slim_layers(net) for slot in (m.in_slot, m.out_slot)] + \
+        [slot for slot, _ in parameters.values()]
+
+
+def _width(slot, counts, full):
+    """The width in features of ``slot`` given the ``counts`` of its ``ChannelSlot``s; a slot
+    ``None`` is a fixed width, ``full``."""
+    if slot is None:
+        return full
+    if isinstance(slot, ChannelConcat):
+        return sum(counts[p] if isinstance(p, ChannelSlot) else p for p in slot.parts)
+    return counts[slot]
+
+
+def concat_index(slot, counts):
+    """The kept features of a ``ChannelConcat`` as an int64 index into its full width (the
+    leading ``counts[part]`` features of each part, at the part's offset), or None at full width."""
+    pieces, offset = [], 0
+    for part in slot.parts:
+        full = slot_features(part) if isinstance(part, ChannelSlot) else part
+        kept = counts[part] if isinstance(part, ChannelSlot) else part
+        pieces.append(torch.arange(offset, offset + kept))
+        offset += full
+    index = torch.cat(pieces)
+    return None if len(index) == offset else index
 
 
 def _full_in_out(layer):
@@ -245,16 +367,21 @@ def _full_in_out(layer):
         return layer.in_channels, layer.out_channels
     if isinstance(layer, nn.Linear):
         return layer.in_features, layer.out_features
+    if isinstance(layer, nn.LayerNorm):
+        return layer.normalized_shape[0], layer.normalized_shape[0]
     return layer.num_features, layer.num_features
 
 
 def set_widths(model, widths):
     """Make ``model`` run at ``widths`` (a float, or one multiplier per width group); ValueError
     naming the group for a wrong length or a value outside (0, 1]."""
-    channels = layer_channels(model, widths)
+    counts = _slot_counts(model, widths)
     for name, layer in slim_layers(model):
-        if not isinstance(layer, SlimBatchNorm2d):
-            layer.active_out = channels[name][1]
+        if isinstance(layer, (SlimConv2d, SlimLinear)):
+            layer.active_out = _width(layer.out_slot, counts, _full_in_out(layer)[1])
+        if isinstance(layer.in_slot, ChannelConcat):
+            index = concat_index(layer.in_slot, counts)
+            layer.in_index = None if index is None else index.to(layer.weight.device)
     _unwrap(model).current_widths = widths
     return model
 
@@ -264,7 +391,7 @@ def set_widths(model, widths):
 # slots, so the costs of N configurations are one (N, terms) product. Plain torch layers count
 # too, at their fixed width: an exported model is counted as it is.
 
-COUNTED_LAYERS = (nn.Conv2d, nn.Linear, nn.BatchNorm2d)
+COUNTED_LAYERS = (nn.Conv2d, nn.Linear, nn.BatchNorm2d, nn.LayerNorm)
 # The layers of layer-by-layer execution that ``memory`` counts: convs, linears, pooling.
 MEMORY_LAYERS = (nn.Conv2d, nn.Linear, nn.modules.pooling._MaxPoolNd,
                  nn.modules.pooling._AvgPoolNd, nn.modules.pooling._AdaptiveAvgPoolNd,
@@ -287,30 +414,43 @@ def image_channels(model):
 
 
 def _columns(layer, index):
-    """``(a, ka, b, kb)``: ``layer`` has ``c[a] * ka`` output channels, each computed with
-    ``c[b] * kb`` weights; c are the slot channel counts, ``index`` maps a slot to its column and
-    a fixed width (None) to the column of the constant 1. A BN or a depthwise conv has one
-    filter per channel: its b is the constant."""
+    """``(outputs, inputs)``, each a list of ``(column, k)``: ``layer`` has the sum over outputs
+    of ``c[column] * k`` output channels, each computed with the sum over inputs of
+    ``c[column] * k`` weights; c are the slot channel counts, ``index`` maps a slot to its column
+    and a fixed width (None) to the column of the constant 1. A BN, a LayerNorm or a conv that
+    follows its input (depthwise, grouped) has a fixed number of weights per output channel."""
     full_in, full_out = _full_in_out(layer)
     in_slot, out_slot = getattr(layer, "in_slot", None), getattr(layer, "out_slot", None)
     kernel = layer.kernel_size[0] * layer.kernel_size[1] if isinstance(layer, nn.Conv2d) else 1
-    if getattr(layer, "depthwise", False) or isinstance(layer, nn.BatchNorm2d):
-        b, kb = index[None], kernel
+    if getattr(layer, "follows_input", False) or isinstance(layer, (nn.BatchNorm2d, nn.LayerNorm)):
+        inputs = [(index[None], kernel * getattr(layer, "group_width", 1))]
+    elif in_slot is None:
+        inputs = [(index[None], kernel * (full_in // getattr(layer, "groups", 1)))]
     else:
-        b = index[in_slot]
-        kb = kernel * (full_in // getattr(layer, "groups", 1) if in_slot is None else 1)
-    return index[out_slot], (full_out if out_slot is None else 1), b, kb
+        inputs = _slot_columns(in_slot, index, kernel)
+    outputs = [(index[None], full_out)] if out_slot is None else _slot_columns(out_slot, index, 1)
+    return outputs, inputs
 
 
-def _term(tensor, slot, index):
-    """A tensor's elements as a term: (elements per channel, ``index[slot]``) when its width
-    follows ``slot``, (elements, the column of the constant 1) when it never changes."""
+def _slot_columns(slot, index, k):
+    """``[(column, k)]`` of a slot, a part of fixed width being ``k`` times its features."""
+    if isinstance(slot, ChannelConcat):
+        return [(index[p], k) if isinstance(p, ChannelSlot) else (index[None], k * p)
+                for p in slot.parts]
+    return [(index[slot], k)]
+
+
+def _terms(tensor, slot, index, dim=1):
+    """A tensor's elements as terms ``[(coefficient, column)]``: elements per channel times the
+    column of each part of ``slot`` along ``dim``; all elements times the column of the constant
+    1 when its width never changes (``slot`` None)."""
     if slot is None:
-        return tensor.numel(), index[None]
-    if slot.channels != tensor.shape[1]:
-        raise ValueError(f"a tensor of {tensor.shape[1]} channels follows a layer of "
-                         f"{slot.channels}; declare the layer's slots")
-    return tensor.numel() // tensor.shape[1], index[slot]
+        return [(tensor.numel(), index[None])]
+    if slot_features(slot) != tensor.shape[dim]:
+        raise ValueError(f"a tensor of {tensor.shape[dim]} channels follows a layer of "
+                         f"{slot_features(slot)}; declare the layer's slots")
+    per_channel = tensor.numel() // tensor.shape[dim]
+    return [(per_channel * k, column) for column, k in _slot_columns(slot, index, 1)]
 
 
 def _probe(model, image, index):
@@ -318,40 +458,50 @@ def _probe(model, image, index):
     (coefficient, a, b), what each module costs: the MACs of each conv and linear call; what
     ``mmcv_flops`` adds to them (conv biases, BN, activation and pooling calls); and, per memory
     layer in execution order, the tensors alive while it runs (``memory``; a fourth row, the
-    layer). Returns the three lists."""
-    macs_terms, mmcv_terms, memory_terms, held = [], [], [], []  # held: (block, tensor, term)
-    latest = [None]  # out_slot of the latest counted layer that ran: the width of what it made
+    layer). Returns the three lists. The width of what a module other than a slimmable layer
+    makes is its ``call_slots`` entry (``(slot, dim)`` per call, set by ``convert``) or else
+    the ``out_slot`` of the latest counted layer that ran."""
+    macs_terms, mmcv_terms, memory_terms, held = [], [], [], []  # held: (block, tensor, terms)
+    latest, calls = [None], {}  # latest: out_slot of the latest counted layer that ran
     # (module, block): the block keeps the module's output until it returns
     kept = [(block.get_submodule(name), block) for block in model.modules()
             for name in getattr(block, "keeps_alive", ()) if name != "input"]
 
     def before(block, inputs):  # a block that keeps its input (a residual, an SE rescale)
-        held.append((block, inputs[0], _term(inputs[0], latest[0], index)))
+        held.append((block, inputs[0], _terms(inputs[0], latest[0], index)))
 
     def after(m, inputs, output):
         counted = isinstance(m, COUNTED_LAYERS)
-        slot = getattr(m, "out_slot", None) if counted else latest[0]  # pooling, activations
+        slot, dim = getattr(m, "out_slot", None) if counted else latest[0], 1
+        if isinstance(m, (nn.Linear, nn.LayerNorm)):
+            dim = getattr(m, "channel_dim", -1)  # 1 for a LayerNorm over NCHW channels
+        if "call_slots" in m.__dict__:
+            calls[m] = calls.get(m, -1) + 1
+            slot, dim = m.call_slots[calls[m] % len(m.call_slots)]
         if isinstance(m, (nn.Conv2d, nn.Linear)):
-            (elements, a), (_, _, b, kb) = _term(output, slot, index), _columns(m, index)
-            macs_terms.append((elements * kb, a, b))
+            _, inputs_k = _columns(m, index)
+            macs_terms.extend((elements * kb, a, b) for elements, a in _terms(output, slot, index, dim)
+                              for b, kb in inputs_k)
             if isinstance(m, nn.Conv2d) and m.bias is not None:  # mmcv skips a linear's bias
-                mmcv_terms.append((elements, a, index[None]))
-        elif isinstance(m, (nn.BatchNorm2d,) + MMCV_ELEMENTWISE + MMCV_POOLING):
-            # mmcv counts the input elements, twice for an affine BN
-            elements, a = _term(inputs[0], slot, index)
-            mmcv_terms.append((2 * elements if getattr(m, "affine", False) else elements, a,
-                               index[None]))
+                mmcv_terms.extend((e, a, index[None]) for e, a in _terms(output, slot, index, dim))
+        elif isinstance(m, (nn.BatchNorm2d, nn.LayerNorm) + MMCV_ELEMENTWISE + MMCV_POOLING):
+            # mmcv counts the input elements, twice for an affine BN or LayerNorm
+            affine = getattr(m, "affine", False) or getattr(m, "elementwise_affine", False)
+            in_slot = getattr(m, "in_slot", slot) if counted else slot
+            mmcv_terms.extend((2 * e if affine else e, a, index[None])
+                              for e, a in _terms(inputs[0], in_slot, index, dim))
         if isinstance(m, MEMORY_LAYERS):
             x = inputs[0]
             ptrs = {x.untyped_storage().data_ptr(), output.untyped_storage().data_ptr()}
             in_slot = getattr(m, "in_slot", None) if counted else slot
-            alive = [_term(x, in_slot, index), _term(output, slot, index)]
-            alive += [t for _, tensor, t in held if tensor.untyped_storage().data_ptr() not in ptrs]
+            alive = _terms(x, in_slot, index, dim) + _terms(output, slot, index, dim)
+            alive += [t for _, tensor, ts in held if tensor.untyped_storage().data_ptr() not in ptrs
+                      for t in ts]
             layer = memory_terms[-1][3] + 1 if memory_terms else 0
             memory_terms.extend((elements, a, index[None], layer) for elements, a in alive)
         if counted:
             latest[0] = slot
-        held.extend((block, output, _term(output, slot, index))
+        held.extend((block, output, _terms(output, slot, index, dim))
                     for module, block in kept if module is m)
         held[:] = [entry for entry in held if entry[0] is not m]  # a block releases what it kept
 
@@ -379,21 +529,28 @@ def _cost_terms(model):
     channels, input_size, input_size) in the model's dtype, on its device; cached for that
     shape, so changing ``model.input_size`` or ``model.in_channels`` rebuilds it."""
     model = _unwrap(model)
-    shape = (1, image_channels(model), model.input_size, model.input_size)
+    size = model.input_size  # an int, or (height, width) for a network converted at that size
+    shape = (1, image_channels(model), *((size, size) if isinstance(size, int) else size))
     cached = model.__dict__.get("_cost_terms")
     if cached is not None and cached[0] == shape:
         return cached[1]
     layers = [m for m in model.modules() if isinstance(m, COUNTED_LAYERS)]
-    slots = sorted({s for m in layers for s in (getattr(m, "in_slot", None),
-                                                getattr(m, "out_slot", None)) if s is not None})
+    slots = sorted({s for m in layers for slot in (getattr(m, "in_slot", None),
+                                                   getattr(m, "out_slot", None))
+                    for s in slot_parts(slot)} | {s for slot in _all_slots(model)
+                                                  for s in slot_parts(slot)})
     index = {**{s: i for i, s in enumerate(slots)}, None: len(slots)}
     params_terms = []
     for m in layers:
-        a, ka, b, kb = _columns(m, index)
+        outputs, inputs = _columns(m, index)
         if m.weight is not None:  # None for a BN without affine parameters
-            params_terms.append((ka * kb, a, b))
+            params_terms.extend((ka * kb, a, b) for a, ka in outputs for b, kb in inputs)
         if m.bias is not None:
-            params_terms.append((ka, a, len(slots)))
+            params_terms.extend((ka, a, len(slots)) for a, ka in outputs)
+    for name, (slot, dim) in model.__dict__.get("channel_parameters", {}).items():
+        tensor = model.get_parameter(name)
+        params_terms.extend((tensor.numel() // tensor.shape[dim] * k, a, len(slots))
+                            for a, k in _slot_columns(slot, index, 1))
     weight = next(model.parameters())
     macs_terms, mmcv_terms, memory_terms = _probe(
         model, torch.zeros(shape, dtype=weight.dtype, device=weight.device), index)
@@ -664,33 +821,53 @@ def export(model, widths):
     in eval mode, the outputs of ``model`` at ``widths``. Rebuild a saved one with
     ``export(get_model(name, num_classes), widths).load_state_dict(state)``."""
     source = _unwrap(model)
-    channels = layer_channels(source, widths)
+    channels, counts = layer_channels(source, widths), _slot_counts(source, widths)
     # Deep-copy everything except the big slimmable layers, which are rebuilt below.
     memo = {id(m): None for _, m in slim_layers(source)}
     static = copy.deepcopy(source, memo)
     for key in ("_slim_layers", "_cost_terms", "current_widths"):
         static.__dict__.pop(key, None)
+    for module in static.modules():  # the widths of a slimmable network's tensors
+        module.__dict__.pop("call_slots", None)
     for name, layer in slim_layers(source):
         parent_name, _, attr = name.rpartition(".")
         parent = static.get_submodule(parent_name) if parent_name else static
-        setattr(parent, attr, _static_copy(layer, *channels[name]))
+        index = concat_index(layer.in_slot, counts) \
+            if isinstance(layer.in_slot, ChannelConcat) else None
+        setattr(parent, attr, _static_copy(layer, *channels[name], index))
+    for name, (slot, dim) in source.__dict__.get("channel_parameters", {}).items():
+        parent_name, _, attr = name.rpartition(".")
+        parent = static.get_submodule(parent_name) if parent_name else static
+        kept = getattr(parent, attr).detach().narrow(dim, 0, counts[slot]).clone()
+        setattr(parent, attr, nn.Parameter(kept, requires_grad=getattr(parent, attr).requires_grad))
     static.train(source.training)
     return static
 
 
-def _static_copy(layer, c_in, c_out):
+def _static_copy(layer, c_in, c_out, index=None):
     """The plain torch.nn layer of ``c_in`` -> ``c_out`` channels that ``layer`` runs as, holding
-    the leading block of each of its parameters and buffers."""
+    the leading block of each of its parameters and buffers, after gathering the input channels
+    ``index`` (a layer reading a concatenation)."""
     if isinstance(layer, SlimBatchNorm2d):
-        new = nn.BatchNorm2d(c_out, eps=layer.eps, momentum=layer.momentum)
+        new, gather_dim = nn.BatchNorm2d(c_out, eps=layer.eps, momentum=layer.momentum), 0
+    elif isinstance(layer, SlimLayerNorm):  # the class it was converted from (ConvNeXt's LayerNorm2d)
+        new = getattr(layer, "plain_class", nn.LayerNorm)(
+            c_out, eps=layer.eps, elementwise_affine=layer.weight is not None,
+            bias=layer.bias is not None)
+        gather_dim = 0
     elif isinstance(layer, SlimLinear):
-        new = nn.Linear(c_in, c_out, bias=layer.bias is not None)
+        new, gather_dim = nn.Linear(c_in, c_out, bias=layer.bias is not None), 1
     else:
+        groups = c_out // layer.group_width if layer.follows_input else layer.groups
         new = nn.Conv2d(c_in, c_out, layer.kernel_size, layer.stride, layer.padding, layer.dilation,
-                        groups=c_out if layer.depthwise else 1, bias=layer.bias is not None)
+                        groups=groups, bias=layer.bias is not None, padding_mode=layer.padding_mode)
+        gather_dim = 1
     source = layer.state_dict()
     with torch.no_grad():
         for key, value in new.state_dict().items():  # weight[:c_out, :c_in // groups], ...
-            value.copy_(source[key][tuple(slice(0, size) for size in value.shape)])
+            tensor = source[key]
+            if index is not None and tensor.dim() > gather_dim:
+                tensor = tensor.index_select(gather_dim, index.to(tensor.device))
+            value.copy_(tensor[tuple(slice(0, size) for size in value.shape)])
     new.train(layer.training)
     return new.to(device=layer.weight.device, dtype=layer.weight.dtype)  # as the source: half...

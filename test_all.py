@@ -2737,3 +2737,89 @@ class TestGPUPath:
         table = completed.stdout.split("part            status")[1]
         assert all(part in table for part in bench.GPU_PARTS)
         assert not (tmp_path / "runs").exists()  # the work stays in a temporary folder
+# ---------------------------------------------------------------------------------------------
+# --network: torchvision networks and the user's own, made slimmable at start-up
+
+
+USER_NETWORK = '''
+import torch
+import torch.nn as nn
+
+
+class Block(nn.Module):
+    def __init__(self, channels):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(channels)
+
+    def forward(self, x):
+        return torch.relu(x + self.bn(self.conv(x)))
+
+
+class Tiny(nn.Module):
+    """A residual stream (two blocks), a concatenation of it with a branch, a linear head."""
+
+    def __init__(self, num_classes):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8),
+                                  nn.ReLU())
+        self.blocks = nn.Sequential(Block(8), Block(8))
+        self.branch = nn.Conv2d(8, 6, 1)
+        self.head = nn.Linear(14, num_classes)
+
+    def forward(self, x):
+        x = self.blocks(self.stem(x))
+        x = torch.cat([x, self.branch(x)], 1)
+        return self.head(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
+def tiny(num_classes):
+    return Tiny(num_classes)
+
+
+def not_a_module(num_classes):
+    return num_classes
+
+
+def broken(num_classes):
+    raise RuntimeError("the user's own bug")
+'''
+
+
+class TestNetworkFlag:
+    """train.py/search.py/evaluate.py --network: a torchvision name or FILE.py:FUNCTION."""
+
+    def test_a_users_own_network_is_trained_searched_and_evaluated(self, tmp_path, monkeypatch):
+        monkeypatch.chdir(tmp_path)
+        (tmp_path / "mine.py").write_text(USER_NETWORK)
+        flags = with_flags(TINY_RUN, network="mine.py:tiny", method="random", epochs=1)
+        assert train.main(["--name", "own", *flags]) == 0
+        checkpoint = load_run(tmp_path, "own")
+        assert checkpoint["network"] == f"{tmp_path / 'mine.py'}:tiny"  # absolute: found anywhere
+        net = models.get_model(checkpoint["network"], 10, **checkpoint["model_options"])
+        assert [g.channels for g in net.width_groups] == [8, 6]  # the residual stream, the branch
+        assert search.main(["--name", "own", "--target_ratios", "0.5", "--search_images", "64",
+                            "--steps", "4", "--threads", "1"]) == 0
+        assert evaluate.main(["--name", "own", "--export", "subnets", "--threads", "1",
+                              *TINY_DATA]) == 0
+        assert glob.glob(str(tmp_path / "subnets" / "*.pt"))
+
+    def test_network_names_that_cannot_be_built_end_in_one_line(self, tmp_path):
+        (tmp_path / "mine.py").write_text(USER_NETWORK)
+        cases = [("resnet1000", "unknown network 'resnet1000'"), ("gone.py:tiny", "no file gone.py"),
+                 ("mine.py:missing", "has no function missing"), ("mine.py:not_a_module", "returned a int"),
+                 ("mine.py:broken", "the user's own bug")]
+        for name, fragment in cases:
+            result = run_script("train.py", "--name", "x", "--network", name, *TINY_RUN[2:],
+                                cwd=tmp_path)
+            assert_one_line_error(result, fragment)
+            assert not (tmp_path / "runs" / "x" / "checkpoint.pt").exists()
+
+    def test_a_torchvision_network_takes_grey_images(self):
+        torch.manual_seed(0)
+        net = models.get_model("resnet18", 10, input_size=28, in_channels=1)
+        assert net.conv1.in_channels == 1 and net.fc.out_features == 10
+        assert net.network_name == "resnet18" and net.frozen == []
+        slimmable.set_widths(net, 0.5)
+        assert net.eval()(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+        assert slimmable.macs(net, 0.5) < slimmable.macs(net, 1.0)

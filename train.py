@@ -37,6 +37,7 @@ Everything lands in ``runs/NAME/``: ``checkpoint.pt`` (a plain dict, written ato
 epoch, on Ctrl-C and at the end) and ``log.txt``. Rerunning the same ``--name`` continues where it
 stopped. Then: ``python evaluate.py --name NAME``.
 """
+import argparse
 import contextlib
 import math
 import os
@@ -65,14 +66,25 @@ from runs import Fail
 KD_WEIGHT, DISTILL_AFTER = 0.0, 0.0
 
 
+def network_flag(text):
+    """argparse ``type=`` for ``--network``: ``models.network_name``'s one-line refusal."""
+    try:
+        return models.network_name(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def parse_args(argv=None):
     parser = runs.parser(__doc__)
     add = parser.add_argument
     count, some = runs.number(int, 1), runs.number(int, 0)  # at least 1; 0 or more
     add("--name", type=runs.run_name, default="demo",
         help="run name: files go to runs/NAME/ (letters, digits, '._-'; default: demo)")
-    add("--network", default="slim_resnet20", choices=list(models.NETWORKS), metavar="NAME",
-        help=f"network to train: {', '.join(models.NETWORKS)} (default: slim_resnet20)")
+    add("--network", default="slim_resnet20", type=network_flag, metavar="NAME",
+        help=f"network to train: {', '.join(models.NETWORKS)}; a torchvision classification "
+             "network, e.g. regnet_x_400mf (python models.py lists them); or FILE.py:FUNCTION, "
+             "a function of num_classes returning your nn.Module; the last two are made "
+             "slimmable from a trace of their graph (default: slim_resnet20)")
     add("--width_mult", type=runs.number(float, 0, low_open=True), default=1.0,
         help="MobileNetV2 width multiplier of the supernet (AutoSlim uses 1.5)")
     add("--method", default="joslim", choices=["joslim", "slim", "random", "fixed"],
@@ -434,7 +446,12 @@ class TrainingRun:
             self.options["width_mult"] = args.width_mult
         self.device_batches = device_batches(args, loaders, self.device, self.rank,
                                              self.world_size)
-        self.net = models.get_model(args.network, loaders.num_classes, **self.options)
+        try:
+            self.net = models.get_model(args.network, loaders.num_classes, **self.options)
+        except ValueError as error:  # a torchvision or user network that cannot be converted
+            raise Fail(str(error)) from None
+        for line in getattr(self.net, "frozen", ()):
+            self.log(f"kept at full width: {line}")
         self.net.to(self.device)
         if self.device.type == "cuda":
             self.net = self.net.to(memory_format=torch.channels_last)

@@ -1,0 +1,588 @@
+"""Slim any network: width groups found from the model's graph.
+
+A slimmable network needs to know which layers must agree on a width (its width groups, see
+``slimmable``). Written by hand, that is a few lines per network; here it is read off one
+``torch.fx`` trace of the model, the idea of mmrazor's ChannelAnalyzer and Torch-Pruning's
+dependency graph (Fang et al., "DepGraph", CVPR'23), on the traced graph instead of autograd:
+
+- every conv or linear output is a new *channel source*; BN, activations, dropout and pooling
+  pass their input's channels on; a depthwise conv, or a grouped conv with as many outputs as
+  inputs (ResNeXt, RegNet), follows its input (a grouped one shrinks by whole groups);
+- an add or a multiply unites the sources of its operands (a residual stream; SE's rescale):
+  the united sources are one width group (a union-find over sources);
+- a concatenation lists its inputs' sources in order: a layer reading it gathers the kept
+  channels of each (``slimmable.ChannelConcat``); a flatten of C x H x W multiplies a source's
+  features by H * W; a permute moves the channel dim (ConvNeXt's channels-last blocks);
+- the image and the logits never change; whatever the analysis does not understand (channel
+  shuffle, a reshape that splits channels, a stored channel count, an unknown function) freezes
+  the groups that reach it: their layers keep full width. Wrong groups never; frozen ones, said.
+
+The result keeps the user's own ``forward``: fx is used for analysis only, and each
+``nn.Conv2d``, ``nn.BatchNorm2d``, ``nn.Linear`` and ``nn.LayerNorm`` is turned, in place, into
+its slimmable counterpart (same names, same parameter objects, so a torchvision state dict still
+loads with ``strict=True``). The one exception: a parameter multiplied straight into the
+channels (ConvNeXt's ``layer_scale``) cannot slice itself, so such a network is returned as a
+``torch.fx.GraphModule`` whose graph narrows that parameter to its operand's width (same names).
+At full width the converted network computes exactly what the original did (checked on the
+example by ``make_slimmable``).
+
+Example::
+
+    import torch, torchvision, convert, slimmable
+    net = convert.make_slimmable(torchvision.models.resnet18(), torch.randn(1, 3, 64, 64))
+    print(len(net.width_groups), slimmable.macs(net, 1.0), slimmable.macs(net, 0.5))
+    slimmable.set_widths(net, 0.5)
+    small = slimmable.export(net.eval(), 0.5)           # plain torch layers only
+    x = torch.randn(2, 3, 64, 64)
+    print((small(x) - net(x)).abs().max())              # 0, or a rounding error
+"""
+import math
+import operator
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.fx.passes.shape_prop import ShapeProp
+
+import slimmable
+
+# Modules and functions whose output has their input's channels, in the same order.
+PASS_MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SiLU, nn.GELU, nn.Hardswish,
+                nn.Hardsigmoid, nn.Sigmoid, nn.Tanh, nn.Mish, nn.Identity,
+                nn.modules.dropout._DropoutNd, nn.modules.pooling._MaxPoolNd,
+                nn.modules.pooling._AvgPoolNd, nn.modules.pooling._AdaptiveAvgPoolNd,
+                nn.modules.pooling._AdaptiveMaxPoolNd)
+PASS_FUNCTIONS = {F.relu, F.relu6, F.leaky_relu, F.elu, F.silu, F.gelu, F.hardswish,
+                  F.hardsigmoid, F.sigmoid, F.tanh, F.mish, F.hardtanh, F.dropout, F.max_pool2d,
+                  F.avg_pool2d, F.adaptive_avg_pool2d, F.adaptive_max_pool2d, F.interpolate,
+                  torch.relu, torch.sigmoid, torch.tanh, torch.clone}
+PASS_NAMES = {"stochastic_depth", "StochasticDepth"}  # torchvision.ops': a function fx keeps
+# whole, and its module, kept whole too: its forward reads self.training, which a trace would fix
+PASS_METHODS = {"relu", "relu_", "sigmoid", "sigmoid_", "tanh", "contiguous", "clone", "float",
+                "to", "type_as", "detach"}
+ELEMENTWISE = {operator.add, operator.iadd, operator.sub, operator.isub, operator.mul,
+               operator.imul, operator.truediv, operator.itruediv, torch.add, torch.sub,
+               torch.mul, torch.div}
+ELEMENTWISE_METHODS = {"add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_"}
+NOT_TENSORS = {"size", "dim"}  # methods whose result carries no channels
+UNKNOWN = "unknown"  # the layout of a tensor whose channels are no longer tracked
+
+
+class Layout:
+    """Where a tensor's channels are and where they come from: channel dim ``dim`` of ``ndim``;
+    ``parts``, the concatenated sources in order, each ``(source, scale)`` (``scale`` features
+    per channel after a flatten)."""
+
+    def __init__(self, dim, ndim, parts):
+        self.dim, self.ndim, self.parts = dim, ndim, tuple(parts)
+
+    def moved(self, dim, ndim=None):
+        return Layout(dim, self.ndim if ndim is None else ndim, self.parts)
+
+
+class Sources:
+    """Union-find over channel sources: their channel counts, divisors and the reason each
+    frozen root is frozen (``(node name, None)`` for a root that is fixed: image, logits)."""
+
+    def __init__(self):
+        self.parent, self.channels, self.divisor, self.names, self.frozen = [], [], [], [], {}
+
+    def new(self, channels, name):
+        self.parent.append(len(self.parent))
+        self.channels.append(int(channels))
+        self.divisor.append(1)
+        self.names.append(name)
+        return len(self.parent) - 1
+
+    def find(self, s):
+        while self.parent[s] != s:
+            self.parent[s] = s = self.parent[self.parent[s]]
+        return s
+
+    def unite(self, a, b, node):
+        a, b = self.find(a), self.find(b)
+        if a == b:
+            return
+        if self.channels[a] != self.channels[b]:  # cannot share a width
+            self.freeze([a, b], node, "joins different channel counts")
+            return
+        self.parent[b] = a
+        self.divisor[a] = math.lcm(self.divisor[a], self.divisor[b])
+        if b in self.frozen:
+            self.frozen.setdefault(a, self.frozen[b])
+
+    def freeze(self, sources, node, reason):
+        for s in sources:
+            self.frozen.setdefault(self.find(s), (node.name, reason))
+
+
+def _sources(layout):
+    return [s for s, _ in layout.parts] if isinstance(layout, Layout) else []
+
+
+def _layouts(args):
+    """Every layout among (nested) node arguments."""
+    found = []
+    fx.node.map_aggregate(args, lambda a: found.append(a) if isinstance(a, (Layout, str)) else a)
+    return [f for f in found if f is UNKNOWN or isinstance(f, Layout)]
+
+
+def _shape(node):
+    meta = node.meta.get("tensor_meta") if isinstance(node, fx.Node) else None
+    return tuple(meta.shape) if hasattr(meta, "shape") else None
+
+
+def _argument(node, position, name, default=None):
+    if len(node.args) > position:
+        return node.args[position]
+    return node.kwargs.get(name, default)
+
+
+class _Tracer(fx.Tracer):
+    """fx's tracer with every LayerNorm a leaf (ConvNeXt's LayerNorm2d permutes inside)."""
+
+    def is_leaf_module(self, module, name):
+        return (isinstance(module, nn.LayerNorm) or type(module).__name__ in PASS_NAMES
+                or super().is_leaf_module(module, name))
+
+
+def trace(model, example_input):
+    """``model``'s graph, traced in training mode, each node's output shape on
+    ``example_input`` in ``node.meta`` (fx's ShapeProp, in eval mode): a GraphModule sharing
+    ``model``'s modules. ValueError, one line, if fx cannot trace or run it."""
+    was_training = model.training
+    try:
+        graph = _Tracer().trace(model.train())
+        traced = fx.GraphModule(model, graph)
+        with torch.no_grad():
+            ShapeProp(traced.eval()).propagate(example_input)
+    except Exception as error:  # fx raises many kinds; the user needs the first line
+        message = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+        raise ValueError(f"cannot trace {type(model).__name__} with torch.fx: {message}") from None
+    finally:
+        model.train(was_training)
+    return traced
+
+
+class Analysis:
+    """One pass over a traced graph: each node's channel ``layout`` (a ``Layout``, ``UNKNOWN``
+    or None for what carries no channels), the ``sources`` union-find, each converted layer's
+    calls in ``layers`` (name -> ``(in layout, out layout)``), each other module's layout per
+    call in ``calls``, and ``scaled``: parameters multiplied into channels, ``(get_attr node,
+    user node, parameter dim, operand node, operand dim)``."""
+
+    def __init__(self, traced):
+        self.traced, self.sources, self.layout = traced, Sources(), {}
+        self.layers, self.calls, self.scaled = {}, {}, []
+        for node in traced.graph.nodes:
+            self.layout[node] = self.visit(node)
+
+    def visit(self, node):
+        shape = _shape(node)
+        if node.op == "placeholder":
+            if shape is None or len(shape) < 2:
+                return None
+            source = self.sources.new(shape[1], "input")
+            self.sources.freeze([source], node, None)
+            return Layout(1, len(shape), [(source, 1)])
+        if node.op == "output":
+            self.sources.freeze([s for x in _layouts(self._args(node)) for s in _sources(x)],
+                                node, None)
+            return None
+        if node.op == "call_module":
+            return self.visit_module(node, self.traced.get_submodule(node.target))
+        if node.op in ("call_function", "call_method"):
+            return self.visit_function(node)
+        return None  # get_attr: a parameter or buffer, seen where it is used
+
+    def _args(self, node):
+        return fx.node.map_arg((node.args, node.kwargs), lambda a: self.layout.get(a))
+
+    def _input(self, node):
+        return self.layout.get(node.args[0]) if node.args else None
+
+    def unknown(self, node, reason):
+        """Freeze every source that reaches ``node``; its output is no longer tracked."""
+        self.sources.freeze([s for x in _layouts(self._args(node)) for s in _sources(x)],
+                            node, reason)
+        return UNKNOWN
+
+    def new_source(self, node, channels, dim, ndim):
+        return Layout(dim, ndim, [(self.sources.new(channels, node.target), 1)])
+
+    def record(self, node, in_layout, out_layout):
+        """A call of a converted layer; a second call of the same layer must agree with the first."""
+        if node.target not in self.layers:
+            self.layers[node.target] = (in_layout, out_layout)
+            return
+        for first, again in zip(self.layers[node.target], (in_layout, out_layout)):
+            if first is not again:
+                self.unite(node, [first, again])
+
+    def unite(self, node, layouts):
+        """Tie layouts of the same structure part by part; freeze them all if they differ."""
+        first = layouts[0]
+        same = all(isinstance(x, Layout) and len(x.parts) == len(first.parts) and all(
+            p[1] == q[1] and self.sources.channels[p[0]] == self.sources.channels[q[0]]
+            for p, q in zip(x.parts, first.parts)) for x in layouts) if isinstance(first, Layout) \
+            else False
+        if not same:
+            self.sources.freeze([s for x in layouts for s in _sources(x)], node,
+                                "joins tensors of different channel layouts")
+            return False
+        for x in layouts[1:]:
+            for (a, _), (b, _) in zip(first.parts, x.parts):
+                self.sources.unite(a, b, node)
+        return True
+
+    def visit_module(self, node, module):
+        x = self._input(node)
+        if type(module) is nn.Conv2d and module.padding_mode == "zeros":
+            return self.visit_conv(node, module, x)
+        if type(module) is nn.BatchNorm2d or isinstance(module, nn.LayerNorm):
+            tracked = isinstance(x, Layout) and x.dim == (1 if isinstance(module, nn.BatchNorm2d)
+                                                          else x.dim)
+            if not tracked or any(scale != 1 for _, scale in x.parts) or (
+                    isinstance(module, nn.LayerNorm) and not self._layer_norm_dim(module, x)):
+                x = self.unknown(node, f"{type(module).__name__} on untracked channels")
+            elif isinstance(module, nn.LayerNorm) and len(x.parts) > 1:
+                self.sources.freeze(_sources(x), node, "LayerNorm on a concatenation")
+            self.record(node, x, x)
+            return x
+        if type(module) is nn.Linear:
+            if not isinstance(x, Layout) or x.dim != x.ndim - 1:
+                x = self.unknown(node, "Linear on untracked features")
+            out = self.new_source(node, module.out_features, len(_shape(node)) - 1,
+                                  len(_shape(node)))
+            self.record(node, x, out)
+            return out
+        if isinstance(module, nn.Flatten):
+            return self.flatten(node, x, module.start_dim, module.end_dim)
+        if isinstance(module, PASS_MODULES) or type(module).__name__ in PASS_NAMES:
+            self.calls.setdefault(node.target, []).append(x)
+            return x
+        return self.unknown(node, f"module {type(module).__name__}")
+
+    def _layer_norm_dim(self, module, x):
+        """The channel dim a LayerNorm of one normalized dim normalizes: -1 for the last dim,
+        1 for a LayerNorm subclass on NCHW channels (ConvNeXt's LayerNorm2d); None otherwise."""
+        if len(module.normalized_shape) != 1:
+            return None
+        if x.dim == x.ndim - 1:
+            return -1
+        return 1 if type(module) is not nn.LayerNorm and x.dim == 1 and x.ndim == 4 else None
+
+    def visit_conv(self, node, conv, x):
+        ndim = len(_shape(node))
+        if not isinstance(x, Layout) or x.dim != 1 or any(scale != 1 for _, scale in x.parts):
+            x = self.unknown(node, "conv on untracked channels") if x is not UNKNOWN else x
+        follows = conv.groups > 1 and conv.in_channels == conv.out_channels
+        if follows:  # depthwise or grouped: its outputs are its inputs' channels, group by group
+            if isinstance(x, Layout) and len(x.parts) > 1:
+                self.sources.freeze(_sources(x), node, "grouped conv on a concatenation")
+            elif isinstance(x, Layout):
+                root = self.sources.find(x.parts[0][0])
+                self.sources.divisor[root] = math.lcm(self.sources.divisor[root],
+                                                      conv.in_channels // conv.groups)
+            self.record(node, x, x)
+            return x
+        out = self.new_source(node, conv.out_channels, 1, ndim)
+        if conv.groups > 1:  # in != out: the grouping ties widths no width group can express
+            self.sources.freeze(_sources(x) + _sources(out), node,
+                                "grouped conv with different input and output channels")
+        self.record(node, x, out)
+        return out
+
+    def visit_function(self, node):
+        target, method = node.target, node.op == "call_method"
+        name = target if method else getattr(target, "__name__", str(target))
+        x = self._input(node)
+        if (method and target in NOT_TENSORS) or target is getattr:
+            return None  # a size or a shape
+        if target is operator.getitem:
+            if isinstance(x, tuple) and isinstance(node.args[1], int):
+                return x[node.args[1]]
+            return self.unknown(node, "indexing a tensor") if isinstance(x, Layout) else x
+        if (method and target in ELEMENTWISE_METHODS) or target in ELEMENTWISE:
+            return self.elementwise(node)
+        if (method and target in PASS_METHODS) or target in PASS_FUNCTIONS or name in PASS_NAMES:
+            return x
+        if target in (torch.cat, torch.concat):
+            return self.cat(node)
+        if name == "flatten":
+            return self.flatten(node, x, _argument(node, 1, "start_dim", 0),
+                                _argument(node, 2, "end_dim", -1))
+        if name in ("view", "reshape"):
+            return self.reshape(node, x)
+        if name in ("permute", "transpose"):
+            return self.permute(node, x)
+        if name in ("mean", "sum", "amax", "amin"):
+            return self.reduce(node, x)
+        if name in ("chunk", "split"):
+            return self.split(node, x)
+        if not _layouts(self._args(node)):
+            return None
+        return self.unknown(node, f"{'method' if method else 'function'} {name}")
+
+    def elementwise(self, node):
+        """Add, multiply...: the operands carrying the output's channels are one width group;
+        an operand of one channel broadcasts; a parameter of the channels' size is narrowed
+        to them (``scaled``); anything else of that size freezes them."""
+        out_shape = _shape(node)
+        if out_shape is None:
+            return None
+        operands = [a for a in node.args[:2] if isinstance(a, fx.Node)]
+        if any(self.layout.get(a) is UNKNOWN for a in operands):
+            return self.unknown(node, "meets an untracked tensor")
+        carriers, others = [], []
+        for a in operands:
+            layout, shape = self.layout.get(a), _shape(a)
+            if shape is None:
+                continue
+            offset = len(out_shape) - len(shape)
+            if isinstance(layout, Layout) and shape[layout.dim] == out_shape[layout.dim + offset]:
+                carriers.append(layout.moved(layout.dim + offset, len(out_shape)))
+            elif not isinstance(layout, Layout):
+                others.append((a, shape, offset))
+        if not carriers:
+            return None
+        result = carriers[0]
+        if len({c.dim for c in carriers}) > 1 or not self.unite(node, carriers):
+            return self.unknown(node, "joins tensors of different channel layouts")
+        for a, shape, offset in others:
+            dim = result.dim - offset
+            if dim < 0 or shape[dim] == 1:
+                continue  # broadcast along the channels
+            if a.op == "get_attr" and len(result.parts) == 1:
+                partner = next(b for b in operands if b is not a)
+                self.scaled.append((a, node, dim, partner, self.layout[partner].dim))
+            else:
+                self.sources.freeze(_sources(result), node, "meets a fixed tensor of its channels")
+        return result
+
+    def cat(self, node):
+        tensors, dim = node.args[0], _argument(node, 1, "dim", 0)
+        layouts = [self.layout.get(t) for t in tensors]
+        if not all(isinstance(x, Layout) for x in layouts) or len({x.dim for x in layouts}) > 1:
+            return self.unknown(node, "concatenates untracked channels")
+        first = layouts[0]
+        if dim % first.ndim == first.dim:  # along the channels: the parts in order
+            return Layout(first.dim, first.ndim, [p for x in layouts for p in x.parts])
+        return first if self.unite(node, layouts) else UNKNOWN
+
+    def flatten(self, node, x, start, end):
+        """Merge dims start..end: a channel dim with only ones before it in the range stays a
+        channel dim, its sources now ``scale`` times as many features (channel-major)."""
+        if not isinstance(x, Layout):
+            return x
+        shape = _shape(node.args[0])
+        start, end = start % x.ndim, end % x.ndim
+        if x.dim < start:
+            return x.moved(x.dim, x.ndim - (end - start))
+        if x.dim > end:
+            return x.moved(x.dim - (end - start), x.ndim - (end - start))
+        if any(shape[d] != 1 for d in range(start, x.dim)):
+            return self.unknown(node, "flattens channels into a dim before them")
+        factor = math.prod(shape[x.dim + 1:end + 1])
+        return Layout(start, x.ndim - (end - start), [(s, k * factor) for s, k in x.parts])
+
+    def reshape(self, node, x):
+        """A view or reshape: tracked when it merges a range of dims the way a flatten does or
+        leaves the channel dim alone, and its size there is read at run time (not a stored int)."""
+        if not isinstance(x, Layout):
+            return x
+        before, after = _shape(node.args[0]), _shape(node)
+        sizes = list(node.args[1:]) or [node.kwargs.get("shape", node.kwargs.get("size"))]
+        if len(sizes) == 1 and isinstance(sizes[0], (tuple, list)):
+            sizes = list(sizes[0])
+        prefix = next((i for i, (a, b) in enumerate(zip(before, after)) if a != b),
+                      min(len(before), len(after)))
+        suffix = next((i for i, (a, b) in enumerate(zip(before[::-1], after[::-1])) if a != b),
+                      min(len(before), len(after)) - prefix)
+        if x.dim < prefix:
+            out_dim = x.dim
+        elif x.dim >= len(before) - suffix:
+            out_dim = x.dim + len(after) - len(before)
+        elif len(after) - suffix - prefix == 1:
+            out_dim = prefix
+        else:
+            return self.unknown(node, f"{node.target} splits or mixes the channels")
+        if len(sizes) == len(after) and isinstance(sizes[out_dim], int) and sizes[out_dim] != -1:
+            return self.unknown(node, f"{node.target} to a stored channel count {sizes[out_dim]}")
+        if prefix <= x.dim < len(before) - suffix:
+            return self.flatten(node, x, prefix, len(before) - suffix - 1)
+        return x.moved(out_dim, len(after))
+
+    def permute(self, node, x):
+        if not isinstance(x, Layout):
+            return x
+        dims = [d for d in node.args[1:]]
+        if len(dims) == 1 and isinstance(dims[0], (tuple, list)):
+            dims = list(dims[0])
+        dims = [d % x.ndim for d in (dims or node.kwargs.get("dims", ()))]
+        if node.target in ("transpose",) or getattr(node.target, "__name__", "") == "transpose":
+            order = list(range(x.ndim))
+            order[dims[0]], order[dims[1]] = order[dims[1]], order[dims[0]]
+            dims = order
+        return x.moved(dims.index(x.dim))
+
+    def reduce(self, node, x):
+        if not isinstance(x, Layout):
+            return x
+        dims = _argument(node, 1, "dim")
+        dims = [d % x.ndim for d in ((dims,) if isinstance(dims, int) else dims or ())]
+        if not dims or x.dim in dims:
+            return self.unknown(node, f"{node.target} over the channels")
+        if _argument(node, 2, "keepdim", False):
+            return x
+        return x.moved(x.dim - sum(d < x.dim for d in dims), x.ndim - len(dims))
+
+    def split(self, node, x):
+        count = len(node.meta.get("tensor_meta") or ())
+        dim = _argument(node, 2, "dim", 0)
+        if isinstance(x, Layout) and dim % x.ndim != x.dim:
+            return (x,) * count
+        return (self.unknown(node, f"{node.target} along the channels"),) * count
+
+
+def width_groups(analysis, divisor=1):
+    """``(groups, group_of, frozen)``: the ``WidthGroup``s, in the order their first layer runs
+    (each named after that layer); each slimmable source root's group index; one line per
+    frozen group ``(name, channels, node, reason)``. A root of one channel has nothing to slim."""
+    sources, groups, group_of, frozen = analysis.sources, [], {}, []
+    for s in range(len(sources.parent)):
+        root = sources.find(s)
+        if root in group_of or any(root == f[4] for f in frozen):
+            continue
+        name, channels = sources.names[s], sources.channels[root]
+        if root in sources.frozen:
+            node, reason = sources.frozen[root]
+            if reason is not None and channels > 1:
+                frozen.append((name, channels, node, reason, root))
+            continue
+        if channels > 1:
+            group_of[root] = len(groups)
+            groups.append(slimmable.WidthGroup(name, channels,
+                                               math.lcm(divisor, sources.divisor[root])))
+    return groups, group_of, [f[:4] for f in frozen]
+
+
+def _slot(layout, analysis, groups, group_of):
+    """The ``ChannelSlot`` (one part) or ``ChannelConcat`` of a layout; None when fixed."""
+    if not isinstance(layout, Layout):
+        return None
+    parts = []
+    for source, scale in layout.parts:
+        root = analysis.sources.find(source)
+        if root in group_of:
+            group = groups[group_of[root]]
+            parts.append(slimmable.ChannelSlot(group_of[root], group.channels, group.divisor,
+                                               scale))
+        else:
+            parts.append(analysis.sources.channels[root] * scale)
+    if all(isinstance(p, int) for p in parts):
+        return None
+    return parts[0] if len(parts) == 1 else slimmable.ChannelConcat(tuple(parts))
+
+
+def _make_slim(layer, in_slot, out_slot, channel_dim):
+    """Turn a plain layer into its slimmable counterpart in place: its class changes; its
+    parameters, buffers and name stay."""
+    if isinstance(layer, nn.Conv2d):
+        layer.__class__ = slimmable.SlimConv2d
+        layer._set_slots(in_slot, out_slot)
+        return
+    if isinstance(layer, nn.LayerNorm):
+        layer.plain_class, layer.channel_dim = type(layer), channel_dim
+        layer.__class__ = slimmable.SlimLayerNorm
+    else:
+        layer.__class__ = {nn.BatchNorm2d: slimmable.SlimBatchNorm2d,
+                           nn.Linear: slimmable.SlimLinear}[type(layer)]
+    layer.in_slot, layer.out_slot = in_slot, out_slot
+    if isinstance(layer, nn.Linear):
+        layer.active_out = layer.out_features
+
+
+def make_slimmable(model, example_input, log=print, divisor=1):
+    """Convert ``model`` (an ``nn.Module`` taking one image batch (N, C, H, W)) into a slimmable
+    network, in place, its width groups found from one fx trace on ``example_input``; returns
+    it (a ``torch.fx.GraphModule`` sharing its modules when a parameter multiplies channels
+    directly, see the module docstring). Sets ``width_groups``, ``in_channels`` (C),
+    ``input_size`` ((H, W), where costs are counted) and ``frozen`` (one line per frozen group,
+    each also given to ``log``). ``divisor``: every group's channel counts are multiples of it
+    (8 for torchvision's ImageNet networks), or of its group width for a grouped conv.
+    ValueError, one line, when fx cannot trace the model or it has no layer to slim."""
+    expected = _full_width_output(model, example_input)
+    analysis = Analysis(trace(model, example_input))
+    groups, group_of, frozen = width_groups(analysis, divisor)
+    if not analysis.layers:
+        raise ValueError(f"{type(model).__name__} has no Conv2d, BatchNorm2d, Linear or LayerNorm "
+                         f"that its forward calls")
+
+    def slot(layout):
+        return _slot(layout, analysis, groups, group_of)
+    for name, module in list(model.named_modules()):
+        if type(module) in (nn.Conv2d, nn.BatchNorm2d, nn.Linear) or isinstance(module, nn.LayerNorm):
+            in_layout, out_layout = analysis.layers.get(name, (None, None))
+            channel_dim = None
+            if isinstance(module, nn.LayerNorm) and isinstance(in_layout, Layout):
+                channel_dim = analysis._layer_norm_dim(module, in_layout)
+            _make_slim(module, slot(in_layout), slot(out_layout), channel_dim or -1)
+        elif name in analysis.calls:  # for slimmable's cost probe: the width of each call
+            module.call_slots = [(slot(x), x.dim if isinstance(x, Layout) else 1)
+                                 for x in analysis.calls[name]]
+    model = _narrow_scaled_parameters(model, analysis, slot)
+    model.width_groups, model.frozen = groups, [f"froze {name} ({channels} channels) at node "
+                                                f"{node}: {reason}"
+                                                for name, channels, node, reason in frozen]
+    model.in_channels = int(example_input.shape[1])
+    height, width = example_input.shape[-2:]
+    model.input_size = int(height) if height == width else (int(height), int(width))
+    for line in model.frozen:
+        log(line)
+    for key in ("_slim_layers", "_cost_terms"):
+        model.__dict__.pop(key, None)
+    slimmable.set_widths(model, 1.0)
+    _check_full_width(model, example_input, expected)
+    return model
+
+
+def _full_width_output(model, example_input):
+    was_training = model.training
+    with torch.no_grad():
+        output = model.eval()(example_input)
+    model.train(was_training)
+    return output
+
+
+def _check_full_width(model, example_input, expected):
+    """The converted model at full width must compute exactly what the original computed."""
+    outputs = []
+    fx.node.map_aggregate((_full_width_output(model, example_input), expected),
+                          lambda t: outputs.append(t) if torch.is_tensor(t) else t)
+    half = len(outputs) // 2
+    if not all(torch.equal(a, b) for a, b in zip(outputs[:half], outputs[half:])):
+        raise RuntimeError("the converted model's full-width output differs from the "
+                           "original's (a bug in convert.py)")
+
+
+def _narrow_scaled_parameters(model, analysis, slot):
+    """``model``, or where a parameter multiplies slimmable channels directly (ConvNeXt's
+    ``layer_scale``), a GraphModule of its traced graph in which that parameter is narrowed to
+    its operand's channels; ``channel_parameters`` tells ``slimmable`` each one's slot and dim."""
+    graph, channel_parameters = analysis.traced.graph, {}
+    for parameter, user, dim, operand, operand_dim in analysis.scaled:
+        parameter_slot = slot(analysis.layout[operand])
+        if parameter_slot is None:
+            continue
+        with graph.inserting_before(user):
+            size = graph.call_method("size", (operand, operand_dim))
+            narrowed = graph.call_method("narrow", (parameter, dim, 0, size))
+        user.replace_input_with(parameter, narrowed)
+        channel_parameters[parameter.target] = (parameter_slot, dim)
+    if not channel_parameters:
+        return model
+    converted = fx.GraphModule(model, graph, class_name=type(model).__name__)
+    converted.channel_parameters = channel_parameters
+    return converted
