@@ -980,14 +980,14 @@ def gpu_settings(tiny, threads, budget_s):
                 "search_images": 32, "search_ratio": 0.9, "cifar_batch": 4, "imagenet_batch": 2,
                 "imagenet_size": 64, "networks": ("slim_resnet20", "slim_mobilenetv2"),
                 "warmup": 0, "calls": 1, "pairs": 1, "latency_calls": 1, "compile_seconds": 0,
-                "sandwich_batch": 32}
+                "sandwich_batch": 32, "evaluate": ["--uniform_points", "3", "--calib_batches", "1"]}
     return {"data": ["--synthetic_train", "4000", "--synthetic_test", "1000", "--val_size", "500"],
             "real_data": None, "threads": threads,
             "run": ["--epochs", "1", "--tau", "10", "--print_freq", "10"],
             "search_images": 500, "search_ratio": 0.6, "cifar_batch": 512, "imagenet_batch": 256,
             "imagenet_size": 224, "networks": tuple(models.NETWORKS), "warmup": 2, "calls": 3,
             "pairs": 4, "latency_calls": 50,
-            "compile_seconds": 0.15 * budget_s, "sandwich_batch": 128}
+            "compile_seconds": 0.15 * budget_s, "sandwich_batch": 128, "evaluate": []}
 
 
 def device_seconds(function, device, calls=1, warmup=1):
@@ -1052,7 +1052,8 @@ def gpu_scripts(device, settings):
                           found["records"][0]["file"])
     _script(train.main, ["--name", "fixed", "--method", "fixed", "--channel_config", config]
             + common)
-    flags = ["--device", device.type, "--calib_batches", "1", "--threads", str(settings["threads"])]
+    flags = ["--device", device.type, "--calib_batches", "1", "--threads",
+             str(settings["threads"])] + settings["evaluate"][:2]
     outcome = {"searched": {"file": config, "macs": found["records"][0]["macs"]}}
     for name in ("joslim", "slim", "random", "fixed"):
         result = evaluate.evaluate_run(name, argv=flags)
@@ -1325,7 +1326,8 @@ def gpu_real_data(device, settings, deadline, datapath):
     statuses = launch({names[label]: [sys.executable, script, "--name", names[label]] + flags
                        + common for label, flags in GPU_RECIPES.items()}, deadline - 90)
     rows = {label: real_data_row(names[label], status, epochs * steps_per_epoch,
-                                 ["--device", device.type, "--threads", str(settings["threads"])])
+                                 ["--device", device.type, "--threads", str(settings["threads"])]
+                                 + settings["evaluate"])
             for label, status in zip(GPU_RECIPES, statuses)}
     return {"dataset": data_flags, "epochs": epochs, "steps_per_epoch": steps_per_epoch,
             "sandwich_step_ms_alone": 1000 * step_seconds, "runs": rows}

@@ -90,7 +90,7 @@ def build_parser():
     add = parser.add_argument
     add("--name", type=runs.run_name, default="demo",
         help="run to evaluate: runs/NAME/checkpoint.pt (default: demo)")
-    add("--network", choices=list(models.NETWORKS), metavar="NAME",
+    add("--network", type=models.network_flag, metavar="NAME",
         help="network of the run (default: the checkpoint's; another one is an error)")
     add("--batch_size", type=runs.number(int, 1), default=128, metavar="N", help="images per "
         "calibration and evaluation batch (default: the run's training batch; --subnet: 128)")
@@ -104,6 +104,9 @@ def build_parser():
         "plot (default: the run's --cost)")
     add("--configs", nargs="+", default=[], metavar="FILE", help="evaluate these JSON channel "
         "configs instead of the run's candidates (files results/NAME_configs_*)")
+    add("--uniform_points", type=runs.number(int, 2), default=UNIFORM_COUNT, metavar="N",
+        help=f"a slim run, or a random one not yet searched, is evaluated at N uniform widths "
+        f"evenly spaced in cost (default: {UNIFORM_COUNT})")
     add("--export", metavar="DIR", help="save each front configuration as a standalone model in DIR")
     add("--subnet", nargs="+", metavar="FILE", help="test models saved by --export on the test "
         "split; several files end with one table (target, MACs, params, top-1)")
@@ -223,8 +226,9 @@ def candidate_configs(net, checkpoint, args):
             f"the smallest, the full network and {len(searched)} searched configurations"
     note = f" (no {folder}/<cost>_<M>M.json yet: search.py writes them)" \
         if method == "random" else ""
-    return ends + uniform_configs(net, args.lower_channel, kind=args.cost)[0].tolist(), \
-        f"{UNIFORM_COUNT} uniform widths evenly spaced in {COST_NAMES[args.cost][0]}{note}"
+    uniform = uniform_configs(net, args.lower_channel, args.uniform_points, args.cost)[0]
+    return ends + uniform.tolist(), \
+        f"{args.uniform_points} uniform widths evenly spaced in {COST_NAMES[args.cost][0]}{note}"
 
 
 def candidate_records(net, checkpoint, args):

@@ -33,6 +33,7 @@ width (0.42), the torchvision networks ``get_model`` also builds, and the publis
 AutoSlim-MobileNetV2 networks; ``python models.py write-configs``
 (re)writes those as ``configs/autoslim_mbv2_*.json``.
 """
+import argparse
 import functools
 import importlib.util
 import os
@@ -384,6 +385,14 @@ def network_name(name):
         return f"{os.path.abspath(path)}:{function}"
     raise ValueError(f"unknown network '{name}': one of {', '.join(NETWORKS)}, a torchvision "
                      f"classification network (python models.py lists them) or FILE.py:FUNCTION")
+
+
+def network_flag(text):
+    """argparse ``type=`` for ``--network``: ``network_name``, its refusal in argparse's one line."""
+    try:
+        return network_name(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _user_network(name, num_classes):

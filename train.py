@@ -37,7 +37,6 @@ Everything lands in ``runs/NAME/``: ``checkpoint.pt`` (a plain dict, written ato
 epoch, on Ctrl-C and at the end) and ``log.txt``. Rerunning the same ``--name`` continues where it
 stopped. Then: ``python evaluate.py --name NAME``.
 """
-import argparse
 import contextlib
 import math
 import os
@@ -66,21 +65,13 @@ from runs import Fail
 KD_WEIGHT, DISTILL_AFTER = 0.0, 0.0
 
 
-def network_flag(text):
-    """argparse ``type=`` for ``--network``: ``models.network_name``'s one-line refusal."""
-    try:
-        return models.network_name(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-
-
 def parse_args(argv=None):
     parser = runs.parser(__doc__)
     add = parser.add_argument
     count, some = runs.number(int, 1), runs.number(int, 0)  # at least 1; 0 or more
     add("--name", type=runs.run_name, default="demo",
         help="run name: files go to runs/NAME/ (letters, digits, '._-'; default: demo)")
-    add("--network", default="slim_resnet20", type=network_flag, metavar="NAME",
+    add("--network", default="slim_resnet20", type=models.network_flag, metavar="NAME",
         help=f"network to train: {', '.join(models.NETWORKS)}; a torchvision classification "
              "network, e.g. regnet_x_400mf (python models.py lists them); or FILE.py:FUNCTION, "
              "a function of num_classes returning your nn.Module; the last two are made "
