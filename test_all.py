@@ -13,6 +13,7 @@ import os
 import pickle
 import platform
 import random
+import shlex
 import shutil
 import subprocess
 import sys
@@ -2614,7 +2615,7 @@ class TestReadme:
     """README.md: the "Your own network" example runs as written (on tiny data)."""
 
     def test_your_own_network_trains_with_joslim_and_evaluates(self, tmp_path, monkeypatch):
-        text = Path(REPO, "README.md").read_text().split("## Your own network")[1]
+        text = Path(REPO, "README.md").read_text().split("### Declaring the groups yourself")[1]
         code = text.split("```python")[1].split("```")[0]
         assert 'flags = ["--epochs", "2"]' in code
         code = code.replace('flags = ["--epochs", "2"]', f"flags = {TINY_RUN[2:]!r}")
@@ -2742,41 +2743,6 @@ class TestGPUPath:
 
 
 USER_NETWORK = '''
-import torch
-import torch.nn as nn
-
-
-class Block(nn.Module):
-    def __init__(self, channels):
-        super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
-        self.bn = nn.BatchNorm2d(channels)
-
-    def forward(self, x):
-        return torch.relu(x + self.bn(self.conv(x)))
-
-
-class Tiny(nn.Module):
-    """A residual stream (two blocks), a concatenation of it with a branch, a linear head."""
-
-    def __init__(self, num_classes):
-        super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8),
-                                  nn.ReLU())
-        self.blocks = nn.Sequential(Block(8), Block(8))
-        self.branch = nn.Conv2d(8, 6, 1)
-        self.head = nn.Linear(14, num_classes)
-
-    def forward(self, x):
-        x = self.blocks(self.stem(x))
-        x = torch.cat([x, self.branch(x)], 1)
-        return self.head(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
-
-
-def tiny(num_classes):
-    return Tiny(num_classes)
-
-
 def not_a_module(num_classes):
     return num_classes
 
@@ -2789,19 +2755,26 @@ def broken(num_classes):
 class TestNetworkFlag:
     """train.py/search.py/evaluate.py --network: a torchvision name or FILE.py:FUNCTION."""
 
-    def test_a_users_own_network_is_trained_searched_and_evaluated(self, tmp_path, monkeypatch):
+    def test_the_readme_network_is_trained_searched_and_evaluated(self, tmp_path, monkeypatch):
+        """README's "Any network" example as written (tiny data), then search.py and
+        evaluate.py --export on the run: the trace found the residual stream and the branch."""
+        text = Path(REPO, "README.md").read_text().split("### Any network")[1]
+        (tmp_path / "mynet.py").write_text(text.split("```python")[1].split("```")[0])
+        commands = text.split("```bash")[1].split("```")[0].strip().splitlines()
+        assert [shlex.split(c)[:2] for c in commands] == [["python", "train.py"],
+                                                           ["python", "evaluate.py"]]
+        readme = dict(zip(*[iter(shlex.split(commands[0])[2:])] * 2))
         monkeypatch.chdir(tmp_path)
-        (tmp_path / "mine.py").write_text(USER_NETWORK)
-        flags = with_flags(TINY_RUN, network="mine.py:tiny", method="random", epochs=1)
-        assert train.main(["--name", "own", *flags]) == 0
-        checkpoint = load_run(tmp_path, "own")
-        assert checkpoint["network"] == f"{tmp_path / 'mine.py'}:tiny"  # absolute: found anywhere
+        assert train.main(with_flags(TINY_RUN, **{k[2:]: v for k, v in readme.items()
+                                                  if k != "--epochs"}, epochs=1)) == 0
+        checkpoint = load_run(tmp_path, "mine")
+        assert checkpoint["network"] == f"{tmp_path / 'mynet.py'}:build"  # absolute: found anywhere
         net = models.get_model(checkpoint["network"], 10, **checkpoint["model_options"])
-        assert [g.channels for g in net.width_groups] == [8, 6]  # the residual stream, the branch
-        assert search.main(["--name", "own", "--target_ratios", "0.5", "--search_images", "64",
+        assert [g.channels for g in net.width_groups] == [32, 16]
+        assert search.main(["--name", "mine", "--target_ratios", "0.5", "--search_images", "64",
                             "--steps", "4", "--threads", "1"]) == 0
-        assert evaluate.main(["--name", "own", "--export", "subnets", "--threads", "1",
-                              *TINY_DATA]) == 0
+        assert evaluate.main([*shlex.split(commands[1])[2:], "--export", "subnets",
+                              "--threads", "1", *TINY_DATA]) == 0
         assert glob.glob(str(tmp_path / "subnets" / "*.pt"))
 
     def test_network_names_that_cannot_be_built_end_in_one_line(self, tmp_path):
