@@ -354,12 +354,18 @@ class Analysis:
             dim = result.dim - offset
             if dim < 0 or shape[dim] == 1:
                 continue  # broadcast along the channels
-            if a.op == "get_attr" and len(result.parts) == 1:
+            if a.op == "get_attr" and len(result.parts) == 1 and self._is_parameter(a.target):
                 partner = next(b for b in operands if b is not a)
                 self.scaled.append((a, node, dim, partner, self.layout[partner].dim))
             else:
                 self.sources.freeze(_sources(result), node, "meets a fixed tensor of its channels")
         return result
+
+    def _is_parameter(self, target):
+        try:
+            return self.traced.get_parameter(target) is not None
+        except AttributeError:  # a buffer, or a constant the trace folded
+            return False
 
     def cat(self, node):
         tensors, dim = node.args[0], _argument(node, 1, "dim", 0)
