@@ -1478,7 +1478,8 @@ def check_conversion(model, images, settings=3, seed=0, log=None):
     original's (eval mode, BN statistics scrambled first); at ``settings`` random width
     configurations, the exported model's outputs against the slimmable model's (the largest
     difference relative to the largest output), ``macs`` against FlopCounterMode on the export
-    (2 FLOPs per MAC) and ``params`` against the export's parameter count. Returns a dict."""
+    (2 FLOPs per MAC) and ``params`` against the export's parameter count. Returns the
+    converted model and a dict of the figures."""
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         scramble_bn_statistics(model, generator)
@@ -1500,7 +1501,7 @@ def check_conversion(model, images, settings=3, seed=0, log=None):
             record["macs_equal"] &= counter.get_total_flops() == 2 * slimmable.macs(net, widths)
             record["params_equal"] &= sum(p.numel() for p in small.parameters()) == \
                 slimmable.params(net, widths)
-    return record
+    return net, record
 
 
 def bench_convert(names=None, out_path=os.path.join("results", "convert.json")):
@@ -1515,7 +1516,7 @@ def bench_convert(names=None, out_path=os.path.join("results", "convert.json")):
         torch.manual_seed(0)
         row = {"network": name, "input": size}
         try:
-            row.update(check_conversion(torchvision_cnn(name), torch.randn(2, 3, size, size)))
+            row.update(check_conversion(torchvision_cnn(name), torch.randn(2, 3, size, size))[1])
         except Exception as error:  # a failure is a result here: its row says which
             row["error"] = f"{type(error).__name__}: {str(error).splitlines()[0][:150]}"
             print(f"{name:<22}{size:>6}  FAILED {row['error']}", flush=True)

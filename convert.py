@@ -21,8 +21,9 @@ The result keeps the user's own ``forward``: fx is used for analysis only, and e
 ``nn.Conv2d``, ``nn.BatchNorm2d``, ``nn.Linear`` and ``nn.LayerNorm`` is turned, in place, into
 its slimmable counterpart (same names, same parameter objects, so a torchvision state dict still
 loads with ``strict=True``). The one exception: a parameter multiplied straight into the
-channels (ConvNeXt's ``layer_scale``) cannot slice itself, so such a network is returned as a
-``torch.fx.GraphModule`` whose graph narrows that parameter to its operand's width (same names).
+channels (ConvNeXt's ``layer_scale``) cannot slice itself, so such a network's class becomes a
+subclass of its own whose forward is the traced graph, narrowing that parameter to its operand's
+width (same object, same names; Python branches on ``self.training`` are those of training mode).
 At full width the converted network computes exactly what the original did (checked on the
 example by ``make_slimmable``).
 
@@ -48,7 +49,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 import slimmable
 
 # Modules and functions whose output has their input's channels, in the same order.
-PASS_MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SiLU, nn.GELU, nn.Hardswish,
+PASS_MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SiLU, nn.GELU, nn.Hardswish,
                 nn.Hardsigmoid, nn.Sigmoid, nn.Tanh, nn.Mish, nn.Identity,
                 nn.modules.dropout._DropoutNd, nn.modules.pooling._MaxPoolNd,
                 nn.modules.pooling._AvgPoolNd, nn.modules.pooling._AdaptiveAvgPoolNd,
@@ -115,6 +116,15 @@ class Sources:
     def freeze(self, sources, node, reason):
         for s in sources:
             self.frozen.setdefault(self.find(s), (node.name, reason))
+
+
+def convertible(module):
+    """Whether ``module`` becomes a slimmable layer: a plain Conv2d (zero padding), BatchNorm2d
+    (with running statistics), Linear, or a LayerNorm over one dim (subclasses too)."""
+    if isinstance(module, nn.LayerNorm):
+        return len(module.normalized_shape) == 1
+    return (type(module) is nn.Conv2d and module.padding_mode == "zeros") or type(module) is \
+        nn.Linear or (type(module) is nn.BatchNorm2d and module.track_running_stats)
 
 
 def _sources(layout):
@@ -222,25 +232,22 @@ class Analysis:
 
     def unite(self, node, layouts):
         """Tie layouts of the same structure part by part; freeze them all if they differ."""
-        first = layouts[0]
-        same = all(isinstance(x, Layout) and len(x.parts) == len(first.parts) and all(
-            p[1] == q[1] and self.sources.channels[p[0]] == self.sources.channels[q[0]]
-            for p, q in zip(x.parts, first.parts)) for x in layouts) if isinstance(first, Layout) \
-            else False
-        if not same:
+        structures = {tuple((self.sources.channels[s], k) for s, k in x.parts)
+                      if isinstance(x, Layout) else None for x in layouts}
+        if len(structures) > 1 or None in structures:
             self.sources.freeze([s for x in layouts for s in _sources(x)], node,
                                 "joins tensors of different channel layouts")
             return False
         for x in layouts[1:]:
-            for (a, _), (b, _) in zip(first.parts, x.parts):
+            for (a, _), (b, _) in zip(layouts[0].parts, x.parts):
                 self.sources.unite(a, b, node)
         return True
 
     def visit_module(self, node, module):
         x = self._input(node)
-        if type(module) is nn.Conv2d and module.padding_mode == "zeros":
+        if convertible(module) and isinstance(module, nn.Conv2d):
             return self.visit_conv(node, module, x)
-        if type(module) is nn.BatchNorm2d or isinstance(module, nn.LayerNorm):
+        if convertible(module) and isinstance(module, (nn.BatchNorm2d, nn.LayerNorm)):
             tracked = isinstance(x, Layout) and x.dim == (1 if isinstance(module, nn.BatchNorm2d)
                                                           else x.dim)
             if not tracked or any(scale != 1 for _, scale in x.parts) or (
@@ -250,7 +257,7 @@ class Analysis:
                 self.sources.freeze(_sources(x), node, "LayerNorm on a concatenation")
             self.record(node, x, x)
             return x
-        if type(module) is nn.Linear:
+        if convertible(module) and isinstance(module, nn.Linear):
             if not isinstance(x, Layout) or x.dim != x.ndim - 1:
                 x = self.unknown(node, "Linear on untracked features")
             out = self.new_source(node, module.out_features, len(_shape(node)) - 1,
@@ -267,8 +274,6 @@ class Analysis:
     def _layer_norm_dim(self, module, x):
         """The channel dim a LayerNorm of one normalized dim normalizes: -1 for the last dim,
         1 for a LayerNorm subclass on NCHW channels (ConvNeXt's LayerNorm2d); None otherwise."""
-        if len(module.normalized_shape) != 1:
-            return None
         if x.dim == x.ndim - 1:
             return -1
         return 1 if type(module) is not nn.LayerNorm and x.dim == 1 and x.ndim == 4 else None
@@ -354,12 +359,18 @@ class Analysis:
             dim = result.dim - offset
             if dim < 0 or shape[dim] == 1:
                 continue  # broadcast along the channels
-            if a.op == "get_attr" and len(result.parts) == 1:
+            if a.op == "get_attr" and len(result.parts) == 1 and self._is_parameter(a.target):
                 partner = next(b for b in operands if b is not a)
                 self.scaled.append((a, node, dim, partner, self.layout[partner].dim))
             else:
                 self.sources.freeze(_sources(result), node, "meets a fixed tensor of its channels")
         return result
+
+    def _is_parameter(self, target):
+        try:
+            return self.traced.get_parameter(target) is not None
+        except AttributeError:  # a buffer, or a constant the trace folded
+            return False
 
     def cat(self, node):
         tensors, dim = node.args[0], _argument(node, 1, "dim", 0)
@@ -507,8 +518,8 @@ def _make_slim(layer, in_slot, out_slot, channel_dim):
 def make_slimmable(model, example_input, log=print, divisor=1):
     """Convert ``model`` (an ``nn.Module`` taking one image batch (N, C, H, W)) into a slimmable
     network, in place, its width groups found from one fx trace on ``example_input``; returns
-    it (a ``torch.fx.GraphModule`` sharing its modules when a parameter multiplies channels
-    directly, see the module docstring). Sets ``width_groups``, ``in_channels`` (C),
+    it (its forward the traced graph when a parameter multiplies channels directly, see the
+    module docstring). Sets ``width_groups``, ``in_channels`` (C),
     ``input_size`` ((H, W), where costs are counted) and ``frozen`` (one line per frozen group,
     each also given to ``log``). ``divisor``: every group's channel counts are multiples of it
     (8 for torchvision's ImageNet networks), or of its group width for a grouped conv.
@@ -523,7 +534,7 @@ def make_slimmable(model, example_input, log=print, divisor=1):
     def slot(layout):
         return _slot(layout, analysis, groups, group_of)
     for name, module in list(model.named_modules()):
-        if type(module) in (nn.Conv2d, nn.BatchNorm2d, nn.Linear) or isinstance(module, nn.LayerNorm):
+        if convertible(module):
             in_layout, out_layout = analysis.layers.get(name, (None, None))
             channel_dim = None
             if isinstance(module, nn.LayerNorm) and isinstance(in_layout, Layout):
@@ -544,33 +555,27 @@ def make_slimmable(model, example_input, log=print, divisor=1):
     for key in ("_slim_layers", "_cost_terms"):
         model.__dict__.pop(key, None)
     slimmable.set_widths(model, 1.0)
-    _check_full_width(model, example_input, expected)
+    outputs = _full_width_output(model, example_input)
+    if len(outputs) != len(expected) or not all(map(torch.equal, outputs, expected)):
+        raise RuntimeError("the converted model's full-width output differs from the original's "
+                           "(a bug in convert.py)")
     return model
 
 
 def _full_width_output(model, example_input):
-    was_training = model.training
+    """The eval-mode output(s) of ``model`` on ``example_input``, as a list of tensors."""
+    was_training, outputs = model.training, []
     with torch.no_grad():
-        output = model.eval()(example_input)
+        fx.node.map_aggregate(model.eval()(example_input),
+                              lambda t: outputs.append(t) if torch.is_tensor(t) else t)
     model.train(was_training)
-    return output
-
-
-def _check_full_width(model, example_input, expected):
-    """The converted model at full width must compute exactly what the original computed."""
-    outputs = []
-    fx.node.map_aggregate((_full_width_output(model, example_input), expected),
-                          lambda t: outputs.append(t) if torch.is_tensor(t) else t)
-    half = len(outputs) // 2
-    if not all(torch.equal(a, b) for a, b in zip(outputs[:half], outputs[half:])):
-        raise RuntimeError("the converted model's full-width output differs from the "
-                           "original's (a bug in convert.py)")
+    return outputs
 
 
 def _narrow_scaled_parameters(model, analysis, slot):
-    """``model``, or where a parameter multiplies slimmable channels directly (ConvNeXt's
-    ``layer_scale``), a GraphModule of its traced graph in which that parameter is narrowed to
-    its operand's channels; ``channel_parameters`` tells ``slimmable`` each one's slot and dim."""
+    """Where a parameter multiplies slimmable channels directly (ConvNeXt's ``layer_scale``),
+    give ``model`` the traced graph as its forward, that parameter narrowed in it to its
+    operand's channels; ``channel_parameters`` tells ``slimmable`` each one's slot and dim."""
     graph, channel_parameters = analysis.traced.graph, {}
     for parameter, user, dim, operand, operand_dim in analysis.scaled:
         parameter_slot = slot(analysis.layout[operand])
@@ -581,8 +586,14 @@ def _narrow_scaled_parameters(model, analysis, slot):
             narrowed = graph.call_method("narrow", (parameter, dim, 0, size))
         user.replace_input_with(parameter, narrowed)
         channel_parameters[parameter.target] = (parameter_slot, dim)
-    if not channel_parameters:
-        return model
-    converted = fx.GraphModule(model, graph, class_name=type(model).__name__)
-    converted.channel_parameters = channel_parameters
-    return converted
+    if channel_parameters:
+        # What fx.GraphModule does, on a subclass of the model's own class: the generated
+        # forward reaches the model's modules and parameters by their names.
+        code = graph.python_code(root_module="self")
+        namespace = dict(code.globals)
+        exec(code.src, namespace)
+        model.__class__ = type(type(model).__name__, (type(model),),
+                               {"forward": namespace["forward"],
+                                "__doc__": "The network, its forward the traced graph:\n" + code.src})
+        model.channel_parameters = channel_parameters
+    return model

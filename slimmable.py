@@ -5,10 +5,12 @@ Networks", ICCV'19) runs at any per-layer width by using the *first k* channels 
 width search (Joslim, AutoSlim) then asks which widths to use at each cost. This file holds all
 that is about widths and nothing about a particular network, and imports only torch:
 
-- the layers ``SlimConv2d``, ``SlimBatchNorm2d`` and ``SlimLinear``;
+- the layers ``SlimConv2d``, ``SlimBatchNorm2d``, ``SlimLinear`` and ``SlimLayerNorm``;
 - width groups: layers that must agree on a channel count (tied by a residual add, say) share a
   ``WidthGroup``; a model lists its groups in ``model.width_groups``, and a width configuration
-  is one multiplier in (0, 1] per group, applied by ``set_widths``;
+  is one multiplier in (0, 1] per group, applied by ``set_widths``; each layer's input and
+  output width is a slot of a group (``ChannelSlot``), or for a layer reading a concatenation
+  the slots of its parts (``ChannelConcat``: it gathers the kept channels of each);
 - the costs of any number of configurations, counted without running the network: ``macs``
   (the papers' FLOPs), ``params``, ``mmcv_flops`` and peak activation ``memory``;
 - ``calibrate_bn`` (BN statistics for one configuration) and ``export`` (a plain torch model);
@@ -453,14 +455,24 @@ def _terms(tensor, slot, index, dim=1):
     return [(per_channel * k, column) for column, k in _slot_columns(slot, index, 1)]
 
 
+def _call_slot(module, latest, calls):
+    """``(slot, dim)``: the width of what ``module`` made in this call, along dim ``dim``: its
+    ``out_slot`` (a counted layer), its ``call_slots`` entry (set by ``convert``, one per call;
+    ``calls`` counts them) or else ``latest``, the out_slot of the latest counted layer."""
+    slot = getattr(module, "out_slot", None) if isinstance(module, COUNTED_LAYERS) else latest
+    dim = getattr(module, "channel_dim", -1) if isinstance(module, (nn.Linear, nn.LayerNorm)) else 1
+    if "call_slots" in module.__dict__:
+        calls[module] = calls.get(module, -1) + 1
+        slot, dim = module.call_slots[calls[module] % len(module.call_slots)]
+    return slot, dim
+
+
 def _probe(model, image, index):
     """Run ``model`` at full width on ``image`` (one image) with hooks that write down, as terms
     (coefficient, a, b), what each module costs: the MACs of each conv and linear call; what
     ``mmcv_flops`` adds to them (conv biases, BN, activation and pooling calls); and, per memory
     layer in execution order, the tensors alive while it runs (``memory``; a fourth row, the
-    layer). Returns the three lists. The width of what a module other than a slimmable layer
-    makes is its ``call_slots`` entry (``(slot, dim)`` per call, set by ``convert``) or else
-    the ``out_slot`` of the latest counted layer that ran."""
+    layer). Returns the three lists. The widths of what each module makes: ``_call_slot``."""
     macs_terms, mmcv_terms, memory_terms, held = [], [], [], []  # held: (block, tensor, terms)
     latest, calls = [None], {}  # latest: out_slot of the latest counted layer that ran
     # (module, block): the block keeps the module's output until it returns
@@ -472,12 +484,7 @@ def _probe(model, image, index):
 
     def after(m, inputs, output):
         counted = isinstance(m, COUNTED_LAYERS)
-        slot, dim = getattr(m, "out_slot", None) if counted else latest[0], 1
-        if isinstance(m, (nn.Linear, nn.LayerNorm)):
-            dim = getattr(m, "channel_dim", -1)  # 1 for a LayerNorm over NCHW channels
-        if "call_slots" in m.__dict__:
-            calls[m] = calls.get(m, -1) + 1
-            slot, dim = m.call_slots[calls[m] % len(m.call_slots)]
+        slot, dim = _call_slot(m, latest[0], calls)
         if isinstance(m, (nn.Conv2d, nn.Linear)):
             _, inputs_k = _columns(m, index)
             macs_terms.extend((elements * kb, a, b) for elements, a in _terms(output, slot, index, dim)

@@ -2796,3 +2796,175 @@ class TestNetworkFlag:
         slimmable.set_widths(net, 0.5)
         assert net.eval()(torch.randn(2, 1, 28, 28)).shape == (2, 10)
         assert slimmable.macs(net, 0.5) < slimmable.macs(net, 1.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# convert.make_slimmable: width groups from a network's graph
+
+import bench  # noqa: E402  (its check_conversion is the check of the benchmark)
+import convert  # noqa: E402
+
+
+def _tiny_torchvision(family):
+    """A small member of a torchvision family (few blocks, narrow), random weights."""
+    import torchvision.models as tv
+    from torchvision.models import convnext, efficientnet, regnet, resnet
+    if family == "resnet":
+        return resnet.ResNet(resnet.BasicBlock, [1, 1, 1, 1], num_classes=10)
+    if family == "mobilenet_v3":
+        return tv.mobilenet_v3_small(num_classes=10)
+    if family == "efficientnet":
+        setting = [efficientnet.MBConvConfig(1, 3, 1, 16, 8, 1),
+                   efficientnet.MBConvConfig(4, 3, 2, 8, 16, 2)]
+        return efficientnet.EfficientNet(setting, dropout=0.1, num_classes=10, last_channel=32)
+    if family == "regnet":
+        params = regnet.BlockParams.from_init_params(depth=3, w_0=16, w_a=8.0, w_m=2.0,
+                                                     group_width=8, se_ratio=0.25)
+        return regnet.RegNet(params, num_classes=10, stem_width=16)
+    if family == "densenet":
+        return tv.DenseNet(growth_rate=8, block_config=(2, 2), num_init_features=16, num_classes=10)
+    if family == "squeezenet":
+        return tv.squeezenet1_1(num_classes=10)
+    if family == "vgg":
+        net = tv.VGG(tv.vgg.make_layers([8, "M", 16, "M"]), num_classes=10, init_weights=False)
+        net.classifier = nn.Sequential(nn.Linear(16 * 49, 32), nn.ReLU(), nn.Dropout(),
+                                       nn.Linear(32, 10))
+        return net
+    if family == "shufflenet_v2":
+        return tv.ShuffleNetV2([1, 1, 1], [8, 16, 32, 64, 64], num_classes=10)
+    if family == "convnext":
+        return convnext.ConvNeXt([convnext.CNBlockConfig(16, 32, 1), convnext.CNBlockConfig(32, None, 1)],
+                                 stochastic_depth_prob=0.1, num_classes=10)
+    raise KeyError(family)
+
+
+class _CatTwice(nn.Module):  # the same tensor concatenated with itself
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(16, 4, 1)
+
+    def forward(self, x):
+        x = self.conv1(x)
+        return self.conv2(torch.cat([x, x], 1)).mean((2, 3))
+
+
+class _TwoBranches(nn.Module):  # two sources concatenated, never added: two groups
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 8, 1), nn.Conv2d(3, 8, 1)
+        self.c, self.d = nn.Conv2d(3, 8, 1), nn.Conv2d(16, 4, 1)
+
+    def forward(self, x):
+        a, b = self.a(x), self.b(x) + self.c(x)
+        return self.d(torch.cat([a, b], 1)).mean((2, 3))
+
+
+class _SpatialGate(nn.Module):  # a conv of one output channel (not a depthwise conv)
+    def __init__(self):
+        super().__init__()
+        self.conv, self.gate = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 1, 1)
+        self.single, self.head = nn.Conv2d(1, 1, 3, padding=1), nn.Linear(8, 4)
+
+    def forward(self, x):
+        x = self.conv(x)
+        x = x * torch.sigmoid(self.single(self.gate(x)))
+        return self.head(x.mean((2, 3)))
+
+
+class _FrozenNorms(nn.Module):  # a BN that never trains, then torchvision's FrozenBatchNorm2d
+    def __init__(self):
+        super().__init__()
+        from torchvision.ops import FrozenBatchNorm2d
+        self.conv1, self.bn = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.conv2, self.fixed_bn = nn.Conv2d(8, 8, 3, padding=1), FrozenBatchNorm2d(8)
+        self.head = nn.Linear(8, 4)
+        self.bn.requires_grad_(False)
+
+    def train(self, mode=True):
+        super().train(mode)
+        self.bn.eval()
+        return self
+
+    def forward(self, x):
+        x = self.conv2(self.bn(self.conv1(x)))
+        return self.head(self.fixed_bn(x).mean((2, 3)))
+
+
+class _StoredShape(nn.Module):  # reshapes to a channel count stored at construction
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.conv2, self.c = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 6, 1), 6
+        self.head = nn.Linear(6, 4)
+
+    def forward(self, x):
+        x = self.conv2(torch.relu(self.conv1(x)))
+        return self.head(x.view(x.size(0), self.c, -1).mean(-1))
+
+
+class TestConvert:
+    """convert.make_slimmable: torchvision families and the failure modes users report."""
+
+    @pytest.mark.parametrize("family", ["resnet", "mobilenet_v3", "efficientnet", "regnet",
+                                        "densenet", "squeezenet", "vgg", "shufflenet_v2",
+                                        "convnext"])
+    def test_torchvision_family_converts_exactly(self, family):
+        torch.manual_seed(0)
+        model = _tiny_torchvision(family)
+        original = copy.deepcopy(model).state_dict()
+        net, record = bench.check_conversion(model, torch.randn(2, 3, 32, 32), settings=2)
+        assert record["full_width_equal"] and record["export_error"] < 1e-5
+        assert record["macs_equal"] and record["params_equal"] and record["groups"] > 0
+        # ShuffleNetV2's shuffled groups freeze; its branches' inner widths stay slimmable
+        assert (record["frozen"] > 0) == (family == "shufflenet_v2")
+        net.load_state_dict(original, strict=True)  # torchvision's names and shapes
+
+    @pytest.mark.parametrize("network, frozen", [(_CatTwice, 0), (_TwoBranches, 0),
+                                                 (_SpatialGate, 0), (_FrozenNorms, 1),
+                                                 (_StoredShape, 1)])
+    def test_reported_failure_modes_exact_or_frozen_with_one_line(self, network, frozen):
+        torch.manual_seed(0)
+        lines = []
+        net, record = bench.check_conversion(network(), torch.randn(2, 3, 8, 8), settings=2,
+                                             log=lines.append)
+        assert record["full_width_equal"] and record["export_error"] < 1e-5
+        assert record["macs_equal"] and record["params_equal"]
+        assert len(lines) == record["frozen"] == frozen and net.frozen == lines
+        assert all(" at node " in line for line in lines)
+        names = {g.name for g in net.width_groups}
+        if network is _TwoBranches:  # b and c are added: one group; a is another
+            assert names == {"a", "b"}
+        if network is _SpatialGate:  # the 1-channel convs have nothing to slim
+            assert names == {"conv"} and net.single.out_slot is None
+        if network is _StoredShape:
+            assert names == {"conv1"} and "view" in lines[0]
+
+    def test_converted_model_trains_calibrates_and_saves_configs(self, tmp_path):
+        torch.manual_seed(0)
+        net = convert.make_slimmable(_tiny_torchvision("densenet"), torch.randn(1, 3, 32, 32))
+        optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+        widths = (0.2 + 0.8 * torch.rand(len(net.width_groups))).tolist()
+        slimmable.set_widths(net.train(), widths)
+        nn.functional.cross_entropy(net(torch.randn(4, 3, 32, 32)), torch.arange(4)).backward()
+        optimizer.step()
+        assert slimmable.calibrate_bn(net, [torch.randn(4, 3, 32, 32)]) == 1
+        with slimmable.batch_statistics(net) as evaluated:
+            assert torch.isfinite(evaluated(torch.randn(4, 3, 32, 32))).all()
+        record = slimmable.save_config(tmp_path / "c.json", net, widths)
+        loaded, _ = slimmable.load_config(tmp_path / "c.json", net)
+        assert slimmable.group_channels(net, loaded) == record["channels"]
+        assert slimmable.mmcv_flops(net, widths) > slimmable.macs(net, widths) > 0
+        assert slimmable.memory(net, widths) > 0
+
+    def test_untraceable_or_layerless_model_is_one_line_value_error(self):
+        class Branchy(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.conv = nn.Conv2d(3, 4, 1)
+
+            def forward(self, x):
+                return self.conv(x) if x.sum() > 0 else x
+
+        for model, match in ((Branchy(), "cannot trace"), (nn.ReLU(), "no Conv2d")):
+            with pytest.raises(ValueError, match=match) as error:
+                convert.make_slimmable(model, torch.randn(1, 3, 8, 8))
+            assert "\n" not in str(error.value)
