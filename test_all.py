@@ -69,8 +69,10 @@ def with_flags(args, **values):
 
 TINY_DATA = ["--synthetic_train", "320", "--synthetic_test", "64", "--val_size", "64",
              "--workers", "0"]
+# 4 training-curve points a run: the default 16 would evaluate two networks after every step
 TINY_RUN = ["--network", "slim_resnet20", "--batch_size", "32", "--epochs", "2",
-            "--print_freq", "5", "--tau", "3", "--prior_points", "2", "--threads", "1"] + TINY_DATA
+            "--print_freq", "5", "--tau", "3", "--prior_points", "2", "--threads", "1",
+            "--curve_points", "4"] + TINY_DATA
 # evaluate.py's tests: 4 classes; search.py's: a larger held-out split for its candidates
 EVAL_TINY_DATA = with_flags(TINY_DATA, synthetic_train=176, synthetic_test=96, val_size=48,
                             synthetic_classes=4)
@@ -1516,7 +1518,7 @@ class TestResume:
         for key, value in whole["model"].items():
             torch.testing.assert_close(parts["model"][key], value, msg=key)
         assert (whole["sampler"]["configs"] == parts["sampler"]["configs"]).all()
-        assert whole["curves"] == parts["curves"] and len(whole["curves"]) == 16
+        assert whole["curves"] == parts["curves"] and len(whole["curves"]) == 4  # steps 4, 8, 12, 16
 
     def test_resume_with_data_workers_is_exact(self, tmp_path, monkeypatch):
         """Augmenting DataLoader workers (the default --workers 2): a paused and resumed run equals
