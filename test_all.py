@@ -2432,10 +2432,11 @@ class TestThreads:
 # three ImageNet and one CIFAR-100 training commands and its two evaluation commands, and
 # AutoSlim's five steps (the mmrazor README) in this project's scripts. Changed only:
 # ./distributed_train.sh N -> torchrun (2 processes, gloo), eval_checkpoints.py -> evaluate.py,
-# --epochs, the data size (tiny generated sets, --image_size 16, --val_size), and how each
-# process runs (--threads 1 --workers 0). The heaviest tests of the suite (about a minute
-# together on a quiet 2-core CPU); their names start with test_seed_, so -k "not test_seed_"
-# leaves them out of a local run. CI runs them.
+# --epochs, the ImageNet trainings' --batch_size (one step of 256 images, not 1024), the data size
+# (tiny generated sets, --image_size 16, --val_size, --train_size), and how each process runs
+# (--threads 1 --workers 0). The heaviest tests of the suite (about a minute together on a quiet
+# 2-core CPU); their names start with test_seed_, so -k "not test_seed_" leaves them out of a
+# local run. CI runs them.
 
 JOSLIM_SEED_COMMANDS = {  # verbatim from the Joslim README
     "joslim_mbv2": "./distributed_train.sh 8 --name joslim_mbv2 --dataset ImageNet --epochs 250 --warmup 5 --baselr 0.125 --tau 625 --wd 4e-5 --label_smoothing 0.1 --batch_size 1024 --lower_channel 0.42 --num_sampled_arch 2 --baseline -3 --print_freq 100 --prior_points 20 --scheduler linear_decay --slim_dataaug --scale_ratio 0.25 --datapath YOUR_LMDB_IMAGENET_PATH --network slim_mobilenetv2",  # noqa: E501
@@ -2449,8 +2450,12 @@ JOSLIM_SEED_EVALUATIONS = {
 }
 SEED_IMAGE_SIZE = "16"  # the training and test crop; every network still ends at 1x1 (stride 32)
 SEED_VAL_SIZE = "64"
-SEED_TRAIN_IMAGES = 1024 + 64  # one batch of the seeds' 1024 after the held-out 64
+SEED_TRAIN_IMAGES = 1024 + 64  # one batch of the evaluations' 1024 after the held-out 64
 SEED_SESSION = ["--threads", "1", "--workers", "0"]
+SEED_IMAGENET = ["--image_size", SEED_IMAGE_SIZE, "--val_size", SEED_VAL_SIZE, *SEED_SESSION]
+# The ImageNet trainings: one step of 256 images, not of the seeds' 1024 (the same code path at a
+# quarter of the CPU time); their evaluations calibrate on all 1024 (--train_size 0).
+SEED_BATCH = "256"
 TWO_NODE_SEED = "joslim_res18"  # run by test_seed_two_torchrun_agents_as_two_nodes
 
 
@@ -2476,6 +2481,13 @@ def seed_command(command, datapath, extra=(), nproc=None, rendezvous=None):
     if "--epochs" in argv:
         argv = with_flag(argv, "--epochs", "1")
     return argv + list(extra)
+
+
+def imagenet_seed(command, datapath, nproc=None, rendezvous=None):
+    """``seed_command`` of a Joslim ImageNet training with SEED_IMAGENET and one step of
+    SEED_BATCH images."""
+    argv = seed_command(command, datapath, SEED_IMAGENET, nproc, rendezvous)
+    return with_flags(argv, batch_size=SEED_BATCH, train_size=SEED_BATCH)
 
 
 def start(argv, cwd):
@@ -2554,14 +2566,13 @@ class TestSeedCommands:
         write_cifar100(tmp_path / "cifar" / "cifar-100-python", num_train=SEED_TRAIN_IMAGES,
                        num_test=64)
         cifar = str(tmp_path / "cifar")
-        imagenet_extra = ["--image_size", SEED_IMAGE_SIZE, "--val_size", SEED_VAL_SIZE, *SEED_SESSION]
         # CIFAR: the seed's batch of 128 makes 8 steps of the 1024 images its evaluation's batch of
         # 1024 needs; one step (--pause_after 1) is enough here, evaluated as an unfinished run.
         cifar_extra = ["--val_size", SEED_VAL_SIZE, "--pause_after", "1", *SEED_SESSION]
         names = [name for name in JOSLIM_SEED_COMMANDS if name != TWO_NODE_SEED]
-        trainings = [start(seed_command(command, cifar if "CIFAR" in command else seed_imagenet,
-                                        cifar_extra if "CIFAR" in command else imagenet_extra),
-                           tmp_path) for command in map(JOSLIM_SEED_COMMANDS.get, names)]
+        trainings = [start(seed_command(command, cifar, cifar_extra) if "CIFAR" in command else
+                           imagenet_seed(command, seed_imagenet), tmp_path)
+                     for command in map(JOSLIM_SEED_COMMANDS.get, names)]
         finish(*trainings)
         for name in names:
             log = (tmp_path / "runs" / name / "log.txt").read_text()
@@ -2574,9 +2585,10 @@ class TestSeedCommands:
                 assert "all 2 ranks hold identical weights" in log
                 assert checkpoint["model_options"]["input_size"] == int(SEED_IMAGE_SIZE)
                 assert checkpoint["args"]["image_size"] == int(SEED_IMAGE_SIZE)
-        evaluations = [start(seed_command(command, cifar if "CIFAR" in command else seed_imagenet,
-                                          ["--threads", "1"]), tmp_path)
-                       for command in JOSLIM_SEED_EVALUATIONS.values()]
+        evaluations = [start(seed_command(command, cifar, ["--threads", "1"]) if "CIFAR" in command
+                             else seed_command(command, seed_imagenet, ["--threads", "1",
+                                                                        "--train_size", "0"]),
+                             tmp_path) for command in JOSLIM_SEED_EVALUATIONS.values()]
         # Meanwhile: flags that describe the run must agree with it, and so must a resumed run.
         monkeypatch.chdir(tmp_path)
         for argv, flag in ((["--network", "slim_resnet18"], "--network slim_mobilenetv2"),
@@ -2588,7 +2600,7 @@ class TestSeedCommands:
                 evaluate.main(["--name", "joslim_mbv2", *argv])
             error = capsys.readouterr().err.strip().splitlines()
             assert leaving.value.code == 2 and len(error) == 1 and flag in error[0], (argv, error)
-        mbv2 = seed_command(JOSLIM_SEED_COMMANDS["joslim_mbv2"], seed_imagenet, imagenet_extra)
+        mbv2 = imagenet_seed(JOSLIM_SEED_COMMANDS["joslim_mbv2"], seed_imagenet)
         threads = torch.get_num_threads()  # train.main sets this process's (--threads 1)
         try:
             assert train.main(with_flag(mbv2[mbv2.index("--name"):], "--image_size", "32")) == 2
@@ -2652,17 +2664,16 @@ class TestSeedCommands:
         folder (no shared file system)."""
         rendezvous = ["--nnodes=2", "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{free_port()}",
                       "--rdzv_id=seeds_two_nodes"]
-        extra = ["--image_size", SEED_IMAGE_SIZE, "--val_size", SEED_VAL_SIZE, *SEED_SESSION]
         nodes = []
         for node in ("node0", "node1"):
             os.makedirs(tmp_path / node)
-            nodes.append(start(seed_command(JOSLIM_SEED_COMMANDS[TWO_NODE_SEED], seed_imagenet, extra,
-                                            nproc=1, rendezvous=rendezvous), tmp_path / node))
+            nodes.append(start(imagenet_seed(JOSLIM_SEED_COMMANDS[TWO_NODE_SEED], seed_imagenet,
+                                             nproc=1, rendezvous=rendezvous), tmp_path / node))
         outputs = finish(*nodes)
         logs = [tmp_path / node / "runs" / TWO_NODE_SEED / "log.txt" for node in ("node0", "node1")]
         assert sum(log.exists() for log in logs) == 1  # rank 0's node alone writes the run
         log = next(log for log in logs if log.exists()).read_text()
-        assert "batch 1024 over 2 process(es)" in log, outputs
+        assert f"batch {SEED_BATCH} over 2 process(es)" in log, outputs
         assert "all 2 ranks hold identical weights and trained the same configurations" in log
 
 
