@@ -35,9 +35,10 @@ case "${1:-}" in
 esac
 case "$job" in
   test)
-    # two pytest-xdist workers, one test class (one concern) each at a time
+    # two pytest-xdist workers, handed tests one at a time (a worker makes a module fixture, such
+    # as a trained run, once, when its first test needs it)
     python -c "import pytest, xdist" 2>/dev/null || python -m pip install -q pytest pytest-xdist
-    exec python -m pytest -q -n 2 --dist loadscope test_all.py "$@"
+    exec python -m pytest -q -n 2 --dist load test_all.py "$@"
     ;;
   main)
     python train.py --name demo "$@"
