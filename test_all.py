@@ -1348,13 +1348,20 @@ class RunsCode:
         return (os.mkdir, ("code_ran",))
 
 
+def sigint_as_in_a_terminal():
+    """``preexec_fn`` of a child that is sent Ctrl-C: a suite started in the background (``&``)
+    passes SIGINT on ignored, and Python then never raises KeyboardInterrupt in the child."""
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def stop_by_signal(folder, flags, signum, at_step):
     """Run train.py ``flags`` in ``folder`` and send ``signum`` once it prints step ``at_step``;
     ``(exit status, runs/parts/checkpoint.pt, log.txt)`` after it stops."""
     environment = dict(os.environ, PYTHONPATH=REPO)
     process = subprocess.Popen([sys.executable, os.path.join(REPO, "train.py"), "--name", "parts",
                                 *flags], cwd=folder, stdout=subprocess.PIPE, text=True,
-                               env=environment)
+                               env=environment, preexec_fn=sigint_as_in_a_terminal)
     for line in process.stdout:  # wait until a few steps are done, then signal mid-run
         if f" step {at_step}/" in line:
             process.send_signal(signum)
@@ -1830,7 +1837,8 @@ def interrupt_when(argv, cwd, marker, env=None):
     ``(exit status, stderr)``."""
     import signal
     process = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True, env=env or dict(os.environ, PYTHONPATH=REPO))
+                               text=True, env=env or dict(os.environ, PYTHONPATH=REPO),
+                               preexec_fn=sigint_as_in_a_terminal)
     for line in process.stdout:
         if marker in line:
             process.send_signal(signal.SIGINT)
