@@ -523,7 +523,14 @@ def make_slimmable(model, example_input, log=print, divisor=1):
     ``input_size`` ((H, W), where costs are counted) and ``frozen`` (one line per frozen group,
     each also given to ``log``). ``divisor``: every group's channel counts are multiples of it
     (8 for torchvision's ImageNet networks), or of its group width for a grouped conv.
-    ValueError, one line, when fx cannot trace the model or it has no layer to slim."""
+    ValueError, one line, when fx cannot trace the model, it has no layer to slim, it is already
+    slimmable, or a child module has the name of an attribute set here."""
+    if any(isinstance(m, slimmable.SLIM_LAYERS) for m in model.modules()):
+        raise ValueError(f"{type(model).__name__} is already slimmable: convert it once")
+    taken = sorted({"width_groups", "frozen", "in_channels", "input_size"} & set(model._modules))
+    if taken:
+        raise ValueError(f"{type(model).__name__} has a child module named {taken[0]}, an "
+                         f"attribute make_slimmable sets: rename the child")
     expected = _full_width_output(model, example_input)
     analysis = Analysis(trace(model, example_input))
     groups, group_of, frozen = width_groups(analysis, divisor)

@@ -424,6 +424,10 @@ def _build_traced(name, num_classes, input_size=224, in_channels=3):
         model = torchvision.models.get_model(name, weights=None, num_classes=num_classes, **extra)
     else:
         model = _user_network(name, num_classes)
+        if hasattr(model, "width_groups"):  # groups declared with slimmable's layers: as it is
+            model.input_size = getattr(model, "input_size", input_size)
+            model.frozen = []
+            return model
     stem_name, stem = next(((n, m) for n, m in model.named_modules()
                             if isinstance(m, nn.Conv2d)), (None, None))
     if stem is not None and stem.in_channels != in_channels:  # grey images: a 1-channel stem

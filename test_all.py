@@ -2869,6 +2869,24 @@ class TestNetworkFlag:
             assert fragment in lines[0], lines[0]
             assert not (tmp_path / "runs" / "x" / "checkpoint.pt").exists()
 
+    def test_a_file_network_with_declared_groups_is_used_as_it_is(self, tmp_path):
+        (tmp_path / "declared.py").write_text(
+            "import torch.nn as nn\n"
+            "from slimmable import SlimBatchNorm2d, SlimConv2d, SlimLinear, add_group\n\n\n"
+            "class Declared(nn.Module):\n"
+            "    def __init__(self, num_classes):\n"
+            "        super().__init__()\n"
+            "        self.width_groups = []\n"
+            "        group = add_group(self.width_groups, 'conv', 8)\n"
+            "        self.conv = SlimConv2d(3, 8, 3, 1, 1, out_slot=group)\n"
+            "        self.bn = SlimBatchNorm2d(8, group)\n"
+            "        self.fc = SlimLinear(8, num_classes, in_slot=group)\n\n"
+            "    def forward(self, x):\n"
+            "        return self.fc(self.bn(self.conv(x)).mean((2, 3)))\n")
+        net = models.get_model(f"{tmp_path / 'declared.py'}:Declared", 10, input_size=16)
+        assert [g.name for g in net.width_groups] == ["conv"] and net.frozen == []
+        assert slimmable.macs(net, 0.5) == (8 * 27 * 16 * 16 + 8 * 10) // 2
+
     def test_a_torchvision_network_takes_grey_images(self):
         torch.manual_seed(0)
         net = models.get_model("resnet18", 10, input_size=28, in_channels=1)
@@ -3045,7 +3063,12 @@ class TestConvert:
             def forward(self, x):
                 return self.conv(x) if x.sum() > 0 else x
 
-        for model, match in ((Branchy(), "cannot trace"), (nn.ReLU(), "no Conv2d")):
+        converted = convert.make_slimmable(nn.Sequential(nn.Conv2d(3, 4, 1), nn.ReLU()),
+                                           torch.randn(1, 3, 8, 8))
+        named = nn.Sequential()
+        named.add_module("frozen", nn.Conv2d(3, 4, 1))
+        for model, match in ((Branchy(), "cannot trace"), (nn.ReLU(), "no Conv2d"),
+                             (converted, "already slimmable"), (named, "child module named frozen")):
             with pytest.raises(ValueError, match=match) as error:
                 convert.make_slimmable(model, torch.randn(1, 3, 8, 8))
             assert "\n" not in str(error.value)
