@@ -398,7 +398,7 @@ def network_flag(text):
 def _user_network(name, num_classes):
     """Call FUNCTION(num_classes) of FILE for ``name = FILE.py:FUNCTION``."""
     path, _, function = name.rpartition(":")
-    spec = importlib.util.spec_from_file_location(f"network_{abs(hash(path))}", path)
+    spec = importlib.util.spec_from_file_location("network_" + os.path.basename(path)[:-3], path)
     module = importlib.util.module_from_spec(spec)
     try:
         spec.loader.exec_module(module)

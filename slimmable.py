@@ -174,35 +174,24 @@ class SlimBatchNorm2d(nn.BatchNorm2d):
         c = x.shape[1]
         if c == self.num_features:
             return super().forward(x)
-        if self.in_index is not None:
-            return self._gathered_forward(x)
-        # The same bookkeeping as nn.BatchNorm2d.forward, on channel-prefix views; the in-place
-        # running-stat update of F.batch_norm writes through the views into the shared buffers.
+        # The same bookkeeping as nn.BatchNorm2d.forward, on the kept channels: a prefix, whose
+        # views the in-place running-stat update of F.batch_norm writes through into the shared
+        # buffers; or, reading a concatenation (DenseNet), ``in_index``, whose gathered copies
+        # are written back after the update.
+        kept = slice(0, c) if self.in_index is None else self.in_index
+        mean, var = self.running_mean[kept], self.running_var[kept]
         factor = 0.0 if self.momentum is None else self.momentum
-        if self.training and self.track_running_stats:
+        updating = self.training and self.track_running_stats
+        if updating:
             self.num_batches_tracked.add_(1)
             factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
         use_batch_stats = self.training or not self.track_running_stats
-        return F.batch_norm(x, self.running_mean[:c], self.running_var[:c], self.weight[:c],
-                            self.bias[:c], use_batch_stats, factor, self.eps)
-
-    def _gathered_forward(self, x):
-        """The forward on the channels ``in_index`` of a concatenation (DenseNet): the running
-        statistics are gathered copies, so their update is written back into the buffers."""
-        index = self.in_index
-        mean, var = self.running_mean[index], self.running_var[index]
-        use_batch_stats = self.training or not self.track_running_stats
-        if self.training and self.track_running_stats:
-            self.num_batches_tracked.add_(1)
-        factor = self.momentum
-        if factor is None:
-            factor = 1.0 / max(1, int(self.num_batches_tracked))
-        out = F.batch_norm(x, mean, var, self.weight[index], self.bias[index], use_batch_stats,
+        out = F.batch_norm(x, mean, var, self.weight[kept], self.bias[kept], use_batch_stats,
                            factor, self.eps)
-        if self.training and self.track_running_stats:
+        if updating and self.in_index is not None:
             with torch.no_grad():
-                self.running_mean.index_copy_(0, index, mean)
-                self.running_var.index_copy_(0, index, var)
+                self.running_mean.index_copy_(0, kept, mean)
+                self.running_var.index_copy_(0, kept, var)
         return out
 
 

@@ -108,6 +108,22 @@ class TestSlimmableLayers:
         x = torch.randn(2, 5, 9, 9)
         torch.testing.assert_close(conv(x), reference(x))
 
+    def test_slim_bn_reading_a_concatenation_updates_only_its_kept_channels(self):
+        """A BN after a concatenation (DenseNet) uses the channels ``in_index`` and writes their
+        running statistics back into the shared buffers; the others stay as they were."""
+        torch.manual_seed(0)
+        bn = slimmable.SlimBatchNorm2d(6)
+        bn.weight.data.uniform_(0.5, 1.5)
+        bn.in_index = torch.tensor([0, 1, 4])
+        x = torch.randn(4, 3, 5, 5) * 2 + 1
+        reference = nn.BatchNorm2d(3)
+        reference.weight.data.copy_(bn.weight.data[bn.in_index])
+        torch.testing.assert_close(bn.train()(x), reference.train()(x))
+        torch.testing.assert_close(bn.running_mean[bn.in_index], reference.running_mean)
+        torch.testing.assert_close(bn.running_var[bn.in_index], reference.running_var)
+        assert bn.running_mean[[2, 3, 5]].eq(0).all() and bn.running_var[[2, 3, 5]].eq(1).all()
+        assert int(bn.num_batches_tracked) == 1
+
     def test_slim_depthwise_conv_follows_its_input(self):
         torch.manual_seed(0)
         conv = slimmable.SlimConv2d(10, 10, 5, 1, 2, groups=10, bias=True)

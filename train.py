@@ -442,7 +442,7 @@ class TrainingRun:
         except ValueError as error:  # a torchvision or user network that cannot be converted
             raise Fail(str(error)) from None
         for line in getattr(self.net, "frozen", ()):
-            self.log(f"kept at full width: {line}")
+            self.log(line)  # "froze GROUP (C channels) at node N: why": kept at full width
         self.net.to(self.device)
         if self.device.type == "cuda":
             self.net = self.net.to(memory_format=torch.channels_last)
