@@ -12,19 +12,6 @@ Datasets (`--dataset`, any case; nothing is downloaded):
   MNIST, FashionMNIST  the four IDX files (raw or .gz) in --datapath or --datapath/NAME/raw.
   ImageNet   train.lmdb and val.lmdb (the test split) in --datapath, made by `to-lmdb`.
 
-The synthetic set: the seed draws two prototype textures per class, each a 16x16 ellipse holding
-the mean of two cosine gratings (random orientation, frequency, phase) in its own colour. An
-image is a smooth random colour field plus pixel noise, with one prototype of its class pasted at
-a random place in a jittered colour. Telling the textures apart anywhere takes many oriented,
-colour-aware filters, so wider networks score better; the patches are large enough that training
-leaves chance within a few dozen steps even under the sandwich rule (12x12 ones sat at chance for
-200 steps). Train and test images are separate random streams of the same prototypes; classes
-are exactly balanced.
-
-On a GPU, `DeviceBatches` keeps an in-memory training set on the device as uint8 and draws,
-crops, flips and normalises each batch there (train.py --data_on_device), with the same
-distribution as `InMemoryImages` and an order that is a function of (seed, epoch).
-
 LMDB layout (`python data.py to-lmdb SRC DST.lmdb`; SRC's sorted class folders give labels
 0..C-1): key b"%08d" % i holds record i, an 8-byte header (label, CRC-32 of the image bytes;
 little-endian uint32s) then the image file's bytes still ENCODED, so the database is as small as
@@ -103,7 +90,7 @@ def _first_line(error):
     return (str(error).splitlines() or [type(error).__name__])[0]
 
 
-def _number(kind, low, high=None, low_open=False):
+def _number(kind, low, high=math.inf, low_open=False):
     """An argparse ``type=``: a finite ``kind`` (int or float) >= ``low`` (> it when
     ``low_open``) and <= ``high``; anything else ends in argparse's one-line error."""
     def parse(text):
@@ -111,13 +98,22 @@ def _number(kind, low, high=None, low_open=False):
             value = kind(text)
         except ValueError:
             value = math.nan
-        if math.isfinite(value) and (value > low or value == low and not low_open) and \
-                (high is None or value <= high):
+        if math.isfinite(value) and (low < value if low_open else low <= value) and value <= high:
             return value
-        bounds = f"{'>' if low_open else '>='} {low}" + ("" if high is None else f" and <= {high}")
+        bounds = f"{'>' if low_open else '>='} {low}" + \
+            (f" and <= {high}" if high < math.inf else "")
         what = "an integer" if kind is int else "a number"
         raise argparse.ArgumentTypeError(f"{text!r} is invalid: it must be {what} {bounds}")
     return parse
+
+
+def _checked(where, images, labels, num_classes):
+    """``(images, labels)``, once their counts agree and every label is in 0..num_classes-1."""
+    if len(images) != len(labels):
+        raise DataError(f"{where} holds {len(images)} images but {len(labels)} labels")
+    if labels.size and not 0 <= labels.min() <= labels.max() < num_classes:
+        raise DataError(f"{where} holds labels outside 0..{num_classes - 1}")
+    return images, labels
 
 
 # ----------------------------------------------------------------------------- synthetic
@@ -126,8 +122,14 @@ def make_synthetic_images(num_images, num_classes=10, seed=0, split=0, modes_per
                           patch_size=16, image_size=32, color_jitter=0.2):
     """Return (uint8 images (N, 3, 32, 32), int64 labels (N,)), a pure function of its args.
 
-    The prototypes depend on `seed` only; `split` picks an independent stream of images (0 for
-    train, 1 for test), so both splits show the same classes but never the same image.
+    The seed draws two prototype textures per class, each a 16x16 ellipse holding the mean of two
+    cosine gratings (random orientation, frequency, phase) in its own colour. An image is a smooth
+    random colour field plus pixel noise, with one prototype of its class pasted at a random place
+    in a jittered colour. Telling the textures apart anywhere takes many oriented, colour-aware
+    filters, so wider networks score better; the patches are large enough that training leaves
+    chance within a few dozen steps even under the sandwich rule (12x12 ones sat at chance for 200
+    steps). `split` picks an independent stream of images (0 for train, 1 for test) of the same
+    prototypes, so the splits never share an image; classes are exactly balanced.
     """
     world = np.random.default_rng([seed, 0])  # each prototype: two gratings in an ellipse
     shape = (num_classes * modes_per_class, 2, 1, 1)  # (prototype, grating, y, x)
@@ -204,16 +206,14 @@ def read_cifar(datapath, name):
         except Exception as error:  # refused, truncated, not a pickle, wrong keys or shapes
             raise DataError(f"{path} is not a CIFAR python-pickle file with 'data' and "
                             f"'{label_key}' ({type(error).__name__}: {_first_line(error)})") from None
-        if len(images) != len(labels):
-            raise DataError(f"{path} holds {len(images)} images but {len(labels)} labels")
-        if np.any((labels < 0) | (labels >= num_classes)):
-            raise DataError(f"{path} holds labels outside 0..{num_classes - 1}")
-        return images, labels
+        return _checked(path, images, labels, num_classes)
 
     train = [read(file) for file in train_files]
     return (np.concatenate([images for images, _ in train]),
             np.concatenate([labels for _, labels in train]), *read(test_file))
 
+
+# ----------------------------------------------------------------------------- in memory
 
 class InMemoryImages(Dataset):
     """uint8 images (N, C, H, W) in memory, returned normalised per channel (C = len(mean));
@@ -246,8 +246,8 @@ class InMemoryImages(Dataset):
 class DeviceBatches:
     """The training batches of an `InMemoryImages` set, drawn and augmented where the set lives:
     the whole set on `device` as uint8 (on a GPU no loader workers set the pace; 60,000 28x28
-    images take 47 MB), each batch cropped with padding, flipped and normalised as a few batched
-    tensor ops: the same distribution as `InMemoryImages.__getitem__`, drawn in another order.
+    images take 47 MB), each batch cropped with padding, flipped and normalised in one gather:
+    the same distribution as `InMemoryImages.__getitem__`, drawn in another order.
 
     An epoch is a function of (seed, epoch) alone: a CPU `torch.Generator` seeded with
     ``seed * 1_000_003 + epoch`` draws `randperm(N)`, then for each of the ``total =
@@ -275,39 +275,29 @@ class DeviceBatches:
         """Batches per epoch, as many as a DataLoader over a DistributedSampler with drop_last."""
         return self.per_rank // self.batch_size
 
-    def draw(self, seed, epoch):
-        """This rank's (indices, tops, lefts, flips) of the epoch, each (per_rank,), on the CPU."""
+    def batches(self, seed, epoch, skip=0):
+        """Yield the epoch's batches from the `skip`-th on: (inputs (B, C, H, W) float32
+        normalised, labels (B,) int64), both on the device."""
         generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
         total, count = self.per_rank * self.world_size, len(self.images)
         order = torch.randperm(count, generator=generator).repeat(math.ceil(total / count))[:total]
         tops, lefts = torch.randint(0, 2 * self.padding + 1, (2, total), generator=generator)
         flips = (torch.rand(total, generator=generator) < 0.5) & self.flip
         shard = slice(self.rank, total, self.world_size)
-        return order[shard], tops[shard], lefts[shard], flips[shard]
-
-    def batches(self, seed, epoch, skip=0):
-        """Yield the epoch's batches from the `skip`-th on: (inputs (B, C, H, W) float32
-        normalised, labels (B,) int64), both on the device."""
-        plan = [values.to(self.device) for values in self.draw(seed, epoch)]
-        size = self.batch_size
-        for start in range(skip * size, len(self) * size, size):
-            index, top, left, flip = (values[start:start + size] for values in plan)
-            yield self.augmented(index, top, left, flip), self.labels[index]
-
-    def augmented(self, index, top, left, flip):
-        """Images `index` (B,) cropped at (top, left) from their zero-padded copies and mirrored
-        where `flip`, in one gather, then normalised: (B, C, H, W) float32."""
-        images = self.images[index]
-        if self.augment:
-            count, channels, size = images.shape[0], images.shape[1], images.shape[-1]
-            pad, steps = self.padding, torch.arange(size, device=images.device)
-            padded = F.pad(images, (pad, pad, pad, pad))
-            rows = top[:, None] + steps  # (B, H)
-            columns = left[:, None] + torch.where(flip[:, None], size - 1 - steps, steps)  # (B, W)
-            images = padded[torch.arange(count, device=images.device)[:, None, None, None],
-                            torch.arange(channels, device=images.device)[None, :, None, None],
-                            rows[:, None, :, None], columns[:, None, None, :]]
-        return (images.float() - self.mean_255) / self.std_255
+        plan = [values[shard].to(self.device) for values in (order, tops, lefts, flips)]
+        for start in range(skip * self.batch_size, len(self) * self.batch_size, self.batch_size):
+            index, top, left, flip = (values[start:start + self.batch_size] for values in plan)
+            images = self.images[index]
+            if self.augment:  # crop at (top, left) of the zero-padded images, mirror where flip
+                batch, channels, _, size = images.shape
+                steps = torch.arange(size, device=self.device)
+                rows = top[:, None] + steps  # (B, H)
+                columns = left[:, None] + torch.where(flip[:, None], size - 1 - steps, steps)
+                images = F.pad(images, (self.padding,) * 4)[
+                    torch.arange(batch, device=self.device)[:, None, None, None],
+                    torch.arange(channels, device=self.device)[None, :, None, None],
+                    rows[:, None, :, None], columns[:, None, None, :]]
+            yield (images.float() - self.mean_255) / self.std_255, self.labels[index]
 
 
 # ----------------------------------------------------------------------------- MNIST format
@@ -357,13 +347,8 @@ def read_idx(datapath, name):
             except Exception as error:  # truncated gzip, wrong magic number, wrong dimensions
                 raise DataError(f"{path} is not an IDX {kind} file ({type(error).__name__}); "
                                 f"{expected}") from None
-    for file, images, labels in (("train", *arrays[:2]), ("t10k", *arrays[2:])):
-        if len(images) != len(labels):
-            raise DataError(f"{folder}: {file} has {len(images)} images but {len(labels)} "
-                            f"labels; {expected}")
-        if labels.size and not 0 <= labels.min() <= labels.max() <= 9:
-            raise DataError(f"{folder}: {file} labels outside 0..9; {expected}")
-    return arrays[0][:, None], arrays[1], arrays[2][:, None], arrays[3]  # labels: int64
+    return (*_checked(f"{folder}: train", arrays[0][:, None], arrays[1], 10),
+            *_checked(f"{folder}: t10k", arrays[2][:, None], arrays[3], 10))
 
 
 # ----------------------------------------------------------------------------- ImageNet
@@ -450,9 +435,8 @@ class LMDBImageFolder(Dataset):
         self.path, self.transform = path, transform
         # The header is read through this process's shared environment if it has one, else
         # through one closed after: a process keeps no database open that it reads no record of.
-        pid, env = _ENVIRONMENTS.get(path, (None, None))
-        own = pid != os.getpid()
-        env = _open_lmdb(path) if own else env
+        own = _ENVIRONMENTS.get(path, (None,))[0] != os.getpid()
+        env = _open_lmdb(path) if own else _ENVIRONMENTS[path][1]
         try:
             with env.begin() as txn:
                 length, classes = txn.get(LEN_KEY), txn.get(CLASSES_KEY)
@@ -538,8 +522,7 @@ def convert_folder_to_lmdb(source_dir, lmdb_path, records_per_commit=1000, log=p
     if os.path.exists(lmdb_path):
         raise DataError(f"{lmdb_path} already exists; delete it or choose another destination")
     if not os.path.isdir(os.path.dirname(os.path.abspath(lmdb_path))):
-        raise DataError(f"the folder {os.path.dirname(os.path.abspath(lmdb_path))} does not "
-                        f"exist; create it first")
+        raise DataError(f"the folder of {lmdb_path} does not exist; create it first")
     _require_lmdb()
     classes, samples = scan_image_folder(source_dir)
     log(f"to-lmdb: {len(samples)} images in {len(classes)} classes from {source_dir}")
@@ -659,30 +642,22 @@ class Loaders(NamedTuple):
     in_channels: int = 3         # 3 (RGB) or 1 (MNIST, FashionMNIST)
 
 
-def _imagenet_datasets(args, val_size):
-    """(train, val or None, test, number of classes) of --datapath's train.lmdb and val.lmdb."""
-    datapath = args.datapath or "./data"
-    train_path, test_path = (os.path.join(datapath, f) for f in ("train.lmdb", "val.lmdb"))
-    if not (os.path.exists(train_path) and os.path.exists(test_path)):
-        raise DataError(f"no ImageNet at {datapath}: expected train.lmdb and val.lmdb "
-                        f"there (make them with python data.py to-lmdb)")
-    evaluation = imagenet_transform(False, image_size=args.image_size)
-    train = LMDBImageFolder(train_path, imagenet_transform(
-        True, args.scale_ratio, args.slim_dataaug, args.image_size))
-    test = LMDBImageFolder(test_path, evaluation)
-    if test.classes != train.classes:
-        raise DataError(f"{test_path} and {train_path} list different classes")
-    train.indices, val_indices = held_out_split(len(train), val_size, args.train_size)
-    val = LMDBImageFolder(train_path, evaluation, val_indices) if val_size else None
-    return train, val, test, len(train.classes)
-
-
 def build_datasets(args):
     """(train, val or None, test) Datasets, number of classes, input size, image channels."""
     name = canonical_dataset_name(args.dataset)
     val_size = DEFAULT_VAL_SIZE[name] if args.val_size is None else args.val_size
-    if name == "ImageNet":
-        return *_imagenet_datasets(args, val_size), args.image_size, 3
+    if name == "ImageNet":  # --datapath's train.lmdb; its val.lmdb is the test split
+        train_path, test_path = (os.path.join(args.datapath or "./data", file)
+                                 for file in ("train.lmdb", "val.lmdb"))
+        evaluation = imagenet_transform(False, image_size=args.image_size)
+        train = LMDBImageFolder(train_path, imagenet_transform(
+            True, args.scale_ratio, args.slim_dataaug, args.image_size))
+        test = LMDBImageFolder(test_path, evaluation)
+        if test.classes != train.classes:
+            raise DataError(f"{test_path} and {train_path} list different classes")
+        train.indices, val_indices = held_out_split(len(train), val_size, args.train_size)
+        val = LMDBImageFolder(train_path, evaluation, val_indices) if val_size else None
+        return train, val, test, len(train.classes), args.image_size, 3
     padding, flip = 4, True
     num_classes = {"synthetic": args.synthetic_classes, "CIFAR100": 100}.get(name, 10)
     if name == "synthetic":
