@@ -766,13 +766,12 @@ def main(argv=None):
     convert.add_argument("lmdb_path", metavar="DST", help="e.g. ./data/train.lmdb (must not exist)")
     convert.add_argument("--records_per_commit", type=_number(int, 1), default=1000,
                          help="images written per LMDB transaction (default 1000)")
-    info = commands.add_parser("info", allow_abbrev=False, help="print a data set's split sizes")
-    check = commands.add_parser("check", allow_abbrev=False,
-                                help="like info, and decode every ImageNet LMDB record")
+    info = add_data_args(commands.add_parser("info", allow_abbrev=False,
+                                             help="print a data set's split sizes"))
+    check = add_data_args(commands.add_parser(
+        "check", allow_abbrev=False, help="like info, and decode every ImageNet LMDB record"))
     for command in (parser, convert, info, check):  # a bad flag: one line, exit status 2
         command.error = lambda message: parser.exit(2, f"error: {message}\n")
-    for command in (info, check):
-        add_data_args(command)
     args = parser.parse_args(argv)
     try:
         if args.command == "to-lmdb":
