@@ -521,8 +521,9 @@ def convert_folder_to_lmdb(source_dir, lmdb_path, records_per_commit=1000, log=p
     conversion leaves no database at `lmdb_path`."""
     if os.path.exists(lmdb_path):
         raise DataError(f"{lmdb_path} already exists; delete it or choose another destination")
-    if not os.path.isdir(os.path.dirname(os.path.abspath(lmdb_path))):
-        raise DataError(f"the folder of {lmdb_path} does not exist; create it first")
+    parent = os.path.dirname(os.path.abspath(lmdb_path))
+    if not os.path.isdir(parent):
+        raise DataError(f"the folder {parent} does not exist; create it first")
     _require_lmdb()
     classes, samples = scan_image_folder(source_dir)
     log(f"to-lmdb: {len(samples)} images in {len(classes)} classes from {source_dir}")
