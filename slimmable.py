@@ -65,20 +65,23 @@ class ChannelConcat(NamedTuple):
     parts: tuple
 
 
+def _parts(slot):
+    """A slot's parts: none for ``None``, the slot itself, or the parts of a ``ChannelConcat``."""
+    return () if slot is None else slot.parts if isinstance(slot, ChannelConcat) else (slot,)
+
+
+def _features(part, counts=None):
+    """Features of one part of a slot: an int is a fixed width; a ``ChannelSlot`` has
+    ``counts[part]`` of them at a width, ``channels * scale`` at full width (``counts`` None)."""
+    if not isinstance(part, ChannelSlot):
+        return part
+    return part.channels * part.scale if counts is None else counts[part]
+
+
 def slot_parts(slot):
-    """The ``ChannelSlot``s a layer's slot is made of: none for ``None``, the slot itself, or the
-    slotted parts of a ``ChannelConcat``."""
-    if slot is None:
-        return ()
-    return tuple(p for p in slot.parts if isinstance(p, ChannelSlot)) \
-        if isinstance(slot, ChannelConcat) else (slot,)
-
-
-def slot_features(slot):
-    """Full width in features of a slot (a ``ChannelSlot`` or ``ChannelConcat``)."""
-    if isinstance(slot, ChannelConcat):
-        return sum(slot_features(p) if isinstance(p, ChannelSlot) else p for p in slot.parts)
-    return slot.channels * slot.scale
+    """The ``ChannelSlot``s a layer's slot (``None``, a ``ChannelSlot`` or a ``ChannelConcat``)
+    is made of."""
+    return tuple(p for p in _parts(slot) if isinstance(p, ChannelSlot))
 
 
 def add_group(groups, name, channels, divisor=1):
@@ -260,12 +263,17 @@ def slim_layers(model):
 # Width configurations
 
 
+def _is_number(value):
+    """An int or a float, not a bool (JSON's true is no width)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def width_matrix(model, widths):
     """Validate ``widths`` and return a float64 (N, D) tensor of multipliers: ``widths`` is a float
     (the same multiplier for every group, N = 1), a sequence of D multipliers (one per group, N = 1)
     or an (N, D) array/tensor of N configurations. ValueError naming the group for a bad value."""
     groups = _unwrap(model).width_groups
-    if isinstance(widths, (int, float)) and not isinstance(widths, bool):
+    if _is_number(widths):
         matrix = torch.full((1, len(groups)), float(widths), dtype=torch.float64)
     else:
         matrix = torch.as_tensor(widths, dtype=torch.float64)
@@ -298,11 +306,32 @@ def group_channels(model, widths):
 
 
 def channels_to_widths(model, channels):
-    """Multipliers that reproduce ``{group name: channels}`` exactly (the inverse of group_channels)."""
-    groups = _unwrap(model).width_groups
+    """Multipliers that reproduce ``{group name: channels}`` exactly (the inverse of
+    ``group_channels``; a whole float such as 8.0 is a count). ValueError, one line, for a group
+    missing or unknown or a count the group cannot take (naming the nearest it can)."""
+    net = _unwrap(model)
+    groups = net.width_groups
+    if not isinstance(channels, dict):
+        raise ValueError("'channels' must map group names to counts")
+    unknown = sorted(set(channels) - {g.name for g in groups})
     missing = [g.name for g in groups if g.name not in channels]
-    if missing:
-        raise ValueError(f"channel config lacks groups: {', '.join(missing)}")
+    problems = [f"{what} groups " + ", ".join(found[:4])
+                + (f" and {len(found) - 4} more" if len(found) > 4 else "")
+                for what, found in (("unknown", unknown), ("missing", missing)) if found]
+    if problems:
+        raise ValueError(f"the groups do not fit {model_identity(net)['network']}: "
+                         + "; ".join(problems))
+    for group in groups:
+        count, full = channels[group.name], group.channels
+        possible = round_channels(torch.arange(1, full + 1) / full, full, group.divisor)
+        possible = possible.unique().tolist()  # every count the group can take, ascending
+        number = _is_number(count)
+        if not (number and float(count).is_integer() and int(count) in possible):  # 8.0 is 8
+            below = [c for c in possible if number and c < count]
+            above = [c for c in possible if number and c > count]
+            near = " or ".join(map(str, below[-1:] + above[:1])) or f"{possible[0]}..{possible[-1]}"
+            raise ValueError(f"group '{group.name}' has {count!r} channels, which it cannot take "
+                             f"(nearest possible: {near}; full width {full})")
     return [min(1.0, channels[g.name] / g.channels) for g in groups]
 
 
@@ -313,31 +342,26 @@ def layer_channels(model, widths):
             for name, m in slim_layers(model) for full_in, full_out in [_full_in_out(m)]}
 
 
-def _slot_counts(model, widths):
-    """``{slot: features}`` of every ``ChannelSlot`` of the slimmable layers (and of the
-    ``channel_parameters``) under ``widths``."""
-    slots = sorted({s for slot in _all_slots(model) for s in slot_parts(slot)})
-    return dict(zip(slots, _slot_channels(slots, width_matrix(model, widths))[0].tolist()))
-
-
-def _all_slots(model):
-    """The slots of the slimmable layers and of ``model.channel_parameters``: ``{name: (slot,
-    dim)}``, parameters multiplied straight into slimmable channels (ConvNeXt's layer_scale,
-    narrowed to them by a converted network's graph)."""
+def _slots(model):
+    """The ``ChannelSlot``s of the slimmable layers and of ``model.channel_parameters``, sorted.
+    ``channel_parameters`` is ``{name: (slot, dim)}``: parameters multiplied straight into
+    slimmable channels (ConvNeXt's layer_scale, narrowed to them by a converted network's graph)."""
     net = _unwrap(model)
-    parameters = net.__dict__.get("channel_parameters", {})
-    return [slot for _, m in slim_layers(net) for slot in (m.in_slot, m.out_slot)] + \
-        [slot for slot, _ in parameters.values()]
+    slots = [slot for _, m in slim_layers(net) for slot in (m.in_slot, m.out_slot)]
+    slots += [slot for slot, _ in net.__dict__.get("channel_parameters", {}).values()]
+    return sorted({part for slot in slots for part in slot_parts(slot)})
+
+
+def _slot_counts(model, widths):
+    """``{slot: features}`` of every ``ChannelSlot`` of ``_slots(model)`` under ``widths``."""
+    slots = _slots(model)
+    return dict(zip(slots, _slot_channels(slots, width_matrix(model, widths))[0].tolist()))
 
 
 def _width(slot, counts, full):
     """The width in features of ``slot`` given the ``counts`` of its ``ChannelSlot``s; a slot
     ``None`` is a fixed width, ``full``."""
-    if slot is None:
-        return full
-    if isinstance(slot, ChannelConcat):
-        return sum(counts[p] if isinstance(p, ChannelSlot) else p for p in slot.parts)
-    return counts[slot]
+    return full if slot is None else sum(_features(part, counts) for part in _parts(slot))
 
 
 def concat_index(slot, counts):
@@ -345,10 +369,8 @@ def concat_index(slot, counts):
     leading ``counts[part]`` features of each part, at the part's offset), or None at full width."""
     pieces, offset = [], 0
     for part in slot.parts:
-        full = slot_features(part) if isinstance(part, ChannelSlot) else part
-        kept = counts[part] if isinstance(part, ChannelSlot) else part
-        pieces.append(torch.arange(offset, offset + kept))
-        offset += full
+        pieces.append(torch.arange(offset, offset + _features(part, counts)))
+        offset += _features(part)
     index = torch.cat(pieces)
     return None if len(index) == offset else index
 
@@ -425,10 +447,8 @@ def _columns(layer, index):
 
 def _slot_columns(slot, index, k):
     """``[(column, k)]`` of a slot, a part of fixed width being ``k`` times its features."""
-    if isinstance(slot, ChannelConcat):
-        return [(index[p], k) if isinstance(p, ChannelSlot) else (index[None], k * p)
-                for p in slot.parts]
-    return [(index[slot], k)]
+    return [(index[p], k) if isinstance(p, ChannelSlot) else (index[None], k * p)
+            for p in _parts(slot)]
 
 
 def _terms(tensor, slot, index, dim=1):
@@ -437,9 +457,10 @@ def _terms(tensor, slot, index, dim=1):
     1 when its width never changes (``slot`` None)."""
     if slot is None:
         return [(tensor.numel(), index[None])]
-    if slot_features(slot) != tensor.shape[dim]:
-        raise ValueError(f"a tensor of {tensor.shape[dim]} channels follows a layer of "
-                         f"{slot_features(slot)}; declare the layer's slots")
+    full = sum(map(_features, _parts(slot)))
+    if full != tensor.shape[dim]:
+        raise ValueError(f"a tensor of {tensor.shape[dim]} channels follows a layer of {full}; "
+                         f"declare the layer's slots")
     per_channel = tensor.numel() // tensor.shape[dim]
     return [(per_channel * k, column) for column, k in _slot_columns(slot, index, 1)]
 
@@ -531,10 +552,7 @@ def _cost_terms(model):
     if cached is not None and cached[0] == shape:
         return cached[1]
     layers = [m for m in model.modules() if isinstance(m, COUNTED_LAYERS)]
-    slots = sorted({s for m in layers for slot in (getattr(m, "in_slot", None),
-                                                   getattr(m, "out_slot", None))
-                    for s in slot_parts(slot)} | {s for slot in _all_slots(model)
-                                                  for s in slot_parts(slot)})
+    slots = _slots(model)  # a plain torch layer has none: its width is fixed
     index = {**{s: i for i, s in enumerate(slots)}, None: len(slots)}
     params_terms = []
     for m in layers:
@@ -736,37 +754,6 @@ def save_config(path, model, widths, **extra):
     return record
 
 
-def _config_channels(path, channels, net):
-    """A configuration's ``channels`` as ``{group name: int}``; ValueError, one line, for a group
-    missing or unknown or a count the group cannot take (naming the nearest it can)."""
-    groups = net.width_groups
-    if not isinstance(channels, dict):
-        raise ValueError(f"channel config {path}: 'channels' must map group names to counts")
-    unknown = sorted(set(channels) - {g.name for g in groups})
-    missing = [g.name for g in groups if g.name not in channels]
-    problems = [f"{what} groups " + ", ".join(found[:4])
-                + (f" and {len(found) - 4} more" if len(found) > 4 else "")
-                for what, found in (("unknown", unknown), ("missing", missing)) if found]
-    if problems:
-        raise ValueError(f"channel config {path} does not fit {model_identity(net)['network']}: "
-                         + "; ".join(problems))
-    counts = {}
-    for group in groups:
-        count, full = channels[group.name], group.channels
-        possible = round_channels(torch.arange(1, full + 1) / full, full, group.divisor)
-        possible = possible.unique().tolist()  # every count the group can take, ascending
-        number = isinstance(count, (int, float)) and not isinstance(count, bool)
-        if not (number and float(count).is_integer() and int(count) in possible):  # 8.0 is 8
-            below = [c for c in possible if number and c < count]
-            above = [c for c in possible if number and c > count]
-            near = " or ".join(map(str, below[-1:] + above[:1])) or f"{possible[0]}..{possible[-1]}"
-            raise ValueError(f"channel config {path}: group '{group.name}' has {count!r} "
-                             f"channels, which it cannot take (nearest possible: {near}; "
-                             f"full width {group.channels})")
-        counts[group.name] = int(count)
-    return counts
-
-
 def load_config(path, model):
     """Read a configuration written by ``save_config``, or any JSON object with ``channels`` (a
     count per group) or ``widths`` (one multiplier per group), or both if they agree; returns
@@ -788,25 +775,25 @@ def load_config(path, model):
         if key in record and record[key] != identity[key]:
             raise ValueError(f"channel config {path} is for {key} {record[key]!r}, this model "
                              f"has {identity[key]!r}")
-    widths = record.get("widths")
-    if "widths" in record:
-        if not isinstance(widths, list) or len(widths) != len(net.width_groups) or not all(
-                isinstance(w, (int, float)) and not isinstance(w, bool) for w in widths):
-            raise ValueError(f"channel config {path}: 'widths' must be a list of "
-                             f"{len(net.width_groups)} numbers in (0, 1], one per width group")
-        try:
+    widths, groups = record.get("widths"), net.width_groups
+    try:
+        if "widths" in record:
+            if not (isinstance(widths, list) and len(widths) == len(groups)
+                    and all(map(_is_number, widths))):
+                raise ValueError(f"'widths' must be a list of {len(groups)} numbers in (0, 1], "
+                                 f"one per width group")
             widths = width_matrix(net, widths)[0].tolist()
-        except ValueError as error:
-            raise ValueError(f"channel config {path}: {error}") from None
-    if "channels" in record:
-        channels = _config_channels(path, record["channels"], net)
-        if widths is not None:
-            given = group_channels(net, widths)
-            name = next((name for name in channels if given[name] != channels[name]), None)
-            if name is not None:
-                raise ValueError(f"channel config {path}: its 'channels' and 'widths' disagree "
-                                 f"(group '{name}': {channels[name]} and {given[name]} channels)")
-        widths = width_matrix(net, channels_to_widths(net, channels))[0].tolist()
+        if "channels" in record:
+            exact = channels_to_widths(net, record["channels"])
+            if widths is not None:
+                given, wanted = group_channels(net, widths), group_channels(net, exact)
+                name = next((name for name in wanted if given[name] != wanted[name]), None)
+                if name is not None:
+                    raise ValueError(f"its 'channels' and 'widths' disagree (group '{name}': "
+                                     f"{wanted[name]} and {given[name]} channels)")
+            widths = width_matrix(net, exact)[0].tolist()
+    except ValueError as error:
+        raise ValueError(f"channel config {path}: {error}") from None
     return widths, record
 
 
@@ -826,16 +813,15 @@ def export(model, widths):
     for module in static.modules():  # the widths of a slimmable network's tensors
         module.__dict__.pop("call_slots", None)
     for name, layer in slim_layers(source):
-        parent_name, _, attr = name.rpartition(".")
-        parent = static.get_submodule(parent_name) if parent_name else static
+        parent, _, attr = name.rpartition(".")
         index = concat_index(layer.in_slot, counts) \
             if isinstance(layer.in_slot, ChannelConcat) else None
-        setattr(parent, attr, _static_copy(layer, *channels[name], index))
+        setattr(static.get_submodule(parent), attr, _static_copy(layer, *channels[name], index))
     for name, (slot, dim) in source.__dict__.get("channel_parameters", {}).items():
-        parent_name, _, attr = name.rpartition(".")
-        parent = static.get_submodule(parent_name) if parent_name else static
-        kept = getattr(parent, attr).detach().narrow(dim, 0, counts[slot]).clone()
-        setattr(parent, attr, nn.Parameter(kept, requires_grad=getattr(parent, attr).requires_grad))
+        parent, _, attr = name.rpartition(".")
+        full = static.get_parameter(name)
+        kept = full.detach().narrow(dim, 0, counts[slot]).clone()
+        setattr(static.get_submodule(parent), attr, nn.Parameter(kept, full.requires_grad))
     static.train(source.training)
     return static
 
@@ -845,19 +831,18 @@ def _static_copy(layer, c_in, c_out, index=None):
     the leading block of each of its parameters and buffers, after gathering the input channels
     ``index`` (a layer reading a concatenation)."""
     if isinstance(layer, SlimBatchNorm2d):
-        new, gather_dim = nn.BatchNorm2d(c_out, eps=layer.eps, momentum=layer.momentum), 0
+        new = nn.BatchNorm2d(c_out, eps=layer.eps, momentum=layer.momentum)
     elif isinstance(layer, SlimLayerNorm):  # the class it was converted from (ConvNeXt's LayerNorm2d)
         new = getattr(layer, "plain_class", nn.LayerNorm)(
             c_out, eps=layer.eps, elementwise_affine=layer.weight is not None,
             bias=layer.bias is not None)
-        gather_dim = 0
     elif isinstance(layer, SlimLinear):
-        new, gather_dim = nn.Linear(c_in, c_out, bias=layer.bias is not None), 1
+        new = nn.Linear(c_in, c_out, bias=layer.bias is not None)
     else:
         groups = c_out // layer.group_width if layer.follows_input else layer.groups
         new = nn.Conv2d(c_in, c_out, layer.kernel_size, layer.stride, layer.padding, layer.dilation,
                         groups=groups, bias=layer.bias is not None, padding_mode=layer.padding_mode)
-        gather_dim = 1
+    gather_dim = 1 if isinstance(layer, (SlimConv2d, SlimLinear)) else 0  # the input dim
     source = layer.state_dict()
     with torch.no_grad():
         for key, value in new.state_dict().items():  # weight[:c_out, :c_in // groups], ...
