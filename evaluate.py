@@ -89,25 +89,21 @@ def build_parser():
         help="network of the run (default: the checkpoint's; another one is an error)")
     add("--batch_size", type=runs.number(int, 1), default=128, metavar="N", help="images per "
         "calibration and evaluation batch (default: the run's training batch; --subnet: 128)")
-    add("--lower_channel", type=runs.number(float, 0, 1, low_open=True), metavar="M",
-        help="multiplier of the smallest network, also the low end of the area (default: the "
-        "run's; another one is an error)")
+    add("--lower_channel", type=runs.number(float, 0, 1, low_open=True), metavar="M", help="the "
+        "smallest network's multiplier, the area's low end (default and only value: the run's)")
     add("--calib_batches", type=runs.number(int, 1), metavar="N", help="training batches that "
-        f"calibrate BN for each configuration, the same for all (default: about "
-        f"{CALIBRATION_IMAGES} images)")
+        f"calibrate BN for every configuration (default: about {CALIBRATION_IMAGES} images)")
     add("--cost", choices=list(slimmable.COSTS), help="the cost axis of the front, area and "
         "plot (default: the run's --cost)")
     add("--configs", nargs="+", default=[], metavar="FILE", help="evaluate these JSON channel "
         "configs instead of the run's candidates (files results/NAME_configs_*)")
-    add("--uniform_points", type=runs.number(int, 2), default=UNIFORM_COUNT, metavar="N",
-        help=f"a slim run, or a random one not yet searched, is evaluated at N uniform widths "
-        f"evenly spaced in cost (default: {UNIFORM_COUNT})")
+    add("--uniform_points", type=runs.number(int, 2), default=UNIFORM_COUNT, metavar="N", help="a "
+        f"slim run, or an unsearched random one: N uniform widths (default: {UNIFORM_COUNT})")
     add("--export", metavar="DIR", help="save each front configuration as a standalone model in DIR")
     add("--subnet", nargs="+", metavar="FILE", help="test models saved by --export on the test "
         "split; several files end with one table (target, MACs, params, top-1)")
-    add("--compare", nargs="+", type=runs.run_name, metavar="NAME", help="plot the fronts of "
-        "these runs on one SVG, print their areas and top-1 at matched cost ratios (runs "
-        "without results are evaluated)")
+    add("--compare", nargs="+", type=runs.run_name, metavar="NAME", help="these runs' fronts on "
+        "one SVG, their areas and top-1 at matched cost ratios (runs without results: evaluated)")
     add("--out", metavar="PATH", help="--compare: SVG path (default: results/compare_NAMES.svg)")
     runs.add_process_flags(parser)
     data.add_data_args(parser)
@@ -376,7 +372,8 @@ def result_record(args, checkpoint, net, candidates, chosen, front, tested, fact
     points = []
     for k, i in enumerate(chosen):
         state_dict = tested[k].pop("state_dict", None)
-        point = {**candidates[i], "test": tested[k], "on_held_out_front": i in front, "subnet": None}
+        point = {**candidates[i], "test": tested[k], "on_held_out_front": i in front,
+                 "subnet": None}
         if args.export:
             point["subnet"] = os.path.join(args.export,
                                            f"{args.name}_{k:02d}_{millions(point['macs'])}.pt")
@@ -470,7 +467,8 @@ def evaluate_subnet(path, argv=None, loaders_cache=None):
     """Test a subnet saved by ``--export`` on the test split (data flags: as recorded, unless
     given in ``argv``). ``loaders_cache``: a dict that keeps the loaders of each set of data flags
     between calls."""
-    record = runs.load_checkpoint(path, SUBNET_KEYS, "a subnet file written by evaluate.py --export")
+    record = runs.load_checkpoint(path, SUBNET_KEYS,
+                                  "a subnet file written by evaluate.py --export")
     try:  # the recipe of this file's docstring: plain torch layers
         net = slimmable.export(models.get_model(record["network"], record["num_classes"],
                                                 **record["model_options"]), record["widths"])
@@ -626,13 +624,12 @@ def top1_at(points, ratio):
 
 def compare(names, out_path=None, argv=None):
     """Plot the test fronts of runs ``names`` on one SVG; print their areas and top-1 at matched
-    cost ratios. Runs without ``results/NAME_eval_pareto.json``, or whose checkpoint was
-    rewritten after it (see ``checkpoint_stamp``), are evaluated first (``argv`` as for
-    ``evaluate_run``); a result whose run directory is gone is plotted as it is. Returns one row
-    per run (rank 0; [] on the others):
-    ``{"name", "network", "method", "area", "top1_at": {ratio: top1 or None}}``. All fronts
-    must be against one cost: a result against another cost than an explicit ``--cost`` is
-    evaluated again; runs that still differ are refused (``Fail``)."""
+    cost ratios; return one row per run, ``{"name", "network", "method", "area", "top1_at":
+    {ratio: top1 or None}}`` (rank 0; [] on the others). A run is evaluated first (``argv`` as
+    for ``evaluate_run``) without ``results/NAME_eval_pareto.json``, when its checkpoint was
+    rewritten since (``checkpoint_stamp``) or the result is against another cost than an explicit
+    ``--cost``; one whose run folder is gone is plotted as it is. Fronts against different
+    costs are refused (``Fail``)."""
     wanted = build_parser().parse_args(argv or []).cost
     results = []
     for name in names:
