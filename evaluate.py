@@ -341,6 +341,8 @@ def load_run(name, argv):
     args = parse_args(argv, {key: recorded[key] for key in inherited if key in recorded},
                       (name, recorded))
     args.name = name
+    if args.export and os.path.exists(args.export) and not os.path.isdir(args.export):
+        raise Fail(f"--export {args.export} is a file; pass a folder (made when missing)")
     for folder in [RESULTS_DIR] + ([args.export] if args.export else []):
         runs.writable(folder)  # refused now, not after the whole evaluation
     # Built before the process group exists, so that every process sees the whole splits
