@@ -236,7 +236,6 @@ def draw_batches(loader, count, device):
 def accuracy(net, loader, device):
     """Top-1 and top-5 (%), mean cross-entropy and image count of ``net`` (eval mode) on ``loader``."""
     correct1 = correct5 = loss = count = 0
-    net.eval()
     with torch.no_grad():
         for batch in loader:
             inputs, targets = batch[0].to(device), batch[1].to(device)
