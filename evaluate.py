@@ -35,14 +35,13 @@ ratio ascending to 1.0, test top-1 %, test top-5 %; ``numpy.loadtxt`` gives shap
 
 A subnet file is a plain dict, ``state_dict`` of the static model plus its channel config
 (``network, num_classes, model_options, widths, channels, macs, params, data``), rebuilt with
-models.py and slimmable.py alone (all that ``load_subnet`` does)::
+models.py and slimmable.py alone (as ``evaluate_subnet`` does)::
 
     saved = torch.load("subnets/demo_00_7.36M.pt", weights_only=True)
     net = slimmable.export(models.get_model(saved["network"], saved["num_classes"],
                                             **saved["model_options"]), saved["widths"])
     net.load_state_dict(saved["state_dict"])   # plain nn.Conv2d / BatchNorm2d / Linear
 """
-import functools
 import glob
 import io
 import itertools
@@ -51,7 +50,6 @@ import math
 import os
 import sys
 import time
-from pathlib import Path
 from xml.sax.saxutils import escape
 
 # idle OpenMP threads sleep: spinning ones stall beside other processes on shared cores (train.py
@@ -59,8 +57,6 @@ from xml.sax.saxutils import escape
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np  # noqa: E402
 import torch
-import torch.distributed as dist
-import torch.nn.functional as F
 
 import data
 import models
@@ -81,7 +77,6 @@ COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e3
 # Flags that describe the trained run rather than this evaluation: given, they must agree with
 # the checkpoint (parse_args), else the front would be measured on another setting.
 RUN_FLAGS = ("network", "dataset", "lower_channel", "image_size", "scale_ratio", "slim_dataaug")
-CHECKPOINT_KEYS = ("model", "network", "num_classes", "method", "args")
 SUBNET_KEYS = ("network", "num_classes", "model_options", "widths", "state_dict", "macs", "data")
 
 
@@ -94,33 +89,28 @@ def build_parser():
         help="network of the run (default: the checkpoint's; another one is an error)")
     add("--batch_size", type=runs.number(int, 1), default=128, metavar="N", help="images per "
         "calibration and evaluation batch (default: the run's training batch; --subnet: 128)")
-    add("--lower_channel", type=runs.number(float, 0, 1, low_open=True), metavar="M",
-        help="multiplier of the smallest network, also the low end of the area (default: the "
-        "run's; another one is an error)")
+    add("--lower_channel", type=runs.number(float, 0, 1, low_open=True), metavar="M", help="the "
+        "smallest network's multiplier, the area's low end (default and only value: the run's)")
     add("--calib_batches", type=runs.number(int, 1), metavar="N", help="training batches that "
-        f"calibrate BN for each configuration, the same for all (default: about "
-        f"{CALIBRATION_IMAGES} images)")
+        f"calibrate BN for every configuration (default: about {CALIBRATION_IMAGES} images)")
     add("--cost", choices=list(slimmable.COSTS), help="the cost axis of the front, area and "
         "plot (default: the run's --cost)")
     add("--configs", nargs="+", default=[], metavar="FILE", help="evaluate these JSON channel "
         "configs instead of the run's candidates (files results/NAME_configs_*)")
-    add("--uniform_points", type=runs.number(int, 2), default=UNIFORM_COUNT, metavar="N",
-        help=f"a slim run, or a random one not yet searched, is evaluated at N uniform widths "
-        f"evenly spaced in cost (default: {UNIFORM_COUNT})")
+    add("--uniform_points", type=runs.number(int, 2), default=UNIFORM_COUNT, metavar="N", help="a "
+        f"slim run, or an unsearched random one: N uniform widths (default: {UNIFORM_COUNT})")
     add("--export", metavar="DIR", help="save each front configuration as a standalone model in DIR")
     add("--subnet", nargs="+", metavar="FILE", help="test models saved by --export on the test "
         "split; several files end with one table (target, MACs, params, top-1)")
-    add("--compare", nargs="+", type=runs.run_name, metavar="NAME", help="plot the fronts of "
-        "these runs on one SVG, print their areas and top-1 at matched cost ratios (runs "
-        "without results are evaluated)")
+    add("--compare", nargs="+", type=runs.run_name, metavar="NAME", help="these runs' fronts on "
+        "one SVG, their areas and top-1 at matched cost ratios (runs without results: evaluated)")
     add("--out", metavar="PATH", help="--compare: SVG path (default: results/compare_NAMES.svg)")
     runs.add_process_flags(parser)
     data.add_data_args(parser)
     parser.epilog = ("Data flags, --network, --batch_size, --lower_channel and --cost default to "
                      "the values the run was trained with. Those that describe the trained run ("
                      + ", ".join(f"--{flag}" for flag in RUN_FLAGS) + ") must equal its values "
-                     "when given (the Joslim reference's eval_checkpoints.py repeats the training "
-                     "flags); --datapath, --batch_size and the split sizes may differ.")
+                     "when given; --datapath, --batch_size and the split sizes may differ.")
     return parser
 
 
@@ -130,14 +120,13 @@ def parse_args(argv=None, defaults=None, run=None):
     that do not go together end the process with one line and exit status 2."""
     parser = build_parser()
     parser.set_defaults(**(defaults or {}))
-    args = parser.parse_args(argv if argv is not None else [])
+    args = parser.parse_args(argv or [])
     name, recorded = run or (None, {})
     for flag in RUN_FLAGS:
         if flag in recorded and getattr(args, flag) != recorded[flag]:
             parser.error(f"run {name} was trained with --{flag} {recorded[flag]}, not "
                          f"{getattr(args, flag)}: leave --{flag} out or give the run's value")
-    problem = data.check_data_args(args)
-    if problem:
+    if problem := data.check_data_args(args):
         parser.error(problem)
     return args
 
@@ -152,23 +141,7 @@ def checkpoint_stamp(name):
     return [stat.st_size, stat.st_mtime_ns]
 
 
-def run_settings(name, argv=None, overrides=None):
-    """``(args, checkpoint)`` for run ``name``: flags in ``argv`` or ``overrides`` over those
-    recorded at training; ``RUN_FLAGS`` must equal them (``parse_args``)."""
-    path = runs.checkpoint_path(name)
-    if not os.path.exists(path):
-        raise Fail(f"no checkpoint at {path}; train it first: python train.py --name {name}")
-    checkpoint = runs.load_checkpoint(path, CHECKPOINT_KEYS)
-    recorded = checkpoint["args"]
-    inherited = data.data_flag_names() | {"network", "batch_size", "lower_channel", "cost"}
-    args = parse_args(argv, {key: recorded[key] for key in inherited if key in recorded},
-                      (name, recorded))
-    vars(args).update({**(overrides or {}), "name": name})
-    return args, checkpoint
-
-
-# ---------------------------------------------------------------------------------------------
-# Which configurations
+# --- Which configurations --------------------------------------------------------------------
 
 
 def uniform_configs(net, lower, count=UNIFORM_COUNT, kind="macs"):
@@ -206,19 +179,17 @@ def candidate_configs(net, checkpoint, args):
     ends = [[args.lower_channel] * num_groups, [1.0] * num_groups]
     if args.configs:
         return [config_widths(path, net) for path in args.configs], f"{len(args.configs)} files"
-    if method == "joslim":
-        state = runs.as_numpy(checkpoint["sampler"])
-        configs = np.asarray(state["configs"], float).reshape(-1, num_groups)
-        losses = np.asarray(state["losses"], float).reshape(-1)
-        scored = np.isfinite(losses)  # the last proposals of a run are never scored
-        costs = np.asarray(slimmable.cost(net, configs[scored], args.cost), float) \
-            if scored.any() else np.zeros(0)
-        front = configs[scored][pareto_front(costs, losses[scored])]
-        return ends + front.tolist(), (f"the smallest, the full network and {len(front)} "
-                                       f"non-dominated of {int(scored.sum())} scored history entries")
     if method == "fixed":
         return [list(map(float, c)) for c in checkpoint["fixed_configs"]], \
             "the retrained --channel_config configurations"
+    if method == "joslim":
+        configs = np.asarray(checkpoint["sampler"]["configs"], float).reshape(-1, num_groups)
+        losses = np.asarray(checkpoint["sampler"]["losses"], float).reshape(-1)
+        scored = np.isfinite(losses)  # the last proposals of a run are never scored (NaN)
+        front = configs[pareto_front(slimmable.cost(net, configs, args.cost),
+                                     np.where(scored, losses, np.nan))]  # NaN: left out
+        return ends + front.tolist(), (f"the smallest, the full network and {len(front)} "
+                                       f"non-dominated of {int(scored.sum())} scored history entries")
     folder = os.path.join(runs.run_folder(args.name), "search")  # search.py's AutoSlim widths
     searched = sorted(glob.glob(os.path.join(folder, "*.json")))
     if method == "random" and searched:
@@ -235,8 +206,6 @@ def candidate_records(net, checkpoint, args):
     """``(candidates, source)``: a JSON-ready record (see ``evaluate_run``) of each configuration
     of ``candidate_configs``, the first of those with the same channels."""
     configs, source = candidate_configs(net, checkpoint, args)
-    if not configs:
-        raise Fail(f"run {args.name} has no configurations to evaluate; pass --configs FILE...")
     retrained = checkpoint["method"] == "fixed" and not args.configs
     sources = checkpoint["fixed_sources"] if retrained else []
     full_macs, full_cost = slimmable.macs(net, 1.0), slimmable.cost(net, 1.0, args.cost)
@@ -254,23 +223,19 @@ def candidate_records(net, checkpoint, args):
     return list(candidates.values()), source
 
 
-# ---------------------------------------------------------------------------------------------
-# Measuring configurations, shared out over torchrun's processes
+# --- Measuring configurations, shared out over torchrun's processes --------------------------
 
 
 def draw_batches(loader, count, device):
-    """The first ``count`` batches of ``loader`` on ``device``, the same on every call and rank."""
-    batches = [(x.to(device), y.to(device)) for x, y in data.first_batches(loader, count, seed=0)]
-    if dist.is_initialized():  # data workers may augment differently per machine: rank 0's win
-        for tensor in [t for batch in batches for t in batch]:
-            dist.broadcast(tensor, 0)
-    return batches
+    """The first ``count`` batches of ``loader`` on ``device``, the same on every call and rank
+    (data workers may augment differently per machine: rank 0's win)."""
+    batches = runs.broadcast(list(data.first_batches(loader, count, seed=0)))
+    return [(x.to(device), y.to(device)) for x, y in batches]
 
 
 def accuracy(net, loader, device):
     """Top-1 and top-5 (%), mean cross-entropy and image count of ``net`` (eval mode) on ``loader``."""
     correct1 = correct5 = loss = count = 0
-    net.eval()
     with torch.no_grad():
         for batch in loader:
             inputs, targets = batch[0].to(device), batch[1].to(device)
@@ -278,7 +243,7 @@ def accuracy(net, loader, device):
             hits = logits.topk(min(5, logits.shape[1]), dim=1).indices == targets[:, None]
             correct1 += hits[:, 0].sum().item()
             correct5 += hits.any(dim=1).sum().item()
-            loss += F.cross_entropy(logits, targets, reduction="sum").item()
+            loss += torch.nn.functional.cross_entropy(logits, targets, reduction="sum").item()
             count += len(targets)
     if count == 0:
         raise Fail("an evaluation split is empty; check --val_size and the dataset flags")
@@ -306,13 +271,12 @@ def measure(phase, records, loader, net, calibration, device, rank=0, world_size
     return runs.gather_dict(results)
 
 
-# ---------------------------------------------------------------------------------------------
-# One run
+# --- One run ---------------------------------------------------------------------------------
 
 
-def evaluate_run(name, overrides=None, argv=None):
-    """Evaluate run ``name`` (flags from ``argv`` or ``overrides``, e.g. ``{"calib_batches": 2}``),
-    write its result files and return the JSON content (on rank 0; None on the other ranks):
+def evaluate_run(name, argv=None):
+    """Evaluate run ``name`` (flags from ``argv``, e.g. ``["--calib_batches", "2"]``), write its
+    result files and return the JSON content (on rank 0; None on the other ranks):
 
     ``name, network, method, num_classes, model_options, dataset, lower_channel, calib_batches,
     calib_images, source, cost, full_cost, full_macs, full_params, full_mmcv_flops,
@@ -327,14 +291,8 @@ def evaluate_run(name, overrides=None, argv=None):
     held-out data) and ``subnet`` (the --export file or None). ``area``: mean test top-1 error
     (%) of the step curve over cost ratios [smallest_ratio, 1], or None where that is empty.
     """
-    stamp = checkpoint_stamp(name)
-    args, checkpoint = run_settings(name, argv, overrides)
-    if args.export and os.path.exists(args.export) and not os.path.isdir(args.export):
-        raise Fail(f"--export {args.export} is a file; pass a folder (made when missing)")
-    for folder in [RESULTS_DIR] + ([args.export] if args.export else []):
-        runs.writable(folder)  # refused now, not after the whole evaluation
-    start = time.time()
-    net, loaders, device, rank, world_size = load_run(args, checkpoint)
+    stamp, start = checkpoint_stamp(name), time.time()
+    args, checkpoint, net, loaders, device, rank, world_size = load_run(name, argv)
     candidates, source = candidate_records(net, checkpoint, args)
     calibration = draw_batches(loaders.train, args.calib_batches or
                                math.ceil(CALIBRATION_IMAGES / args.batch_size), device)
@@ -346,11 +304,18 @@ def evaluate_run(name, overrides=None, argv=None):
               f"{len(candidates)} candidates: {source}; BN calibrated on {len(calibration)} "
               f"training batches; front selected on {len(loaders.val.dataset)} held-out images, "
               f"reported on {len(loaders.test.dataset)} test images")
-    measured = functools.partial(measure, net=net, calibration=calibration, device=device,
-                                 rank=rank, world_size=world_size)
-    chosen, front = select_front(candidates, measured, loaders.val, args.cost)
-    tested = measured("test", [candidates[i] for i in chosen], loaders.test,
-                      export=bool(args.export))
+    shared = dict(net=net, calibration=calibration, device=device, rank=rank, world_size=world_size)
+    for i, result in measure("held-out", candidates, loaders.val, **shared).items():
+        candidates[i]["held_out"] = result
+    front = set(pareto_front([c[args.cost] for c in candidates],
+                             [100 - c["held_out"]["top1"] for c in candidates]).tolist())
+    # Also tested: the full network (the Joslim reference's anchor) and every retrained
+    # configuration (one with a config_file), a model of its own trained for its target.
+    chosen = sorted(front | {i for i, c in enumerate(candidates)
+                             if c["macs_ratio"] == 1.0 or "config_file" in c},
+                    key=lambda i: (candidates[i][args.cost], candidates[i]["macs"]))
+    tested = measure("test", [candidates[i] for i in chosen], loaders.test,
+                     export=bool(args.export), **shared)
     if rank != 0:
         return None
     result = result_record(args, checkpoint, net, candidates, chosen, front, tested, {
@@ -361,9 +326,24 @@ def evaluate_run(name, overrides=None, argv=None):
     return result
 
 
-def load_run(args, checkpoint):
-    """``(net, loaders, device, rank, world size)``: the run's trained network on its device and
-    its data, refused when they do not fit or there is no held-out split to select on."""
+def load_run(name, argv):
+    """``(args, checkpoint, net, loaders, device, rank, world size)`` of run ``name``: flags in
+    ``argv`` over those recorded at training (``RUN_FLAGS`` must equal them), its trained network
+    on its device and its data; refused before any work when they do not fit, there is no
+    held-out split to select on, or the result folders cannot be written."""
+    path = runs.checkpoint_path(name)
+    if not os.path.exists(path):
+        raise Fail(f"no checkpoint at {path}; train it first: python train.py --name {name}")
+    checkpoint = runs.load_checkpoint(path, ("model", "network", "num_classes", "method", "args"))
+    recorded = checkpoint["args"]
+    inherited = data.data_flag_names() | {"network", "batch_size", "lower_channel", "cost"}
+    args = parse_args(argv, {key: recorded[key] for key in inherited if key in recorded},
+                      (name, recorded))
+    args.name = name
+    if args.export and os.path.exists(args.export) and not os.path.isdir(args.export):
+        raise Fail(f"--export {args.export} is a file; pass a folder (made when missing)")
+    for folder in [RESULTS_DIR] + ([args.export] if args.export else []):
+        runs.writable(folder)  # refused now, not after the whole evaluation
     # Built before the process group exists, so that every process sees the whole splits
     # (data.py shards them under torch.distributed): a process evaluates whole configurations.
     args.pin_memory = args.pin_memory and args.device != "cpu"
@@ -373,40 +353,39 @@ def load_run(args, checkpoint):
         net = models.get_model(checkpoint["network"], checkpoint["num_classes"],
                                **checkpoint["model_options"])
     except ValueError as error:  # e.g. the FILE.py of a --network FILE.py:FUNCTION run is gone
-        raise Fail(f"cannot rebuild the network of run {args.name}: {error}") from None
-    runs.load_weights(net, checkpoint["model"], runs.checkpoint_path(args.name))
+        raise Fail(f"cannot rebuild the network of run {name}: {error}") from None
+    runs.load_weights(net, checkpoint["model"], path)
     if loaders.num_classes != checkpoint["num_classes"]:
-        raise Fail(f"the data has {loaders.num_classes} classes, run {args.name} was trained on "
+        raise Fail(f"the data has {loaders.num_classes} classes, run {name} was trained on "
                    f"{checkpoint['num_classes']}; pass the run's --dataset")
-    if loaders.val is None or len(loaders.val.dataset) == 0:
+    if loaders.val is None:
         raise Fail("no held-out split to select the front on; pass --val_size N (N > 0)")
-    return net.to(device), loaders, device, rank, world_size
-
-
-def select_front(candidates, measured, loader, kind):
-    """Score every candidate on held-out data (its ``held_out``); return the indices to test, by
-    ascending cost ``kind``, and the set of those non-dominated by (cost, held-out top-1 error).
-    Also tested: the full network (the Joslim reference's anchor) and every retrained
-    configuration (one with a ``config_file``), a model of its own trained for its target."""
-    for i, result in measured("held-out", candidates, loader).items():
-        candidates[i]["held_out"] = result
-    front = set(pareto_front([c[kind] for c in candidates],
-                             [100 - c["held_out"]["top1"] for c in candidates]).tolist())
-    reported = front | {i for i, c in enumerate(candidates)
-                        if c["macs_ratio"] == 1.0 or "config_file" in c}
-    return sorted(reported, key=lambda i: (candidates[i][kind], candidates[i]["macs"])), front
+    return args, checkpoint, net.to(device), loaders, device, rank, world_size
 
 
 def result_record(args, checkpoint, net, candidates, chosen, front, tested, facts):
-    """``evaluate_run``'s result: the tested points (``chosen``, ``front``: ``select_front``'s),
-    each saved as a subnet with --export, the area under their test top-1 error front, the
-    run's identity and the ``facts`` of this evaluation (data, calibration, time)."""
+    """``evaluate_run``'s result: the tested points (indices ``chosen`` of ``candidates``, those
+    in ``front`` non-dominated on held-out data), with --export each saved as a subnet file (the
+    static model's state_dict plus its channel config), the area under their test top-1 error
+    front, the run's identity and the ``facts`` of this evaluation (data, calibration, time)."""
+    data_args = {key: getattr(args, key) for key in sorted(data.data_flag_names())
+                 if isinstance(getattr(args, key), (int, float, str))}
     points = []
     for k, i in enumerate(chosen):
         state_dict = tested[k].pop("state_dict", None)
-        points.append({**candidates[i], "test": tested[k], "on_held_out_front": i in front})
-        points[-1]["subnet"] = save_subnet(args, checkpoint, k, points[-1], state_dict) \
-            if args.export else None
+        point = {**candidates[i], "test": tested[k], "on_held_out_front": i in front,
+                 "subnet": None}
+        if args.export:
+            point["subnet"] = os.path.join(args.export,
+                                           f"{args.name}_{k:02d}_{millions(point['macs'])}.pt")
+            runs.save_checkpoint(point["subnet"], {
+                "state_dict": state_dict, "network": args.network,
+                "num_classes": checkpoint["num_classes"],
+                "model_options": checkpoint["model_options"], "run": args.name,
+                **{key: point[key] for key in ("widths", "channels", "macs", "params", "mmcv_flops",
+                                               "held_out", "test", "cost", "target", "config_file")
+                   if key in point}, "data": data_args})
+        points.append(point)
     kind, full_cost = args.cost, slimmable.cost(net, 1.0, args.cost)
     smallest_ratio = slimmable.cost(net, args.lower_channel, kind) / full_cost
     errors = [100 - p["test"]["top1"] for p in points]
@@ -449,9 +428,8 @@ def write_results(result, stem):
     points, kind = result["points"], result["cost"]
     name, x_label = COST_NAMES[kind]
     text = io.StringIO()
-    np.savetxt(text, np.array([[p["cost_ratio"] for p in points],
-                               [p["test"]["top1"] for p in points],
-                               [p["test"]["top5"] for p in points]]))
+    np.savetxt(text, np.array([[p["cost_ratio"], p["test"]["top1"], p["test"]["top5"]]
+                               for p in points]).T)
     runs.write_atomic(f"{stem}_eval_pareto.txt", text.getvalue())
     runs.write_json(f"{stem}_eval_pareto.json", result)
     curves = [test_curve(result, "test top-1, front selected on held-out"),
@@ -483,54 +461,33 @@ def write_results(result, stem):
           + f" ({result['seconds']:.1f} s)")
 
 
-# ---------------------------------------------------------------------------------------------
-# Standalone subnets (AutoSlim's "split checkpoint", the Joslim reference's "test a subnet")
+# --- Standalone subnets (AutoSlim's "split checkpoint", the Joslim reference's "test a subnet")
 
 
-def save_subnet(args, checkpoint, index, point, state_dict):
-    """One file per front point: the static model's state_dict plus its channel config."""
-    path = os.path.join(args.export, f"{args.name}_{index:02d}_{millions(point['macs'])}.pt")
-    data_args = {key: getattr(args, key) for key in sorted(data.data_flag_names())
-                 if isinstance(getattr(args, key), (int, float, str))}
-    runs.save_checkpoint(path, {
-        "state_dict": state_dict, "network": args.network, "num_classes": checkpoint["num_classes"],
-        "model_options": checkpoint["model_options"], "run": args.name,
-        **{key: point[key] for key in ("widths", "channels", "macs", "params", "mmcv_flops",
-                                       "held_out", "test", "cost", "target", "config_file")
-           if key in point}, "data": data_args})
-    return path
-
-
-def load_subnet(path):
-    """``(model, record)``: the plain torch model saved by ``--export`` (eval mode) and its dict."""
+def evaluate_subnet(path, argv=None, loaders_cache=None):
+    """Test a subnet saved by ``--export`` on the test split (data flags: as recorded, unless
+    given in ``argv``). ``loaders_cache``: a dict that keeps the loaders of each set of data flags
+    between calls."""
     record = runs.load_checkpoint(path, SUBNET_KEYS,
                                   "a subnet file written by evaluate.py --export")
-    try:
+    try:  # the recipe of this file's docstring: plain torch layers
         net = slimmable.export(models.get_model(record["network"], record["num_classes"],
                                                 **record["model_options"]), record["widths"])
         net.load_state_dict(record["state_dict"])
     except Exception as error:  # missing, truncated or foreign
         raise Fail(f"cannot load subnet {path}: {first_line(error)}") from None
-    return net.eval(), record
-
-
-def evaluate_subnet(path, argv=None, loaders_cache=None):
-    """Test a saved subnet on the test split (data flags: as recorded, unless given in ``argv``).
-    ``loaders_cache``: a dict that keeps the loaders of each set of data flags between calls."""
-    net, record = load_subnet(path)
     args = parse_args(argv, record["data"])
     args.pin_memory = args.pin_memory and args.device != "cpu"
     cache = {} if loaders_cache is None else loaders_cache
     key = repr(sorted(record["data"].items()))
     if key not in cache:  # subnets exported from one run share their data (argv is the same)
         cache[key] = data.get_loaders(args, args.batch_size, eval_batch_size=args.batch_size)
-    loaders = cache[key]  # the whole test split
     device = runs.start(args.device, args.threads, set_threads=False)[0]
-    result = accuracy(net.to(device), loaders.test, device)
+    result = accuracy(net.eval().to(device), cache[key].test, device)  # the whole test split
     counted = sum(p.numel() for p in net.parameters())
     print(f"{path}: {record['network']} at {millions(record['macs'])} MACs, {counted:,} params; "
           f"test top-1 {result['top1']:.2f}, top-5 {result['top5']:.2f} on {result['images']} "
-          f"{loaders.dataset} images")
+          f"{cache[key].dataset} images")
     return {**result, "macs": record["macs"], "params": counted,
             "mmcv_flops": slimmable.mmcv_flops(net), "cost": record.get("cost"),
             "target": record.get("target")}
@@ -551,8 +508,7 @@ def evaluate_subnets(paths, argv=None):
     return rows
 
 
-# ---------------------------------------------------------------------------------------------
-# Plots: plain SVG text
+# --- Plots: plain SVG text -------------------------------------------------------------------
 
 
 def nice_ticks(low, high, count=6):
@@ -654,14 +610,11 @@ def training_curves_svg(points, title):
         curves = [{"label": end, "line": True, "points": [(p["step"], p[f"{end}_{key}"])
                                                           for p in points if f"{end}_{key}" in p]}
                   for end in ("full", "smallest")]
-        curves = [curve for curve in curves if curve["points"]]
-        if curves:
-            panels.append((y_label, curves))
-    return panels_svg(panels, title)
+        panels.append((y_label, [curve for curve in curves if curve["points"]]))
+    return panels_svg([(y_label, curves) for y_label, curves in panels if curves], title)
 
 
-# ---------------------------------------------------------------------------------------------
-# Several runs
+# --- Several runs ----------------------------------------------------------------------------
 
 
 def top1_at(points, ratio):
@@ -670,21 +623,21 @@ def top1_at(points, ratio):
     return max(affordable) if affordable else None
 
 
-def compare(names, out_path=None, overrides=None, argv=None):
+def compare(names, out_path=None, argv=None):
     """Plot the test fronts of runs ``names`` on one SVG; print their areas and top-1 at matched
-    cost ratios. Runs without ``results/NAME_eval_pareto.json``, or whose checkpoint was
-    rewritten after it (see ``checkpoint_stamp``), are evaluated first (``overrides`` and
-    ``argv`` as for ``evaluate_run``); a result whose run directory is gone is plotted as it is.
-    Returns one row per run (rank 0; [] on the others):
-    ``{"name", "network", "method", "area", "top1_at": {ratio: top1 or None}}``. All fronts
-    must be against one cost: a result against another cost than an explicit ``--cost`` is
-    evaluated again; runs that still differ are refused (``Fail``)."""
-    wanted = (overrides or {}).get("cost") or build_parser().parse_args(argv or []).cost
+    cost ratios; return one row per run, ``{"name", "network", "method", "area", "top1_at":
+    {ratio: top1 or None}}`` (rank 0; [] on the others). A run is evaluated first (``argv`` as
+    for ``evaluate_run``) without ``results/NAME_eval_pareto.json``, when its checkpoint was
+    rewritten since (``checkpoint_stamp``) or the result is against another cost than an explicit
+    ``--cost``; one whose run folder is gone is plotted as it is. Fronts against different
+    costs are refused (``Fail``)."""
+    wanted = build_parser().parse_args(argv or []).cost
     results = []
     for name in names:
         path, stamp = os.path.join(RESULTS_DIR, f"{name}_eval_pareto.json"), checkpoint_stamp(name)
         try:  # a result file that cannot be read is evaluated again
-            saved = json.loads(Path(path).read_text())
+            with open(path) as handle:
+                saved = json.load(handle)
         except (OSError, ValueError, RecursionError):
             saved = None
         if saved and stamp is not None and (saved["checkpoint_stamp"] != stamp
@@ -692,7 +645,7 @@ def compare(names, out_path=None, overrides=None, argv=None):
             print(f"{path} is older than runs/{name}/checkpoint.pt, or against another cost: "
                   f"evaluating it again")
             saved = None
-        results.append(saved or evaluate_run(name, overrides, argv))
+        results.append(saved or evaluate_run(name, argv))
     if any(result is None for result in results):  # not rank 0 of a torchrun job
         return []
     kinds = sorted({r["cost"] for r in results})
@@ -718,19 +671,12 @@ def compare(names, out_path=None, overrides=None, argv=None):
     return rows
 
 
-def job(args, argv):
-    if args.subnet:
-        evaluate_subnets(args.subnet, argv)
-    elif args.compare:
-        compare(args.compare, args.out, argv=argv)
-    else:
-        evaluate_run(args.name, argv=argv)
-
-
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
-    # Which job only: the flags are parsed again over the run's (or subnet's) recorded ones
-    return runs.cli(job, build_parser().parse_args(argv), argv, user_errors=(data.DataError,),
+    args = build_parser().parse_args(argv)  # which job only: parsed again over the recorded flags
+    job = (evaluate_subnets, args.subnet, argv) if args.subnet else \
+        (compare, args.compare, args.out, argv) if args.compare else (evaluate_run, args.name, argv)
+    return runs.cli(*job, user_errors=(data.DataError,),
                     interrupted="interrupted: nothing was written; rerun to evaluate again")
 
 
