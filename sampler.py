@@ -71,11 +71,6 @@ def normal_cdf(z):
     return np.where(z < 0, upper_tail, 1.0 - upper_tail)
 
 
-def normal_pdf(z):
-    z = np.asarray(z, dtype=float)
-    return np.exp(-0.5 * z * z) / math.sqrt(2.0 * math.pi)
-
-
 def expected_improvement(mean, std, best):
     """E[max(best - f, 0)] for f ~ N(mean, std^2): how much a point is expected to beat `best`
     when MINIMIZING. Closed form (best - mean) Phi(z) + std phi(z), z = (best - mean) / std; equals
@@ -85,11 +80,11 @@ def expected_improvement(mean, std, best):
     improvement = best.reshape(-1) - mean
     result, has_std = np.maximum(improvement, 0.0), std > 0
     z = improvement[has_std] / std[has_std]
-    unit, right = np.empty_like(z), z >= 0
-    unit[right] = z[right] * normal_cdf(z[right]) + normal_pdf(z[right])
+    pdf, unit, right = np.exp(-0.5 * z * z) / math.sqrt(2.0 * math.pi), np.empty_like(z), z >= 0
+    unit[right] = z[right] * normal_cdf(z[right]) + pdf[right]
     # For z < 0, z Phi(z) + phi(z) cancels; factor out phi(z) and use erfcx to keep relative accuracy.
     zl = z[~right]
-    unit[~right] = normal_pdf(zl) * (1.0 + zl * math.sqrt(math.pi / 2.0) * _erfcx(-zl / math.sqrt(2.0)))
+    unit[~right] = pdf[~right] * (1.0 + zl * math.sqrt(math.pi / 2.0) * _erfcx(-zl / math.sqrt(2.0)))
     result[has_std] = std[has_std] * np.maximum(unit, 0.0)
     return result.reshape(shape)
 
@@ -102,8 +97,6 @@ class CholeskyFactor:
     conditioning on new points costs O(n^2), not O(n^3). Not np.linalg.cholesky/solve: NumPy has no
     triangular solver, and OpenBLAS's threaded LAPACK stalls 10-100x when a trainer shares the
     cores, while matrix products and 64x64 LAPACK calls do not."""
-
-    BLOCK = 64
 
     def __init__(self, matrix):
         """Factor `matrix`; on failure retry with growing diagonal jitter (near-duplicate inputs)."""
@@ -121,8 +114,8 @@ class CholeskyFactor:
         n, k = len(self.lower), len(corner)
         self.lower = np.pad(self.lower, ((0, k), (0, k)))
         column = np.vstack([cross, corner])                # new columns of the grown matrix
-        for start in range(0, k, self.BLOCK):
-            stop = min(start + self.BLOCK, k)
+        for start in range(0, k, 64):
+            stop = min(start + 64, k)
             rows = slice(n + start, n + stop)
             left = self.solve_lower(column[:n + start, start:stop]).T
             diagonal = np.linalg.cholesky(corner[start:stop, start:stop] - left @ left.T)
@@ -143,11 +136,6 @@ class CholeskyFactor:
         for start, stop, inverse in reversed(self.blocks):
             solution[start:stop] = inverse.T @ (rhs[start:stop] - self.lower[stop:, start:stop].T @ solution[stop:])
         return solution[:, 0]
-
-    def log_density(self, y, alpha):
-        """log N(y; 0, K) given alpha = K^-1 y (R&W Eq. 2.30), with log det K = 2 sum log diag L."""
-        half_log_determinant = float(np.log(np.diag(self.lower)).sum())
-        return -0.5 * y @ alpha - half_log_determinant - 0.5 * len(y) * math.log(2.0 * math.pi)
 
 
 class GaussianProcess:
@@ -199,7 +187,9 @@ class GaussianProcess:
         Z = X / lengthscales
         grad_lengthscales = (Z * Z).T @ M.sum(1) - (Z * (M @ Z)).sum(0)
         grad_signal, grad_noise = 0.5 * (W * signal_kernel).sum(), 0.5 * noise * np.trace(W)
-        return factor.log_density(y, alpha), np.concatenate([grad_lengthscales, [grad_signal, grad_noise]])
+        half_log_determinant = float(np.log(np.diag(factor.lower)).sum())
+        value = -0.5 * y @ alpha - half_log_determinant - 0.5 * n * math.log(2.0 * math.pi)
+        return value, np.concatenate([grad_lengthscales, [grad_signal, grad_noise]])
 
     def fit(self, X, y, optimize=True, iterations=50, learning_rate=0.05, subset_size=None, rng=None):
         """Condition on (X, y); with optimize=True first maximize the log marginal likelihood by Adam
@@ -257,8 +247,8 @@ class GaussianProcess:
 
     def log_marginal_likelihood(self, return_grad=False):
         """log p(y | X) at the current hyperparameters; with return_grad also d/d log_params."""
-        return (self._lml_and_grad(self.log_params, self.X, self.y) if return_grad
-                else float(self.cholesky.log_density(self.y, self.alpha)))
+        value, grad = self._lml_and_grad(self.log_params, self.X, self.y)
+        return (float(value), grad) if return_grad else float(value)
 
 
 # ---------------------------------------------------------------- Pareto helpers
@@ -324,11 +314,10 @@ class JoslimSampler:
     """Joslim's sampler, on the reference's schedule: `prior_points` configurations with one uniform
     multiplier, then the full network, then one GP-guided proposal per call slot at a target cost
     t ~ U(cost(lower), 1), chosen among `num_candidates` candidates moved onto t by `acquisition`:
-    'ei' (expected improvement, `_propose_expected_improvement`) or 'ucb' (the reference's
-    scheme, `_propose_tchebyshev_ucb`).
-
-    The GP's hyperparameters are refitted once per `observe`: `fit_iterations` Adam steps (four
-    times as many the first time) on at most `fit_subset_size` random points.
+    'ei' (`_propose_expected_improvement`) or 'ucb' (`_propose_tchebyshev_ucb`). A trainer calls
+    `history_configs`, `observe` (their losses), `propose`, and `state_dict` for checkpoints. The
+    GP's hyperparameters are refitted once per `observe`: `fit_iterations` Adam steps (four times
+    as many the first time) on at most `fit_subset_size` random points.
 
     `max_scored` bounds the trainer's re-scoring work per window (None: the whole history, as the
     reference). With a longer history, `history_configs` returns the never-scored proposals, then
@@ -363,8 +352,6 @@ class JoslimSampler:
     def _unit(self, configs):
         # The GP sees the unit cube so that its lengthscale bounds mean the same for any `lower`.
         return (configs - self.lower) / (1.0 - self.lower)
-
-    # -- the trainer-facing interface
 
     def history_configs(self):
         """The (N, D) configurations whose losses the next `observe` takes, in history order."""
@@ -417,8 +404,6 @@ class JoslimSampler:
         self.last_targets, self.last_costs = np.array(targets), np.array(costs)
         return self.configs[len(self.configs) - count:].copy()
 
-    # -- the GP and its data
-
     def _conditioned_model(self):
         """The GP on this window's scored configurations (unit cube) and standardized losses. Its X
         and y also gather this call's fantasies; `_model_costs` holds the costs of X's rows."""
@@ -440,8 +425,6 @@ class JoslimSampler:
         # Costs are recomputed in one batch here so a restored checkpoint sees bit-identical values.
         self._model_costs = self._cost(self.configs[observed])
         return model
-
-    # -- candidates on the target cost
 
     def _move_to_cost(self, configs, targets, steps=24):
         """Move each row of configs (N, D) onto its target cost (N,) by bisection, all rows at once,
@@ -542,8 +525,6 @@ class JoslimSampler:
                 low, weight = weight, 0.5 * (weight + high)
         # The reference stopped here (off target by up to 0.17); exact cost lets us finish the job.
         return self._move_to_cost(pool[winner][None], np.array([target]))[0][0]
-
-    # -- checkpoints
 
     def state_dict(self):
         return {"num_dims": self.num_dims, "lower": self.lower, "configs": self.configs.copy(),
