@@ -83,8 +83,7 @@ def build_parser():
     add("--name", type=runs.run_name, default="demo", help="run to search: reads "
         "runs/NAME/checkpoint.pt, writes runs/NAME/search/ (default: demo)")
     add("--cost", default="macs", choices=list(slimmable.COSTS),
-        help="the convention of the targets (see above): macs (default; the AutoSlim paper's "
-             "FLOPs), mmcv_flops (mmrazor's labels), params or memory")
+        help="the convention of the targets (see above; default: macs)")
     add("--targets", type=runs.number(float, 0, low_open=True), nargs="+", metavar="M",
         help="targets in millions of --cost per image, e.g. --cost mmcv_flops --targets 530 320")
     add("--target_ratios", type=runs.number(float, 0, 1, low_open=True), nargs="+", metavar="R",
@@ -362,11 +361,10 @@ class CandidateScorer:
             if resume > position:  # the current configuration's activations at ``resume``
                 calibration, score = self._run(current, position, resume, calibration, score)
                 position = resume
-            correct, loss = 0, 0.0
-            for logits, labels in self._run(widths, position, None, calibration, score)[1]:
-                correct += int((logits.float().argmax(1) == labels).sum())
-                loss += float(F.cross_entropy(logits.float(), labels, reduction="sum"))
-            results[key] = correct, loss
+            outputs = self._run(widths, position, None, calibration, score)[1]
+            scored = [(logits.float(), labels) for logits, labels in outputs]
+            results[key] = (sum(int((z.argmax(1) == y).sum()) for z, y in scored),
+                            sum(float(F.cross_entropy(z, y, reduction="sum")) for z, y in scored))
         return results
 
 
