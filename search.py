@@ -133,20 +133,6 @@ def check_flags(args):
         raise Fail(problem)
 
 
-def command_line(parser, settings):
-    """The argv that sets ``settings`` ({flag: value}, as ``run_search`` takes them)."""
-    flags = {action.dest: action.option_strings for action in parser._actions}
-    argv = []
-    for key, value in settings.items():
-        if key not in flags:
-            raise TypeError(f"run_search() got an unknown setting: {key}")
-        if isinstance(value, bool):  # a switch: --restart, or --pin_memory / --no-pin_memory
-            argv += flags[key][:1] if value else flags[key][1:]
-        elif value is not None:
-            argv += [flags[key][0], *map(str, value if isinstance(value, (list, tuple)) else [value])]
-    return argv
-
-
 def resolve_data_flags(args, given, checkpoint):
     """Data flags nobody set explicitly take the supernet's training values."""
     for key in data.data_flag_names() - set(given):
@@ -568,7 +554,14 @@ def run_search(name="demo", targets=None, target_ratios=None, max_steps=0, **set
         raise Fail(message)
 
     parser.error = refuse
-    argv = command_line(parser, settings)
+    flags, argv = {action.dest: action.option_strings for action in parser._actions}, []
+    for key, value in settings.items():  # the command line that sets ``settings``
+        if key not in flags:
+            raise TypeError(f"run_search() got an unknown setting: {key}")
+        if isinstance(value, bool):  # a switch: --restart, or --pin_memory / --no-pin_memory
+            argv += flags[key][:1] if value else flags[key][1:]
+        elif value is not None:
+            argv += [flags[key][0], *map(str, value if isinstance(value, (list, tuple)) else [value])]
     return search(parser.parse_args(argv), runs.explicit_flags(parser, argv))
 
 
