@@ -208,12 +208,10 @@ class GaussianProcess:
             params = np.clip(self.log_params, low, high)
             best_value, best_params = -np.inf, params.copy()
             first_moment, second_moment = np.zeros_like(params), np.zeros_like(params)
-            for step in range(1, iterations + 2):      # `iterations` moves; the last point scored too
+            for step in range(1, iterations + 2):      # the start and `iterations` moves scored
                 value, grad = self._lml_and_grad(params, fit_X, fit_y)
                 if value > best_value:
                     best_value, best_params = value, params.copy()
-                if step == iterations + 1:
-                    break
                 first_moment = 0.9 * first_moment + 0.1 * grad
                 second_moment = 0.999 * second_moment + 0.001 * grad * grad
                 step_size = learning_rate * math.sqrt(1 - 0.999 ** step) / (1 - 0.9 ** step)

@@ -568,8 +568,7 @@ def run_search(name="demo", targets=None, target_ratios=None, max_steps=0, **set
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
-    given = runs.explicit_flags(parser, argv)
-    return runs.cli(lambda: search(args, given), user_errors=(data.DataError,))
+    return runs.cli(search, args, runs.explicit_flags(parser, argv), user_errors=(data.DataError,))
 
 
 if __name__ == "__main__":
