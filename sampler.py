@@ -446,7 +446,7 @@ class JoslimSampler:
         """Half random configurations in the box, half Gaussian perturbations of the model's front
         configurations close in cost to each row's target (to refine the front), plus the uniform
         configuration; all moved onto `targets` (num_candidates,). Returns them, their costs, the
-        GP's posterior mean and std there, and which lie within 1e-3 of a `chosen_units` point."""
+        GP's posterior mean and std there, and `taken`: within 1e-3 of a `chosen_units` point."""
         num_random = self.num_candidates // 2
         random_configs = self.rng.uniform(self.lower, 1.0, size=(num_random, self.num_dims))
         front = pareto_front(self._model_costs, model.y)
@@ -459,12 +459,12 @@ class JoslimSampler:
         step = (1.0 - self.lower) * np.exp(self.rng.uniform(math.log(0.01), math.log(0.2), size=(len(parents), 1)))
         local_configs = np.clip(parents + step * self.rng.standard_normal(parents.shape), self.lower, 1.0)
         uniform_config = np.full((1, self.num_dims), self.lower + 0.5 * (1.0 - self.lower))
-        configs, costs = self._move_to_cost(np.vstack([random_configs, local_configs, uniform_config]),
-                                            targets)
+        configs = np.vstack([random_configs, local_configs, uniform_config])
+        configs, costs = self._move_to_cost(configs, targets)
         units = self._unit(configs)
-        chosen = (np.abs(units[:, None, :] - np.array(chosen_units)[None]).max(-1).min(1) < 1e-3
-                  if chosen_units else np.zeros(len(units), dtype=bool))
-        return (configs, costs, *model.predict(units), chosen)
+        taken = (np.abs(units[:, None, :] - np.array(chosen_units)[None]).max(-1).min(1) < 1e-3
+                 if chosen_units else np.zeros(len(units), dtype=bool))
+        return (configs, costs, *model.predict(units), taken)
 
     def _propose_expected_improvement(self, model, target, chosen_units):
         """acquisition='ei': the candidate at cost t (within `cost_tolerance`) with the largest
@@ -474,7 +474,7 @@ class JoslimSampler:
         call are made distinct by the kriging believer: the winner joins the GP with its posterior
         mean as a fantasy observation (the mean is unchanged, its uncertainty collapses), and
         candidates within 1e-3 of a chosen point are excluded."""
-        candidates, costs, mean, std, chosen = self._candidates(
+        candidates, costs, mean, std, taken = self._candidates(
             model, np.full(self.num_candidates, target), chosen_units)
         affordable = self._model_costs <= target
         best = model.y[affordable].min() if affordable.any() else model.y[np.argmin(self._model_costs)]
@@ -482,7 +482,7 @@ class JoslimSampler:
         if not np.any(score > 0):                        # EI underflowed everywhere: exploit the mean
             score = -mean
         score[np.abs(costs - target) > self.cost_tolerance] = -np.inf
-        score[chosen] = -np.inf
+        score[taken] = -np.inf
         if not np.isfinite(score).any():                  # nothing on target: the closest in cost
             score = -np.abs(costs - target)
         winner = int(np.argmax(score))
@@ -498,7 +498,7 @@ class JoslimSampler:
         arg-min's cost is near t; the winner is then moved onto t exactly. No fantasies (the
         reference had none)."""
         # A pool spread over all costs stands in for the reference's optimization over the whole box.
-        pool, pool_costs, mean, std, chosen = self._candidates(
+        pool, pool_costs, mean, std, taken = self._candidates(
             model, self.rng.uniform(self.lowest_cost, 1.0, size=self.num_candidates), chosen_units)
         loss_bound = mean + math.sqrt(self.beta) * std
         history_costs = self._model_costs          # this scheme adds no fantasies: the history's costs
@@ -509,7 +509,7 @@ class JoslimSampler:
             loss_term = (1.0 - weight) * (loss_bound - self.baseline)
             cost_term = weight * (standardized_cost - self.baseline)
             scalarized = np.maximum(loss_term, cost_term) + 1e-6 * (loss_term + cost_term)
-            scalarized[chosen] = np.inf
+            scalarized[taken] = np.inf
             winner = int(np.argmin(scalarized))
             if abs(pool_costs[winner] - target) <= 0.02:
                 break
