@@ -71,11 +71,6 @@ def normal_cdf(z):
     return np.where(z < 0, upper_tail, 1.0 - upper_tail)
 
 
-def normal_pdf(z):
-    z = np.asarray(z, dtype=float)
-    return np.exp(-0.5 * z * z) / math.sqrt(2.0 * math.pi)
-
-
 def expected_improvement(mean, std, best):
     """E[max(best - f, 0)] for f ~ N(mean, std^2): how much a point is expected to beat `best`
     when MINIMIZING. Closed form (best - mean) Phi(z) + std phi(z), z = (best - mean) / std; equals
@@ -85,11 +80,11 @@ def expected_improvement(mean, std, best):
     improvement = best.reshape(-1) - mean
     result, has_std = np.maximum(improvement, 0.0), std > 0
     z = improvement[has_std] / std[has_std]
-    unit, right = np.empty_like(z), z >= 0
-    unit[right] = z[right] * normal_cdf(z[right]) + normal_pdf(z[right])
+    pdf, unit, right = np.exp(-0.5 * z * z) / math.sqrt(2.0 * math.pi), np.empty_like(z), z >= 0
+    unit[right] = z[right] * normal_cdf(z[right]) + pdf[right]
     # For z < 0, z Phi(z) + phi(z) cancels; factor out phi(z) and use erfcx to keep relative accuracy.
     zl = z[~right]
-    unit[~right] = normal_pdf(zl) * (1.0 + zl * math.sqrt(math.pi / 2.0) * _erfcx(-zl / math.sqrt(2.0)))
+    unit[~right] = pdf[~right] * (1.0 + zl * math.sqrt(math.pi / 2.0) * _erfcx(-zl / math.sqrt(2.0)))
     result[has_std] = std[has_std] * np.maximum(unit, 0.0)
     return result.reshape(shape)
 
@@ -102,8 +97,6 @@ class CholeskyFactor:
     conditioning on new points costs O(n^2), not O(n^3). Not np.linalg.cholesky/solve: NumPy has no
     triangular solver, and OpenBLAS's threaded LAPACK stalls 10-100x when a trainer shares the
     cores, while matrix products and 64x64 LAPACK calls do not."""
-
-    BLOCK = 64
 
     def __init__(self, matrix):
         """Factor `matrix`; on failure retry with growing diagonal jitter (near-duplicate inputs)."""
@@ -121,8 +114,8 @@ class CholeskyFactor:
         n, k = len(self.lower), len(corner)
         self.lower = np.pad(self.lower, ((0, k), (0, k)))
         column = np.vstack([cross, corner])                # new columns of the grown matrix
-        for start in range(0, k, self.BLOCK):
-            stop = min(start + self.BLOCK, k)
+        for start in range(0, k, 64):
+            stop = min(start + 64, k)
             rows = slice(n + start, n + stop)
             left = self.solve_lower(column[:n + start, start:stop]).T
             diagonal = np.linalg.cholesky(corner[start:stop, start:stop] - left @ left.T)
@@ -143,11 +136,6 @@ class CholeskyFactor:
         for start, stop, inverse in reversed(self.blocks):
             solution[start:stop] = inverse.T @ (rhs[start:stop] - self.lower[stop:, start:stop].T @ solution[stop:])
         return solution[:, 0]
-
-    def log_density(self, y, alpha):
-        """log N(y; 0, K) given alpha = K^-1 y (R&W Eq. 2.30), with log det K = 2 sum log diag L."""
-        half_log_determinant = float(np.log(np.diag(self.lower)).sum())
-        return -0.5 * y @ alpha - half_log_determinant - 0.5 * len(y) * math.log(2.0 * math.pi)
 
 
 class GaussianProcess:
@@ -199,7 +187,9 @@ class GaussianProcess:
         Z = X / lengthscales
         grad_lengthscales = (Z * Z).T @ M.sum(1) - (Z * (M @ Z)).sum(0)
         grad_signal, grad_noise = 0.5 * (W * signal_kernel).sum(), 0.5 * noise * np.trace(W)
-        return factor.log_density(y, alpha), np.concatenate([grad_lengthscales, [grad_signal, grad_noise]])
+        half_log_determinant = float(np.log(np.diag(factor.lower)).sum())
+        value = -0.5 * y @ alpha - half_log_determinant - 0.5 * n * math.log(2.0 * math.pi)
+        return value, np.concatenate([grad_lengthscales, [grad_signal, grad_noise]])
 
     def fit(self, X, y, optimize=True, iterations=50, learning_rate=0.05, subset_size=None, rng=None):
         """Condition on (X, y); with optimize=True first maximize the log marginal likelihood by Adam
@@ -218,12 +208,10 @@ class GaussianProcess:
             params = np.clip(self.log_params, low, high)
             best_value, best_params = -np.inf, params.copy()
             first_moment, second_moment = np.zeros_like(params), np.zeros_like(params)
-            for step in range(1, iterations + 2):      # `iterations` moves; the last point scored too
+            for step in range(1, iterations + 2):      # the start and `iterations` moves scored
                 value, grad = self._lml_and_grad(params, fit_X, fit_y)
                 if value > best_value:
                     best_value, best_params = value, params.copy()
-                if step == iterations + 1:
-                    break
                 first_moment = 0.9 * first_moment + 0.1 * grad
                 second_moment = 0.999 * second_moment + 0.001 * grad * grad
                 step_size = learning_rate * math.sqrt(1 - 0.999 ** step) / (1 - 0.9 ** step)
@@ -257,8 +245,8 @@ class GaussianProcess:
 
     def log_marginal_likelihood(self, return_grad=False):
         """log p(y | X) at the current hyperparameters; with return_grad also d/d log_params."""
-        return (self._lml_and_grad(self.log_params, self.X, self.y) if return_grad
-                else float(self.cholesky.log_density(self.y, self.alpha)))
+        value, grad = self._lml_and_grad(self.log_params, self.X, self.y)
+        return (float(value), grad) if return_grad else float(value)
 
 
 # ---------------------------------------------------------------- Pareto helpers
@@ -324,11 +312,10 @@ class JoslimSampler:
     """Joslim's sampler, on the reference's schedule: `prior_points` configurations with one uniform
     multiplier, then the full network, then one GP-guided proposal per call slot at a target cost
     t ~ U(cost(lower), 1), chosen among `num_candidates` candidates moved onto t by `acquisition`:
-    'ei' (expected improvement, `_propose_expected_improvement`) or 'ucb' (the reference's
-    scheme, `_propose_tchebyshev_ucb`).
-
-    The GP's hyperparameters are refitted once per `observe`: `fit_iterations` Adam steps (four
-    times as many the first time) on at most `fit_subset_size` random points.
+    'ei' (`_propose_expected_improvement`) or 'ucb' (`_propose_tchebyshev_ucb`). A trainer calls
+    `history_configs`, `observe` (their losses), `propose`, and `state_dict` for checkpoints. The
+    GP's hyperparameters are refitted once per `observe`: `fit_iterations` Adam steps (four times
+    as many the first time) on at most `fit_subset_size` random points.
 
     `max_scored` bounds the trainer's re-scoring work per window (None: the whole history, as the
     reference). With a longer history, `history_configs` returns the never-scored proposals, then
@@ -363,8 +350,6 @@ class JoslimSampler:
     def _unit(self, configs):
         # The GP sees the unit cube so that its lengthscale bounds mean the same for any `lower`.
         return (configs - self.lower) / (1.0 - self.lower)
-
-    # -- the trainer-facing interface
 
     def history_configs(self):
         """The (N, D) configurations whose losses the next `observe` takes, in history order."""
@@ -417,8 +402,6 @@ class JoslimSampler:
         self.last_targets, self.last_costs = np.array(targets), np.array(costs)
         return self.configs[len(self.configs) - count:].copy()
 
-    # -- the GP and its data
-
     def _conditioned_model(self):
         """The GP on this window's scored configurations (unit cube) and standardized losses. Its X
         and y also gather this call's fantasies; `_model_costs` holds the costs of X's rows."""
@@ -441,8 +424,6 @@ class JoslimSampler:
         self._model_costs = self._cost(self.configs[observed])
         return model
 
-    # -- candidates on the target cost
-
     def _move_to_cost(self, configs, targets, steps=24):
         """Move each row of configs (N, D) onto its target cost (N,) by bisection, all rows at once,
         along a monotone path: toward lower*1 (x(s) = lower + s (x - lower)) from above the target,
@@ -461,10 +442,11 @@ class JoslimSampler:
         take_over = np.abs(over_cost - targets) < np.abs(under_cost - targets)
         return np.where(take_over[:, None], over, under), np.where(take_over, over_cost, under_cost)
 
-    def _candidates(self, model, targets):
+    def _candidates(self, model, targets, chosen_units):
         """Half random configurations in the box, half Gaussian perturbations of the model's front
         configurations close in cost to each row's target (to refine the front), plus the uniform
-        configuration; all moved onto `targets` (num_candidates,). Returns them and their costs."""
+        configuration; all moved onto `targets` (num_candidates,). Returns them, their costs, the
+        GP's posterior mean and std there, and `taken`: within 1e-3 of a `chosen_units` point."""
         num_random = self.num_candidates // 2
         random_configs = self.rng.uniform(self.lower, 1.0, size=(num_random, self.num_dims))
         front = pareto_front(self._model_costs, model.y)
@@ -477,12 +459,12 @@ class JoslimSampler:
         step = (1.0 - self.lower) * np.exp(self.rng.uniform(math.log(0.01), math.log(0.2), size=(len(parents), 1)))
         local_configs = np.clip(parents + step * self.rng.standard_normal(parents.shape), self.lower, 1.0)
         uniform_config = np.full((1, self.num_dims), self.lower + 0.5 * (1.0 - self.lower))
-        return self._move_to_cost(np.vstack([random_configs, local_configs, uniform_config]), targets)
-
-    def _exclude_chosen(self, units, chosen_units):
-        if not chosen_units:
-            return np.zeros(len(units), dtype=bool)
-        return np.abs(units[:, None, :] - np.array(chosen_units)[None]).max(-1).min(1) < 1e-3
+        configs = np.vstack([random_configs, local_configs, uniform_config])
+        configs, costs = self._move_to_cost(configs, targets)
+        units = self._unit(configs)
+        taken = (np.abs(units[:, None, :] - np.array(chosen_units)[None]).max(-1).min(1) < 1e-3
+                 if chosen_units else np.zeros(len(units), dtype=bool))
+        return (configs, costs, *model.predict(units), taken)
 
     def _propose_expected_improvement(self, model, target, chosen_units):
         """acquisition='ei': the candidate at cost t (within `cost_tolerance`) with the largest
@@ -492,20 +474,19 @@ class JoslimSampler:
         call are made distinct by the kriging believer: the winner joins the GP with its posterior
         mean as a fantasy observation (the mean is unchanged, its uncertainty collapses), and
         candidates within 1e-3 of a chosen point are excluded."""
-        candidates, costs = self._candidates(model, np.full(self.num_candidates, target))
-        units = self._unit(candidates)
-        mean, std = model.predict(units)
+        candidates, costs, mean, std, taken = self._candidates(
+            model, np.full(self.num_candidates, target), chosen_units)
         affordable = self._model_costs <= target
         best = model.y[affordable].min() if affordable.any() else model.y[np.argmin(self._model_costs)]
         score = expected_improvement(mean, std, best)
         if not np.any(score > 0):                        # EI underflowed everywhere: exploit the mean
             score = -mean
         score[np.abs(costs - target) > self.cost_tolerance] = -np.inf
-        score[self._exclude_chosen(units, chosen_units)] = -np.inf
+        score[taken] = -np.inf
         if not np.isfinite(score).any():                  # nothing on target: the closest in cost
             score = -np.abs(costs - target)
         winner = int(np.argmax(score))
-        model.add_observations(units[winner][None], mean[winner:winner + 1])
+        model.add_observations(self._unit(candidates[winner])[None], mean[winner:winner + 1])
         self._model_costs = np.append(self._model_costs, costs[winner])
         return candidates[winner]
 
@@ -517,20 +498,18 @@ class JoslimSampler:
         arg-min's cost is near t; the winner is then moved onto t exactly. No fantasies (the
         reference had none)."""
         # A pool spread over all costs stands in for the reference's optimization over the whole box.
-        pool, pool_costs = self._candidates(model, self.rng.uniform(self.lowest_cost, 1.0, size=self.num_candidates))
-        units = self._unit(pool)
-        mean, std = model.predict(units)
+        pool, pool_costs, mean, std, taken = self._candidates(
+            model, self.rng.uniform(self.lowest_cost, 1.0, size=self.num_candidates), chosen_units)
         loss_bound = mean + math.sqrt(self.beta) * std
         history_costs = self._model_costs          # this scheme adds no fantasies: the history's costs
         cost_scale = history_costs.std() if history_costs.std() > 1e-9 else 1.0
         standardized_cost = (pool_costs - history_costs.mean()) / cost_scale
-        excluded = self._exclude_chosen(units, chosen_units)
         low, high, weight = 0.0, 1.0, 0.5
         for _ in range(10):
             loss_term = (1.0 - weight) * (loss_bound - self.baseline)
             cost_term = weight * (standardized_cost - self.baseline)
             scalarized = np.maximum(loss_term, cost_term) + 1e-6 * (loss_term + cost_term)
-            scalarized[excluded] = np.inf
+            scalarized[taken] = np.inf
             winner = int(np.argmin(scalarized))
             if abs(pool_costs[winner] - target) <= 0.02:
                 break
@@ -542,8 +521,6 @@ class JoslimSampler:
                 low, weight = weight, 0.5 * (weight + high)
         # The reference stopped here (off target by up to 0.17); exact cost lets us finish the job.
         return self._move_to_cost(pool[winner][None], np.array([target]))[0][0]
-
-    # -- checkpoints
 
     def state_dict(self):
         return {"num_dims": self.num_dims, "lower": self.lower, "configs": self.configs.copy(),

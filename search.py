@@ -83,8 +83,7 @@ def build_parser():
     add("--name", type=runs.run_name, default="demo", help="run to search: reads "
         "runs/NAME/checkpoint.pt, writes runs/NAME/search/ (default: demo)")
     add("--cost", default="macs", choices=list(slimmable.COSTS),
-        help="the convention of the targets (see above): macs (default; the AutoSlim paper's "
-             "FLOPs), mmcv_flops (mmrazor's labels), params or memory")
+        help="the convention of the targets (see above; default: macs)")
     add("--targets", type=runs.number(float, 0, low_open=True), nargs="+", metavar="M",
         help="targets in millions of --cost per image, e.g. --cost mmcv_flops --targets 530 320")
     add("--target_ratios", type=runs.number(float, 0, 1, low_open=True), nargs="+", metavar="R",
@@ -132,20 +131,6 @@ def check_flags(args):
     problem = data.check_data_args(args)
     if problem:
         raise Fail(problem)
-
-
-def command_line(parser, settings):
-    """The argv that sets ``settings`` ({flag: value}, as ``run_search`` takes them)."""
-    flags = {action.dest: action.option_strings for action in parser._actions}
-    argv = []
-    for key, value in settings.items():
-        if key not in flags:
-            raise TypeError(f"run_search() got an unknown setting: {key}")
-        if isinstance(value, bool):  # a switch: --restart, or --pin_memory / --no-pin_memory
-            argv += flags[key][:1] if value else flags[key][1:]
-        elif value is not None:
-            argv += [flags[key][0], *map(str, value if isinstance(value, (list, tuple)) else [value])]
-    return argv
 
 
 def resolve_data_flags(args, given, checkpoint):
@@ -362,11 +347,10 @@ class CandidateScorer:
             if resume > position:  # the current configuration's activations at ``resume``
                 calibration, score = self._run(current, position, resume, calibration, score)
                 position = resume
-            correct, loss = 0, 0.0
-            for logits, labels in self._run(widths, position, None, calibration, score)[1]:
-                correct += int((logits.float().argmax(1) == labels).sum())
-                loss += float(F.cross_entropy(logits.float(), labels, reduction="sum"))
-            results[key] = correct, loss
+            outputs = self._run(widths, position, None, calibration, score)[1]
+            scored = [(logits.float(), labels) for logits, labels in outputs]
+            results[key] = (sum(int((z.argmax(1) == y).sum()) for z, y in scored),
+                            sum(float(F.cross_entropy(z, y, reduction="sum")) for z, y in scored))
         return results
 
 
@@ -570,15 +554,21 @@ def run_search(name="demo", targets=None, target_ratios=None, max_steps=0, **set
         raise Fail(message)
 
     parser.error = refuse
-    argv = command_line(parser, settings)
+    flags, argv = {action.dest: action.option_strings for action in parser._actions}, []
+    for key, value in settings.items():  # the command line that sets ``settings``
+        if key not in flags:
+            raise TypeError(f"run_search() got an unknown setting: {key}")
+        if isinstance(value, bool):  # a switch: --restart, or --pin_memory / --no-pin_memory
+            argv += flags[key][:1] if value else flags[key][1:]
+        elif value is not None:
+            argv += [flags[key][0], *map(str, value if isinstance(value, (list, tuple)) else [value])]
     return search(parser.parse_args(argv), runs.explicit_flags(parser, argv))
 
 
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
-    given = runs.explicit_flags(parser, argv)
-    return runs.cli(lambda: search(args, given), user_errors=(data.DataError,))
+    return runs.cli(search, args, runs.explicit_flags(parser, argv), user_errors=(data.DataError,))
 
 
 if __name__ == "__main__":
