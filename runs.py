@@ -1,20 +1,12 @@
 """A run on disk and the process that works on it: everything train.py, search.py and evaluate.py
 share that is not the method.
 
-A run lives in ``runs/NAME/``: ``checkpoint.pt`` (a plain dict of tensors, numbers, strings and
-containers, read back with ``torch.load(..., weights_only=True)`` so a shared file cannot run
-code), ``log.txt``, ``curves.json``, ``search/``, and ``train.lock``, which one process at a time
-holds. Every file is written whole or not at all (``write_atomic``): a crash, a full disk or
-Ctrl-C leaves the previous version in place.
-
-The process: torchrun's environment gives the device, rank and world size (``start``); CPU
-threads default to the usable cores shared out over this machine's processes; on the CPU,
-``ThreadTuner`` drops or adds a thread while other processes compete for the cores;
-``StopRequest`` defers Ctrl-C and SIGTERM to the end of a training step, so a saved checkpoint
-always holds whole steps.
-
-User errors (a bad flag value, a missing checkpoint, a full disk) raise ``Fail``; ``cli`` prints
-its first line and exits with status 2. Tracebacks are left for bugs.
+A run lives in ``runs/NAME/``: ``checkpoint.pt`` (a plain dict, read back with
+``weights_only=True`` so a shared file cannot run code), ``log.txt``, ``curves.json``, ``search/``,
+and ``train.lock``, which one process at a time holds. Every file is written whole or not at all
+(``write_atomic``). The process: ``start`` reads torchrun's environment and sets the CPU threads;
+``ThreadTuner`` and ``StopRequest`` serve the training loop. User errors raise ``Fail``; ``cli``
+prints its first line and exits with status 2. Tracebacks are left for bugs.
 
     import runs
     def job(args):
@@ -38,7 +30,6 @@ import signal
 import statistics
 import sys
 import tempfile
-import time
 
 import numpy as np
 import torch
@@ -59,8 +50,7 @@ def first_line(error):
 def cli(job, *args, user_errors=(),
         interrupted="interrupted: rerun the same command to continue from the last saved state"):
     """``job(*args)``'s exit status; ``Fail`` and ``user_errors`` end in one line on stderr and
-    status 2, Ctrl-C outside a training step in ``interrupted`` and status 130. Leaves the
-    process group cleanly."""
+    status 2, Ctrl-C outside a training step in ``interrupted`` and status 130."""
     try:
         status = job(*args)
         status = status if isinstance(status, int) else 0
@@ -155,7 +145,6 @@ def run_folder(name):
 
 
 def checkpoint_path(name):
-    """``runs/NAME/checkpoint.pt``, where train.py keeps run ``name`` and the others read it."""
     return os.path.join(run_folder(name), "checkpoint.pt")
 
 
@@ -165,14 +154,9 @@ def lock(folder, doing="trained"):
     it never goes stale) while one process works on the run: another one gets ``Fail`` naming
     the holder. A folder this call made and nothing but the lock wrote into is removed again."""
     import fcntl  # POSIX only; imported here so that the rest of this file works elsewhere
-    created = not os.path.isdir(folder)
-    path = os.path.join(folder, "train.lock")
-    try:
-        os.makedirs(folder, exist_ok=True)
-        handle = open(path, "a+")
-    except OSError as error:  # a read-only disk, a file where the folder should be
-        raise Fail(f"cannot write into {folder}: {error.strerror}") from None
-    with handle:
+    created, path = not os.path.isdir(folder), os.path.join(folder, "train.lock")
+    writable(folder)
+    with open(path, "a+") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -231,10 +215,9 @@ class Log:
 
 def write_atomic(path, content):
     """Write ``content`` (str or bytes) to ``path`` whole or not at all: into a temporary file in
-    the same folder, flushed to disk (fsync), renamed over ``path``, the folder entry synced.
-    On failure ``path`` keeps its previous content and ``Fail`` names the file and the reason
-    ("No space left on device"). Temporary files left by a process killed mid-write are removed
-    by the next write of the same file."""
+    the same folder, fsynced, renamed over ``path``, the folder entry synced. On failure ``path``
+    keeps its previous content and ``Fail`` names the file and the reason ("No space left on
+    device"). The next write of the same file removes temporary files a killed process left."""
     folder = os.path.dirname(path) or "."
     temporary = None
     try:
@@ -262,22 +245,21 @@ def write_atomic(path, content):
 
 
 def write_json(path, content):
-    """``content`` as indented JSON through ``write_atomic``."""
     write_atomic(path, json.dumps(content, indent=1))
 
 
 def save_checkpoint(path, state):
-    """``torch.save(state)`` to ``path`` through ``write_atomic``. Serialized in memory first, so
-    that a full disk is an OSError naming its cause rather than torch's "unexpected pos"."""
+    """``torch.save(state)`` through ``write_atomic``: serialized in memory first, so that a full
+    disk is an OSError naming its cause rather than torch's "unexpected pos"."""
     buffer = io.BytesIO()
     torch.save(state, buffer)
     write_atomic(path, buffer.getvalue())
 
 
 def load_checkpoint(path, required=("model",), what="a checkpoint written by train.py"):
-    """The dict at ``path``, read with ``weights_only=True`` on the CPU (tensors, numbers,
-    strings and containers only: nothing in the file is run). ``Fail`` in one line for a missing,
-    truncated or foreign file, or one that lacks a key of ``required``."""
+    """The dict at ``path``, read with ``weights_only=True`` on the CPU (nothing in the file is
+    run). ``Fail`` in one line for a missing, truncated, foreign or diverged file, or one that lacks
+    a key of ``required``."""
     if not os.path.exists(path):
         raise Fail(f"no file at {path}")
     try:
@@ -297,8 +279,8 @@ def load_checkpoint(path, required=("model",), what="a checkpoint written by tra
 
 
 def load_weights(net, state_dict, path):
-    """``net.load_state_dict(state_dict)`` (strict); ``Fail`` in one line when the file at
-    ``path`` holds another network's weights (names missing or unexpected, other shapes)."""
+    """``net.load_state_dict(state_dict)``; ``Fail`` in one line when the file at ``path`` holds
+    another network's weights."""
     try:
         net.load_state_dict(state_dict)
     except RuntimeError as error:
@@ -319,7 +301,7 @@ def resume(path, args, required, free):
     """The checkpoint at ``path`` that continues the run ``args`` describe, or None for a new
     run (no checkpoint, or ``args.restart``). ``Fail`` in one line when ``args.resume`` finds
     none, or the file holds another run: it lacks a key of ``required``, or a flag recorded in
-    its ``"args"`` differs from ``args`` (named, old and new values) other than ``free`` ones."""
+    its ``"args"`` other than the ``free`` ones differs (named, old and new values)."""
     if args.restart or not os.path.exists(path):
         if args.resume and not args.restart:
             raise Fail(f"--resume: no checkpoint at {path}")
@@ -330,8 +312,9 @@ def resume(path, args, required, free):
     except Fail as error:
         raise Fail(f"{error}; {other}") from None
     recorded = checkpoint["args"]
-    changed = [f"--{key} {recorded[key]!r} -> {value!r}" for key, value in sorted(vars(args).items())
-               if key in recorded and key not in free and recorded[key] != value]
+    changed = [f"--{key} {recorded[key]!r} -> {value!r}" for key, value in
+               sorted(vars(args).items()) if key in recorded and key not in free
+               and recorded[key] != value]
     if changed:
         raise Fail(f"{path} was trained with other settings ({'; '.join(changed)}): rerun with "
                    f"its settings to continue it, or {other}")
@@ -426,11 +409,9 @@ def keep_freed_memory(trim_bytes=1 << 30):
     """Ask glibc's malloc to keep freed memory for reuse instead of handing it back to the OS.
 
     By default glibc serves every block over 32 MiB with a fresh ``mmap`` and unmaps it on free,
-    so the activations a training step allocates cost page faults again every step; the backward
-    pass of a sliced weight adds a full-size gradient buffer and tips more steps into that.
-    Measured on a 2-core CPU (``python bench.py overhead``): ResNet-20 at width 0.71 took 9-15%
-    longer than its static export with glibc's defaults, as long with this call; a training step
-    of MobileNetV3-Large at 112x112, batch 64, went from 830-1010 ms to 615-660 ms, for 6-12%
+    so a training step's activations (and a sliced weight's full-size gradient buffer) cost page
+    faults again every step. Measured on a 2-core CPU (``python bench.py overhead``): a training
+    step of MobileNetV3-Large at 112x112, batch 64, went from 830-1010 ms to 615-660 ms, for 6-12%
     more peak memory. Returns True when applied; False (nothing changed) without glibc, or when
     the user set ``MALLOC_TRIM_THRESHOLD_``, ``MALLOC_MMAP_THRESHOLD_`` or ``MALLOC_MMAP_MAX_``.
     """
@@ -462,27 +443,6 @@ def gather_dict(mine):
     everyone = [None] * dist.get_world_size()
     dist.all_gather_object(everyone, mine)
     return {key: value for part in everyone for key, value in part.items()}
-
-
-class Meter:
-    """Means of named values (losses) since the last report, images per second and the time to
-    the end of the run, for progress lines."""
-
-    def __init__(self):
-        self.sums, self.count, self.images, self.start, self.last = {}, 0, 0, time.time(), {}
-
-    def add(self, images, **values):
-        for name, value in values.items():
-            self.sums[name] = self.sums.get(name, 0.0) + value
-        self.count, self.images = self.count + 1, self.images + images
-
-    def report(self, steps_left):
-        """``(means in the order added, images per second, seconds left)``; then starts over."""
-        elapsed = time.time() - self.start
-        self.last = {name: total / self.count for name, total in self.sums.items()}
-        rate, eta = self.images / max(elapsed, 1e-9), elapsed / self.count * steps_left
-        self.sums, self.count, self.images, self.start = {}, 0, 0, time.time()
-        return list(self.last.values()), rate, eta
 
 
 def check_ranks_agree(net, digest, log):
@@ -549,11 +509,10 @@ class ThreadTuner:
 
 
 class StopRequest:
-    """Ctrl-C (SIGINT) and SIGTERM, deferred to the end of the current training step, so the
-    checkpoint then saved holds whole steps and the RNG state before the next batch (a resumed
-    run is exact). A second signal raises KeyboardInterrupt at once. Under torch.distributed
-    every rank stops at the same step (the request is all-reduced: a signal may reach one
-    process only). A context manager: the previous handlers come back on exit."""
+    """Ctrl-C (SIGINT) and SIGTERM, deferred to the end of the current training step: the loop
+    asks ``requested()`` after each step, so the checkpoint then saved holds whole steps and the
+    RNG state before the next batch (a resumed run is exact). A second signal raises
+    KeyboardInterrupt at once. A context manager: the previous handlers come back on exit."""
 
     def __enter__(self):
         self.signum = 0
@@ -570,23 +529,9 @@ class StopRequest:
             raise KeyboardInterrupt
         self.signum = signum
 
-    def status(self, session_steps, pause_after, save, log, where):
-        """The exit status when the session stops after this step, ``save()`` called first:
-        0 when ``pause_after`` steps of it are done, 128 + the signal number after Ctrl-C (130)
-        or SIGTERM (143); None to go on. ``where`` ends the log line ("step 40: ...")."""
-        if pause_after and session_steps >= pause_after:
-            save()
-            log(f"paused after {session_steps} steps at {where}; rerun to continue")
-            return 0
-        signum = self.requested()
-        if signum:
-            save()
-            log(f"{signal.Signals(signum).name} at {where}; rerun the same command to continue")
-            return 128 + signum
-        return None
-
     def requested(self):
-        """The signal number to stop for (the same on every rank), or 0."""
+        """The signal number to stop for, or 0; the same on every rank (all-reduced: a signal may
+        reach one process only)."""
         if not dist.is_initialized():
             return self.signum
         flag = torch.tensor([self.signum], dtype=torch.long)
