@@ -87,18 +87,14 @@ def number(kind=float, low=None, high=None, low_open=False, high_open=False):
         try:
             value = kind(text)
         except ValueError:
-            value = None
-        fits = value is not None and math.isfinite(value) and \
-            (low is None or value > low or (value == low and not low_open)) and \
-            (high is None or value < high or (value == high and not high_open))
-        if not fits:
-            left = "" if low is None else f"{'>' if low_open else '>='} {low:g}"
-            right = "" if high is None else f"{'<' if high_open else '<='} {high:g}"
-            bounds = " and ".join(part for part in (left, right) if part)
-            raise argparse.ArgumentTypeError(
-                f"{text!r} is invalid: it must be {'an integer' if kind is int else 'a number'}"
-                + (f" {bounds}" if bounds else ""))
-        return value
+            value = math.nan
+        if math.isfinite(value) and (low is None or value > low or value == low and not low_open) \
+                and (high is None or value < high or value == high and not high_open):
+            return value
+        bounds = [f"{'>' if low_open else '>='} {low:g}"] if low is not None else []
+        bounds += [f"{'<' if high_open else '<='} {high:g}"] if high is not None else []
+        must = f"{'an integer' if kind is int else 'a number'} {' and '.join(bounds)}".strip()
+        raise argparse.ArgumentTypeError(f"{text!r} is invalid: it must be {must}")
     parse.__name__ = kind.__name__
     return parse
 
@@ -110,18 +106,19 @@ def add_process_flags(parser, threads_help="CPU threads per process (0: cores / 
     parser.add_argument("--threads", type=number(int, 0), default=0, help=threads_help)
 
 
-NAME_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,99}")
+def matching(pattern, rule):
+    """An argparse ``type=``: the text when it matches ``pattern`` whole, else ``rule``."""
+    def parse(text):
+        if not re.fullmatch(pattern, text):
+            raise argparse.ArgumentTypeError(f"{text!r} is invalid: {rule}")
+        return text
+    return parse
 
 
-def run_name(text):
-    """An argparse ``type=`` for ``--name``: letters, digits and ``._-``, not starting with a dot,
-    at most 100 characters, so that ``runs/NAME`` and ``results/NAME_*`` stay inside their
-    folders."""
-    if not NAME_PATTERN.fullmatch(text):
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is invalid: a run name is letters, digits, '.', '_' and '-', not "
-            f"starting with '.', at most 100 characters")
-    return text
+# --name: so that runs/NAME and results/NAME_* stay inside their folders
+run_name = matching(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,99}", "a run name is letters, digits, '.', "
+                    "'_' and '-', not starting with '.', at most 100 characters")
+device_flag = matching(r"auto|cpu|cuda(:\d+)?", "it must be auto, cpu, cuda or cuda:N")
 
 
 def explicit_flags(parser_, argv):
@@ -164,8 +161,7 @@ def lock(folder, doing="trained"):
             holder = handle.read().strip() or "used by another process"
             raise Fail(f"{folder} is being {holder}; wait for it to finish (or stop it), or "
                        f"pick another --name") from None
-        handle.seek(0)
-        handle.truncate()
+        handle.truncate(0)
         handle.write(f"{doing} by process {os.getpid()} on {os.uname().nodename}")
         handle.flush()
         try:
@@ -382,14 +378,6 @@ def start(device_flag="auto", threads=0, set_threads=True):
     return device, rank, world_size
 
 
-def device_flag(text):
-    """An argparse ``type=`` for ``--device``: auto, cpu, cuda or cuda:N."""
-    if text not in ("auto", "cpu", "cuda") and not re.fullmatch(r"cuda:\d+", text):
-        raise argparse.ArgumentTypeError(f"{text!r} is invalid: it must be auto, cpu, cuda or "
-                                         f"cuda:N")
-    return text
-
-
 def usable_cpus():
     """CPUs this process may run on: its affinity mask (``taskset``, a container's or a batch
     scheduler's cpuset), not ``os.cpu_count()``, which counts every CPU of the machine."""
@@ -449,13 +437,12 @@ def check_ranks_agree(net, digest, log):
     """Every rank must end with the same weights of ``net``, having seen the same ``digest``
     (a float fingerprint of what it trained): RuntimeError (a bug) if not."""
     weights = sum(p.detach().double().sum() + p.detach().double().abs().sum()
-                  for p in net.parameters())
-    device = next(net.parameters()).device
-    mine = torch.tensor([weights.item(), digest], dtype=torch.float64, device=device)
-    everyone = [torch.zeros_like(mine) for _ in range(dist.get_world_size())]
-    dist.all_gather(everyone, mine)
-    if any(not torch.allclose(other, everyone[0], rtol=1e-9, atol=0) for other in everyone):
-        raise RuntimeError(f"ranks diverged: {[o.tolist() for o in everyone]}")
+                  for p in net.parameters()).item()
+    everyone = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, (weights, digest))
+    if not all(math.isclose(a, b, rel_tol=1e-9) for pair in everyone
+               for a, b in zip(pair, everyone[0])):
+        raise RuntimeError(f"ranks diverged: {everyone}")
     log(f"all {len(everyone)} ranks hold identical weights and trained the same configurations")
 
 
@@ -482,20 +469,18 @@ class ThreadTuner:
         returns a message when the thread count changed, else None."""
         rate = macs / max(seconds, 1e-9)
         self.steps += 1
-        if self.trying is not None:
-            self.trial.append(rate)
-            return self._decide() if len(self.trial) == self.probe else None
-        self.recent = (self.recent + [rate])[-self.probe:]
-        due = self.steps == self.first or (self.steps > self.first and
-                                           (self.steps - self.first) % self.period == 0)
-        if due and self.most > 1:
-            if not 1 <= self.threads + self.direction <= self.most:
-                self.direction = -self.direction
-            self.trying, self.trial = self.threads + self.direction, []
-            torch.set_num_threads(self.trying)
-        return None
-
-    def _decide(self):
+        if self.trying is None:
+            self.recent = (self.recent + [rate])[-self.probe:]
+            if self.steps >= self.first and (self.steps - self.first) % self.period == 0 \
+                    and self.most > 1:
+                if not 1 <= self.threads + self.direction <= self.most:
+                    self.direction = -self.direction
+                self.trying, self.trial = self.threads + self.direction, []
+                torch.set_num_threads(self.trying)
+            return None
+        self.trial.append(rate)
+        if len(self.trial) < self.probe:
+            return None
         before, after = statistics.median(self.recent), statistics.median(self.trial)
         tried, self.trying = self.trying, None
         if after > self.margin * before:
