@@ -1,4 +1,4 @@
-"""Train a slimmable network: Joslim, Slim (US-Nets), the AutoSlim supernet, or fixed configurations.
+"""Train a slimmable network: Joslim, Slim (US-Nets), the AutoSlim supernet, or fixed widths.
 
 Every step follows the sandwich rule (Yu & Huang, US-Nets, ICCV'19): the full network learns
 from the labels (label-smoothed cross-entropy); the smallest network and ``--num_sampled_arch``
@@ -29,9 +29,7 @@ Several processes or GPUs on one machine, and several machines (torchrun's rende
     torchrun --nproc_per_node=2 train.py --name demo2
     torchrun --nnodes=2 --nproc_per_node=8 --rdzv_backend=c10d --rdzv_endpoint=HOST:29500 \\
         train.py --name joslim_mbv2 --dataset ImageNet --datapath /data/imagenet-lmdb \\
-        --network slim_mobilenetv2 --epochs 250 --warmup 5 --baselr 0.125 --tau 625 --wd 4e-5 \\
-        --label_smoothing 0.1 --batch_size 1024 --lower_channel 0.42 --num_sampled_arch 2 \\
-        --baseline -3 --prior_points 20 --scheduler linear_decay --slim_dataaug --scale_ratio 0.25
+        --network slim_mobilenetv2 --epochs 250 --warmup 5 --baselr 0.125 --tau 625 ...
 
 Everything lands in ``runs/NAME/``: ``checkpoint.pt`` (a plain dict, written atomically every
 epoch, on Ctrl-C and at the end) and ``log.txt``. Rerunning the same ``--name`` continues where it
@@ -258,29 +256,6 @@ def build_sampler(args, net):
     return None
 
 
-def next_configs(args, sampler, net, held_out_batch, autocast, log, step):
-    """The student configurations of the next window (multiplier lists; the smallest network
-    last), identical on every rank. Joslim first re-scores its history on the next held-out
-    batch with the current weights, so the Gaussian process sees the losses as they are now."""
-    rank = dist.get_rank() if dist.is_initialized() else 0
-    if args.method == "joslim":
-        history = runs.broadcast(sampler.history_configs() if rank == 0 else None)
-        if len(history):
-            losses = rescore(net, history, *held_out_batch(), autocast)
-            if not np.isfinite(losses).all():
-                raise Fail(f"training diverged: held-out losses of the history are not finite at "
-                           f"step {step}; lower --baselr and --restart")
-            if rank == 0:
-                sampler.observe(losses)
-        net.train()
-    proposals = runs.broadcast(sampler.propose(args.num_sampled_arch) if rank == 0 else None)
-    if args.method == "joslim" and rank == 0:
-        costs = ", ".join(f"{c:.2f}" for c in sampler.last_costs)
-        log(f"  window at step {step}: history {len(sampler.history_configs())}, "
-            f"proposed costs [{costs}]")
-    return [row.tolist() for row in proposals] + [[args.lower_channel] * len(net.width_groups)]
-
-
 # ---------------------------------------------------------------------------------------------
 # The training loop
 
@@ -360,8 +335,8 @@ SESSION_FLAGS = {"name", "print_freq", "threads", "workers", "pin_memory", "paus
 
 class TrainingRun:
     """One run of train.py between start-up and exit: the network, optimizer, sampler and data,
-    the position in the schedule, and the bookkeeping around each step. ``state_dict`` is the
-    checkpoint, a plain dict; rerunning the same command continues from it exactly."""
+    the position in the schedule, and the bookkeeping around each step. Rerunning the same
+    command continues from its checkpoint (``save``) exactly."""
 
     def __init__(self, args, device, rank, world_size, log):
         self.args, self.device, self.rank, self.world_size, self.log = \
@@ -439,18 +414,6 @@ class TrainingRun:
         self.peak_lr = args.baselr * args.batch_size / 256
         self.optimizer = make_optimizer(self.net, args, self.peak_lr)
 
-    def state_dict(self, finished=False):
-        args = self.args
-        return {"model": self.net.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "step": self.step, "window_configs": self.window_configs,
-                "val_batches_used": self.val_batches_used,
-                "sampler": runs.plain(self.sampler.state_dict()) if self.sampler else None,
-                "rng": runs.rng_states(), "args": vars(args), "network": args.network,
-                "method": args.method, "num_classes": self.loaders.num_classes,
-                "model_options": self.options, "lower_channel": args.lower_channel,
-                "fixed_configs": self.fixed_configs, "fixed_sources": self.fixed_sources,
-                "curves": self.curves, "curve_meter": self.curve_meter, "finished": finished}
-
     def _restore(self, checkpoint):
         runs.load_weights(self.net, checkpoint["model"], self.checkpoint_path)
         self.optimizer.load_state_dict(checkpoint["optimizer"])
@@ -469,14 +432,23 @@ class TrainingRun:
                      + (f" (changed for this session: {'; '.join(session)})" if session else ""))
 
     def save(self, finished=False):
-        """Write the checkpoint (rank 0); ``Fail`` instead when a weight or BN statistic is not
-        finite, so the last finite checkpoint stays."""
-        broken = runs.not_finite(self.net.state_dict())
+        """Write the checkpoint, a plain dict (rank 0); ``Fail`` instead when a weight or BN
+        statistic is not finite, so the last finite checkpoint stays."""
+        args, weights = self.args, self.net.state_dict()
+        broken = runs.not_finite(weights)
         if broken:
             raise Fail(f"training diverged by step {self.step}: {broken} not finite; "
                        f"{self.checkpoint_path} keeps the last finite state: lower --baselr")
         if self.rank == 0:
-            runs.save_checkpoint(self.checkpoint_path, self.state_dict(finished))
+            runs.save_checkpoint(self.checkpoint_path, {
+                "model": weights, "optimizer": self.optimizer.state_dict(), "step": self.step,
+                "window_configs": self.window_configs, "val_batches_used": self.val_batches_used,
+                "sampler": runs.plain(self.sampler.state_dict()) if self.sampler else None,
+                "rng": runs.rng_states(), "args": vars(args), "network": args.network,
+                "method": args.method, "num_classes": self.loaders.num_classes,
+                "model_options": self.options, "lower_channel": args.lower_channel,
+                "fixed_configs": self.fixed_configs, "fixed_sources": self.fixed_sources,
+                "curves": self.curves, "curve_meter": self.curve_meter, "finished": finished})
 
     def epoch_batches(self):
         """An iterator over the rest of the current epoch's training batches. The data order and
@@ -504,12 +476,30 @@ class TrainingRun:
         return inputs
 
     def next_window(self):
-        """The configurations of the next window (``next_configs``; --method fixed: its own),
-        timed, and fingerprinted so that ``finish`` can check that every rank trained them."""
-        start = time.time()
-        configs = self.fixed_configs if self.args.method == "fixed" else next_configs(
-            self.args, self.sampler, self.net, self.held_out_batch, self.autocast, self.log,
-            self.step)
+        """The student configurations of the next window (multiplier lists, the smallest network
+        last; --method fixed: its own), the same on every rank. Joslim first re-scores its history
+        on the next held-out batch with the current weights, so the Gaussian process sees the
+        losses as they are now. Timed, and fingerprinted for ``finish``'s check of the ranks."""
+        args, sampler, start = self.args, self.sampler, time.time()
+        if args.method == "joslim":
+            history = runs.broadcast(sampler.history_configs() if self.rank == 0 else None)
+            if len(history):
+                losses = rescore(self.net, history, *self.held_out_batch(), self.autocast)
+                if not np.isfinite(losses).all():
+                    raise Fail(f"training diverged: held-out losses of the history are not "
+                               f"finite at step {self.step}; lower --baselr and --restart")
+                if self.rank == 0:
+                    sampler.observe(losses)
+            self.net.train()
+        configs = self.fixed_configs
+        if args.method != "fixed":
+            proposals = runs.broadcast(sampler.propose(args.num_sampled_arch)
+                                       if self.rank == 0 else None)
+            configs = [row.tolist() for row in proposals] + [[args.lower_channel] *
+                                                             len(self.net.width_groups)]
+        if args.method == "joslim" and self.rank == 0:
+            self.log(f"  window at step {self.step}: history {len(sampler.history_configs())}, "
+                     f"proposed costs [{', '.join(f'{c:.2f}' for c in sampler.last_costs)}]")
         self.configs_digest += float(np.sum(configs)) * (self.step + 1)
         self.sampler_seconds += time.time() - start
         if self.tuner is not None:  # the work of a step: MACs per image of its networks
@@ -535,10 +525,8 @@ class TrainingRun:
                 raise Fail(f"training diverged: the {network} network's loss is {loss} at step "
                            f"{self.step} (learning rate {lr:.4g}); {self.checkpoint_path} keeps "
                            f"the last finite state: lower --baselr and --restart")
-        if self.tuner is not None:
-            change = self.tuner.record(seconds, self.step_macs)
-            if change:
-                self.log(f"  step {self.step}: {change}")
+        if self.tuner is not None and (change := self.tuner.record(seconds, self.step_macs)):
+            self.log(f"  step {self.step}: {change}")
         for sums in (self.progress, self.curve_meter):
             sums[:] = [sums[0] + full_loss, sums[1] + small_loss, sums[2] + 1]
         last = self.step == self.total_steps
