@@ -5,7 +5,7 @@ A run lives in ``runs/NAME/``: ``checkpoint.pt`` (a plain dict, read back with
 ``weights_only=True`` so a shared file cannot run code), ``log.txt``, ``curves.json``, ``search/``,
 and ``train.lock``, which one process at a time holds. Every file is written whole or not at all
 (``write_atomic``). The process: ``start`` reads torchrun's environment and sets the CPU threads;
-``ThreadTuner`` and ``StopRequest`` serve the training loop. User errors raise ``Fail``; ``cli``
+``ThreadTuner`` and ``stop_requests`` serve the training loop. User errors raise ``Fail``; ``cli``
 prints its first line and exits with status 2. Tracebacks are left for bugs.
 
     import runs
@@ -152,8 +152,12 @@ def lock(folder, doing="trained"):
     the holder. A folder this call made and nothing but the lock wrote into is removed again."""
     import fcntl  # POSIX only; imported here so that the rest of this file works elsewhere
     created, path = not os.path.isdir(folder), os.path.join(folder, "train.lock")
-    writable(folder)
-    with open(path, "a+") as handle:
+    try:
+        os.makedirs(folder, exist_ok=True)
+        handle = open(path, "a+")
+    except OSError as error:  # a read-only disk, a file where the folder should be
+        raise Fail(f"cannot write into {folder}: {error.strerror}") from None
+    with handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -198,11 +202,10 @@ class Log:
         if self.file is None:
             try:
                 os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
-                self.file = open(self.path, "a")
+                self.file = open(self.path, "a", buffering=1)  # line-buffered: flushed per line
             except OSError as error:
                 raise Fail(f"cannot write {self.path}: {error.strerror}") from None
         self.file.write(message + "\n")
-        self.file.flush()
 
     def close(self):
         if self.file is not None:
@@ -493,34 +496,32 @@ class ThreadTuner:
         return None
 
 
-class StopRequest:
-    """Ctrl-C (SIGINT) and SIGTERM, deferred to the end of the current training step: the loop
-    asks ``requested()`` after each step, so the checkpoint then saved holds whole steps and the
-    RNG state before the next batch (a resumed run is exact). A second signal raises
-    KeyboardInterrupt at once. A context manager: the previous handlers come back on exit."""
+@contextlib.contextmanager
+def stop_requests():
+    """Ctrl-C (SIGINT) and SIGTERM, deferred to the end of the current training step. Yields
+    ``requested()``, the signal number to stop for or 0, the same on every rank (all-reduced: a
+    signal may reach one process only); the loop asks it after each step, so the checkpoint then
+    saved holds whole steps and the RNG state before the next batch (a resumed run is exact).
+    A second signal raises KeyboardInterrupt at once. The previous handlers come back on exit."""
+    received = []
 
-    def __enter__(self):
-        self.signum = 0
-        self.previous = {sig: signal.signal(sig, self._handle)
-                         for sig in (signal.SIGINT, signal.SIGTERM)}
-        return self
-
-    def __exit__(self, *exception):
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
-
-    def _handle(self, signum, frame):
-        if self.signum:
+    def handle(signum, frame):
+        if received:
             raise KeyboardInterrupt
-        self.signum = signum
+        received.append(signum)
 
-    def requested(self):
-        """The signal number to stop for, or 0; the same on every rank (all-reduced: a signal may
-        reach one process only)."""
+    def requested():
         if not dist.is_initialized():
-            return self.signum
-        flag = torch.tensor([self.signum], dtype=torch.long)
+            return received[0] if received else 0
+        flag = torch.tensor(received[:1] or [0], dtype=torch.long)
         if dist.get_backend() == "nccl":
             flag = flag.cuda()
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return int(flag.item())
+
+    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield requested
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -274,7 +274,7 @@ def train(args, run):
             f"epochs x {run.steps_per_epoch} steps, batch {args.batch_size} over "
             f"{run.world_size} process(es), peak lr {run.peak_lr:g}, "
             f"{len(net.width_groups)} width groups, device {run.device}")
-    with runs.StopRequest() as stop:
+    with runs.stop_requests() as stop_requested:
         while run.step < run.total_steps:
             for inputs, targets in run.epoch_batches():
                 if run.window_configs is None or run.step % window == 0:
@@ -295,7 +295,7 @@ def train(args, run):
                            time.perf_counter() - step_start)
                 if run.step % run.steps_per_epoch == 0 and run.step < run.total_steps:
                     run.save()
-                status = run.stop_status(stop)
+                status = run.stop_status(stop_requested)
                 if status is not None:
                     return status
     run.save(finished=True)
@@ -470,10 +470,9 @@ class TrainingRun:
         return batches
 
     def to_device(self, inputs):
-        inputs = inputs.to(self.device, non_blocking=True)
-        if self.device.type == "cuda":
-            inputs = inputs.contiguous(memory_format=torch.channels_last)
-        return inputs
+        """``inputs`` on the device, channels-last on CUDA as the network."""
+        layout = torch.channels_last if self.device.type == "cuda" else torch.preserve_format
+        return inputs.to(self.device, non_blocking=True, memory_format=layout)
 
     def next_window(self):
         """The student configurations of the next window (multiplier lists, the smallest network
@@ -564,12 +563,12 @@ class TrainingRun:
                 "distill_after": args.distill_after, "steps_per_epoch": self.steps_per_epoch,
                 "total_steps": self.total_steps, "points": self.curves})
 
-    def stop_status(self, stop):
+    def stop_status(self, stop_requested):
         """After a step: the exit status when this session ends here, the checkpoint saved first:
         0 after its --pause_after steps, 128 + the signal after Ctrl-C (130) or SIGTERM (143) (a
-        ``runs.StopRequest``); None to go on."""
+        ``runs.stop_requests``); None to go on."""
         paused = self.args.pause_after and self.session_steps >= self.args.pause_after
-        signum = 0 if paused or self.step == self.total_steps else stop.requested()
+        signum = 0 if paused or self.step == self.total_steps else stop_requested()
         if self.step == self.total_steps or not (paused or signum):
             return None
         self.save()
