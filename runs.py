@@ -1,20 +1,12 @@
 """A run on disk and the process that works on it: everything train.py, search.py and evaluate.py
 share that is not the method.
 
-A run lives in ``runs/NAME/``: ``checkpoint.pt`` (a plain dict of tensors, numbers, strings and
-containers, read back with ``torch.load(..., weights_only=True)`` so a shared file cannot run
-code), ``log.txt``, ``curves.json``, ``search/``, and ``train.lock``, which one process at a time
-holds. Every file is written whole or not at all (``write_atomic``): a crash, a full disk or
-Ctrl-C leaves the previous version in place.
-
-The process: torchrun's environment gives the device, rank and world size (``start``); CPU
-threads default to the usable cores shared out over this machine's processes; on the CPU,
-``ThreadTuner`` drops or adds a thread while other processes compete for the cores;
-``StopRequest`` defers Ctrl-C and SIGTERM to the end of a training step, so a saved checkpoint
-always holds whole steps.
-
-User errors (a bad flag value, a missing checkpoint, a full disk) raise ``Fail``; ``cli`` prints
-its first line and exits with status 2. Tracebacks are left for bugs.
+A run lives in ``runs/NAME/``: ``checkpoint.pt`` (a plain dict, read back with
+``weights_only=True`` so a shared file cannot run code), ``log.txt``, ``curves.json``, ``search/``,
+and ``train.lock``, which one process at a time holds. Every file is written whole or not at all
+(``write_atomic``). The process: ``start`` reads torchrun's environment and sets the CPU threads;
+``ThreadTuner`` and ``stop_requests`` serve the training loop. User errors raise ``Fail``; ``cli``
+prints its first line and exits with status 2. Tracebacks are left for bugs.
 
     import runs
     def job(args):
@@ -38,7 +30,6 @@ import signal
 import statistics
 import sys
 import tempfile
-import time
 
 import numpy as np
 import torch
@@ -59,8 +50,7 @@ def first_line(error):
 def cli(job, *args, user_errors=(),
         interrupted="interrupted: rerun the same command to continue from the last saved state"):
     """``job(*args)``'s exit status; ``Fail`` and ``user_errors`` end in one line on stderr and
-    status 2, Ctrl-C outside a training step in ``interrupted`` and status 130. Leaves the
-    process group cleanly."""
+    status 2, Ctrl-C outside a training step in ``interrupted`` and status 130."""
     try:
         status = job(*args)
         status = status if isinstance(status, int) else 0
@@ -97,18 +87,14 @@ def number(kind=float, low=None, high=None, low_open=False, high_open=False):
         try:
             value = kind(text)
         except ValueError:
-            value = None
-        fits = value is not None and math.isfinite(value) and \
-            (low is None or value > low or (value == low and not low_open)) and \
-            (high is None or value < high or (value == high and not high_open))
-        if not fits:
-            left = "" if low is None else f"{'>' if low_open else '>='} {low:g}"
-            right = "" if high is None else f"{'<' if high_open else '<='} {high:g}"
-            bounds = " and ".join(part for part in (left, right) if part)
-            raise argparse.ArgumentTypeError(
-                f"{text!r} is invalid: it must be {'an integer' if kind is int else 'a number'}"
-                + (f" {bounds}" if bounds else ""))
-        return value
+            value = math.nan
+        if math.isfinite(value) and (low is None or value > low or value == low and not low_open) \
+                and (high is None or value < high or value == high and not high_open):
+            return value
+        bounds = [f"{'>' if low_open else '>='} {low:g}"] if low is not None else []
+        bounds += [f"{'<' if high_open else '<='} {high:g}"] if high is not None else []
+        must = f"{'an integer' if kind is int else 'a number'} {' and '.join(bounds)}".strip()
+        raise argparse.ArgumentTypeError(f"{text!r} is invalid: it must be {must}")
     parse.__name__ = kind.__name__
     return parse
 
@@ -120,18 +106,19 @@ def add_process_flags(parser, threads_help="CPU threads per process (0: cores / 
     parser.add_argument("--threads", type=number(int, 0), default=0, help=threads_help)
 
 
-NAME_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,99}")
+def matching(pattern, rule):
+    """An argparse ``type=``: the text when it matches ``pattern`` whole, else ``rule``."""
+    def parse(text):
+        if not re.fullmatch(pattern, text):
+            raise argparse.ArgumentTypeError(f"{text!r} is invalid: {rule}")
+        return text
+    return parse
 
 
-def run_name(text):
-    """An argparse ``type=`` for ``--name``: letters, digits and ``._-``, not starting with a dot,
-    at most 100 characters, so that ``runs/NAME`` and ``results/NAME_*`` stay inside their
-    folders."""
-    if not NAME_PATTERN.fullmatch(text):
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is invalid: a run name is letters, digits, '.', '_' and '-', not "
-            f"starting with '.', at most 100 characters")
-    return text
+# --name: so that runs/NAME and results/NAME_* stay inside their folders
+run_name = matching(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,99}", "a run name is letters, digits, '.', "
+                    "'_' and '-', not starting with '.', at most 100 characters")
+device_flag = matching(r"auto|cpu|cuda(:\d+)?", "it must be auto, cpu, cuda or cuda:N")
 
 
 def explicit_flags(parser_, argv):
@@ -155,7 +142,6 @@ def run_folder(name):
 
 
 def checkpoint_path(name):
-    """``runs/NAME/checkpoint.pt``, where train.py keeps run ``name`` and the others read it."""
     return os.path.join(run_folder(name), "checkpoint.pt")
 
 
@@ -165,8 +151,7 @@ def lock(folder, doing="trained"):
     it never goes stale) while one process works on the run: another one gets ``Fail`` naming
     the holder. A folder this call made and nothing but the lock wrote into is removed again."""
     import fcntl  # POSIX only; imported here so that the rest of this file works elsewhere
-    created = not os.path.isdir(folder)
-    path = os.path.join(folder, "train.lock")
+    created, path = not os.path.isdir(folder), os.path.join(folder, "train.lock")
     try:
         os.makedirs(folder, exist_ok=True)
         handle = open(path, "a+")
@@ -180,8 +165,7 @@ def lock(folder, doing="trained"):
             holder = handle.read().strip() or "used by another process"
             raise Fail(f"{folder} is being {holder}; wait for it to finish (or stop it), or "
                        f"pick another --name") from None
-        handle.seek(0)
-        handle.truncate()
+        handle.truncate(0)
         handle.write(f"{doing} by process {os.getpid()} on {os.uname().nodename}")
         handle.flush()
         try:
@@ -218,11 +202,10 @@ class Log:
         if self.file is None:
             try:
                 os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
-                self.file = open(self.path, "a")
+                self.file = open(self.path, "a", buffering=1)  # line-buffered: flushed per line
             except OSError as error:
                 raise Fail(f"cannot write {self.path}: {error.strerror}") from None
         self.file.write(message + "\n")
-        self.file.flush()
 
     def close(self):
         if self.file is not None:
@@ -231,10 +214,9 @@ class Log:
 
 def write_atomic(path, content):
     """Write ``content`` (str or bytes) to ``path`` whole or not at all: into a temporary file in
-    the same folder, flushed to disk (fsync), renamed over ``path``, the folder entry synced.
-    On failure ``path`` keeps its previous content and ``Fail`` names the file and the reason
-    ("No space left on device"). Temporary files left by a process killed mid-write are removed
-    by the next write of the same file."""
+    the same folder, fsynced, renamed over ``path``, the folder entry synced. On failure ``path``
+    keeps its previous content and ``Fail`` names the file and the reason ("No space left on
+    device"). The next write of the same file removes temporary files a killed process left."""
     folder = os.path.dirname(path) or "."
     temporary = None
     try:
@@ -262,22 +244,21 @@ def write_atomic(path, content):
 
 
 def write_json(path, content):
-    """``content`` as indented JSON through ``write_atomic``."""
     write_atomic(path, json.dumps(content, indent=1))
 
 
 def save_checkpoint(path, state):
-    """``torch.save(state)`` to ``path`` through ``write_atomic``. Serialized in memory first, so
-    that a full disk is an OSError naming its cause rather than torch's "unexpected pos"."""
+    """``torch.save(state)`` through ``write_atomic``: serialized in memory first, so that a full
+    disk is an OSError naming its cause rather than torch's "unexpected pos"."""
     buffer = io.BytesIO()
     torch.save(state, buffer)
     write_atomic(path, buffer.getvalue())
 
 
 def load_checkpoint(path, required=("model",), what="a checkpoint written by train.py"):
-    """The dict at ``path``, read with ``weights_only=True`` on the CPU (tensors, numbers,
-    strings and containers only: nothing in the file is run). ``Fail`` in one line for a missing,
-    truncated or foreign file, or one that lacks a key of ``required``."""
+    """The dict at ``path``, read with ``weights_only=True`` on the CPU (nothing in the file is
+    run). ``Fail`` in one line for a missing, truncated, foreign or diverged file, or one that lacks
+    a key of ``required``."""
     if not os.path.exists(path):
         raise Fail(f"no file at {path}")
     try:
@@ -297,8 +278,8 @@ def load_checkpoint(path, required=("model",), what="a checkpoint written by tra
 
 
 def load_weights(net, state_dict, path):
-    """``net.load_state_dict(state_dict)`` (strict); ``Fail`` in one line when the file at
-    ``path`` holds another network's weights (names missing or unexpected, other shapes)."""
+    """``net.load_state_dict(state_dict)``; ``Fail`` in one line when the file at ``path`` holds
+    another network's weights."""
     try:
         net.load_state_dict(state_dict)
     except RuntimeError as error:
@@ -319,7 +300,7 @@ def resume(path, args, required, free):
     """The checkpoint at ``path`` that continues the run ``args`` describe, or None for a new
     run (no checkpoint, or ``args.restart``). ``Fail`` in one line when ``args.resume`` finds
     none, or the file holds another run: it lacks a key of ``required``, or a flag recorded in
-    its ``"args"`` differs from ``args`` (named, old and new values) other than ``free`` ones."""
+    its ``"args"`` other than the ``free`` ones differs (named, old and new values)."""
     if args.restart or not os.path.exists(path):
         if args.resume and not args.restart:
             raise Fail(f"--resume: no checkpoint at {path}")
@@ -330,8 +311,9 @@ def resume(path, args, required, free):
     except Fail as error:
         raise Fail(f"{error}; {other}") from None
     recorded = checkpoint["args"]
-    changed = [f"--{key} {recorded[key]!r} -> {value!r}" for key, value in sorted(vars(args).items())
-               if key in recorded and key not in free and recorded[key] != value]
+    changed = [f"--{key} {recorded[key]!r} -> {value!r}" for key, value in
+               sorted(vars(args).items()) if key in recorded and key not in free
+               and recorded[key] != value]
     if changed:
         raise Fail(f"{path} was trained with other settings ({'; '.join(changed)}): rerun with "
                    f"its settings to continue it, or {other}")
@@ -399,14 +381,6 @@ def start(device_flag="auto", threads=0, set_threads=True):
     return device, rank, world_size
 
 
-def device_flag(text):
-    """An argparse ``type=`` for ``--device``: auto, cpu, cuda or cuda:N."""
-    if text not in ("auto", "cpu", "cuda") and not re.fullmatch(r"cuda:\d+", text):
-        raise argparse.ArgumentTypeError(f"{text!r} is invalid: it must be auto, cpu, cuda or "
-                                         f"cuda:N")
-    return text
-
-
 def usable_cpus():
     """CPUs this process may run on: its affinity mask (``taskset``, a container's or a batch
     scheduler's cpuset), not ``os.cpu_count()``, which counts every CPU of the machine."""
@@ -426,11 +400,9 @@ def keep_freed_memory(trim_bytes=1 << 30):
     """Ask glibc's malloc to keep freed memory for reuse instead of handing it back to the OS.
 
     By default glibc serves every block over 32 MiB with a fresh ``mmap`` and unmaps it on free,
-    so the activations a training step allocates cost page faults again every step; the backward
-    pass of a sliced weight adds a full-size gradient buffer and tips more steps into that.
-    Measured on a 2-core CPU (``python bench.py overhead``): ResNet-20 at width 0.71 took 9-15%
-    longer than its static export with glibc's defaults, as long with this call; a training step
-    of MobileNetV3-Large at 112x112, batch 64, went from 830-1010 ms to 615-660 ms, for 6-12%
+    so a training step's activations (and a sliced weight's full-size gradient buffer) cost page
+    faults again every step. Measured on a 2-core CPU (``python bench.py overhead``): a training
+    step of MobileNetV3-Large at 112x112, batch 64, went from 830-1010 ms to 615-660 ms, for 6-12%
     more peak memory. Returns True when applied; False (nothing changed) without glibc, or when
     the user set ``MALLOC_TRIM_THRESHOLD_``, ``MALLOC_MMAP_THRESHOLD_`` or ``MALLOC_MMAP_MAX_``.
     """
@@ -464,38 +436,16 @@ def gather_dict(mine):
     return {key: value for part in everyone for key, value in part.items()}
 
 
-class Meter:
-    """Means of named values (losses) since the last report, images per second and the time to
-    the end of the run, for progress lines."""
-
-    def __init__(self):
-        self.sums, self.count, self.images, self.start, self.last = {}, 0, 0, time.time(), {}
-
-    def add(self, images, **values):
-        for name, value in values.items():
-            self.sums[name] = self.sums.get(name, 0.0) + value
-        self.count, self.images = self.count + 1, self.images + images
-
-    def report(self, steps_left):
-        """``(means in the order added, images per second, seconds left)``; then starts over."""
-        elapsed = time.time() - self.start
-        self.last = {name: total / self.count for name, total in self.sums.items()}
-        rate, eta = self.images / max(elapsed, 1e-9), elapsed / self.count * steps_left
-        self.sums, self.count, self.images, self.start = {}, 0, 0, time.time()
-        return list(self.last.values()), rate, eta
-
-
 def check_ranks_agree(net, digest, log):
     """Every rank must end with the same weights of ``net``, having seen the same ``digest``
     (a float fingerprint of what it trained): RuntimeError (a bug) if not."""
     weights = sum(p.detach().double().sum() + p.detach().double().abs().sum()
-                  for p in net.parameters())
-    device = next(net.parameters()).device
-    mine = torch.tensor([weights.item(), digest], dtype=torch.float64, device=device)
-    everyone = [torch.zeros_like(mine) for _ in range(dist.get_world_size())]
-    dist.all_gather(everyone, mine)
-    if any(not torch.allclose(other, everyone[0], rtol=1e-9, atol=0) for other in everyone):
-        raise RuntimeError(f"ranks diverged: {[o.tolist() for o in everyone]}")
+                  for p in net.parameters()).item()
+    everyone = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, (weights, digest))
+    if not all(math.isclose(a, b, rel_tol=1e-9) for pair in everyone
+               for a, b in zip(pair, everyone[0])):
+        raise RuntimeError(f"ranks diverged: {everyone}")
     log(f"all {len(everyone)} ranks hold identical weights and trained the same configurations")
 
 
@@ -522,20 +472,18 @@ class ThreadTuner:
         returns a message when the thread count changed, else None."""
         rate = macs / max(seconds, 1e-9)
         self.steps += 1
-        if self.trying is not None:
-            self.trial.append(rate)
-            return self._decide() if len(self.trial) == self.probe else None
-        self.recent = (self.recent + [rate])[-self.probe:]
-        due = self.steps == self.first or (self.steps > self.first and
-                                           (self.steps - self.first) % self.period == 0)
-        if due and self.most > 1:
-            if not 1 <= self.threads + self.direction <= self.most:
-                self.direction = -self.direction
-            self.trying, self.trial = self.threads + self.direction, []
-            torch.set_num_threads(self.trying)
-        return None
-
-    def _decide(self):
+        if self.trying is None:
+            self.recent = (self.recent + [rate])[-self.probe:]
+            if self.steps >= self.first and (self.steps - self.first) % self.period == 0 \
+                    and self.most > 1:
+                if not 1 <= self.threads + self.direction <= self.most:
+                    self.direction = -self.direction
+                self.trying, self.trial = self.threads + self.direction, []
+                torch.set_num_threads(self.trying)
+            return None
+        self.trial.append(rate)
+        if len(self.trial) < self.probe:
+            return None
         before, after = statistics.median(self.recent), statistics.median(self.trial)
         tried, self.trying = self.trying, None
         if after > self.margin * before:
@@ -548,49 +496,32 @@ class ThreadTuner:
         return None
 
 
-class StopRequest:
-    """Ctrl-C (SIGINT) and SIGTERM, deferred to the end of the current training step, so the
-    checkpoint then saved holds whole steps and the RNG state before the next batch (a resumed
-    run is exact). A second signal raises KeyboardInterrupt at once. Under torch.distributed
-    every rank stops at the same step (the request is all-reduced: a signal may reach one
-    process only). A context manager: the previous handlers come back on exit."""
+@contextlib.contextmanager
+def stop_requests():
+    """Ctrl-C (SIGINT) and SIGTERM, deferred to the end of the current training step. Yields
+    ``requested()``, the signal number to stop for or 0, the same on every rank (all-reduced: a
+    signal may reach one process only); the loop asks it after each step, so the checkpoint then
+    saved holds whole steps and the RNG state before the next batch (a resumed run is exact).
+    A second signal raises KeyboardInterrupt at once. The previous handlers come back on exit."""
+    received = []
 
-    def __enter__(self):
-        self.signum = 0
-        self.previous = {sig: signal.signal(sig, self._handle)
-                         for sig in (signal.SIGINT, signal.SIGTERM)}
-        return self
-
-    def __exit__(self, *exception):
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
-
-    def _handle(self, signum, frame):
-        if self.signum:
+    def handle(signum, frame):
+        if received:
             raise KeyboardInterrupt
-        self.signum = signum
+        received.append(signum)
 
-    def status(self, session_steps, pause_after, save, log, where):
-        """The exit status when the session stops after this step, ``save()`` called first:
-        0 when ``pause_after`` steps of it are done, 128 + the signal number after Ctrl-C (130)
-        or SIGTERM (143); None to go on. ``where`` ends the log line ("step 40: ...")."""
-        if pause_after and session_steps >= pause_after:
-            save()
-            log(f"paused after {session_steps} steps at {where}; rerun to continue")
-            return 0
-        signum = self.requested()
-        if signum:
-            save()
-            log(f"{signal.Signals(signum).name} at {where}; rerun the same command to continue")
-            return 128 + signum
-        return None
-
-    def requested(self):
-        """The signal number to stop for (the same on every rank), or 0."""
+    def requested():
         if not dist.is_initialized():
-            return self.signum
-        flag = torch.tensor([self.signum], dtype=torch.long)
+            return received[0] if received else 0
+        flag = torch.tensor(received[:1] or [0], dtype=torch.long)
         if dist.get_backend() == "nccl":
             flag = flag.cuda()
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return int(flag.item())
+
+    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield requested
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -1,4 +1,4 @@
-"""Train a slimmable network: Joslim, Slim (US-Nets), the AutoSlim supernet, or fixed configurations.
+"""Train a slimmable network: Joslim, Slim (US-Nets), the AutoSlim supernet, or fixed widths.
 
 Every step follows the sandwich rule (Yu & Huang, US-Nets, ICCV'19): the full network learns
 from the labels (label-smoothed cross-entropy); the smallest network and ``--num_sampled_arch``
@@ -29,18 +29,18 @@ Several processes or GPUs on one machine, and several machines (torchrun's rende
     torchrun --nproc_per_node=2 train.py --name demo2
     torchrun --nnodes=2 --nproc_per_node=8 --rdzv_backend=c10d --rdzv_endpoint=HOST:29500 \\
         train.py --name joslim_mbv2 --dataset ImageNet --datapath /data/imagenet-lmdb \\
-        --network slim_mobilenetv2 --epochs 250 --warmup 5 --baselr 0.125 --tau 625 --wd 4e-5 \\
-        --label_smoothing 0.1 --batch_size 1024 --lower_channel 0.42 --num_sampled_arch 2 \\
-        --baseline -3 --prior_points 20 --scheduler linear_decay --slim_dataaug --scale_ratio 0.25
+        --network slim_mobilenetv2 --epochs 250 --warmup 5 --baselr 0.125 --tau 625 ...
 
 Everything lands in ``runs/NAME/``: ``checkpoint.pt`` (a plain dict, written atomically every
 epoch, on Ctrl-C and at the end) and ``log.txt``. Rerunning the same ``--name`` continues where it
 stopped. Then: ``python evaluate.py --name NAME``.
 """
 import contextlib
+import itertools
 import math
 import os
 import random
+import signal
 import sys
 import time
 
@@ -59,78 +59,63 @@ import sampler as samplers
 import slimmable
 from runs import Fail
 
-# The students' recipe: labels only. On Fashion-MNIST (slim_resnet20, 3 seeds) it gave the best
-# held-out area of the recipes measured: distillation alone (the reference's, --kd_weight 1),
-# half and half, and labels only.
-KD_WEIGHT, DISTILL_AFTER = 0.0, 0.0
-
 
 def parse_args(argv=None):
     parser = runs.parser(__doc__)
     add = parser.add_argument
     count, some = runs.number(int, 1), runs.number(int, 0)  # at least 1; 0 or more
+    fraction = runs.number(float, 0, 1, high_open=True)
     add("--name", type=runs.run_name, default="demo",
         help="run name: files go to runs/NAME/ (letters, digits, '._-'; default: demo)")
     add("--network", default="slim_resnet20", type=models.network_flag, metavar="NAME",
-        help=f"network to train: {', '.join(models.NETWORKS)}; a torchvision classification "
-             "network, e.g. regnet_x_400mf (python models.py lists them); or FILE.py:FUNCTION, "
-             "a function of num_classes returning your nn.Module; the last two are made "
-             "slimmable from a trace of their graph (default: slim_resnet20)")
+        help=f"{', '.join(models.NETWORKS)}; a torchvision classification network, e.g. "
+             "regnet_x_400mf (python models.py lists them); or FILE.py:FUNCTION, a function of "
+             "num_classes returning your nn.Module (both made slimmable from a graph trace)")
     add("--width_mult", type=runs.number(float, 0, low_open=True), default=1.0,
         help="MobileNetV2 width multiplier of the supernet (AutoSlim uses 1.5)")
-    add("--method", default="joslim", choices=["joslim", "slim", "random", "fixed"],
-        help="joslim: GP-proposed widths; slim: one uniform width; random: independent per-group "
-             "widths (AutoSlim supernet); fixed: the --channel_config configurations")
+    add("--method", default="joslim", choices=["joslim", "slim", "random", "fixed"])
     add("--channel_config", nargs="+", default=[], metavar="FILE",
         help="JSON configurations (from search.py) to retrain with --method fixed")
     add("--epochs", type=count, default=4, help="training epochs (default: 4)")
-    add("--warmup", type=runs.number(float, 0), default=1,
-        help="linear learning-rate warmup, in epochs")
+    add("--warmup", type=runs.number(float, 0), default=1, help="linear lr warmup, in epochs")
     add("--baselr", type=runs.number(float, 0, low_open=True), default=0.1,
         help="peak lr = baselr * batch_size / 256")
     add("--scheduler", default="cosine_decay", choices=["linear_decay", "cosine_decay"],
         help="lr decay after warmup, per iteration")
-    add("--momentum", type=runs.number(float, 0, 1, high_open=True), default=0.9,
-        help="SGD momentum")
+    add("--momentum", type=fraction, default=0.9, help="SGD momentum")
     add("--nesterov", action="store_true", help="Nesterov momentum")
     add("--wd", type=runs.number(float, 0), default=5e-4,
         help="weight decay (not applied to BN parameters and biases)")
-    add("--kd_weight", type=runs.number(float, 0, 1), default=KD_WEIGHT,
-        help="the students' loss: kd_weight x in-place distillation (soft cross-entropy with "
-             "the full network's detached predictions) + (1 - kd_weight) x cross-entropy with "
-             "the labels; 1 as the reference code, default %(default)s (labels only)")
-    add("--distill_after", type=runs.number(float, 0), default=DISTILL_AFTER,
+    add("--kd_weight", type=runs.number(float, 0, 1), default=0.0,
+        help="the students' loss: kd_weight x in-place distillation + (1 - kd_weight) x labels; "
+             "1 as the reference code, default 0 (labels only)")
+    add("--distill_after", type=runs.number(float, 0), default=0.0,
         help="epochs of labels only for the students before the --kd_weight mix starts")
-    add("--label_smoothing", type=runs.number(float, 0, 1, high_open=True), default=0.1,
-        help="label smoothing of the full network")
+    add("--label_smoothing", type=fraction, default=0.1, help="of the full network's loss")
     add("--batch_size", type=count, default=128, help="global batch size over all processes")
     add("--lower_channel", type=runs.number(float, 0, 1, low_open=True, high_open=True),
-        default=0.42, help="smallest width multiplier of every group, in (0, 1); also the "
-        "sandwich's smallest network")
+        default=0.42, help="smallest width multiplier of every group: the sandwich's smallest")
     add("--num_sampled_arch", type=some, default=2,
         help="configurations trained between the full and the smallest network each step")
     add("--tau", type=count, default=20,
         help="joslim: steps between re-scoring the history and proposing new configurations")
     add("--prior_points", type=count, default=10,
-        help="joslim: uniform-width configurations proposed before the Gaussian process starts "
-             "(at least 1: the process needs observations)")
+        help="joslim: uniform-width configurations proposed before the Gaussian process starts")
     add("--acquisition", default="ei", choices=["ei", "ucb"],
-        help="joslim: expected improvement over the front (ei) or the paper's UCB with an "
-             "augmented Tchebyshev scalarization (ucb)")
-    add("--beta", type=runs.number(float, 0), default=0.1,
-        help="joslim ucb: exploration weight")
+        help="joslim: expected improvement over the front, or the paper's UCB with an augmented "
+             "Tchebyshev scalarization")
+    add("--beta", type=runs.number(float, 0), default=0.1, help="joslim ucb: exploration weight")
     add("--baseline", type=runs.number(float), default=-3.0,
         help="joslim ucb: Tchebyshev reference point in standardized units (the reference "
              "code's default of 5 flips its search; -3 is the paper's)")
     add("--rescore_limit", type=some, default=120,
         help="joslim: re-score at most this many history configurations per window, the "
-             "newest and the Pareto layers first (0: all, as the reference; default 120)")
+             "newest and the Pareto layers first (0: all, as the reference)")
     add("--cost", default="macs", choices=list(slimmable.COSTS),
         help="joslim: the cost axis of the front")
     add("--print_freq", type=count, default=20, help="steps between progress lines")
     add("--curve_points", type=some, default=16,
-        help="points of the training curves in runs/NAME/curves.json (the full and smallest "
-             "network's training loss and held-out top-1), evenly spaced; 0: none")
+        help="evenly spaced points of the training curves in runs/NAME/curves.json; 0: none")
     add("--curve_images", type=count, default=512, help="held-out images per curve point")
     add("--seed", type=some, default=0, help="seed for weights, data order and sampling")
     runs.add_process_flags(parser, "CPU threads per process (0: the usable cores / processes, "
@@ -142,9 +127,8 @@ def parse_args(argv=None):
     add("--pause_after", type=some, default=0,
         help="save and stop after this many steps of this run (preemptible jobs; rerun to go on)")
     add("--data_on_device", default="auto", choices=["auto", "on", "off"],
-        help="keep an in-memory training set (synthetic, CIFAR, MNIST, FashionMNIST) on the "
-             "device as uint8 and draw and augment its batches there, no loader workers "
-             "(data.DeviceBatches); auto: on for CUDA, off (DataLoader) on the CPU")
+        help="draw and augment an in-memory training set's batches on the device "
+             "(data.DeviceBatches); auto: on for CUDA")
     data.add_data_args(parser)
     args = parser.parse_args(argv)
     if args.method == "fixed" and not args.channel_config:
@@ -204,20 +188,16 @@ def train_step(model, net, inputs, targets, configs, args, autocast, distill=Tru
     learns from the labels. Under DDP the gradients are all-reduced once, in the last backward
     (``no_sync`` for the others). Returns the losses of the first and the last network trained.
     """
-    teacher_probs, losses = None, []
+    teacher_probs, losses = None, []  # None in the first pass: labels only
     passes = [None] + configs if args.method != "fixed" else configs
     for index, widths in enumerate(passes):
-        last = index == len(passes) - 1
-        defer_sync = not last and hasattr(model, "no_sync")
+        defer_sync = index < len(passes) - 1 and hasattr(model, "no_sync")
         with model.no_sync() if defer_sync else contextlib.nullcontext():
             slimmable.set_widths(net, 1.0 if widths is None else widths)
             with autocast():
                 logits = model(inputs)
-                if index > 0 and args.method != "fixed":
-                    loss = student_loss(logits, targets, teacher_probs if distill else None,
-                                        args.kd_weight, args.label_smoothing)
-                else:
-                    loss = F.cross_entropy(logits, targets, label_smoothing=args.label_smoothing)
+                teacher = teacher_probs if distill and args.method != "fixed" else None
+                loss = student_loss(logits, targets, teacher, args.kd_weight, args.label_smoothing)
                 if index == 0:
                     teacher_probs = F.softmax(logits.detach().float(), dim=1)
             loss.backward()
@@ -276,43 +256,6 @@ def build_sampler(args, net):
     return None
 
 
-def device_batches(args, loaders, device, rank, world_size):
-    """``data.DeviceBatches`` over the training set when ``--data_on_device`` asks for it (auto:
-    on CUDA with an in-memory set), else None (the DataLoader serves the batches)."""
-    in_memory = isinstance(loaders.train.dataset, data.InMemoryImages)
-    if args.data_on_device == "off" or (args.data_on_device == "auto" and
-                                        (device.type != "cuda" or not in_memory)):
-        return None
-    if not in_memory:
-        raise Fail(f"--data_on_device on: {loaders.dataset} is read from disk, not held in "
-                   f"memory; use --data_on_device off")
-    return data.DeviceBatches(loaders.train.dataset, loaders.train.batch_size, device, rank,
-                              world_size)
-
-
-def next_configs(args, sampler, net, held_out_batch, autocast, log, step):
-    """The student configurations of the next window (multiplier lists; the smallest network
-    last), identical on every rank. Joslim first re-scores its history on the next held-out
-    batch with the current weights, so the Gaussian process sees the losses as they are now."""
-    rank = dist.get_rank() if dist.is_initialized() else 0
-    if args.method == "joslim":
-        history = runs.broadcast(sampler.history_configs() if rank == 0 else None)
-        if len(history):
-            losses = rescore(net, history, *held_out_batch(), autocast)
-            if not np.isfinite(losses).all():
-                raise Fail(f"training diverged: held-out losses of the history are not finite at "
-                           f"step {step}; lower --baselr and --restart")
-            if rank == 0:
-                sampler.observe(losses)
-        net.train()
-    proposals = runs.broadcast(sampler.propose(args.num_sampled_arch) if rank == 0 else None)
-    if args.method == "joslim" and rank == 0:
-        costs = ", ".join(f"{c:.2f}" for c in sampler.last_costs)
-        log(f"  window at step {step}: history {len(sampler.history_configs())}, "
-            f"proposed costs [{costs}]")
-    return [row.tolist() for row in proposals] + [[args.lower_channel] * len(net.width_groups)]
-
-
 # ---------------------------------------------------------------------------------------------
 # The training loop
 
@@ -331,7 +274,7 @@ def train(args, run):
             f"epochs x {run.steps_per_epoch} steps, batch {args.batch_size} over "
             f"{run.world_size} process(es), peak lr {run.peak_lr:g}, "
             f"{len(net.width_groups)} width groups, device {run.device}")
-    with runs.StopRequest() as stop:
+    with runs.stop_requests() as stop_requested:
         while run.step < run.total_steps:
             for inputs, targets in run.epoch_batches():
                 if run.window_configs is None or run.step % window == 0:
@@ -352,7 +295,7 @@ def train(args, run):
                            time.perf_counter() - step_start)
                 if run.step % run.steps_per_epoch == 0 and run.step < run.total_steps:
                     run.save()
-                status = run.stop_status(stop)
+                status = run.stop_status(stop_requested)
                 if status is not None:
                     return status
     run.save(finished=True)
@@ -361,8 +304,7 @@ def train(args, run):
 
 
 def main(argv=None):
-    args = parse_args(argv)
-    return runs.cli(start_and_train, args, user_errors=(data.DataError,))
+    return runs.cli(start_and_train, parse_args(argv), user_errors=(data.DataError,))
 
 
 def start_and_train(args):
@@ -393,9 +335,8 @@ SESSION_FLAGS = {"name", "print_freq", "threads", "workers", "pin_memory", "paus
 
 class TrainingRun:
     """One run of train.py between start-up and exit: the network, optimizer, sampler and data,
-    the position in the schedule, and the bookkeeping around each step (progress lines, training
-    curves, the thread tuner, checkpoints, stopping). ``state_dict`` is the checkpoint, a plain
-    dict; rerunning the same command continues from it exactly."""
+    the position in the schedule, and the bookkeeping around each step. Rerunning the same
+    command continues from its checkpoint (``save``) exactly."""
 
     def __init__(self, args, device, rank, world_size, log):
         self.args, self.device, self.rank, self.world_size, self.log = \
@@ -421,9 +362,9 @@ class TrainingRun:
         self.curve_batches = [(x.to(device), y.to(device)) for x, y in data.first_batches(
             self.loaders.val, images=args.curve_images)] \
             if self.curve_every and self.loaders.val is not None else []
-        self.val_iterator, self.val_position = None, -1
-        self.configs_digest, self.sampler_seconds, self.start_time = 0.0, 0.0, time.time()
-        self.meter = runs.Meter()
+        self.val_iterator, self.configs_digest, self.sampler_seconds = None, 0.0, 0.0
+        self.start_time = self.progress_start = time.time()
+        self.progress = [0.0, 0.0, 0]  # losses since the last progress line
 
     def _build(self, args):
         """The data, the network, the configurations of --method fixed, the sampler, the
@@ -435,21 +376,26 @@ class TrainingRun:
         self.options = {"input_size": loaders.input_size, "in_channels": loaders.in_channels}
         if args.network == "slim_mobilenetv2":
             self.options["width_mult"] = args.width_mult
-        self.device_batches = device_batches(args, loaders, self.device, self.rank,
-                                             self.world_size)
+        # --data_on_device: batches drawn and augmented on the device (auto: on CUDA, in memory)
+        in_memory = isinstance(loaders.train.dataset, data.InMemoryImages)
+        on_device = args.data_on_device == "on" or (args.data_on_device == "auto" and in_memory
+                                                    and self.device.type == "cuda")
+        if on_device and not in_memory:
+            raise Fail(f"--data_on_device on: {loaders.dataset} is read from disk, not held in "
+                       f"memory; use --data_on_device off")
+        self.device_batches = data.DeviceBatches(loaders.train.dataset, loaders.train.batch_size,
+                                                 self.device, self.rank, self.world_size) \
+            if on_device else None
         try:
             self.net = models.get_model(args.network, loaders.num_classes, **self.options)
-        except ValueError as error:  # a torchvision or user network that cannot be converted
+            loaded = [slimmable.load_config(path, self.net) for path in args.channel_config]
+        except ValueError as error:  # a network that cannot be converted, a foreign config file
             raise Fail(str(error)) from None
         for line in getattr(self.net, "frozen", ()):
             self.log(line)  # "froze GROUP (C channels) at node N: why": kept at full width
         self.net.to(self.device)
         if self.device.type == "cuda":
             self.net = self.net.to(memory_format=torch.channels_last)
-        try:
-            loaded = [slimmable.load_config(path, self.net) for path in args.channel_config]
-        except ValueError as error:
-            raise Fail(str(error)) from None
         self.fixed_configs = [widths for widths, _ in loaded]
         # where each configuration came from, so that evaluate.py can label the retrained models
         self.fixed_sources = [{"file": path, "cost": record.get("cost"),
@@ -467,18 +413,6 @@ class TrainingRun:
         self.distill_after_steps = int(args.distill_after * self.steps_per_epoch)
         self.peak_lr = args.baselr * args.batch_size / 256
         self.optimizer = make_optimizer(self.net, args, self.peak_lr)
-
-    def state_dict(self, finished=False):
-        args = self.args
-        return {"model": self.net.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "step": self.step, "window_configs": self.window_configs,
-                "val_batches_used": self.val_batches_used,
-                "sampler": runs.plain(self.sampler.state_dict()) if self.sampler else None,
-                "rng": runs.rng_states(), "args": vars(args), "network": args.network,
-                "method": args.method, "num_classes": self.loaders.num_classes,
-                "model_options": self.options, "lower_channel": args.lower_channel,
-                "fixed_configs": self.fixed_configs, "fixed_sources": self.fixed_sources,
-                "curves": self.curves, "curve_meter": self.curve_meter, "finished": finished}
 
     def _restore(self, checkpoint):
         runs.load_weights(self.net, checkpoint["model"], self.checkpoint_path)
@@ -498,14 +432,23 @@ class TrainingRun:
                      + (f" (changed for this session: {'; '.join(session)})" if session else ""))
 
     def save(self, finished=False):
-        """Write the checkpoint (rank 0); ``Fail`` instead when a weight or BN statistic is not
-        finite, so the last finite checkpoint stays."""
-        broken = runs.not_finite(self.net.state_dict())
+        """Write the checkpoint, a plain dict (rank 0); ``Fail`` instead when a weight or BN
+        statistic is not finite, so the last finite checkpoint stays."""
+        args, weights = self.args, self.net.state_dict()
+        broken = runs.not_finite(weights)
         if broken:
             raise Fail(f"training diverged by step {self.step}: {broken} not finite; "
                        f"{self.checkpoint_path} keeps the last finite state: lower --baselr")
         if self.rank == 0:
-            runs.save_checkpoint(self.checkpoint_path, self.state_dict(finished))
+            runs.save_checkpoint(self.checkpoint_path, {
+                "model": weights, "optimizer": self.optimizer.state_dict(), "step": self.step,
+                "window_configs": self.window_configs, "val_batches_used": self.val_batches_used,
+                "sampler": runs.plain(self.sampler.state_dict()) if self.sampler else None,
+                "rng": runs.rng_states(), "args": vars(args), "network": args.network,
+                "method": args.method, "num_classes": self.loaders.num_classes,
+                "model_options": self.options, "lower_channel": args.lower_channel,
+                "fixed_configs": self.fixed_configs, "fixed_sources": self.fixed_sources,
+                "curves": self.curves, "curve_meter": self.curve_meter, "finished": finished})
 
     def epoch_batches(self):
         """An iterator over the rest of the current epoch's training batches. The data order and
@@ -518,7 +461,7 @@ class TrainingRun:
         else:
             data.set_epoch(self.loaders, epoch)
             batches = iter(self.loaders.train)
-            for _ in range(offset):
+            for _ in range(offset):  # drawn before the RNG state is restored
                 next(batches)
         if self.resumed_rng is not None and offset:
             runs.set_rng_states(self.resumed_rng)
@@ -527,18 +470,35 @@ class TrainingRun:
         return batches
 
     def to_device(self, inputs):
-        inputs = inputs.to(self.device, non_blocking=True)
-        if self.device.type == "cuda":
-            inputs = inputs.contiguous(memory_format=torch.channels_last)
-        return inputs
+        """``inputs`` on the device, channels-last on CUDA as the network."""
+        layout = torch.channels_last if self.device.type == "cuda" else torch.preserve_format
+        return inputs.to(self.device, non_blocking=True, memory_format=layout)
 
     def next_window(self):
-        """The configurations of the next window (``next_configs``; --method fixed: its own),
-        timed, and fingerprinted so that ``finish`` can check that every rank trained them."""
-        start = time.time()
-        configs = self.fixed_configs if self.args.method == "fixed" else next_configs(
-            self.args, self.sampler, self.net, self.held_out_batch, self.autocast, self.log,
-            self.step)
+        """The student configurations of the next window (multiplier lists, the smallest network
+        last; --method fixed: its own), the same on every rank. Joslim first re-scores its history
+        on the next held-out batch with the current weights, so the Gaussian process sees the
+        losses as they are now. Timed, and fingerprinted for ``finish``'s check of the ranks."""
+        args, sampler, start = self.args, self.sampler, time.time()
+        if args.method == "joslim":
+            history = runs.broadcast(sampler.history_configs() if self.rank == 0 else None)
+            if len(history):
+                losses = rescore(self.net, history, *self.held_out_batch(), self.autocast)
+                if not np.isfinite(losses).all():
+                    raise Fail(f"training diverged: held-out losses of the history are not "
+                               f"finite at step {self.step}; lower --baselr and --restart")
+                if self.rank == 0:
+                    sampler.observe(losses)
+            self.net.train()
+        configs = self.fixed_configs
+        if args.method != "fixed":
+            proposals = runs.broadcast(sampler.propose(args.num_sampled_arch)
+                                       if self.rank == 0 else None)
+            configs = [row.tolist() for row in proposals] + [[args.lower_channel] *
+                                                             len(self.net.width_groups)]
+        if args.method == "joslim" and self.rank == 0:
+            self.log(f"  window at step {self.step}: history {len(sampler.history_configs())}, "
+                     f"proposed costs [{', '.join(f'{c:.2f}' for c in sampler.last_costs)}]")
         self.configs_digest += float(np.sum(configs)) * (self.step + 1)
         self.sampler_seconds += time.time() - start
         if self.tuner is not None:  # the work of a step: MACs per image of its networks
@@ -549,42 +509,38 @@ class TrainingRun:
     def held_out_batch(self):
         """The next held-out batch, cycling through the val split in a fixed order."""
         index = self.val_batches_used % len(self.loaders.val)
-        if self.val_position != index:  # first use, wrap-around or resume
-            self.val_iterator = iter(self.loaders.val)
-            for _ in range(index):
-                next(self.val_iterator)
+        if index == 0 or self.val_iterator is None:  # first use, wrap-around or resume
+            self.val_iterator = itertools.islice(iter(self.loaders.val), index, None)
         inputs, targets = next(self.val_iterator)[:2]
-        self.val_position, self.val_batches_used = index + 1, self.val_batches_used + 1
-        return (inputs.to(self.device, non_blocking=True),
-                targets.to(self.device, non_blocking=True))
+        self.val_batches_used += 1
+        return inputs.to(self.device, non_blocking=True), targets.to(self.device, non_blocking=True)
 
     def record(self, full_loss, small_loss, lr, batch, seconds):
-        """After a step: the thread tuner, the loss meters, a progress line every --print_freq
+        """After a step: the thread tuner, the loss sums, a progress line every --print_freq
         steps and a point of the training curves every ``curve_every``."""
         self.session_steps += 1
         for network, loss in (("full", full_loss), ("smallest", small_loss)):
             if not math.isfinite(loss):  # nothing after this step is worth keeping
                 raise Fail(f"training diverged: the {network} network's loss is {loss} at step "
-                           f"{self.step} (learning rate {lr:.4g}); {self.checkpoint_path} keeps the "
-                           f"last finite state: lower --baselr and --restart")
-        if self.tuner is not None:
-            change = self.tuner.record(seconds, self.step_macs)
-            if change:
-                self.log(f"  step {self.step}: {change}")
-        self.meter.add(batch * self.world_size, full=full_loss, smallest=small_loss)
-        self.curve_meter[:] = [self.curve_meter[0] + full_loss, self.curve_meter[1] + small_loss,
-                               self.curve_meter[2] + 1]
+                           f"{self.step} (learning rate {lr:.4g}); {self.checkpoint_path} keeps "
+                           f"the last finite state: lower --baselr and --restart")
+        if self.tuner is not None and (change := self.tuner.record(seconds, self.step_macs)):
+            self.log(f"  step {self.step}: {change}")
+        for sums in (self.progress, self.curve_meter):
+            sums[:] = [sums[0] + full_loss, sums[1] + small_loss, sums[2] + 1]
         last = self.step == self.total_steps
         if self.step % self.args.print_freq == 0 or last:
-            self.report(lr)
+            full, small, count = self.progress
+            self.last_losses = full / count, small / count
+            seconds = time.time() - self.progress_start
+            rate, eta = count * batch * self.world_size / seconds, seconds / count * (
+                self.total_steps - self.step)
+            self.log(f"epoch {self.step / self.steps_per_epoch:.2f}/{self.args.epochs} step "
+                     f"{self.step}/{self.total_steps} loss full {full / count:.3f} smallest "
+                     f"{small / count:.3f} lr {lr:.4f} {rate:.0f} img/s eta {eta / 60:.1f} min")
+            self.progress, self.progress_start = [0.0, 0.0, 0], time.time()
         if self.curve_every and (self.step % self.curve_every == 0 or last):
             self.curve_point(lr)
-
-    def report(self, lr):
-        (full, small), rate, eta = self.meter.report(self.total_steps - self.step)
-        self.log(f"epoch {self.step / self.steps_per_epoch:.2f}/{self.args.epochs} step "
-                 f"{self.step}/{self.total_steps} loss full {full:.3f} smallest {small:.3f} lr "
-                 f"{lr:.4f} {rate:.0f} img/s eta {eta / 60:.1f} min")
 
     def curve_point(self, lr):
         """Append one point of the training curves and rewrite runs/NAME/curves.json: the mean
@@ -607,18 +563,25 @@ class TrainingRun:
                 "distill_after": args.distill_after, "steps_per_epoch": self.steps_per_epoch,
                 "total_steps": self.total_steps, "points": self.curves})
 
-    def stop_status(self, stop):
-        """After a step: the exit status when this session ends here (``--pause_after`` steps
-        done, or Ctrl-C / SIGTERM), the checkpoint saved first; None to go on."""
-        if self.step < self.total_steps:
-            return stop.status(self.session_steps, self.args.pause_after, self.save, self.log,
-                               f"step {self.step}: checkpoint saved to {self.checkpoint_path}")
-        return None
+    def stop_status(self, stop_requested):
+        """After a step: the exit status when this session ends here, the checkpoint saved first:
+        0 after its --pause_after steps, 128 + the signal after Ctrl-C (130) or SIGTERM (143) (a
+        ``runs.stop_requests``); None to go on."""
+        paused = self.args.pause_after and self.session_steps >= self.args.pause_after
+        signum = 0 if paused or self.step == self.total_steps else stop_requested()
+        if self.step == self.total_steps or not (paused or signum):
+            return None
+        self.save()
+        where = f"step {self.step}: checkpoint saved to {self.checkpoint_path}"
+        self.log(f"paused after {self.session_steps} steps at {where}; rerun to continue"
+                 if paused else f"{signal.Signals(signum).name} at {where}; rerun the same "
+                 f"command to continue")
+        return 0 if paused else 128 + signum
 
     def finish(self):
         elapsed = time.time() - self.start_time
         self.log(f"done: {self.step} steps in {elapsed:.0f} s; last losses: full "
-                 f"{self.meter.last['full']:.3f}, smallest {self.meter.last['smallest']:.3f}; "
+                 f"{self.last_losses[0]:.3f}, smallest {self.last_losses[1]:.3f}; "
                  f"sampler + re-scoring took {self.sampler_seconds:.1f} s "
                  f"({100 * self.sampler_seconds / max(elapsed, 1e-9):.1f}%)")
         if dist.is_initialized():
