@@ -197,8 +197,7 @@ class Analysis:
             self.sources.freeze([source], node, None)
             return Layout(1, len(shape), [(source, 1)])
         if node.op == "output":
-            self.sources.freeze([s for x in _layouts(self._args(node)) for s in _sources(x)],
-                                node, None)
+            self.unknown(node, None)  # the logits: fixed, not frozen
             return None
         if node.op == "call_module":
             return self.visit_module(node, self.traced.get_submodule(node.target))
@@ -460,23 +459,22 @@ class Analysis:
 def width_groups(analysis, divisor=1):
     """``(groups, group_of, frozen)``: the ``WidthGroup``s, in the order their first layer runs
     (each named after that layer); each slimmable source root's group index; one line per
-    frozen group ``(name, channels, node, reason)``. A root of one channel has nothing to slim."""
-    sources, groups, group_of, frozen = analysis.sources, [], {}, []
+    frozen group. A root of one channel has nothing to slim."""
+    sources, groups, group_of, frozen = analysis.sources, [], {}, {}
     for s in range(len(sources.parent)):
         root = sources.find(s)
-        if root in group_of or any(root == f[4] for f in frozen):
-            continue
         name, channels = sources.names[s], sources.channels[root]
+        if root in group_of or root in frozen or channels == 1:
+            continue
         if root in sources.frozen:
             node, reason = sources.frozen[root]
-            if reason is not None and channels > 1:
-                frozen.append((name, channels, node, reason, root))
+            if reason is not None:  # None: the image or the logits, fixed by definition
+                frozen[root] = f"froze {name} ({channels} channels) at node {node}: {reason}"
             continue
-        if channels > 1:
-            group_of[root] = len(groups)
-            groups.append(slimmable.WidthGroup(name, channels,
-                                               math.lcm(divisor, sources.divisor[root])))
-    return groups, group_of, [f[:4] for f in frozen]
+        group_of[root] = len(groups)
+        groups.append(slimmable.WidthGroup(name, channels,
+                                           math.lcm(divisor, sources.divisor[root])))
+    return groups, group_of, list(frozen.values())
 
 
 def _slot(layout, analysis, groups, group_of):
@@ -550,10 +548,9 @@ def make_slimmable(model, example_input, log=print, divisor=1):
         elif name in analysis.calls:  # for slimmable's cost probe: the width of each call
             module.call_slots = [(slot(x), x.dim if isinstance(x, Layout) else 1)
                                  for x in analysis.calls[name]]
+    _declare_kept_tensors(model, analysis, slot)
     model = _narrow_scaled_parameters(model, analysis, slot)
-    model.width_groups, model.frozen = groups, [f"froze {name} ({channels} channels) at node "
-                                                f"{node}: {reason}"
-                                                for name, channels, node, reason in frozen]
+    model.width_groups, model.frozen = groups, frozen
     model.in_channels = int(example_input.shape[1])
     height, width = example_input.shape[-2:]
     model.input_size = int(height) if height == width else (int(height), int(width))
@@ -567,6 +564,45 @@ def make_slimmable(model, example_input, log=print, divisor=1):
         raise RuntimeError("the converted model's full-width output differs from the original's "
                            "(a bug in convert.py)")
     return model
+
+
+def _declare_kept_tensors(model, analysis, slot):
+    """For ``slimmable.memory``: each block's ``keeps_alive``, read off the graph. A tensor alive
+    across a conv, linear or pooling call that neither reads nor makes it is held by the
+    innermost module around that call and the tensor's last use: as its ``"input"`` if made
+    before the module (a residual add, SE's rescale), else as the output of the child that made
+    it (a projection block's main path while its shortcut conv runs). What the probe could not
+    count so (a tensor made by a function, a list input) is left out: ``memory`` reads low."""
+    nodes = list(analysis.traced.graph.nodes)
+    where = {n: i for i, n in enumerate(nodes)}
+    stack = {n: [""] + list(n.meta.get("nn_module_stack", ())) if n.op.startswith("call") else []
+             for n in nodes}
+    first, latest, latest_before, alive, keeps = {}, None, {}, [], {}
+    for i, node in enumerate(nodes):
+        for name in stack[node]:
+            first.setdefault(name, node)
+        latest_before[node] = latest  # the slot the probe gives a block's input
+        module = model.get_submodule(node.target) if node.op == "call_module" else None
+        alive = [v for v in alive if max(map(where.get, v.users)) > i]
+        for v in alive if isinstance(module, slimmable.MEMORY_LAYERS) else ():
+            user, layout = max(v.users, key=where.get), analysis.layout.get(v)
+            around = [m for m in stack[node] if m in stack[user]]
+            outside = [m for m in around if m not in stack[v]]
+            if v in node.all_input_nodes or not around:
+                continue
+            if outside and first[outside[-1]].args[:1] == (v,) and slot(layout) == \
+                    latest_before[first[outside[-1]]] and (slot(layout) is None or layout.dim == 1):
+                keeps.setdefault(outside[-1], {})["input"] = None
+            elif not outside and v.op == "call_module" and \
+                    (v.target in analysis.layers or v.target in analysis.calls):
+                child = v.target[len(around[-1]) + 1:] if around[-1] else v.target
+                keeps.setdefault(around[-1], {})[child] = None
+        if isinstance(module, slimmable.COUNTED_LAYERS):
+            latest = slot(analysis.layers.get(node.target, (None, None))[1])
+        if node.op.startswith("call") and node.users and _shape(node) is not None:
+            alive.append(node)
+    for name, kept in keeps.items():
+        model.get_submodule(name).keeps_alive = tuple(kept)
 
 
 def _full_width_output(model, example_input):
