@@ -15,7 +15,9 @@ dependency graph (Fang et al., "DepGraph", CVPR'23), on the traced graph instead
   features by H * W; a permute moves the channel dim (ConvNeXt's channels-last blocks);
 - the image and the logits never change; whatever the analysis does not understand (channel
   shuffle, a reshape that splits channels, a stored channel count, an unknown function) freezes
-  the groups that reach it: their layers keep full width. Wrong groups never; frozen ones, said.
+  the groups that reach it: their layers keep full width. Wrong groups never; frozen ones, said;
+- a tensor alive while a layer that neither reads nor makes it runs (a residual's input) is
+  declared in the ``keeps_alive`` of the block around both, for ``slimmable.memory``.
 
 The result keeps the user's own ``forward``: fx is used for analysis only, and each
 ``nn.Conv2d``, ``nn.BatchNorm2d``, ``nn.Linear`` and ``nn.LayerNorm`` is turned, in place, into
@@ -67,6 +69,8 @@ ELEMENTWISE = {operator.add, operator.iadd, operator.sub, operator.isub, operato
                torch.mul, torch.div}
 ELEMENTWISE_METHODS = {"add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_"}
 NOT_TENSORS = {"size", "dim"}  # methods whose result carries no channels
+SHAPE_FUNCTIONS = {"flatten", "view", "reshape", "permute", "transpose", "mean", "sum", "amax",
+                   "amin"}
 UNKNOWN = "unknown"  # the layout of a tensor whose channels are no longer tracked
 
 
@@ -141,6 +145,13 @@ def _layouts(args):
 def _shape(node):
     meta = node.meta.get("tensor_meta") if isinstance(node, fx.Node) else None
     return tuple(meta.shape) if hasattr(meta, "shape") else None
+
+
+def _int_list(node, *keywords):
+    """The sizes or dims of a view, reshape or permute: given one by one or as one sequence."""
+    values = list(node.args[1:]) or [next((node.kwargs[k] for k in keywords if k in node.kwargs),
+                                          ())]
+    return list(values[0]) if len(values) == 1 and isinstance(values[0], (tuple, list)) else values
 
 
 def _argument(node, position, name, default=None):
@@ -314,6 +325,8 @@ class Analysis:
             return x
         if target in (torch.cat, torch.concat):
             return self.cat(node)
+        if name in SHAPE_FUNCTIONS and not isinstance(x, Layout):
+            return x  # nothing tracked to move
         if name == "flatten":
             return self.flatten(node, x, _argument(node, 1, "start_dim", 0),
                                 _argument(node, 2, "end_dim", -1))
@@ -400,12 +413,8 @@ class Analysis:
     def reshape(self, node, x):
         """A view or reshape: tracked when it merges a range of dims the way a flatten does or
         leaves the channel dim alone, and its size there is read at run time (not a stored int)."""
-        if not isinstance(x, Layout):
-            return x
         before, after = _shape(node.args[0]), _shape(node)
-        sizes = list(node.args[1:]) or [node.kwargs.get("shape", node.kwargs.get("size"))]
-        if len(sizes) == 1 and isinstance(sizes[0], (tuple, list)):
-            sizes = list(sizes[0])
+        sizes = _int_list(node, "shape", "size")
         prefix = next((i for i, (a, b) in enumerate(zip(before, after)) if a != b),
                       min(len(before), len(after)))
         suffix = next((i for i, (a, b) in enumerate(zip(before[::-1], after[::-1])) if a != b),
@@ -425,12 +434,7 @@ class Analysis:
         return x.moved(out_dim, len(after))
 
     def permute(self, node, x):
-        if not isinstance(x, Layout):
-            return x
-        dims = [d for d in node.args[1:]]
-        if len(dims) == 1 and isinstance(dims[0], (tuple, list)):
-            dims = list(dims[0])
-        dims = [d % x.ndim for d in (dims or node.kwargs.get("dims", ()))]
+        dims = [d % x.ndim for d in _int_list(node, "dims")]
         if node.target in ("transpose",) or getattr(node.target, "__name__", "") == "transpose":
             order = list(range(x.ndim))
             order[dims[0]], order[dims[1]] = order[dims[1]], order[dims[0]]
@@ -438,8 +442,6 @@ class Analysis:
         return x.moved(dims.index(x.dim))
 
     def reduce(self, node, x):
-        if not isinstance(x, Layout):
-            return x
         dims = _argument(node, 1, "dim")
         dims = [d % x.ndim for d in ((dims,) if isinstance(dims, int) else dims or ())]
         if not dims or x.dim in dims:
