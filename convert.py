@@ -15,7 +15,9 @@ dependency graph (Fang et al., "DepGraph", CVPR'23), on the traced graph instead
   features by H * W; a permute moves the channel dim (ConvNeXt's channels-last blocks);
 - the image and the logits never change; whatever the analysis does not understand (channel
   shuffle, a reshape that splits channels, a stored channel count, an unknown function) freezes
-  the groups that reach it: their layers keep full width. Wrong groups never; frozen ones, said.
+  the groups that reach it: their layers keep full width. Wrong groups never; frozen ones, said;
+- a tensor alive while a layer that neither reads nor makes it runs (a residual's input) is
+  declared in the ``keeps_alive`` of the block around both, for ``slimmable.memory``.
 
 The result keeps the user's own ``forward``: fx is used for analysis only, and each
 ``nn.Conv2d``, ``nn.BatchNorm2d``, ``nn.Linear`` and ``nn.LayerNorm`` is turned, in place, into
@@ -67,6 +69,8 @@ ELEMENTWISE = {operator.add, operator.iadd, operator.sub, operator.isub, operato
                torch.mul, torch.div}
 ELEMENTWISE_METHODS = {"add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_"}
 NOT_TENSORS = {"size", "dim"}  # methods whose result carries no channels
+SHAPE_FUNCTIONS = {"flatten", "view", "reshape", "permute", "transpose", "mean", "sum", "amax",
+                   "amin"}
 UNKNOWN = "unknown"  # the layout of a tensor whose channels are no longer tracked
 
 
@@ -143,6 +147,13 @@ def _shape(node):
     return tuple(meta.shape) if hasattr(meta, "shape") else None
 
 
+def _int_list(node, *keywords):
+    """The sizes or dims of a view, reshape or permute: given one by one or as one sequence."""
+    values = list(node.args[1:]) or [next((node.kwargs[k] for k in keywords if k in node.kwargs),
+                                          ())]
+    return list(values[0]) if len(values) == 1 and isinstance(values[0], (tuple, list)) else values
+
+
 def _argument(node, position, name, default=None):
     if len(node.args) > position:
         return node.args[position]
@@ -197,8 +208,7 @@ class Analysis:
             self.sources.freeze([source], node, None)
             return Layout(1, len(shape), [(source, 1)])
         if node.op == "output":
-            self.sources.freeze([s for x in _layouts(self._args(node)) for s in _sources(x)],
-                                node, None)
+            self.unknown(node, None)  # the logits: fixed, not frozen
             return None
         if node.op == "call_module":
             return self.visit_module(node, self.traced.get_submodule(node.target))
@@ -315,6 +325,8 @@ class Analysis:
             return x
         if target in (torch.cat, torch.concat):
             return self.cat(node)
+        if name in SHAPE_FUNCTIONS and not isinstance(x, Layout):
+            return x  # nothing tracked to move
         if name == "flatten":
             return self.flatten(node, x, _argument(node, 1, "start_dim", 0),
                                 _argument(node, 2, "end_dim", -1))
@@ -401,12 +413,8 @@ class Analysis:
     def reshape(self, node, x):
         """A view or reshape: tracked when it merges a range of dims the way a flatten does or
         leaves the channel dim alone, and its size there is read at run time (not a stored int)."""
-        if not isinstance(x, Layout):
-            return x
         before, after = _shape(node.args[0]), _shape(node)
-        sizes = list(node.args[1:]) or [node.kwargs.get("shape", node.kwargs.get("size"))]
-        if len(sizes) == 1 and isinstance(sizes[0], (tuple, list)):
-            sizes = list(sizes[0])
+        sizes = _int_list(node, "shape", "size")
         prefix = next((i for i, (a, b) in enumerate(zip(before, after)) if a != b),
                       min(len(before), len(after)))
         suffix = next((i for i, (a, b) in enumerate(zip(before[::-1], after[::-1])) if a != b),
@@ -426,12 +434,7 @@ class Analysis:
         return x.moved(out_dim, len(after))
 
     def permute(self, node, x):
-        if not isinstance(x, Layout):
-            return x
-        dims = [d for d in node.args[1:]]
-        if len(dims) == 1 and isinstance(dims[0], (tuple, list)):
-            dims = list(dims[0])
-        dims = [d % x.ndim for d in (dims or node.kwargs.get("dims", ()))]
+        dims = [d % x.ndim for d in _int_list(node, "dims")]
         if node.target in ("transpose",) or getattr(node.target, "__name__", "") == "transpose":
             order = list(range(x.ndim))
             order[dims[0]], order[dims[1]] = order[dims[1]], order[dims[0]]
@@ -439,8 +442,6 @@ class Analysis:
         return x.moved(dims.index(x.dim))
 
     def reduce(self, node, x):
-        if not isinstance(x, Layout):
-            return x
         dims = _argument(node, 1, "dim")
         dims = [d % x.ndim for d in ((dims,) if isinstance(dims, int) else dims or ())]
         if not dims or x.dim in dims:
@@ -460,23 +461,22 @@ class Analysis:
 def width_groups(analysis, divisor=1):
     """``(groups, group_of, frozen)``: the ``WidthGroup``s, in the order their first layer runs
     (each named after that layer); each slimmable source root's group index; one line per
-    frozen group ``(name, channels, node, reason)``. A root of one channel has nothing to slim."""
-    sources, groups, group_of, frozen = analysis.sources, [], {}, []
+    frozen group. A root of one channel has nothing to slim."""
+    sources, groups, group_of, frozen = analysis.sources, [], {}, {}
     for s in range(len(sources.parent)):
         root = sources.find(s)
-        if root in group_of or any(root == f[4] for f in frozen):
-            continue
         name, channels = sources.names[s], sources.channels[root]
+        if root in group_of or root in frozen or channels == 1:
+            continue
         if root in sources.frozen:
             node, reason = sources.frozen[root]
-            if reason is not None and channels > 1:
-                frozen.append((name, channels, node, reason, root))
+            if reason is not None:  # None: the image or the logits, fixed by definition
+                frozen[root] = f"froze {name} ({channels} channels) at node {node}: {reason}"
             continue
-        if channels > 1:
-            group_of[root] = len(groups)
-            groups.append(slimmable.WidthGroup(name, channels,
-                                               math.lcm(divisor, sources.divisor[root])))
-    return groups, group_of, [f[:4] for f in frozen]
+        group_of[root] = len(groups)
+        groups.append(slimmable.WidthGroup(name, channels,
+                                           math.lcm(divisor, sources.divisor[root])))
+    return groups, group_of, list(frozen.values())
 
 
 def _slot(layout, analysis, groups, group_of):
@@ -550,10 +550,9 @@ def make_slimmable(model, example_input, log=print, divisor=1):
         elif name in analysis.calls:  # for slimmable's cost probe: the width of each call
             module.call_slots = [(slot(x), x.dim if isinstance(x, Layout) else 1)
                                  for x in analysis.calls[name]]
+    _declare_kept_tensors(model, analysis, slot)
     model = _narrow_scaled_parameters(model, analysis, slot)
-    model.width_groups, model.frozen = groups, [f"froze {name} ({channels} channels) at node "
-                                                f"{node}: {reason}"
-                                                for name, channels, node, reason in frozen]
+    model.width_groups, model.frozen = groups, frozen
     model.in_channels = int(example_input.shape[1])
     height, width = example_input.shape[-2:]
     model.input_size = int(height) if height == width else (int(height), int(width))
@@ -567,6 +566,45 @@ def make_slimmable(model, example_input, log=print, divisor=1):
         raise RuntimeError("the converted model's full-width output differs from the original's "
                            "(a bug in convert.py)")
     return model
+
+
+def _declare_kept_tensors(model, analysis, slot):
+    """For ``slimmable.memory``: each block's ``keeps_alive``, read off the graph. A tensor alive
+    across a conv, linear or pooling call that neither reads nor makes it is held by the
+    innermost module around that call and the tensor's last use: as its ``"input"`` if made
+    before the module (a residual add, SE's rescale), else as the output of the child that made
+    it (a projection block's main path while its shortcut conv runs). What the probe could not
+    count so (a tensor made by a function, a list input) is left out: ``memory`` reads low."""
+    nodes = list(analysis.traced.graph.nodes)
+    where = {n: i for i, n in enumerate(nodes)}
+    stack = {n: [""] + list(n.meta.get("nn_module_stack", ())) if n.op.startswith("call") else []
+             for n in nodes}
+    first, latest, latest_before, alive, keeps = {}, None, {}, [], {}
+    for i, node in enumerate(nodes):
+        for name in stack[node]:
+            first.setdefault(name, node)
+        latest_before[node] = latest  # the slot the probe gives a block's input
+        module = model.get_submodule(node.target) if node.op == "call_module" else None
+        alive = [v for v in alive if max(map(where.get, v.users)) > i]
+        for v in alive if isinstance(module, slimmable.MEMORY_LAYERS) else ():
+            user, layout = max(v.users, key=where.get), analysis.layout.get(v)
+            around = [m for m in stack[node] if m in stack[user]]
+            outside = [m for m in around if m not in stack[v]]
+            if v in node.all_input_nodes or not around:
+                continue
+            if outside and first[outside[-1]].args[:1] == (v,) and slot(layout) == \
+                    latest_before[first[outside[-1]]] and (slot(layout) is None or layout.dim == 1):
+                keeps.setdefault(outside[-1], {})["input"] = None
+            elif not outside and v.op == "call_module" and \
+                    (v.target in analysis.layers or v.target in analysis.calls):
+                child = v.target[len(around[-1]) + 1:] if around[-1] else v.target
+                keeps.setdefault(around[-1], {})[child] = None
+        if isinstance(module, slimmable.COUNTED_LAYERS):
+            latest = slot(analysis.layers.get(node.target, (None, None))[1])
+        if node.op.startswith("call") and node.users and _shape(node) is not None:
+            alive.append(node)
+    for name, kept in keeps.items():
+        model.get_submodule(name).keeps_alive = tuple(kept)
 
 
 def _full_width_output(model, example_input):

@@ -2,15 +2,18 @@
 
 Every network here is an ordinary ``nn.Module`` built from ``slimmable`` layers, plus a list
 ``model.width_groups``: the channel counts a width search may change, one entry per set of layers
-that must agree. ``get_model`` also builds any torchvision classification network by name
-(``regnet_x_400mf``) and a user's own (``FILE.py:FUNCTION``), whose groups ``convert.py`` reads
-off a trace of the graph instead. The rules, for every network written here:
+that must agree. The CIFAR ResNets are written here with their groups declared by hand; the
+ImageNet networks (ResNet-18, MobileNetV2, MobileNetV3-Large) are torchvision's, whose groups
+``convert.py`` reads off a trace of the graph, then named and tied as Joslim and AutoSlim have
+them. ``get_model`` builds any other torchvision classification network by name
+(``regnet_x_400mf``) and a user's own (``FILE.py:FUNCTION``) the same way. The rules:
 
 - Layers tied by a residual add share one group (a ResNet stage's residual width; a MobileNet
   stage's output width). A depthwise conv follows its input, so it has no group of its own.
 - Each block's inner width (ResNet ``conv1`` output, MobileNet expansion) is its own group.
 - The image input and the logits never change; neither does the last 1x1 conv of the MobileNets
-  (1280 / 960 channels), which Joslim and AutoSlim keep fixed too.
+  (1280 / 960 channels) nor MobileNetV3's 1280-wide classifier layer, which Joslim and AutoSlim
+  keep fixed too.
 - Channel rounding (``slimmable.round_channels``): the CIFAR ResNets allow any count >= 1, the
   ImageNet networks multiples of 8 like torchvision.
 
@@ -21,11 +24,11 @@ Design choices worth knowing:
   slimming a stage may be *narrower* than the one before it; its shortcut then keeps the first
   channels of its input. The Joslim reference instead forces residual widths to be non-decreasing
   across stages, which makes the cost a max() of the multipliers; here every multiplier is free.
-- MobileNetV3's squeeze-and-excitation layer has its own width, ``round8(m * full_squeeze)`` with
-  ``m`` its block's expansion multiplier: the squeeze stays about a quarter of the expansion at
-  every width (torchvision: ``_make_divisible(expanded // 4, 8)``). Its 5x5 depthwise kernels are
-  real 5x5 kernels (the Joslim reference silently used 3x3).
-- At full width the ImageNet networks have torchvision's parameter names and shapes, so
+- MobileNetV3's squeeze-and-excitation layer takes its block's expansion multiplier ``m`` on its
+  own full width: ``round8(m * full_squeeze)``, so the squeeze stays about a quarter of the
+  expansion at every width (torchvision: ``_make_divisible(expanded // 4, 8)``). Its 5x5 depthwise
+  kernels are real 5x5 kernels (the Joslim reference silently used 3x3).
+- The ImageNet networks have torchvision's parameter names, shapes and random initialization, so
   ``model.load_state_dict(torchvision.models.resnet18(weights=...).state_dict())`` works.
 
 ``python models.py`` prints every network's width groups and costs at full and at the smallest
@@ -42,8 +45,8 @@ import sys
 import torch
 import torch.nn as nn
 
-from slimmable import (SlimBatchNorm2d, SlimConv2d, SlimLinear, add_group, divisible,
-                       group_channels, macs, mmcv_flops, params, save_config, slim_layers)
+from slimmable import (SlimBatchNorm2d, SlimConv2d, SlimLinear, add_group, group_channels, macs,
+                       mmcv_flops, params, save_config, slim_layers)
 
 
 def option_a_shortcut(x, channels, stride):
@@ -56,40 +59,14 @@ def option_a_shortcut(x, channels, stride):
     return x[:, :channels] if extra < 0 else x
 
 
-def _conv_bn(in_slot, out_slot, kernel, stride=1, groups=1, activation=None, bn_eps=1e-5,
-             bn_momentum=0.1):
-    """conv -> BN [-> activation] as an ``nn.Sequential`` (torchvision's Conv2dNormActivation
-    names: ``0`` conv, ``1`` bn, ``2`` activation). A slot given as a plain int is a fixed width."""
-    c_in, c_out = [s if isinstance(s, int) else s.channels for s in (in_slot, out_slot)]
-    in_slot, out_slot = [None if isinstance(s, int) else s for s in (in_slot, out_slot)]
-    layers = [SlimConv2d(c_in, c_out, kernel, stride, (kernel - 1) // 2, groups=groups,
-                         in_slot=in_slot, out_slot=out_slot),
-              SlimBatchNorm2d(c_out, out_slot, eps=bn_eps, momentum=bn_momentum)]
-    if activation is not None:
-        layers.append(activation)
-    return nn.Sequential(*layers)
-
-
-def _init_weights(model, linear_std=None):
-    """torchvision's initialization (a BN starts at weight 1, bias 0 already)."""
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Linear) and linear_std is not None:
-            nn.init.normal_(m.weight, 0, linear_std)
-            nn.init.zeros_(m.bias)
-
-
 # ---------------------------------------------------------------------------------------------
-# ResNets
+# CIFAR ResNets
 
 
 class BasicBlock(nn.Module):
-    """Two 3x3 convs and a shortcut (torchvision's names: conv1, bn1, conv2, bn2, downsample)."""
+    """Two 3x3 convs and a shortcut (torchvision's names: conv1, bn1, conv2, bn2)."""
 
-    def __init__(self, in_slot, inner_slot, out_slot, stride, projection):
+    def __init__(self, in_slot, inner_slot, out_slot, stride):
         super().__init__()
         self.conv1 = SlimConv2d(in_slot.channels, inner_slot.channels, 3, stride, 1,
                                 in_slot=in_slot, out_slot=inner_slot)
@@ -98,69 +75,52 @@ class BasicBlock(nn.Module):
         self.conv2 = SlimConv2d(inner_slot.channels, out_slot.channels, 3, 1, 1,
                                 in_slot=inner_slot, out_slot=out_slot)
         self.bn2 = SlimBatchNorm2d(out_slot.channels, out_slot)
-        self.downsample = None
-        if projection:  # ImageNet ResNets: 1x1 conv + BN
-            self.downsample = nn.Sequential(
-                SlimConv2d(in_slot.channels, out_slot.channels, 1, stride,
-                           in_slot=in_slot, out_slot=out_slot),
-                SlimBatchNorm2d(out_slot.channels, out_slot))
         self.stride = stride
-        self.option_a = not projection and (stride != 1 or in_slot != out_slot)
-        # For slimmable.memory: x waits for the shortcut; a projection runs after the main path.
-        self.keeps_alive = ("input", "bn2") if projection else ("input",)
+        self.option_a = stride != 1 or in_slot != out_slot
+        self.keeps_alive = ("input",)  # for slimmable.memory: x waits for the shortcut
 
     def forward(self, x):
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        if self.downsample is not None:
-            shortcut = self.downsample(x)
-        elif self.option_a:
-            shortcut = option_a_shortcut(x, out.shape[1], self.stride)
-        else:
-            shortcut = x
+        shortcut = option_a_shortcut(x, out.shape[1], self.stride) if self.option_a else x
         return self.relu(out + shortcut)
 
 
 class ResNet(nn.Module):
-    """CIFAR ResNet-{20,32,44,56} (``imagenet=False``) or ImageNet ResNet-18 (``imagenet=True``).
+    """CIFAR ResNet-{20,32,44,56}. Width groups: one per stage's residual width
+    (``layerK.residual``, tied to the stem for the first stage) and one per block's inner width
+    (``layerK.B.inner``)."""
 
-    Width groups: one per stage's residual width (``layerK.residual``, tied to the stem for the
-    first stage) and one per block's inner width (``layerK.B.inner``).
-    """
-
-    def __init__(self, blocks_per_stage, stage_channels, num_classes, imagenet, input_size,
-                 in_channels=3):
+    def __init__(self, blocks_per_stage, stage_channels, num_classes, input_size, in_channels=3):
         super().__init__()
-        divisor = 8 if imagenet else 1
         groups = self.width_groups = []
         self.input_size, self.in_channels = input_size, in_channels
         residual, inner = [], []  # groups in network order: each stage's residual, then its blocks
         for k, (count, channels) in enumerate(zip(blocks_per_stage, stage_channels)):
-            residual.append(add_group(groups, f"layer{k + 1}.residual", channels, divisor))
-            inner.append([add_group(groups, f"layer{k + 1}.{b}.inner", channels, divisor)
+            residual.append(add_group(groups, f"layer{k + 1}.residual", channels))
+            inner.append([add_group(groups, f"layer{k + 1}.{b}.inner", channels)
                           for b in range(count)])
         stem = residual[0]
-        kernel, stride, padding = (7, 2, 3) if imagenet else (3, 1, 1)
-        self.conv1 = SlimConv2d(in_channels, stem.channels, kernel, stride, padding, out_slot=stem)
+        self.conv1 = SlimConv2d(in_channels, stem.channels, 3, 1, 1, out_slot=stem)
         self.bn1 = SlimBatchNorm2d(stem.channels, stem)
         self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(3, 2, 1) if imagenet else nn.Identity()
         in_slot = stem
         for k, (count, out_slot) in enumerate(zip(blocks_per_stage, residual)):
             blocks = []
             for b in range(count):
-                stride = 2 if (k > 0 and b == 0) else 1
-                projection = imagenet and (stride != 1 or in_slot != out_slot)
-                blocks.append(BasicBlock(in_slot, inner[k][b], out_slot, stride, projection))
+                stride = 2 if k > 0 and b == 0 else 1
+                blocks.append(BasicBlock(in_slot, inner[k][b], out_slot, stride))
                 in_slot = out_slot
             setattr(self, f"layer{k + 1}", nn.Sequential(*blocks))
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = SlimLinear(in_slot.channels, num_classes, in_slot=in_slot)
         self.num_stages = len(stage_channels)
-        _init_weights(self)
+        for m in self.modules():  # torchvision's initialization (BN: weight 1, bias 0 already)
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
     def forward(self, x):
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.relu(self.bn1(self.conv1(x)))
         for k in range(self.num_stages):
             x = getattr(self, f"layer{k + 1}")(x)
         return self.fc(self.avgpool(x).flatten(1))
@@ -170,166 +130,105 @@ def slim_cifar_resnet(depth, num_classes=10, input_size=32, in_channels=3):
     if (depth - 2) % 6:
         raise ValueError("CIFAR ResNet depth must be 6n+2")
     n = (depth - 2) // 6
-    return ResNet([n] * 3, [16, 32, 64], num_classes, imagenet=False, input_size=input_size,
-                  in_channels=in_channels)
-
-
-def slim_resnet18(num_classes=1000, input_size=224, in_channels=3):
-    return ResNet([2, 2, 2, 2], [64, 128, 256, 512], num_classes, imagenet=True,
-                  input_size=input_size, in_channels=in_channels)
+    return ResNet([n] * 3, [16, 32, 64], num_classes, input_size, in_channels)
 
 
 # ---------------------------------------------------------------------------------------------
-# MobileNets
+# The ImageNet networks: torchvision's, made slimmable by convert.py, groups named and tied as
+# Joslim and AutoSlim have them
 
 
-def make_divisible(value, divisor=8):
-    """torchvision's channel rounding for MobileNets, for one number."""
-    return int(divisible(value, divisor))
+def slim_resnet18(num_classes=1000, input_size=224, in_channels=3):
+    """ResNet-18. Width groups (12): one per stage's residual width (``layerK.residual``, tied to
+    the stem for the first stage), one per block's inner width (``layerK.B.inner``)."""
+    import torchvision
+    net = _converted(torchvision.models.resnet18(num_classes=num_classes), "slim_resnet18",
+                     input_size, in_channels)
+    named = []
+    for k, stage in enumerate((net.layer1, net.layer2, net.layer3, net.layer4), 1):
+        named.append((f"layer{k}.residual", stage[0].bn2))
+        named += [(f"layer{k}.{b}.inner", block.conv1) for b, block in enumerate(stage)]
+    return _regroup(net, named)
 
 
-class InvertedResidual(nn.Module):
-    """MobileNetV2/V3 block: [1x1 expand] -> depthwise -> [SE] -> 1x1 project [+ residual].
+def slim_mobilenetv2(num_classes=1000, width_mult=1.0, input_size=224, dropout=0.2,
+                     in_channels=3):
+    """MobileNetV2 with ``width_mult`` (AutoSlim's supernet is ``width_mult=1.5``; channels
+    rounded to multiples of 8). Width groups (24 at any width_mult): see ``_mobilenet_groups``."""
+    import torchvision
 
-    Layer names follow torchvision (``conv`` for V2, ``block`` for V3) so its weights load.
-    """
+    class MobileNetV2(torchvision.models.MobileNetV2):
+        """torchvision's, pooling with a module instead of a function call: slimmable.memory sees
+        the layer, and mmcv's counter (slimmable.mmcv_flops) counts modules only (mmcls's
+        MobileNetV2 pools in its neck)."""
 
-    def __init__(self, in_slot, expand_slot, out_slot, kernel, stride, activation, squeeze=None,
-                 bn_eps=1e-5, bn_momentum=0.1, attribute="conv"):
-        super().__init__()
-        norm = dict(bn_eps=bn_eps, bn_momentum=bn_momentum)
-        layers = []
-        if expand_slot is None:  # no expansion: the depthwise conv follows the input
-            expand_slot = in_slot
-        else:
-            layers.append(_conv_bn(in_slot, expand_slot, 1, activation=activation(), **norm))
-        layers.append(_conv_bn(expand_slot, expand_slot, kernel, stride,
-                               groups=expand_slot.channels, activation=activation(), **norm))
-        if squeeze is not None:
-            layers.append(SqueezeExcitation(expand_slot, squeeze))
-        project = _conv_bn(expand_slot, out_slot, 1, **norm)
-        if attribute == "conv":  # V2 flattens the projection into the block's Sequential
-            layers.extend(project)
-        else:
-            layers.append(project)
-        setattr(self, attribute, nn.Sequential(*layers))
-        self.body_name = attribute
-        self.use_residual = stride == 1 and in_slot == out_slot
-        self.keeps_alive = ("input",) if self.use_residual else ()  # x waits for the addition
-
-    def forward(self, x):
-        out = getattr(self, self.body_name)(x)
-        return x + out if self.use_residual else out
+        def forward(self, x):
+            return self.classifier(self.avgpool(self.features(x)).flatten(1))
+    net = MobileNetV2(num_classes=num_classes, width_mult=width_mult, dropout=dropout)
+    net.avgpool = nn.AdaptiveAvgPool2d(1)
+    _converted(net, "slim_mobilenetv2", input_size, in_channels)
+    net = _regroup(net, _mobilenet_groups(net))
+    net.width_mult = width_mult
+    return net
 
 
-class SqueezeExcitation(nn.Module):
-    """Squeeze-and-excitation with hard-sigmoid gating (torchvision's names)."""
-
-    def __init__(self, channel_slot, squeeze_slot):
-        super().__init__()
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.fc1 = SlimConv2d(channel_slot.channels, squeeze_slot.channels, 1, bias=True,
-                              in_slot=channel_slot, out_slot=squeeze_slot)
-        self.fc2 = SlimConv2d(squeeze_slot.channels, channel_slot.channels, 1, bias=True,
-                              in_slot=squeeze_slot, out_slot=channel_slot)
-        self.activation = nn.ReLU()
-        self.scale_activation = nn.Hardsigmoid()
-        self.keeps_alive = ("input",)  # x waits for the rescale (slimmable.memory)
-
-    def forward(self, x):
-        scale = self.scale_activation(self.fc2(self.activation(self.fc1(self.avgpool(x)))))
-        return scale * x
+def slim_mobilenetv3_large(num_classes=1000, input_size=224, dropout=0.2, in_channels=3):
+    """MobileNetV3-Large. Width groups (20): see ``_mobilenet_groups``; ``stem`` is tied by the
+    first block's residual to that block's output. Its squeeze-and-excitation layers have no
+    group of their own: a squeeze is ``round8(m * full_squeeze)`` with ``m`` its block's
+    expansion multiplier, so it stays about a quarter of the expansion at every width."""
+    import torchvision
+    net = torchvision.models.mobilenet_v3_large(num_classes=num_classes, dropout=dropout)
+    _converted(net, "slim_mobilenetv3_large", input_size, in_channels)
+    return _regroup(net, _mobilenet_groups(net))
 
 
-# (expansion t, output channels c, repeats n, first stride s), Sandler et al. 2018, Table 2.
-MOBILENETV2_SETTING = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2),
-                       (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]
+def _converted(net, name, input_size, in_channels):
+    """``net`` with a stem for ``in_channels`` (torchvision's initialization) made slimmable,
+    channels in multiples of 8 like torchvision."""
+    if _rebuild_stem(net, in_channels):
+        stem = next(m for m in net.modules() if isinstance(m, nn.Conv2d))
+        nn.init.kaiming_normal_(stem.weight, mode="fan_out", nonlinearity="relu")
+    return _make_slimmable(net, name, input_size, in_channels, divisor=8)
 
 
-class MobileNetV2(nn.Module):
-    """MobileNetV2 with ``width_mult`` (AutoSlim's supernet is ``width_mult=1.5``).
-
-    Width groups (24 at any width_mult): ``stem`` (the first conv, followed by the first block's
-    depthwise conv), one ``stageK.out`` per stage's output width (7), one ``features.N.expand`` per
-    block with an expansion layer (16).
-    """
-
-    def __init__(self, num_classes=1000, width_mult=1.0, input_size=224, dropout=0.2,
-                 in_channels=3):
-        super().__init__()
-        groups = self.width_groups = []
-        self.input_size, self.in_channels, self.width_mult = input_size, in_channels, width_mult
-        in_slot = add_group(groups, "stem", make_divisible(32 * width_mult), 8)
-        last_channels = make_divisible(1280 * max(1.0, width_mult))
-        features = [_conv_bn(in_channels, in_slot, 3, 2, activation=nn.ReLU6(inplace=True))]
-        for k, (t, c, n, s) in enumerate(MOBILENETV2_SETTING):
-            out_slot = add_group(groups, f"stage{k + 1}.out", make_divisible(c * width_mult), 8)
-            for i in range(n):
-                expand = None
-                if t != 1:
-                    expand = add_group(groups, f"features.{len(features)}.expand",
-                                       int(round(in_slot.channels * t)), 8)
-                features.append(InvertedResidual(in_slot, expand, out_slot, 3, s if i == 0 else 1,
-                                                 lambda: nn.ReLU6(inplace=True)))
-                in_slot = out_slot
-        features.append(_conv_bn(in_slot, last_channels, 1, activation=nn.ReLU6(inplace=True)))
-        self.features = nn.Sequential(*features)
-        # A module, not torchvision's functional call: slimmable.memory sees the layer, and mmcv's
-        # counter (slimmable.mmcv_flops) counts modules only (mmcls's MobileNetV2 pools in its neck).
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Sequential(nn.Dropout(dropout), SlimLinear(last_channels, num_classes))
-        _init_weights(self, linear_std=0.01)
-
-    def forward(self, x):
-        return self.classifier(self.avgpool(self.features(x)).flatten(1))
+def _mobilenet_groups(net):
+    """``[(group name, layer)]`` for a MobileNet: ``stem`` (the first conv), ``stageK.out`` for
+    each later output width (a stage: blocks of one output width, tied by their residuals),
+    ``features.N.expand`` for each block's expansion, with its SE squeeze. The last 1x1 conv
+    (and V3's 1280-wide classifier layer) are in no group: Joslim and AutoSlim keep them fixed."""
+    stem = net.features[0][0]
+    named, out_channels, stage = [("stem", stem)], stem.out_channels, 0
+    for n, block in enumerate(net.features[1:-1], 1):
+        convs = [m for m in block.modules() if isinstance(m, nn.Conv2d)]
+        if convs[-1].out_channels != out_channels:
+            stage, out_channels = stage + 1, convs[-1].out_channels
+            named.append((f"stage{stage}.out", convs[-1]))
+        named += [(f"features.{n}.expand", conv) for conv in convs[:-1] if not conv.depthwise]
+    return named
 
 
-# (kernel, expanded, out, use SE, hard-swish, stride), Howard et al. 2019, Table 1 (Large).
-MOBILENETV3_LARGE_SETTING = [
-    (3, 16, 16, False, False, 1), (3, 64, 24, False, False, 2), (3, 72, 24, False, False, 1),
-    (5, 72, 40, True, False, 2), (5, 120, 40, True, False, 1), (5, 120, 40, True, False, 1),
-    (3, 240, 80, False, True, 2), (3, 200, 80, False, True, 1), (3, 184, 80, False, True, 1),
-    (3, 184, 80, False, True, 1), (3, 480, 112, True, True, 1), (3, 672, 112, True, True, 1),
-    (5, 672, 160, True, True, 2), (5, 960, 160, True, True, 1), (5, 960, 160, True, True, 1)]
+def _regroup(net, named):
+    """Replace a converted network's width groups by ``named``, ``[(group name, layer)]`` in
+    the order the groups are listed: each is the group of that layer's output; layers naming
+    the same group tie their groups (an SE squeeze keeps its own full channels, its block's
+    multiplier); a group no layer names is kept at full width."""
+    names = list(dict.fromkeys(name for name, _ in named))
+    new = {layer.out_slot.group: names.index(name) for name, layer in named}
+    groups = [None] * len(names)
+    for name, layer in named:
+        old = net.width_groups[layer.out_slot.group]
+        groups[names.index(name)] = groups[names.index(name)] or old._replace(name=name)
 
-
-class MobileNetV3Large(nn.Module):
-    """MobileNetV3-Large. Width groups (20): ``stem`` (the first conv, tied by the first block's
-    residual to that block's output), one ``stageK.out`` per later output width (5), one
-    ``features.N.expand`` per block with an expansion layer (14)."""
-
-    def __init__(self, num_classes=1000, input_size=224, dropout=0.2, in_channels=3):
-        super().__init__()
-        groups = self.width_groups = []
-        self.input_size, self.in_channels = input_size, in_channels
-        norm = dict(bn_eps=0.001, bn_momentum=0.01)
-        in_slot = add_group(groups, "stem", 16, 8)
-        features = [_conv_bn(in_channels, in_slot, 3, 2, activation=nn.Hardswish(), **norm)]
-        out_slot, stage = in_slot, 0
-        for kernel, expanded, out, use_se, hard_swish, stride in MOBILENETV3_LARGE_SETTING:
-            if out != out_slot.channels:
-                stage += 1
-                out_slot = add_group(groups, f"stage{stage}.out", out, 8)
-            expand = squeeze = None
-            if expanded != in_slot.channels:
-                expand = add_group(groups, f"features.{len(features)}.expand", expanded, 8)
-            if use_se:
-                source = expand if expand is not None else in_slot
-                squeeze = source._replace(channels=make_divisible(expanded // 4))
-            activation = nn.Hardswish if hard_swish else nn.ReLU
-            features.append(InvertedResidual(in_slot, expand, out_slot, kernel, stride, activation,
-                                             squeeze, attribute="block", **norm))
-            in_slot = out_slot
-        last_channels = 6 * in_slot.channels
-        features.append(_conv_bn(in_slot, last_channels, 1, activation=nn.Hardswish(), **norm))
-        self.features = nn.Sequential(*features)
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Sequential(SlimLinear(last_channels, 1280), nn.Hardswish(),
-                                        nn.Dropout(dropout), SlimLinear(1280, num_classes))
-        _init_weights(self, linear_std=0.01)
-
-    def forward(self, x):
-        return self.classifier(self.avgpool(self.features(x)).flatten(1))
+    def slot(old):
+        return None if old is None or old.group not in new else old._replace(group=new[old.group])
+    for module in net.modules():
+        if hasattr(module, "in_slot"):
+            module.in_slot, module.out_slot = slot(module.in_slot), slot(module.out_slot)
+        if "call_slots" in module.__dict__:
+            module.call_slots = [(slot(s), dim) for s, dim in module.call_slots]
+    net.width_groups = groups
+    return net
 
 
 # ---------------------------------------------------------------------------------------------
@@ -338,8 +237,8 @@ NETWORKS = {
     **{f"slim_resnet{depth}": functools.partial(slim_cifar_resnet, depth)
        for depth in (20, 32, 44, 56)},
     "slim_resnet18": slim_resnet18,
-    "slim_mobilenetv2": MobileNetV2,
-    "slim_mobilenetv3_large": MobileNetV3Large,
+    "slim_mobilenetv2": slim_mobilenetv2,
+    "slim_mobilenetv3_large": slim_mobilenetv3_large,
 }
 CIFAR_NETWORKS = ("slim_resnet20", "slim_resnet32", "slim_resnet44", "slim_resnet56")
 
@@ -415,7 +314,6 @@ def _user_network(name, num_classes):
 
 def _build_traced(name, num_classes, input_size=224, in_channels=3):
     """A torchvision or user network with random weights, made slimmable (see ``get_model``)."""
-    import convert  # imported here: the hand-written networks above need only slimmable.py
     import torchvision
     if ":" not in name:
         # GoogLeNet and Inception-v3: no auxiliary heads, no 3-channel input transform
@@ -428,17 +326,32 @@ def _build_traced(name, num_classes, input_size=224, in_channels=3):
             model.input_size = getattr(model, "input_size", input_size)
             model.frozen = []
             return model
+    _rebuild_stem(model, in_channels)
+    return _make_slimmable(model, name, input_size, in_channels)
+
+
+def _rebuild_stem(model, in_channels):
+    """Give ``model``'s first conv ``in_channels`` inputs (grey images: 1) if it takes another
+    count, with torch's default initialization; whether it did."""
     stem_name, stem = next(((n, m) for n, m in model.named_modules()
                             if isinstance(m, nn.Conv2d)), (None, None))
-    if stem is not None and stem.in_channels != in_channels:  # grey images: a 1-channel stem
-        parent, _, attr = stem_name.rpartition(".")
-        setattr(model.get_submodule(parent), attr, nn.Conv2d(
-            in_channels, stem.out_channels, stem.kernel_size, stem.stride, stem.padding,
-            stem.dilation, bias=stem.bias is not None, padding_mode=stem.padding_mode))
+    if stem is None or stem.in_channels == in_channels:
+        return False
+    parent, _, attr = stem_name.rpartition(".")
+    setattr(model.get_submodule(parent), attr, nn.Conv2d(
+        in_channels, stem.out_channels, stem.kernel_size, stem.stride, stem.padding,
+        stem.dilation, bias=stem.bias is not None, padding_mode=stem.padding_mode))
+    return True
+
+
+def _make_slimmable(model, name, input_size, in_channels, divisor=1):
+    """``convert.make_slimmable`` from one trace at ``input_size``; ``model.frozen``, the groups
+    it had to freeze, one line each. ValueError, one line, if the network cannot take that size."""
+    import convert  # imported here: the CIFAR ResNets need only slimmable.py
     frozen = []
     try:
         convert.make_slimmable(model, torch.zeros(1, in_channels, input_size, input_size),
-                               log=frozen.append)
+                               log=frozen.append, divisor=divisor)
     except (RuntimeError, TypeError) as error:  # e.g. an image too small for the network
         raise ValueError(f"cannot convert {name} at {input_size}x{input_size}: "
                          f"{str(error).splitlines()[0]}") from None

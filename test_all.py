@@ -257,15 +257,18 @@ def measured_memory(static, size, in_channels=3):
     def release(block, inputs, output):
         held[:] = [(b, t) for b, t in held if b is not block]
 
+    from torchvision.models import mobilenetv2, mobilenetv3, resnet
+    from torchvision.ops import SqueezeExcitation
     hooks = []
     for m in static.modules():
         if isinstance(m, (nn.Conv2d, nn.Linear, nn.MaxPool2d, nn.AdaptiveAvgPool2d)):
             hooks.append(m.register_forward_hook(on_layer))
-        keeps_input = isinstance(m, (models.BasicBlock, models.SqueezeExcitation)) or \
-            (isinstance(m, models.InvertedResidual) and m.use_residual)
+        keeps_input = isinstance(m, (models.BasicBlock, resnet.BasicBlock, SqueezeExcitation)) or \
+            (isinstance(m, (mobilenetv2.InvertedResidual, mobilenetv3.InvertedResidual))
+             and m.use_res_connect)
         if keeps_input:
             hooks += [m.register_forward_pre_hook(hold(m)), m.register_forward_hook(release)]
-        if isinstance(m, models.BasicBlock) and m.downsample is not None:
+        if isinstance(m, resnet.BasicBlock) and m.downsample is not None:
             hooks.append(m.bn2.register_forward_hook(lambda _, i, o, block=m: held.append((block, o))))
     with torch.no_grad():
         static.eval()(torch.randn(1, in_channels, size, size))
