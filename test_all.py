@@ -68,10 +68,11 @@ def with_flags(args, **values):
     return args
 
 
-TINY_DATA = ["--synthetic_train", "320", "--synthetic_test", "64", "--val_size", "64",
+TINY_DATA = ["--synthetic_train", "96", "--synthetic_test", "32", "--val_size", "32",
              "--workers", "0"]
-# 4 training-curve points a run: the default 16 would evaluate two networks after every step
-TINY_RUN = ["--network", "slim_resnet20", "--batch_size", "32", "--epochs", "2",
+# 8 steps of 8 images an epoch; 4 training-curve points a run: the default 16 would evaluate two
+# networks after every step
+TINY_RUN = ["--network", "slim_resnet20", "--batch_size", "8", "--epochs", "2",
             "--print_freq", "5", "--tau", "3", "--prior_points", "2", "--threads", "1",
             "--curve_points", "4"] + TINY_DATA
 # evaluate.py's tests: 4 classes; search.py's: a larger held-out split for its candidates
@@ -1409,7 +1410,7 @@ class TestTrain:
         else:
             assert train.main(["--name", method, "--method", method] + TINY_EPOCH) == 0
         checkpoint = load_run(tmp_path, method)
-        assert checkpoint["finished"] and checkpoint["step"] == 8  # (320 - 64) // 32 per epoch
+        assert checkpoint["finished"] and checkpoint["step"] == 8  # (96 - 32) // 8 per epoch
         log = (tmp_path / "runs" / method / "log.txt").read_text()
         assert "loss full" in log and "img/s" in log and "done:" in log
         if method == "joslim":
@@ -1498,7 +1499,7 @@ class TestTrain:
         """--kd_weight 0 is the same run as --distill_after beyond the end (labels only), and the
         training curves are written, kept in the checkpoint and evenly spaced."""
         monkeypatch.chdir(tmp_path)
-        short = with_flags(TINY_RUN, epochs=1, synthetic_train=192, curve_points=2, curve_images=40)
+        short = with_flags(TINY_RUN, epochs=1, synthetic_train=64, curve_points=2, curve_images=24)
         assert train.main(["--name", "labels", "--kd_weight", "0"] + short) == 0
         assert train.main(["--name", "late", "--kd_weight", "1", "--distill_after", "5"] + short) == 0
         assert train.main(["--name", "kd", "--kd_weight", "1", "--distill_after", "0"] + short) == 0
@@ -1518,7 +1519,7 @@ class TestTrain:
         command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
                    "--rdzv_backend=c10d", "--rdzv_endpoint=localhost:0",
                    os.path.join(REPO, "train.py"), "--name", "ddp"] + with_flags(
-                       TINY_RUN, epochs=1, synthetic_train=128)  # 2 steps of 16 images a process
+                       TINY_RUN, epochs=1, synthetic_train=48)  # 2 steps of 4 images a process
         result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300,
                                 env=environment)
         assert result.returncode == 0, result.stdout + result.stderr
@@ -1548,7 +1549,7 @@ class TestResume:
         """Augmenting DataLoader workers (the default --workers 2): a paused and resumed run equals
         the uninterrupted one, across an epoch boundary and inside an epoch."""
         monkeypatch.chdir(tmp_path)
-        flags = with_flags(TINY_RUN, workers=2, method="random", synthetic_train=160)  # 3 steps an epoch
+        flags = with_flags(TINY_RUN, workers=2, method="random", synthetic_train=56)  # 3 steps an epoch
         assert train.main(["--name", "whole"] + flags) == 0
         assert train.main(["--name", "parts", "--pause_after", "4"] + flags) == 0
         assert train.main(["--name", "parts"] + flags) == 0
@@ -1568,7 +1569,7 @@ class TestResume:
         assert_same_weights(load_run(tiny_whole_run, "whole"), load_run(folder, "parts"))
 
     def test_a_second_trainer_on_the_same_run_is_refused(self, tmp_path):
-        flags = with_flags(TINY_RUN, epochs=40, batch_size=8, print_freq=1)  # light steps
+        flags = with_flags(TINY_RUN, epochs=40, print_freq=1)  # until stopped
         environment = dict(os.environ, PYTHONPATH=REPO)
         first = subprocess.Popen([sys.executable, os.path.join(REPO, "train.py"), "--name", "l2",
                                   *flags], cwd=tmp_path, stdout=subprocess.PIPE, text=True,
@@ -1622,7 +1623,7 @@ class TestResume:
             signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # else the kernel kills the process
             resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
 
-        flags = with_flags(TINY_RUN, epochs=1, synthetic_train=192)  # 4 steps
+        flags = with_flags(TINY_RUN, epochs=1, synthetic_train=64)  # 4 steps
         first = run_script("train.py", "--name", "full", *flags, "--pause_after", "1", cwd=tmp_path)
         assert first.returncode == 0, first.stderr
         checkpoint = tmp_path / "runs" / "full" / "checkpoint.pt"
@@ -2800,7 +2801,7 @@ class TestGPUPath:
         the epoch boundary, the run ends with the uninterrupted run's weights; a data set read
         from disk is refused in one line."""
         monkeypatch.chdir(tmp_path)
-        flags = with_flags(TINY_RUN, method="slim", synthetic_train=192) + [
+        flags = with_flags(TINY_RUN, method="slim", synthetic_train=64) + [
             "--data_on_device", "on", "--device", "cpu"]  # 2 epochs of 4 steps
         assert train.main(["--name", "whole"] + flags) == 0
         assert train.main(["--name", "parts", "--pause_after", "3"] + flags) == 0
