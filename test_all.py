@@ -7,6 +7,7 @@ import argparse
 import contextlib
 import copy
 import glob
+import io
 import json
 import math
 import os
@@ -17,6 +18,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import warnings
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -79,6 +81,33 @@ TINY_RUN = ["--network", "slim_resnet20", "--batch_size", "8", "--epochs", "2",
 EVAL_TINY_DATA = with_flags(TINY_DATA, synthetic_train=176, synthetic_test=96, val_size=48,
                             synthetic_classes=4)
 SEARCH_DATA = with_flags(TINY_DATA, synthetic_train=400, synthetic_test=100, val_size=100)
+
+
+def run_main(module, *argv, cwd=None):
+    """``python MODULE.py ARGV`` run as ``module.main(argv)`` in this process (a process would
+    pay seconds of CPU to import torch): a CompletedProcess with the exit status (argparse's exits
+    included) and what it printed, the warnings a fresh Python would show on stderr. For a script's
+    behaviour, not its process: signals, locks between processes and torchrun keep processes."""
+    out, err, previous, threads = io.StringIO(), io.StringIO(), os.getcwd(), torch.get_num_threads()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), \
+            warnings.catch_warnings(record=True) as caught:
+        warnings.resetwarnings()  # Python's default filters, not pytest's
+        warnings.simplefilter("always")
+        for category in (DeprecationWarning, PendingDeprecationWarning, ImportWarning,
+                         ResourceWarning):
+            warnings.simplefilter("ignore", category)
+        try:
+            os.chdir(cwd or previous)
+            status = module.main(list(argv))
+        except SystemExit as leaving:
+            status = leaving.code
+        finally:
+            os.chdir(previous)
+            torch.set_num_threads(threads)  # --threads holds for the command, not the test run
+    err.write("".join(warnings.formatwarning(w.message, w.category, w.filename, w.lineno)
+                      for w in caught))
+    return subprocess.CompletedProcess([f"{module.__name__}.py", *argv], status, out.getvalue(),
+                                       err.getvalue())
 
 
 def small_model(name, num_classes=10, **options):
@@ -615,15 +644,18 @@ def parse_data_args(*argv):
     return data.add_data_args(argparse.ArgumentParser()).parse_args(list(argv))
 
 
-def run_data_clis(*argvs):
-    """Run several `python data.py ARGV` at once (each pays Python's and torch's start-up);
-    returns their CompletedProcess results in order."""
-    processes = [subprocess.Popen([sys.executable, os.path.join(REPO, "data.py"), *argv], cwd=REPO,
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-                 for argv in argvs]
-    outputs = [process.communicate(timeout=300) for process in processes]
+def run_data_clis(*argvs, processes=False):
+    """`python data.py ARGV` for each ARGV: ``run_main`` each in turn, or with ``processes``
+    real processes at once (where the process is what is tested); CompletedProcess results in
+    order."""
+    if not processes:
+        return [run_main(data, *argv, cwd=REPO) for argv in argvs]
+    started = [subprocess.Popen([sys.executable, os.path.join(REPO, "data.py"), *argv], cwd=REPO,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for argv in argvs]
+    outputs = [process.communicate(timeout=300) for process in started]
     return [subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
-            for process, (stdout, stderr) in zip(processes, outputs)]
+            for process, (stdout, stderr) in zip(started, outputs)]
 
 
 def run_data_cli(*argv):
@@ -924,9 +956,10 @@ class TestData:
         shutil.copytree(lmdb_dir, broken)
         data_file = broken / "train.lmdb" / "data.mdb"
         os.truncate(data_file, os.path.getsize(data_file) // 2)
-        check, info, missing_parent, zero = run_data_clis(
+        check, info = run_data_clis(  # processes: a SIGBUS would end this one
             ("check", "--dataset", "imagenet", "--datapath", str(broken)),
-            ("info", "--dataset", "imagenet", "--datapath", str(broken)),
+            ("info", "--dataset", "imagenet", "--datapath", str(broken)), processes=True)
+        missing_parent, zero = run_data_clis(
             ("to-lmdb", images, str(tmp_path / "nowhere" / "x.lmdb")),
             ("to-lmdb", images, str(tmp_path / "x.lmdb"), "--records_per_commit", "0"))
         for result in (check, info):  # not a SIGBUS (exit 135)
