@@ -1548,7 +1548,7 @@ def quality_dataset(dataset, datapath):
     return "FashionMNIST" if found else "synthetic"
 
 
-def parse_args():
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, allow_abbrev=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("what", choices=["speed", "quality", "recipe", "overhead", "macs",
@@ -1609,7 +1609,7 @@ def parse_args():
     parser.add_argument("--parts", nargs="+", default=list(GPU_PARTS), choices=GPU_PARTS,
                         help="gpu: the parts to run, in their order (default all; subnets needs "
                              "scripts)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.what == "gpu" and args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.exit(2, "error: gpu: no CUDA device here; use --device cpu --tiny\n")
     if args.steps < 1 or args.repeats < 1 or (args.cores is not None and args.cores < 1):
@@ -1619,8 +1619,8 @@ def parse_args():
     return args
 
 
-def main():
-    args = parse_args()
+def main(argv=None):
+    args = parse_args(argv)
     torch.set_num_threads(args.threads)
     print(machine())
     kept = runs.keep_freed_memory()

@@ -106,8 +106,8 @@ def run_main(module, *argv, cwd=None):
             torch.set_num_threads(threads)  # --threads holds for the command, not the test run
     err.write("".join(warnings.formatwarning(w.message, w.category, w.filename, w.lineno)
                       for w in caught))
-    return subprocess.CompletedProcess([f"{module.__name__}.py", *argv], status, out.getvalue(),
-                                       err.getvalue())
+    return subprocess.CompletedProcess([f"{module.__name__}.py", *argv], status or 0,
+                                       out.getvalue(), err.getvalue())  # None: sys.exit(None)
 
 
 def small_model(name, num_classes=10, **options):
@@ -1429,7 +1429,7 @@ def signalled_run(tmp_path_factory):
     folder, flags = tmp_path_factory.mktemp("signals"), TINY_RUN + ["--print_freq", "1"]
     stops = {2: stop_by_signal(folder, flags, 2, 5)}
     stops[15] = stop_by_signal(folder, flags, 15, stops[2][1]["step"] + 3)
-    return folder, stops, run_script("train.py", "--name", "parts", *flags, cwd=folder)
+    return folder, stops, run_main(train, "--name", "parts", *flags, cwd=folder)
 
 
 class TestTrain:
@@ -1619,7 +1619,7 @@ class TestResume:
         log = (tmp_path / "runs" / "l2" / "log.txt").read_text()
         assert "is being trained" not in log and log.count("training of slim_resnet20") == 1
         # The lock went with the process: the run continues.
-        third = run_script("train.py", "--name", "l2", *flags, "--pause_after", "1", cwd=tmp_path)
+        third = run_main(train, "--name", "l2", *flags, "--pause_after", "1", cwd=tmp_path)
         assert third.returncode == 0 and "resuming" in third.stdout, third.stderr
 
     def test_checkpoint_write_is_atomic(self, tmp_path, monkeypatch):
@@ -1657,7 +1657,7 @@ class TestResume:
             resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
 
         flags = with_flags(TINY_RUN, epochs=1, synthetic_train=64)  # 4 steps
-        first = run_script("train.py", "--name", "full", *flags, "--pause_after", "1", cwd=tmp_path)
+        first = run_main(train, "--name", "full", *flags, "--pause_after", "1", cwd=tmp_path)
         assert first.returncode == 0, first.stderr
         checkpoint = tmp_path / "runs" / "full" / "checkpoint.pt"
         before = checkpoint.read_bytes()
@@ -1746,8 +1746,8 @@ class TestTrainRefusals:
         monkeypatch.chdir(tmp_path)
         copy_run(tiny_epoch_run, "epoch", tmp_path, "run")
         before = (tmp_path / "runs" / "run" / "checkpoint.pt").read_bytes()
-        result = run_script("train.py", "--name", "run", "--method", "slim",
-                            *with_flag(TINY_RUN, "--epochs", "1"), cwd=tmp_path)
+        result = run_main(train, "--name", "run", "--method", "slim",
+                          *with_flag(TINY_RUN, "--epochs", "1"), cwd=tmp_path)
         assert result.returncode == 2
         assert result.stderr.count("\n") == 1 and "--restart" in result.stderr
         assert (tmp_path / "runs" / "run" / "checkpoint.pt").read_bytes() == before
@@ -1770,7 +1770,7 @@ class TestTrainRefusals:
         (["--method", "fixed", "--channel_config", "/nonexistent.json"], "/nonexistent.json"),
     ])
     def test_train_user_errors_exit_2_with_one_line(self, args, message, tmp_path):
-        result = run_script("train.py", *args, cwd=tmp_path)
+        result = run_main(train, *args, cwd=tmp_path)
         assert result.returncode == 2, result.stderr
         assert result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
         assert "Traceback" not in result.stderr
@@ -1785,7 +1785,7 @@ class TestTrainRefusals:
                     ("evaluate.py", "--subnet", os.path.join("runs", "a_list", "checkpoint.pt")),
                     ("train.py", "--name", "runs_code"), ("evaluate.py", "--name", "runs_code"),
                     ("search.py", "--name", "runs_code", "--target_ratios", "0.5")]
-        # a folder each: two of them at once on one run would meet its lock, not its checkpoint
+        # a folder each: every command meets the files as written
         folders = [tmp_path / str(index) for index in range(len(commands))]
         for folder in folders:
             for name, content in (("a_list", [1, 2]), ("no_model", {"network": "slim_resnet20",
@@ -1793,14 +1793,11 @@ class TestTrainRefusals:
                                   ("runs_code", {"model": RunsCode()})):
                 os.makedirs(folder / "runs" / name)
                 torch.save(content, folder / "runs" / name / "checkpoint.pt")
-        environment = dict(os.environ, PYTHONPATH=REPO)
-        processes = [subprocess.Popen([sys.executable, os.path.join(REPO, script), *argv],
-                                      cwd=folder, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                      text=True, env=environment)
-                     for folder, (script, *argv) in zip(folders, commands)]
-        for command, process in zip(commands, processes):
-            error = process.communicate(timeout=120)[1]
-            assert process.returncode == 2 and error.count("\n") == 1, (command, error)
+        modules = {"train.py": train, "search.py": search, "evaluate.py": evaluate}
+        for folder, (script, *argv) in zip(folders, commands):
+            result = run_main(modules[script], *argv, cwd=folder)
+            error = result.stderr
+            assert result.returncode == 2 and error.count("\n") == 1, (script, argv, error)
             assert "\x1b" not in error and ("is not a" in error or "nothing in it was run" in error)
         # checkpoints load with weights_only=True
         assert not any((folder / "code_ran").exists() for folder in folders)
@@ -1867,10 +1864,10 @@ def evaluated_tiny_run(tmp_path_factory):
     """``(working directory, evaluate_run's JSON)`` of a 1-epoch Joslim run, evaluated with
     --export; the current directory is the working directory while the fixture lives."""
     workdir = tmp_path_factory.mktemp("evaluate")
-    subprocess.run([sys.executable, os.path.join(REPO, "train.py"), "--name", "tiny", "--method", "joslim",
-                    "--epochs", "1", "--batch_size", "32", "--tau", "1", "--prior_points", "2",
-                    "--print_freq", "5", "--threads", "1", *EVAL_TINY_DATA],
-                   cwd=workdir, env=eval_env(), check=True, capture_output=True, timeout=600)
+    trained = run_main(train, "--name", "tiny", "--method", "joslim", "--epochs", "1", "--batch_size",
+                       "32", "--tau", "1", "--prior_points", "2", "--print_freq", "5", "--threads",
+                       "1", *EVAL_TINY_DATA, cwd=workdir)
+    assert trained.returncode == 0, trained.stderr
     previous, threads = os.getcwd(), torch.get_num_threads()
     os.chdir(workdir)
     try:
@@ -1990,8 +1987,7 @@ class TestEvaluate:
 
     def test_user_errors_exit_2_with_one_line(self, evaluated_tiny_run, capsys):
         workdir, _ = evaluated_tiny_run
-        done = subprocess.run([sys.executable, os.path.join(REPO, "evaluate.py"), "--name", "no_such_run"],
-                              cwd=workdir, env=eval_env(), capture_output=True, text=True, timeout=300)
+        done = run_main(evaluate, "--name", "no_such_run", cwd=workdir)
         assert done.returncode == 2 and done.stderr.startswith("error: ")
         assert len(done.stderr.strip().splitlines()) == 1 and "no_such_run" in done.stderr
         (workdir / "bad.json").write_text("{not json")
@@ -2849,8 +2845,8 @@ class TestGPUPath:
         JSON holds them all, and the closing table names each."""
         import bench
         out = tmp_path / "gpu.json"
-        completed = run_script("bench.py", "gpu", "--device", "cpu", "--tiny", "--threads", "1",
-                               "--out", str(out), cwd=tmp_path)
+        completed = run_main(bench, "gpu", "--device", "cpu", "--tiny", "--threads", "1",
+                             "--out", str(out), cwd=tmp_path)
         assert completed.returncode == 0, completed.stderr[-2000:]
         report = json.loads(out.read_text())
         assert report["device"] == "cpu" and report["tiny"]
