@@ -2487,11 +2487,12 @@ class TestThreads:
 # three ImageNet and one CIFAR-100 training commands and its two evaluation commands, and
 # AutoSlim's five steps (the mmrazor README) in this project's scripts. Changed only:
 # ./distributed_train.sh N -> torchrun (2 processes, gloo), eval_checkpoints.py -> evaluate.py,
-# --epochs, the ImageNet trainings' --batch_size (one step of 256 images, not 1024), the data size
-# (tiny generated sets, --image_size 16, --val_size, --train_size), and how each process runs
-# (--threads 1 --workers 0). The heaviest tests of the suite (about a minute together on a quiet
-# 2-core CPU); their names start with test_seed_, so -k "not test_seed_" leaves them out of a
-# local run. CI runs them.
+# --epochs, the ImageNet trainings' --batch_size (one step of 256 images, not 1024), the CIFAR-100
+# ones (one step of 32, not 128; evaluated in batches of 256, not 1024), the data size (tiny
+# generated sets, --image_size 16, --val_size, --train_size), how each process runs (--threads 1
+# --workers 0), and the plain python commands run by the script's main() in the test's process.
+# The heaviest tests of the suite; their names start with test_seed_, so -k "not test_seed_"
+# leaves them out of a local run. CI runs them.
 
 JOSLIM_SEED_COMMANDS = {  # verbatim from the Joslim README
     "joslim_mbv2": "./distributed_train.sh 8 --name joslim_mbv2 --dataset ImageNet --epochs 250 --warmup 5 --baselr 0.125 --tau 625 --wd 4e-5 --label_smoothing 0.1 --batch_size 1024 --lower_channel 0.42 --num_sampled_arch 2 --baseline -3 --print_freq 100 --prior_points 20 --scheduler linear_decay --slim_dataaug --scale_ratio 0.25 --datapath YOUR_LMDB_IMAGENET_PATH --network slim_mobilenetv2",  # noqa: E501
@@ -2505,12 +2506,15 @@ JOSLIM_SEED_EVALUATIONS = {
 }
 SEED_IMAGE_SIZE = "16"  # the training and test crop; every network still ends at 1x1 (stride 32)
 SEED_VAL_SIZE = "64"
-SEED_TRAIN_IMAGES = 1024 + 64  # one batch of the evaluations' 1024 after the held-out 64
+SEED_TRAIN_IMAGES = 1024 + 64  # one batch of the ImageNet evaluation's 1024 after the held-out 64
 SEED_SESSION = ["--threads", "1", "--workers", "0"]
 SEED_IMAGENET = ["--image_size", SEED_IMAGE_SIZE, "--val_size", SEED_VAL_SIZE, *SEED_SESSION]
 # The ImageNet trainings: one step of 256 images, not of the seeds' 1024 (the same code path at a
 # quarter of the CPU time); their evaluations calibrate on all 1024 (--train_size 0).
 SEED_BATCH = "256"
+# CIFAR-100 (32x32, ResNet-56, a quarter of the seed's batches as above): one training step of 32
+# images, evaluated as an unfinished run, BN calibrated on all 256 training images at once.
+SEED_CIFAR_BATCH, SEED_CIFAR_EVAL_BATCH = "32", "256"
 TWO_NODE_SEED = "joslim_res18"  # run by test_seed_two_torchrun_agents_as_two_nodes
 
 
@@ -2618,14 +2622,13 @@ class TestSeedCommands:
     """The reference READMEs' commands, run as written on tiny generated data."""
 
     def test_seed_joslim_commands_train_and_evaluate(self, seed_imagenet, tmp_path, monkeypatch, capsys):
-        write_cifar100(tmp_path / "cifar" / "cifar-100-python", num_train=SEED_TRAIN_IMAGES,
-                       num_test=64)
+        write_cifar100(tmp_path / "cifar" / "cifar-100-python",
+                       num_train=int(SEED_CIFAR_EVAL_BATCH) + int(SEED_VAL_SIZE), num_test=64)
         cifar = str(tmp_path / "cifar")
-        # CIFAR: the seed's batch of 128 makes 8 steps of the 1024 images its evaluation's batch of
-        # 1024 needs; one step (--pause_after 1) is enough here, evaluated as an unfinished run.
         cifar_extra = ["--val_size", SEED_VAL_SIZE, "--pause_after", "1", *SEED_SESSION]
         names = [name for name in JOSLIM_SEED_COMMANDS if name != TWO_NODE_SEED]
-        trainings = [start(seed_command(command, cifar, cifar_extra) if "CIFAR" in command else
+        trainings = [start(with_flag(seed_command(command, cifar, cifar_extra), "--batch_size",
+                                     SEED_CIFAR_BATCH) if "CIFAR" in command else
                            imagenet_seed(command, seed_imagenet), tmp_path)
                      for command in map(JOSLIM_SEED_COMMANDS.get, names)]
         finish(*trainings)
@@ -2640,11 +2643,7 @@ class TestSeedCommands:
                 assert "all 2 ranks hold identical weights" in log
                 assert checkpoint["model_options"]["input_size"] == int(SEED_IMAGE_SIZE)
                 assert checkpoint["args"]["image_size"] == int(SEED_IMAGE_SIZE)
-        evaluations = [start(seed_command(command, cifar, ["--threads", "1"]) if "CIFAR" in command
-                             else seed_command(command, seed_imagenet, ["--threads", "1",
-                                                                        "--train_size", "0"]),
-                             tmp_path) for command in JOSLIM_SEED_EVALUATIONS.values()]
-        # Meanwhile: flags that describe the run must agree with it, and so must a resumed run.
+        # Flags that describe the run must agree with it, and so must a resumed run.
         monkeypatch.chdir(tmp_path)
         for argv, flag in ((["--network", "slim_resnet18"], "--network slim_mobilenetv2"),
                            (["--dataset", "CIFAR100"], "--dataset ImageNet"),
@@ -2662,43 +2661,47 @@ class TestSeedCommands:
         finally:
             torch.set_num_threads(threads)
         assert "--image_size 16 -> 32" in capsys.readouterr().err
-        outputs = finish(*evaluations)
-        assert "(unfinished, step 1)" in outputs[1]
-        for name in JOSLIM_SEED_EVALUATIONS:
+        evaluations = [with_flag(seed_command(command, cifar, ["--threads", "1"]), "--batch_size",
+                                 SEED_CIFAR_EVAL_BATCH) if "CIFAR" in command
+                       else seed_command(command, seed_imagenet, ["--threads", "1", "--train_size",
+                                                                  "0"])
+                       for command in JOSLIM_SEED_EVALUATIONS.values()]
+        outputs = [run_main(evaluate, *argv[2:], cwd=tmp_path) for argv in evaluations]
+        assert all(output.returncode == 0 for output in outputs), [o.stderr for o in outputs]
+        assert "(unfinished, step 1)" in outputs[1].stdout
+        for name, calibrated in zip(JOSLIM_SEED_EVALUATIONS, (1024, int(SEED_CIFAR_EVAL_BATCH))):
             table = check_pareto_txt(tmp_path / "results" / f"{name}_eval_pareto.txt")
             saved = json.loads((tmp_path / "results" / f"{name}_eval_pareto.json").read_text())
             np.testing.assert_allclose(table[0], [p["macs_ratio"] for p in saved["points"]])
             np.testing.assert_allclose(table[1], [p["test"]["top1"] for p in saved["points"]])
             np.testing.assert_allclose(table[2], [p["test"]["top5"] for p in saved["points"]])
-        assert saved["points"][-1]["test"]["images"] == 64 and saved["calib_images"] == 1024
+            assert saved["calib_images"] == calibrated  # one batch: all the training images
+        assert saved["points"][-1]["test"]["images"] == 64
 
-    def test_seed_autoslim_five_steps(self, seed_imagenet, tmp_path, monkeypatch, capsys):
+    def test_seed_autoslim_five_steps(self, seed_imagenet, tmp_path, monkeypatch):
         """The AutoSlim pipeline of the mmrazor README (AUTOSLIM_SEED_STEPS): MobileNetV2 x1.5 on
         ImageNet, each step one plain python command as there, given to the script's main() in this
         process (the same argv; the torchrun path is the other seed tests'); trainings of one batch
         of 256 (--train_size 256)."""
         monkeypatch.chdir(tmp_path)
-        threads = torch.get_num_threads()
         data_flags = ["--dataset", "ImageNet", "--datapath", seed_imagenet, "--image_size",
                       SEED_IMAGE_SIZE, "--val_size", SEED_VAL_SIZE, "--train_size", "256"]
         network = ["--network", "slim_mobilenetv2", "--width_mult", "1.5", "--batch_size", "256",
                    "--epochs", "1"]
 
         def python(script, *args):
-            capsys.readouterr()
-            status = {"train.py": train, "search.py": search, "evaluate.py": evaluate}[script].main(
-                list(args))
-            torch.set_num_threads(threads)  # --threads 1 holds for the command, not the test run
-            output = capsys.readouterr()
-            assert status == 0, f"{script} {' '.join(args)}\n{output.out}{output.err}"
-            return output.out
+            done = run_main({"train.py": train, "search.py": search, "evaluate.py": evaluate}[script],
+                            *args)
+            assert done.returncode == 0, f"{script} {' '.join(args)}\n{done.stdout}{done.stderr}"
+            return done.stdout
 
         python("train.py", "--name", "autoslim_mbv2", "--method", "random", *network, *data_flags,
                *SEED_SESSION)
-        # mmrazor's three targets, 530M, 320M and 220M of about 700M, as ratios; a coarse grid
-        # (--steps 2) and 32 held-out images keep the greedy search to a few dozen candidates
+        # mmrazor's three targets, 530M, 320M and 220M of about 700M, as ratios; the coarsest grid
+        # (--steps 1: each group full or smallest) and 16 held-out images keep the greedy search
+        # to a few hundred candidates
         python("search.py", "--name", "autoslim_mbv2", "--target_ratios", "0.75", "0.5", "0.3",
-               "--steps", "2", "--search_images", "32", "--threads", "1")
+               "--steps", "1", "--search_images", "16", "--threads", "1")
         # whatever search.py names its configs (the FLOPs target in the name), they are its *.json
         configs = sorted(glob.glob(str(tmp_path / "runs" / "autoslim_mbv2" / "search" / "*.json")))
         assert len(configs) == 3, configs
