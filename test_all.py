@@ -80,7 +80,7 @@ TINY_RUN = ["--network", "slim_resnet20", "--batch_size", "8", "--epochs", "2",
 # evaluate.py's tests: 4 classes; search.py's: a larger held-out split for its candidates
 EVAL_TINY_DATA = with_flags(TINY_DATA, synthetic_train=176, synthetic_test=96, val_size=48,
                             synthetic_classes=4)
-SEARCH_DATA = with_flags(TINY_DATA, synthetic_train=400, synthetic_test=100, val_size=100)
+SEARCH_DATA = with_flags(TINY_DATA, synthetic_train=250, synthetic_test=100, val_size=100)
 
 
 def run_main(module, *argv, cwd=None):
@@ -2065,8 +2065,8 @@ def workdir(tmp_path_factory):
     path = tmp_path_factory.mktemp("search")
     previous = os.getcwd()
     os.chdir(path)
-    assert train.main(["--name", "sn", "--method", "random", "--epochs", "1", "--batch_size", "50",
-                       "--threads", "1", *SEARCH_DATA]) == 0
+    assert train.main(["--name", "sn", "--method", "random", "--epochs", "1", "--batch_size", "25",
+                       "--threads", "1", "--curve_points", "0", *SEARCH_DATA]) == 0
     yield path
     os.chdir(previous)
 
@@ -2240,7 +2240,8 @@ class TestSearch:
             assert saved["macs"] == record["macs"] and saved["step"] == record["step"]
             assert saved["heldout_top1"] == pytest.approx(record["heldout_top1"])
         assert train.main(["--name", "retrained", "--method", "fixed", "--channel_config", *files,
-                           "--epochs", "1", "--batch_size", "100", "--threads", "1", *SEARCH_DATA]) == 0
+                           "--epochs", "1", "--batch_size", "50", "--threads", "1", "--curve_points",
+                           "0", *SEARCH_DATA]) == 0
         checkpoint = torch.load("runs/retrained/checkpoint.pt", weights_only=True)
         retrained = [slimmable.group_channels(net, widths) for widths in checkpoint["fixed_configs"]]
         assert retrained == [r["channels"] for r in searched["records"]]
@@ -2260,7 +2261,7 @@ class TestSearch:
         assert sorted(row.split()[1] for row in table[1:]) == \
             sorted(f"macs_{r['target']:g}M" for r in searched["records"])
         result = evaluate.evaluate_run("sn", argv=["--name", "sn", "--configs", *files,
-                                                   "--calib_batches", "1", "--batch_size", "100"])
+                                                   "--calib_batches", "1", "--batch_size", "50"])
         evaluated = sorted(list(c["channels"].values()) for c in result["candidates"])
         assert evaluated == sorted(list(r["channels"].values()) for r in searched["records"])
 
