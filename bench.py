@@ -972,15 +972,15 @@ def gpu_settings(tiny, threads, budget_s):
     480 s; the compile part's share scales with ``budget_s``), or ``tiny`` ones that run the
     same plumbing on a CPU in seconds."""
     if tiny:
-        data_flags = ["--synthetic_train", "96", "--synthetic_test", "32", "--val_size", "32",
-                      "--synthetic_classes", "4", "--workers", "0", "--batch_size", "32"]
+        data_flags = ["--synthetic_train", "32", "--synthetic_test", "16", "--val_size", "16",
+                      "--synthetic_classes", "4", "--workers", "0", "--batch_size", "8"]
         return {"data": data_flags, "real_data": data_flags, "threads": threads,
                 "run": ["--epochs", "1", "--tau", "2", "--prior_points", "2", "--print_freq", "2",
                         "--curve_points", "0", "--threads", str(threads)],
-                "search_images": 32, "search_ratio": 0.9, "cifar_batch": 4, "imagenet_batch": 2,
+                "search_images": 16, "search_ratio": 0.9, "cifar_batch": 4, "imagenet_batch": 2,
                 "imagenet_size": 64, "networks": ("slim_resnet20", "slim_mobilenetv2"),
                 "warmup": 0, "calls": 1, "pairs": 1, "latency_calls": 1, "compile_seconds": 0,
-                "sandwich_batch": 32, "evaluate": ["--uniform_points", "3", "--calib_batches", "1"]}
+                "sandwich_batch": 8, "evaluate": ["--uniform_points", "3", "--calib_batches", "1"]}
     return {"data": ["--synthetic_train", "4000", "--synthetic_test", "1000", "--val_size", "500"],
             "real_data": None, "threads": threads,
             "run": ["--epochs", "1", "--tau", "10", "--print_freq", "10"],
@@ -1548,7 +1548,7 @@ def quality_dataset(dataset, datapath):
     return "FashionMNIST" if found else "synthetic"
 
 
-def parse_args():
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, allow_abbrev=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("what", choices=["speed", "quality", "recipe", "overhead", "macs",
@@ -1609,7 +1609,7 @@ def parse_args():
     parser.add_argument("--parts", nargs="+", default=list(GPU_PARTS), choices=GPU_PARTS,
                         help="gpu: the parts to run, in their order (default all; subnets needs "
                              "scripts)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.what == "gpu" and args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.exit(2, "error: gpu: no CUDA device here; use --device cpu --tiny\n")
     if args.steps < 1 or args.repeats < 1 or (args.cores is not None and args.cores < 1):
@@ -1619,8 +1619,8 @@ def parse_args():
     return args
 
 
-def main():
-    args = parse_args()
+def main(argv=None):
+    args = parse_args(argv)
     torch.set_num_threads(args.threads)
     print(machine())
     kept = runs.keep_freed_memory()

@@ -35,10 +35,12 @@ case "${1:-}" in
 esac
 case "$job" in
   test)
-    # two pytest-xdist workers, handed tests one at a time (a worker makes a module fixture, such
-    # as a trained run, once, when its first test needs it)
-    python -c "import pytest, xdist" 2>/dev/null || python -m pip install -q pytest pytest-xdist
-    exec python -m pytest -q -n 2 --dist load test_all.py "$@"
+    # two pytest-xdist workers, each starting on half of the tests in file order; one that runs out
+    # takes half of what the other has not started (worksteal: the heavy tests do not pile up at
+    # the end on one worker). A worker makes a module fixture, such as a trained run, once, when its
+    # first test needs it.
+    python -c "import pytest, xdist" 2>/dev/null || python -m pip install -q pytest "pytest-xdist>=3.2"
+    exec python -m pytest -q -n 2 --dist worksteal test_all.py "$@"
     ;;
   main)
     python train.py --name demo "$@"

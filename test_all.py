@@ -7,6 +7,7 @@ import argparse
 import contextlib
 import copy
 import glob
+import io
 import json
 import math
 import os
@@ -17,6 +18,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import warnings
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -68,16 +70,44 @@ def with_flags(args, **values):
     return args
 
 
-TINY_DATA = ["--synthetic_train", "320", "--synthetic_test", "64", "--val_size", "64",
+TINY_DATA = ["--synthetic_train", "96", "--synthetic_test", "32", "--val_size", "32",
              "--workers", "0"]
-# 4 training-curve points a run: the default 16 would evaluate two networks after every step
-TINY_RUN = ["--network", "slim_resnet20", "--batch_size", "32", "--epochs", "2",
+# 8 steps of 8 images an epoch; 4 training-curve points a run: the default 16 would evaluate two
+# networks after every step
+TINY_RUN = ["--network", "slim_resnet20", "--batch_size", "8", "--epochs", "2",
             "--print_freq", "5", "--tau", "3", "--prior_points", "2", "--threads", "1",
             "--curve_points", "4"] + TINY_DATA
 # evaluate.py's tests: 4 classes; search.py's: a larger held-out split for its candidates
 EVAL_TINY_DATA = with_flags(TINY_DATA, synthetic_train=176, synthetic_test=96, val_size=48,
                             synthetic_classes=4)
-SEARCH_DATA = with_flags(TINY_DATA, synthetic_train=400, synthetic_test=100, val_size=100)
+SEARCH_DATA = with_flags(TINY_DATA, synthetic_train=250, synthetic_test=100, val_size=100)
+
+
+def run_main(module, *argv, cwd=None):
+    """``python MODULE.py ARGV`` run as ``module.main(argv)`` in this process (a process would
+    pay seconds of CPU to import torch): a CompletedProcess with the exit status (argparse's exits
+    included) and what it printed, the warnings a fresh Python would show on stderr. For a script's
+    behaviour, not its process: signals, locks between processes and torchrun keep processes."""
+    out, err, previous, threads = io.StringIO(), io.StringIO(), os.getcwd(), torch.get_num_threads()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), \
+            warnings.catch_warnings(record=True) as caught:
+        warnings.resetwarnings()  # Python's default filters, not pytest's
+        warnings.simplefilter("always")
+        for category in (DeprecationWarning, PendingDeprecationWarning, ImportWarning,
+                         ResourceWarning):
+            warnings.simplefilter("ignore", category)
+        try:
+            os.chdir(cwd or previous)
+            status = module.main(list(argv))
+        except SystemExit as leaving:
+            status = leaving.code
+        finally:
+            os.chdir(previous)
+            torch.set_num_threads(threads)  # --threads holds for the command, not the test run
+    err.write("".join(warnings.formatwarning(w.message, w.category, w.filename, w.lineno)
+                      for w in caught))
+    return subprocess.CompletedProcess([f"{module.__name__}.py", *argv], status or 0,
+                                       out.getvalue(), err.getvalue())  # None: sys.exit(None)
 
 
 def small_model(name, num_classes=10, **options):
@@ -617,15 +647,18 @@ def parse_data_args(*argv):
     return data.add_data_args(argparse.ArgumentParser()).parse_args(list(argv))
 
 
-def run_data_clis(*argvs):
-    """Run several `python data.py ARGV` at once (each pays Python's and torch's start-up);
-    returns their CompletedProcess results in order."""
-    processes = [subprocess.Popen([sys.executable, os.path.join(REPO, "data.py"), *argv], cwd=REPO,
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-                 for argv in argvs]
-    outputs = [process.communicate(timeout=300) for process in processes]
+def run_data_clis(*argvs, processes=False):
+    """`python data.py ARGV` for each ARGV: ``run_main`` each in turn, or with ``processes``
+    real processes at once (where the process is what is tested); CompletedProcess results in
+    order."""
+    if not processes:
+        return [run_main(data, *argv, cwd=REPO) for argv in argvs]
+    started = [subprocess.Popen([sys.executable, os.path.join(REPO, "data.py"), *argv], cwd=REPO,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for argv in argvs]
+    outputs = [process.communicate(timeout=300) for process in started]
     return [subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
-            for process, (stdout, stderr) in zip(processes, outputs)]
+            for process, (stdout, stderr) in zip(started, outputs)]
 
 
 def run_data_cli(*argv):
@@ -926,9 +959,10 @@ class TestData:
         shutil.copytree(lmdb_dir, broken)
         data_file = broken / "train.lmdb" / "data.mdb"
         os.truncate(data_file, os.path.getsize(data_file) // 2)
-        check, info, missing_parent, zero = run_data_clis(
+        check, info = run_data_clis(  # processes: a SIGBUS would end this one
             ("check", "--dataset", "imagenet", "--datapath", str(broken)),
-            ("info", "--dataset", "imagenet", "--datapath", str(broken)),
+            ("info", "--dataset", "imagenet", "--datapath", str(broken)), processes=True)
+        missing_parent, zero = run_data_clis(
             ("to-lmdb", images, str(tmp_path / "nowhere" / "x.lmdb")),
             ("to-lmdb", images, str(tmp_path / "x.lmdb"), "--records_per_commit", "0"))
         for result in (check, info):  # not a SIGBUS (exit 135)
@@ -1398,7 +1432,7 @@ def signalled_run(tmp_path_factory):
     folder, flags = tmp_path_factory.mktemp("signals"), TINY_RUN + ["--print_freq", "1"]
     stops = {2: stop_by_signal(folder, flags, 2, 5)}
     stops[15] = stop_by_signal(folder, flags, 15, stops[2][1]["step"] + 3)
-    return folder, stops, run_script("train.py", "--name", "parts", *flags, cwd=folder)
+    return folder, stops, run_main(train, "--name", "parts", *flags, cwd=folder)
 
 
 class TestTrain:
@@ -1412,7 +1446,7 @@ class TestTrain:
         else:
             assert train.main(["--name", method, "--method", method] + TINY_EPOCH) == 0
         checkpoint = load_run(tmp_path, method)
-        assert checkpoint["finished"] and checkpoint["step"] == 8  # (320 - 64) // 32 per epoch
+        assert checkpoint["finished"] and checkpoint["step"] == 8  # (96 - 32) // 8 per epoch
         log = (tmp_path / "runs" / method / "log.txt").read_text()
         assert "loss full" in log and "img/s" in log and "done:" in log
         if method == "joslim":
@@ -1501,7 +1535,7 @@ class TestTrain:
         """--kd_weight 0 is the same run as --distill_after beyond the end (labels only), and the
         training curves are written, kept in the checkpoint and evenly spaced."""
         monkeypatch.chdir(tmp_path)
-        short = with_flags(TINY_RUN, epochs=1, synthetic_train=192, curve_points=2, curve_images=40)
+        short = with_flags(TINY_RUN, epochs=1, synthetic_train=64, curve_points=2, curve_images=24)
         assert train.main(["--name", "labels", "--kd_weight", "0"] + short) == 0
         assert train.main(["--name", "late", "--kd_weight", "1", "--distill_after", "5"] + short) == 0
         assert train.main(["--name", "kd", "--kd_weight", "1", "--distill_after", "0"] + short) == 0
@@ -1521,7 +1555,7 @@ class TestTrain:
         command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
                    "--rdzv_backend=c10d", "--rdzv_endpoint=localhost:0",
                    os.path.join(REPO, "train.py"), "--name", "ddp"] + with_flags(
-                       TINY_RUN, epochs=1, synthetic_train=128)  # 2 steps of 16 images a process
+                       TINY_RUN, epochs=1, synthetic_train=48)  # 2 steps of 4 images a process
         result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300,
                                 env=environment)
         assert result.returncode == 0, result.stdout + result.stderr
@@ -1551,7 +1585,7 @@ class TestResume:
         """Augmenting DataLoader workers (the default --workers 2): a paused and resumed run equals
         the uninterrupted one, across an epoch boundary and inside an epoch."""
         monkeypatch.chdir(tmp_path)
-        flags = with_flags(TINY_RUN, workers=2, method="random", synthetic_train=160)  # 3 steps an epoch
+        flags = with_flags(TINY_RUN, workers=2, method="random", synthetic_train=56)  # 3 steps an epoch
         assert train.main(["--name", "whole"] + flags) == 0
         assert train.main(["--name", "parts", "--pause_after", "4"] + flags) == 0
         assert train.main(["--name", "parts"] + flags) == 0
@@ -1571,7 +1605,7 @@ class TestResume:
         assert_same_weights(load_run(tiny_whole_run, "whole"), load_run(folder, "parts"))
 
     def test_a_second_trainer_on_the_same_run_is_refused(self, tmp_path):
-        flags = with_flags(TINY_RUN, epochs=40, batch_size=8, print_freq=1)  # light steps
+        flags = with_flags(TINY_RUN, epochs=40, print_freq=1)  # until stopped
         environment = dict(os.environ, PYTHONPATH=REPO)
         first = subprocess.Popen([sys.executable, os.path.join(REPO, "train.py"), "--name", "l2",
                                   *flags], cwd=tmp_path, stdout=subprocess.PIPE, text=True,
@@ -1588,7 +1622,7 @@ class TestResume:
         log = (tmp_path / "runs" / "l2" / "log.txt").read_text()
         assert "is being trained" not in log and log.count("training of slim_resnet20") == 1
         # The lock went with the process: the run continues.
-        third = run_script("train.py", "--name", "l2", *flags, "--pause_after", "1", cwd=tmp_path)
+        third = run_main(train, "--name", "l2", *flags, "--pause_after", "1", cwd=tmp_path)
         assert third.returncode == 0 and "resuming" in third.stdout, third.stderr
 
     def test_checkpoint_write_is_atomic(self, tmp_path, monkeypatch):
@@ -1625,8 +1659,8 @@ class TestResume:
             signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # else the kernel kills the process
             resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
 
-        flags = with_flags(TINY_RUN, epochs=1, synthetic_train=192)  # 4 steps
-        first = run_script("train.py", "--name", "full", *flags, "--pause_after", "1", cwd=tmp_path)
+        flags = with_flags(TINY_RUN, epochs=1, synthetic_train=64)  # 4 steps
+        first = run_main(train, "--name", "full", *flags, "--pause_after", "1", cwd=tmp_path)
         assert first.returncode == 0, first.stderr
         checkpoint = tmp_path / "runs" / "full" / "checkpoint.pt"
         before = checkpoint.read_bytes()
@@ -1715,8 +1749,8 @@ class TestTrainRefusals:
         monkeypatch.chdir(tmp_path)
         copy_run(tiny_epoch_run, "epoch", tmp_path, "run")
         before = (tmp_path / "runs" / "run" / "checkpoint.pt").read_bytes()
-        result = run_script("train.py", "--name", "run", "--method", "slim",
-                            *with_flag(TINY_RUN, "--epochs", "1"), cwd=tmp_path)
+        result = run_main(train, "--name", "run", "--method", "slim",
+                          *with_flag(TINY_RUN, "--epochs", "1"), cwd=tmp_path)
         assert result.returncode == 2
         assert result.stderr.count("\n") == 1 and "--restart" in result.stderr
         assert (tmp_path / "runs" / "run" / "checkpoint.pt").read_bytes() == before
@@ -1739,7 +1773,7 @@ class TestTrainRefusals:
         (["--method", "fixed", "--channel_config", "/nonexistent.json"], "/nonexistent.json"),
     ])
     def test_train_user_errors_exit_2_with_one_line(self, args, message, tmp_path):
-        result = run_script("train.py", *args, cwd=tmp_path)
+        result = run_main(train, *args, cwd=tmp_path)
         assert result.returncode == 2, result.stderr
         assert result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
         assert "Traceback" not in result.stderr
@@ -1754,7 +1788,7 @@ class TestTrainRefusals:
                     ("evaluate.py", "--subnet", os.path.join("runs", "a_list", "checkpoint.pt")),
                     ("train.py", "--name", "runs_code"), ("evaluate.py", "--name", "runs_code"),
                     ("search.py", "--name", "runs_code", "--target_ratios", "0.5")]
-        # a folder each: two of them at once on one run would meet its lock, not its checkpoint
+        # a folder each: every command meets the files as written
         folders = [tmp_path / str(index) for index in range(len(commands))]
         for folder in folders:
             for name, content in (("a_list", [1, 2]), ("no_model", {"network": "slim_resnet20",
@@ -1762,14 +1796,11 @@ class TestTrainRefusals:
                                   ("runs_code", {"model": RunsCode()})):
                 os.makedirs(folder / "runs" / name)
                 torch.save(content, folder / "runs" / name / "checkpoint.pt")
-        environment = dict(os.environ, PYTHONPATH=REPO)
-        processes = [subprocess.Popen([sys.executable, os.path.join(REPO, script), *argv],
-                                      cwd=folder, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                      text=True, env=environment)
-                     for folder, (script, *argv) in zip(folders, commands)]
-        for command, process in zip(commands, processes):
-            error = process.communicate(timeout=120)[1]
-            assert process.returncode == 2 and error.count("\n") == 1, (command, error)
+        modules = {"train.py": train, "search.py": search, "evaluate.py": evaluate}
+        for folder, (script, *argv) in zip(folders, commands):
+            result = run_main(modules[script], *argv, cwd=folder)
+            error = result.stderr
+            assert result.returncode == 2 and error.count("\n") == 1, (script, argv, error)
             assert "\x1b" not in error and ("is not a" in error or "nothing in it was run" in error)
         # checkpoints load with weights_only=True
         assert not any((folder / "code_ran").exists() for folder in folders)
@@ -1836,10 +1867,10 @@ def evaluated_tiny_run(tmp_path_factory):
     """``(working directory, evaluate_run's JSON)`` of a 1-epoch Joslim run, evaluated with
     --export; the current directory is the working directory while the fixture lives."""
     workdir = tmp_path_factory.mktemp("evaluate")
-    subprocess.run([sys.executable, os.path.join(REPO, "train.py"), "--name", "tiny", "--method", "joslim",
-                    "--epochs", "1", "--batch_size", "32", "--tau", "1", "--prior_points", "2",
-                    "--print_freq", "5", "--threads", "1", *EVAL_TINY_DATA],
-                   cwd=workdir, env=eval_env(), check=True, capture_output=True, timeout=600)
+    trained = run_main(train, "--name", "tiny", "--method", "joslim", "--epochs", "1", "--batch_size",
+                       "32", "--tau", "1", "--prior_points", "2", "--print_freq", "5", "--threads",
+                       "1", *EVAL_TINY_DATA, cwd=workdir)
+    assert trained.returncode == 0, trained.stderr
     previous, threads = os.getcwd(), torch.get_num_threads()
     os.chdir(workdir)
     try:
@@ -1959,8 +1990,7 @@ class TestEvaluate:
 
     def test_user_errors_exit_2_with_one_line(self, evaluated_tiny_run, capsys):
         workdir, _ = evaluated_tiny_run
-        done = subprocess.run([sys.executable, os.path.join(REPO, "evaluate.py"), "--name", "no_such_run"],
-                              cwd=workdir, env=eval_env(), capture_output=True, text=True, timeout=300)
+        done = run_main(evaluate, "--name", "no_such_run", cwd=workdir)
         assert done.returncode == 2 and done.stderr.startswith("error: ")
         assert len(done.stderr.strip().splitlines()) == 1 and "no_such_run" in done.stderr
         (workdir / "bad.json").write_text("{not json")
@@ -2038,8 +2068,8 @@ def workdir(tmp_path_factory):
     path = tmp_path_factory.mktemp("search")
     previous = os.getcwd()
     os.chdir(path)
-    assert train.main(["--name", "sn", "--method", "random", "--epochs", "1", "--batch_size", "50",
-                       "--threads", "1", *SEARCH_DATA]) == 0
+    assert train.main(["--name", "sn", "--method", "random", "--epochs", "1", "--batch_size", "25",
+                       "--threads", "1", "--curve_points", "0", *SEARCH_DATA]) == 0
     yield path
     os.chdir(previous)
 
@@ -2213,7 +2243,8 @@ class TestSearch:
             assert saved["macs"] == record["macs"] and saved["step"] == record["step"]
             assert saved["heldout_top1"] == pytest.approx(record["heldout_top1"])
         assert train.main(["--name", "retrained", "--method", "fixed", "--channel_config", *files,
-                           "--epochs", "1", "--batch_size", "100", "--threads", "1", *SEARCH_DATA]) == 0
+                           "--epochs", "1", "--batch_size", "50", "--threads", "1", "--curve_points",
+                           "0", *SEARCH_DATA]) == 0
         checkpoint = torch.load("runs/retrained/checkpoint.pt", weights_only=True)
         retrained = [slimmable.group_channels(net, widths) for widths in checkpoint["fixed_configs"]]
         assert retrained == [r["channels"] for r in searched["records"]]
@@ -2233,7 +2264,7 @@ class TestSearch:
         assert sorted(row.split()[1] for row in table[1:]) == \
             sorted(f"macs_{r['target']:g}M" for r in searched["records"])
         result = evaluate.evaluate_run("sn", argv=["--name", "sn", "--configs", *files,
-                                                   "--calib_batches", "1", "--batch_size", "100"])
+                                                   "--calib_batches", "1", "--batch_size", "50"])
         evaluated = sorted(list(c["channels"].values()) for c in result["candidates"])
         assert evaluated == sorted(list(r["channels"].values()) for r in searched["records"])
 
@@ -2460,11 +2491,12 @@ class TestThreads:
 # three ImageNet and one CIFAR-100 training commands and its two evaluation commands, and
 # AutoSlim's five steps (the mmrazor README) in this project's scripts. Changed only:
 # ./distributed_train.sh N -> torchrun (2 processes, gloo), eval_checkpoints.py -> evaluate.py,
-# --epochs, the ImageNet trainings' --batch_size (one step of 256 images, not 1024), the data size
-# (tiny generated sets, --image_size 16, --val_size, --train_size), and how each process runs
-# (--threads 1 --workers 0). The heaviest tests of the suite (about a minute together on a quiet
-# 2-core CPU); their names start with test_seed_, so -k "not test_seed_" leaves them out of a
-# local run. CI runs them.
+# --epochs, the ImageNet trainings' --batch_size (one step of 256 images, not 1024), the CIFAR-100
+# ones (one step of 32, not 128; evaluated in batches of 256, not 1024), the data size (tiny
+# generated sets, --image_size 16, --val_size, --train_size), how each process runs (--threads 1
+# --workers 0), and the plain python commands run by the script's main() in the test's process.
+# The heaviest tests of the suite; their names start with test_seed_, so -k "not test_seed_"
+# leaves them out of a local run. CI runs them.
 
 JOSLIM_SEED_COMMANDS = {  # verbatim from the Joslim README
     "joslim_mbv2": "./distributed_train.sh 8 --name joslim_mbv2 --dataset ImageNet --epochs 250 --warmup 5 --baselr 0.125 --tau 625 --wd 4e-5 --label_smoothing 0.1 --batch_size 1024 --lower_channel 0.42 --num_sampled_arch 2 --baseline -3 --print_freq 100 --prior_points 20 --scheduler linear_decay --slim_dataaug --scale_ratio 0.25 --datapath YOUR_LMDB_IMAGENET_PATH --network slim_mobilenetv2",  # noqa: E501
@@ -2478,12 +2510,15 @@ JOSLIM_SEED_EVALUATIONS = {
 }
 SEED_IMAGE_SIZE = "16"  # the training and test crop; every network still ends at 1x1 (stride 32)
 SEED_VAL_SIZE = "64"
-SEED_TRAIN_IMAGES = 1024 + 64  # one batch of the evaluations' 1024 after the held-out 64
+SEED_TRAIN_IMAGES = 1024 + 64  # one batch of the ImageNet evaluation's 1024 after the held-out 64
 SEED_SESSION = ["--threads", "1", "--workers", "0"]
 SEED_IMAGENET = ["--image_size", SEED_IMAGE_SIZE, "--val_size", SEED_VAL_SIZE, *SEED_SESSION]
 # The ImageNet trainings: one step of 256 images, not of the seeds' 1024 (the same code path at a
 # quarter of the CPU time); their evaluations calibrate on all 1024 (--train_size 0).
 SEED_BATCH = "256"
+# CIFAR-100 (32x32, ResNet-56, a quarter of the seed's batches as above): one training step of 32
+# images, evaluated as an unfinished run, BN calibrated on all 256 training images at once.
+SEED_CIFAR_BATCH, SEED_CIFAR_EVAL_BATCH = "32", "256"
 TWO_NODE_SEED = "joslim_res18"  # run by test_seed_two_torchrun_agents_as_two_nodes
 
 
@@ -2591,14 +2626,13 @@ class TestSeedCommands:
     """The reference READMEs' commands, run as written on tiny generated data."""
 
     def test_seed_joslim_commands_train_and_evaluate(self, seed_imagenet, tmp_path, monkeypatch, capsys):
-        write_cifar100(tmp_path / "cifar" / "cifar-100-python", num_train=SEED_TRAIN_IMAGES,
-                       num_test=64)
+        write_cifar100(tmp_path / "cifar" / "cifar-100-python",
+                       num_train=int(SEED_CIFAR_EVAL_BATCH) + int(SEED_VAL_SIZE), num_test=64)
         cifar = str(tmp_path / "cifar")
-        # CIFAR: the seed's batch of 128 makes 8 steps of the 1024 images its evaluation's batch of
-        # 1024 needs; one step (--pause_after 1) is enough here, evaluated as an unfinished run.
         cifar_extra = ["--val_size", SEED_VAL_SIZE, "--pause_after", "1", *SEED_SESSION]
         names = [name for name in JOSLIM_SEED_COMMANDS if name != TWO_NODE_SEED]
-        trainings = [start(seed_command(command, cifar, cifar_extra) if "CIFAR" in command else
+        trainings = [start(with_flag(seed_command(command, cifar, cifar_extra), "--batch_size",
+                                     SEED_CIFAR_BATCH) if "CIFAR" in command else
                            imagenet_seed(command, seed_imagenet), tmp_path)
                      for command in map(JOSLIM_SEED_COMMANDS.get, names)]
         finish(*trainings)
@@ -2613,11 +2647,7 @@ class TestSeedCommands:
                 assert "all 2 ranks hold identical weights" in log
                 assert checkpoint["model_options"]["input_size"] == int(SEED_IMAGE_SIZE)
                 assert checkpoint["args"]["image_size"] == int(SEED_IMAGE_SIZE)
-        evaluations = [start(seed_command(command, cifar, ["--threads", "1"]) if "CIFAR" in command
-                             else seed_command(command, seed_imagenet, ["--threads", "1",
-                                                                        "--train_size", "0"]),
-                             tmp_path) for command in JOSLIM_SEED_EVALUATIONS.values()]
-        # Meanwhile: flags that describe the run must agree with it, and so must a resumed run.
+        # Flags that describe the run must agree with it, and so must a resumed run.
         monkeypatch.chdir(tmp_path)
         for argv, flag in ((["--network", "slim_resnet18"], "--network slim_mobilenetv2"),
                            (["--dataset", "CIFAR100"], "--dataset ImageNet"),
@@ -2635,43 +2665,47 @@ class TestSeedCommands:
         finally:
             torch.set_num_threads(threads)
         assert "--image_size 16 -> 32" in capsys.readouterr().err
-        outputs = finish(*evaluations)
-        assert "(unfinished, step 1)" in outputs[1]
-        for name in JOSLIM_SEED_EVALUATIONS:
+        evaluations = [with_flag(seed_command(command, cifar, ["--threads", "1"]), "--batch_size",
+                                 SEED_CIFAR_EVAL_BATCH) if "CIFAR" in command
+                       else seed_command(command, seed_imagenet, ["--threads", "1", "--train_size",
+                                                                  "0"])
+                       for command in JOSLIM_SEED_EVALUATIONS.values()]
+        outputs = [run_main(evaluate, *argv[2:], cwd=tmp_path) for argv in evaluations]
+        assert all(output.returncode == 0 for output in outputs), [o.stderr for o in outputs]
+        assert "(unfinished, step 1)" in outputs[1].stdout
+        for name, calibrated in zip(JOSLIM_SEED_EVALUATIONS, (1024, int(SEED_CIFAR_EVAL_BATCH))):
             table = check_pareto_txt(tmp_path / "results" / f"{name}_eval_pareto.txt")
             saved = json.loads((tmp_path / "results" / f"{name}_eval_pareto.json").read_text())
             np.testing.assert_allclose(table[0], [p["macs_ratio"] for p in saved["points"]])
             np.testing.assert_allclose(table[1], [p["test"]["top1"] for p in saved["points"]])
             np.testing.assert_allclose(table[2], [p["test"]["top5"] for p in saved["points"]])
-        assert saved["points"][-1]["test"]["images"] == 64 and saved["calib_images"] == 1024
+            assert saved["calib_images"] == calibrated  # one batch: all the training images
+        assert saved["points"][-1]["test"]["images"] == 64
 
-    def test_seed_autoslim_five_steps(self, seed_imagenet, tmp_path, monkeypatch, capsys):
+    def test_seed_autoslim_five_steps(self, seed_imagenet, tmp_path, monkeypatch):
         """The AutoSlim pipeline of the mmrazor README (AUTOSLIM_SEED_STEPS): MobileNetV2 x1.5 on
         ImageNet, each step one plain python command as there, given to the script's main() in this
         process (the same argv; the torchrun path is the other seed tests'); trainings of one batch
         of 256 (--train_size 256)."""
         monkeypatch.chdir(tmp_path)
-        threads = torch.get_num_threads()
         data_flags = ["--dataset", "ImageNet", "--datapath", seed_imagenet, "--image_size",
                       SEED_IMAGE_SIZE, "--val_size", SEED_VAL_SIZE, "--train_size", "256"]
         network = ["--network", "slim_mobilenetv2", "--width_mult", "1.5", "--batch_size", "256",
                    "--epochs", "1"]
 
         def python(script, *args):
-            capsys.readouterr()
-            status = {"train.py": train, "search.py": search, "evaluate.py": evaluate}[script].main(
-                list(args))
-            torch.set_num_threads(threads)  # --threads 1 holds for the command, not the test run
-            output = capsys.readouterr()
-            assert status == 0, f"{script} {' '.join(args)}\n{output.out}{output.err}"
-            return output.out
+            done = run_main({"train.py": train, "search.py": search, "evaluate.py": evaluate}[script],
+                            *args)
+            assert done.returncode == 0, f"{script} {' '.join(args)}\n{done.stdout}{done.stderr}"
+            return done.stdout
 
         python("train.py", "--name", "autoslim_mbv2", "--method", "random", *network, *data_flags,
                *SEED_SESSION)
-        # mmrazor's three targets, 530M, 320M and 220M of about 700M, as ratios; a coarse grid
-        # (--steps 2) and 32 held-out images keep the greedy search to a few dozen candidates
+        # mmrazor's three targets, 530M, 320M and 220M of about 700M, as ratios; the coarsest grid
+        # (--steps 1: each group full or smallest) and 16 held-out images keep the greedy search
+        # to a few hundred candidates
         python("search.py", "--name", "autoslim_mbv2", "--target_ratios", "0.75", "0.5", "0.3",
-               "--steps", "2", "--search_images", "32", "--threads", "1")
+               "--steps", "1", "--search_images", "16", "--threads", "1")
         # whatever search.py names its configs (the FLOPs target in the name), they are its *.json
         configs = sorted(glob.glob(str(tmp_path / "runs" / "autoslim_mbv2" / "search" / "*.json")))
         assert len(configs) == 3, configs
@@ -2803,7 +2837,7 @@ class TestGPUPath:
         the epoch boundary, the run ends with the uninterrupted run's weights; a data set read
         from disk is refused in one line."""
         monkeypatch.chdir(tmp_path)
-        flags = with_flags(TINY_RUN, method="slim", synthetic_train=192) + [
+        flags = with_flags(TINY_RUN, method="slim", synthetic_train=64) + [
             "--data_on_device", "on", "--device", "cpu"]  # 2 epochs of 4 steps
         assert train.main(["--name", "whole"] + flags) == 0
         assert train.main(["--name", "parts", "--pause_after", "3"] + flags) == 0
@@ -2818,8 +2852,8 @@ class TestGPUPath:
         JSON holds them all, and the closing table names each."""
         import bench
         out = tmp_path / "gpu.json"
-        completed = run_script("bench.py", "gpu", "--device", "cpu", "--tiny", "--threads", "1",
-                               "--out", str(out), cwd=tmp_path)
+        completed = run_main(bench, "gpu", "--device", "cpu", "--tiny", "--threads", "1",
+                             "--out", str(out), cwd=tmp_path)
         assert completed.returncode == 0, completed.stderr[-2000:]
         report = json.loads(out.read_text())
         assert report["device"] == "cpu" and report["tiny"]
