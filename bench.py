@@ -1052,8 +1052,8 @@ def gpu_scripts(device, settings):
                           found["records"][0]["file"])
     _script(train.main, ["--name", "fixed", "--method", "fixed", "--channel_config", config]
             + common)
-    flags = ["--device", device.type, "--calib_batches", "1", "--threads",
-             str(settings["threads"])] + settings["evaluate"][:2]
+    process = ["--device", device.type, "--threads", str(settings["threads"])]
+    flags = process + ["--calib_batches", "1"] + settings["evaluate"][:2]  # --uniform_points
     outcome = {"searched": {"file": config, "macs": found["records"][0]["macs"]}}
     for name in ("joslim", "slim", "random", "fixed"):
         result = evaluate.evaluate_run(name, argv=flags)
@@ -1061,7 +1061,7 @@ def gpu_scripts(device, settings):
                                        "full_test_top1": result["points"][-1]["test"]["top1"]}
     _script(evaluate.main, ["--name", "joslim", "--export", "subnets"] + flags)
     subnets = sorted(glob.glob(os.path.join("subnets", "*.pt")))
-    tested = evaluate.evaluate_subnets(subnets, ["--device", device.type] + flags[-2:])
+    tested = evaluate.evaluate_subnets(subnets, process)
     outcome["subnets"] = [{"file": os.path.basename(path), "top1": row["top1"]}
                           for path, (_, row) in zip(subnets, tested)]
     return outcome
@@ -1318,7 +1318,7 @@ def gpu_real_data(device, settings, deadline, datapath):
           f"{1000 * step_seconds:.1f} ms alone), {len(GPU_RECIPES)} runs "
           + ("in turn" if settings["real_data"] else "side by side"), flush=True)
     script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "train.py")
-    threads = str(max(1, (os.cpu_count() or 4) // len(GPU_RECIPES)))
+    threads = str(runs.default_threads(len(GPU_RECIPES)))  # the usable CPUs shared out
     common = data_flags + ["--network", "slim_resnet20", "--epochs", str(epochs), "--device",
                            device.type, "--threads", threads, "--data_on_device", "on"]
     launch = run_in_turn if settings["real_data"] else run_side_by_side

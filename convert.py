@@ -276,7 +276,8 @@ class Analysis:
             return out
         if isinstance(module, nn.Flatten):
             return self.flatten(node, x, module.start_dim, module.end_dim)
-        if isinstance(module, PASS_MODULES) or type(module).__name__ in PASS_NAMES:
+        if isinstance(module, PASS_MODULES) or type(module).__name__ in PASS_NAMES or (
+                isinstance(module, nn.PReLU) and module.num_parameters == 1):  # one shared slope
             self.calls.setdefault(node.target, []).append(x)
             return x
         return self.unknown(node, f"module {type(module).__name__}")

@@ -107,12 +107,13 @@ def _number(kind, low, high=math.inf, low_open=False):
     return parse
 
 
-def _checked(where, images, labels, num_classes):
-    """``(images, labels)``, once their counts agree and every label is in 0..num_classes-1."""
+def _checked(where, images, labels, num_classes, hint=""):
+    """``(images, labels)``, once their counts agree and every label is in 0..num_classes-1;
+    else ``DataError`` naming ``where``, then ``hint`` (what to do)."""
     if len(images) != len(labels):
-        raise DataError(f"{where} holds {len(images)} images but {len(labels)} labels")
+        raise DataError(f"{where} holds {len(images)} images but {len(labels)} labels{hint}")
     if labels.size and not 0 <= labels.min() <= labels.max() < num_classes:
-        raise DataError(f"{where} holds labels outside 0..{num_classes - 1}")
+        raise DataError(f"{where} holds labels outside 0..{num_classes - 1}{hint}")
     return images, labels
 
 
@@ -347,8 +348,8 @@ def read_idx(datapath, name):
             except Exception as error:  # truncated gzip, wrong magic number, wrong dimensions
                 raise DataError(f"{path} is not an IDX {kind} file ({type(error).__name__}); "
                                 f"{expected}") from None
-    return (*_checked(f"{folder}: train", arrays[0][:, None], arrays[1], 10),
-            *_checked(f"{folder}: t10k", arrays[2][:, None], arrays[3], 10))
+    return (*_checked(f"{folder}: train", arrays[0][:, None], arrays[1], 10, f"; {expected}"),
+            *_checked(f"{folder}: t10k", arrays[2][:, None], arrays[3], 10, f"; {expected}"))
 
 
 # ----------------------------------------------------------------------------- ImageNet

@@ -57,6 +57,7 @@ from xml.sax.saxutils import escape
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np  # noqa: E402
 import torch
+import torch.distributed as dist
 
 import data
 import models
@@ -227,10 +228,12 @@ def candidate_records(net, checkpoint, args):
 
 
 def draw_batches(loader, count, device):
-    """The first ``count`` batches of ``loader`` on ``device``, the same on every call and rank
-    (data workers may augment differently per machine: rank 0's win)."""
-    batches = runs.broadcast(list(data.first_batches(loader, count, seed=0)))
-    return [(x.to(device), y.to(device)) for x, y in batches]
+    """The first ``count`` batches of ``loader`` on ``device``, the same on every call and rank."""
+    batches = [(x.to(device), y.to(device)) for x, y in data.first_batches(loader, count, seed=0)]
+    if dist.is_initialized():  # data workers may augment differently per machine: rank 0's win
+        for tensor in [t for batch in batches for t in batch]:
+            dist.broadcast(tensor, 0)  # in place, on the device (no pickling of the images)
+    return batches
 
 
 def accuracy(net, loader, device):

@@ -39,7 +39,9 @@ case "$job" in
     # takes half of what the other has not started (worksteal: the heavy tests do not pile up at
     # the end on one worker). A worker makes a module fixture, such as a trained run, once, when its
     # first test needs it.
-    python -c "import pytest, xdist" 2>/dev/null || python -m pip install -q pytest "pytest-xdist>=3.2"
+    python -c "import pytest, sys, xdist
+sys.exit(tuple(int(p) for p in xdist.__version__.split('.')[:2]) < (3, 2))" 2>/dev/null ||
+      python -m pip install -q pytest "pytest-xdist>=3.2"  # worksteal came with 3.2
     exec python -m pytest -q -n 2 --dist worksteal test_all.py "$@"
     ;;
   main)

@@ -86,9 +86,10 @@ def number(kind=float, low=None, high=None, low_open=False, high_open=False):
     def parse(text):
         try:
             value = kind(text)
-        except ValueError:
-            value = math.nan
-        if math.isfinite(value) and (low is None or value > low or value == low and not low_open) \
+            finite = math.isfinite(value)
+        except (ValueError, OverflowError):  # not a number, or an integer beyond any float
+            value, finite = None, False
+        if finite and (low is None or value > low or value == low and not low_open) \
                 and (high is None or value < high or value == high and not high_open):
             return value
         bounds = [f"{'>' if low_open else '>='} {low:g}"] if low is not None else []

@@ -565,6 +565,10 @@ def _cost_terms(model):
         tensor = model.get_parameter(name)
         params_terms.extend((tensor.numel() // tensor.shape[dim] * k, a, len(slots))
                             for a, k in _slot_columns(slot, index, 1))
+    counted = {id(p) for m in layers for p in m.parameters(recurse=False)} | {
+        id(model.get_parameter(name)) for name in model.__dict__.get("channel_parameters", {})}
+    params_terms.extend((p.numel(), len(slots), len(slots)) for p in model.parameters()
+                        if id(p) not in counted)  # any other (a shared PReLU slope): fixed
     weight = next(model.parameters())
     macs_terms, mmcv_terms, memory_terms = _probe(
         model, torch.zeros(shape, dtype=weight.dtype, device=weight.device), index)
@@ -600,7 +604,8 @@ def macs(model, widths=1.0):
 
 
 def params(model, widths=1.0):
-    """Parameter count of the subnet at ``widths`` (conv/linear weights and biases, BN affine)."""
+    """Parameter count of the subnet at ``widths`` (conv/linear weights and biases, BN and
+    LayerNorm affine, narrowed ``channel_parameters``; any other parameter whole)."""
     return _evaluate_terms(model, widths, "params")
 
 

@@ -86,13 +86,14 @@ SEARCH_DATA = with_flags(TINY_DATA, synthetic_train=250, synthetic_test=100, val
 def run_main(module, *argv, cwd=None):
     """``python MODULE.py ARGV`` run as ``module.main(argv)`` in this process (a process would
     pay seconds of CPU to import torch): a CompletedProcess with the exit status (argparse's exits
-    included) and what it printed, the warnings a fresh Python would show on stderr. For a script's
+    included) and what it printed, the warnings a fresh Python would show on stderr (those printed
+    at import or by native code straight to file descriptor 2 are not seen). For a script's
     behaviour, not its process: signals, locks between processes and torchrun keep processes."""
     out, err, previous, threads = io.StringIO(), io.StringIO(), os.getcwd(), torch.get_num_threads()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), \
             warnings.catch_warnings(record=True) as caught:
         warnings.resetwarnings()  # Python's default filters, not pytest's
-        warnings.simplefilter("always")
+        warnings.simplefilter("default")
         for category in (DeprecationWarning, PendingDeprecationWarning, ImportWarning,
                          ResourceWarning):
             warnings.simplefilter("ignore", category)
@@ -101,6 +102,9 @@ def run_main(module, *argv, cwd=None):
             status = module.main(list(argv))
         except SystemExit as leaving:
             status = leaving.code
+            if isinstance(status, str):  # sys.exit("message"): printed, status 1, as Python does
+                err.write(status + "\n")
+                status = 1
         finally:
             os.chdir(previous)
             torch.set_num_threads(threads)  # --threads holds for the command, not the test run
@@ -1812,7 +1816,8 @@ class TestTrainRefusals:
         ["--num_sampled_arch", "-1", "--method", "slim"], ["--device", "tpu"], ["--kd_weight", "1.5"],
         ["--val_size", "-5"], ["--train_size", "-1"], ["--lower_channel", "0"],
         ["--lower_channel", "1.0"], ["--seed", "-1"], ["--prior_points", "0"], ["--name", "../x"],
-        ["--name", "/tmp/x"], ["--name", ""], ["--name", "."], ["--name", "a\nb"], ["--name", "x" * 300]])
+        ["--name", "/tmp/x"], ["--name", ""], ["--name", "."], ["--name", "a\nb"], ["--name", "x" * 300],
+        ["--epochs", "1" + "0" * 400]])  # an integer beyond any float
     def test_bad_flag_values_are_refused_in_one_line(self, argv, capsys):
         with pytest.raises(SystemExit) as exit_info:
             train.parse_args(argv)
@@ -2818,7 +2823,9 @@ class TestGPUPath:
                 assert images.dtype == torch.float32 and torch.equal(images, want_images)
                 assert torch.equal(labels, want_labels)
             resumed = list(pipeline.batches(seed=3, epoch=1, skip=2))
-            assert all(torch.equal(a[0], b[0]) for a, b in zip(resumed, drawn[2:]))
+            assert len(resumed) == len(drawn) - 2
+            assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+                       for a, b in zip(resumed, drawn[2:]))
             other = next(pipeline.batches(seed=3, epoch=2))
             assert not torch.equal(other[0], drawn[0][0])
 
@@ -2834,8 +2841,7 @@ class TestGPUPath:
 
     def test_resume_with_data_on_device_is_exact(self, tmp_path, monkeypatch):
         """--data_on_device on (here on the CPU): paused inside the first epoch, resumed across
-        the epoch boundary, the run ends with the uninterrupted run's weights; a data set read
-        from disk is refused in one line."""
+        the epoch boundary, the run ends with the uninterrupted run's weights."""
         monkeypatch.chdir(tmp_path)
         flags = with_flags(TINY_RUN, method="slim", synthetic_train=64) + [
             "--data_on_device", "on", "--device", "cpu"]  # 2 epochs of 4 steps
@@ -2846,6 +2852,15 @@ class TestGPUPath:
         whole = load_run(tmp_path, "whole")
         assert whole["finished"] and whole["args"]["data_on_device"] == "on"
         assert_same_weights(whole, load_run(tmp_path, "parts"))
+
+    def test_data_on_device_refuses_a_set_read_from_disk(self, imagenet_lmdb, tmp_path):
+        """--data_on_device on with ImageNet (read from LMDB, not held in memory): one line."""
+        shutil.copytree(imagenet_lmdb[0], tmp_path / "db")
+        result = run_main(train, "--name", "disk", "--dataset", "ImageNet", "--datapath",
+                          str(tmp_path / "db"), "--val_size", "3", "--image_size", "20",
+                          "--workers", "0", "--batch_size", "4", "--epochs", "1", "--threads",
+                          "1", "--device", "cpu", "--data_on_device", "on", cwd=tmp_path)
+        assert_one_line_error(result, "--data_on_device on: ", "read from disk")
 
     def test_bench_gpu_tiny_runs_every_part_on_the_cpu(self, tmp_path):
         """``bench.py gpu --device cpu --tiny``: every part ends "ok" (compile: skipped), the
@@ -3053,6 +3068,17 @@ class _StoredShape(nn.Module):  # reshapes to a channel count stored at construc
         return self.head(x.view(x.size(0), self.c, -1).mean(-1))
 
 
+class _PReLUs(nn.Module):  # one PReLU weight for all channels, then one per channel
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 6, 1)
+        self.shared, self.per_channel, self.head = nn.PReLU(), nn.PReLU(6), nn.Linear(6, 4)
+
+    def forward(self, x):
+        x = self.per_channel(self.conv2(self.shared(self.conv1(x))))
+        return self.head(x.mean((2, 3)))
+
+
 class TestConvert:
     """convert.make_slimmable: torchvision families and the failure modes users report."""
 
@@ -3072,7 +3098,7 @@ class TestConvert:
 
     @pytest.mark.parametrize("network, frozen", [(_CatTwice, 0), (_TwoBranches, 0),
                                                  (_SpatialGate, 0), (_FrozenNorms, 1),
-                                                 (_StoredShape, 1)])
+                                                 (_StoredShape, 1), (_PReLUs, 1)])
     def test_reported_failure_modes_exact_or_frozen_with_one_line(self, network, frozen):
         torch.manual_seed(0)
         lines = []
@@ -3089,6 +3115,8 @@ class TestConvert:
             assert names == {"conv"} and net.single.out_slot is None
         if network is _StoredShape:
             assert names == {"conv1"} and "view" in lines[0]
+        if network is _PReLUs:  # a shared weight passes the channels on; a per-channel one freezes
+            assert names == {"conv1"} and "PReLU" in lines[0] and "conv2" in lines[0]
 
     def test_converted_model_trains_calibrates_and_saves_configs(self, tmp_path):
         torch.manual_seed(0)

@@ -91,7 +91,8 @@ def parse_args(argv=None):
              "1 as the reference code, default 0 (labels only)")
     add("--distill_after", type=runs.number(float, 0), default=0.0,
         help="epochs of labels only for the students before the --kd_weight mix starts")
-    add("--label_smoothing", type=fraction, default=0.1, help="of the full network's loss")
+    add("--label_smoothing", type=fraction, default=0.1,
+        help="label smoothing of every cross-entropy with the labels")
     add("--batch_size", type=count, default=128, help="global batch size over all processes")
     add("--lower_channel", type=runs.number(float, 0, 1, low_open=True, high_open=True),
         default=0.42, help="smallest width multiplier of every group: the sandwich's smallest")
@@ -168,8 +169,9 @@ def distillation_loss(student_logits, teacher_probs):
 
 
 def student_loss(logits, targets, teacher_probs, kd_weight, label_smoothing):
-    """``kd_weight * distillation + (1 - kd_weight) * label-smoothed CE`` of one student
-    (logits (B, K), targets (B,), teacher_probs (B, K) or None = labels only)."""
+    """``kd_weight * distillation + (1 - kd_weight) * label-smoothed CE`` of one network of the
+    sandwich (logits (B, K), targets (B,), teacher_probs (B, K) or None = labels only: the full
+    network, and every student when nothing is distilled)."""
     if teacher_probs is None or kd_weight == 0:
         return F.cross_entropy(logits, targets, label_smoothing=label_smoothing)
     kd = distillation_loss(logits.float(), teacher_probs)
@@ -190,15 +192,16 @@ def train_step(model, net, inputs, targets, configs, args, autocast, distill=Tru
     """
     teacher_probs, losses = None, []  # None in the first pass: labels only
     passes = [None] + configs if args.method != "fixed" else configs
+    use_teacher = distill and args.method != "fixed" and args.kd_weight > 0
     for index, widths in enumerate(passes):
         defer_sync = index < len(passes) - 1 and hasattr(model, "no_sync")
         with model.no_sync() if defer_sync else contextlib.nullcontext():
             slimmable.set_widths(net, 1.0 if widths is None else widths)
             with autocast():
                 logits = model(inputs)
-                teacher = teacher_probs if distill and args.method != "fixed" else None
-                loss = student_loss(logits, targets, teacher, args.kd_weight, args.label_smoothing)
-                if index == 0:
+                loss = student_loss(logits, targets, teacher_probs, args.kd_weight,
+                                    args.label_smoothing)
+                if index == 0 and use_teacher:
                     teacher_probs = F.softmax(logits.detach().float(), dim=1)
             loss.backward()
         losses.append(loss.detach())
@@ -363,7 +366,7 @@ class TrainingRun:
             self.loaders.val, images=args.curve_images)] \
             if self.curve_every and self.loaders.val is not None else []
         self.val_iterator, self.configs_digest, self.sampler_seconds = None, 0.0, 0.0
-        self.start_time = self.progress_start = time.time()
+        self.start_time, self.progress_start = time.time(), time.perf_counter()
         self.progress = [0.0, 0.0, 0]  # losses since the last progress line
 
     def _build(self, args):
@@ -391,6 +394,7 @@ class TrainingRun:
             loaded = [slimmable.load_config(path, self.net) for path in args.channel_config]
         except ValueError as error:  # a network that cannot be converted, a foreign config file
             raise Fail(str(error)) from None
+        self.smallest = [args.lower_channel] * len(self.net.width_groups)  # the sandwich's end
         for line in getattr(self.net, "frozen", ()):
             self.log(line)  # "froze GROUP (C channels) at node N: why": kept at full width
         self.net.to(self.device)
@@ -494,8 +498,7 @@ class TrainingRun:
         if args.method != "fixed":
             proposals = runs.broadcast(sampler.propose(args.num_sampled_arch)
                                        if self.rank == 0 else None)
-            configs = [row.tolist() for row in proposals] + [[args.lower_channel] *
-                                                             len(self.net.width_groups)]
+            configs = [row.tolist() for row in proposals] + [self.smallest]
         if args.method == "joslim" and self.rank == 0:
             self.log(f"  window at step {self.step}: history {len(sampler.history_configs())}, "
                      f"proposed costs [{', '.join(f'{c:.2f}' for c in sampler.last_costs)}]")
@@ -532,13 +535,13 @@ class TrainingRun:
         if self.step % self.args.print_freq == 0 or last:
             full, small, count = self.progress
             self.last_losses = full / count, small / count
-            seconds = time.time() - self.progress_start
+            seconds = max(time.perf_counter() - self.progress_start, 1e-9)
             rate, eta = count * batch * self.world_size / seconds, seconds / count * (
                 self.total_steps - self.step)
             self.log(f"epoch {self.step / self.steps_per_epoch:.2f}/{self.args.epochs} step "
                      f"{self.step}/{self.total_steps} loss full {full / count:.3f} smallest "
                      f"{small / count:.3f} lr {lr:.4f} {rate:.0f} img/s eta {eta / 60:.1f} min")
-            self.progress, self.progress_start = [0.0, 0.0, 0], time.time()
+            self.progress, self.progress_start = [0.0, 0.0, 0], time.perf_counter()
         if self.curve_every and (self.step % self.curve_every == 0 or last):
             self.curve_point(lr)
 
@@ -551,7 +554,7 @@ class TrainingRun:
                  "full_loss": full / max(count, 1), "smallest_loss": small / max(count, 1)}
         if self.curve_batches:
             ends = [self.fixed_configs[0], self.fixed_configs[-1]] if args.method == "fixed" \
-                else [1.0, [args.lower_channel] * len(self.net.width_groups)]
+                else [1.0, self.smallest]
             point["full_top1"], point["smallest_top1"] = (held_out_top1(
                 self.net, self.curve_batches, widths, self.autocast) for widths in ends)
             self.net.train()
@@ -567,9 +570,11 @@ class TrainingRun:
         """After a step: the exit status when this session ends here, the checkpoint saved first:
         0 after its --pause_after steps, 128 + the signal after Ctrl-C (130) or SIGTERM (143) (a
         ``runs.stop_requests``); None to go on."""
+        if self.step == self.total_steps:
+            return None  # the loop saves the finished run
         paused = self.args.pause_after and self.session_steps >= self.args.pause_after
-        signum = 0 if paused or self.step == self.total_steps else stop_requested()
-        if self.step == self.total_steps or not (paused or signum):
+        signum = 0 if paused else stop_requested()
+        if not (paused or signum):
             return None
         self.save()
         where = f"step {self.step}: checkpoint saved to {self.checkpoint_path}"
