@@ -290,8 +290,8 @@ def evaluate_run(name, argv=None):
     ``cost_ratio`` (to the full network's), ``held_out`` (``{top1, top5, loss, images}``); a
     retrained one also ``config_file`` and search.py's ``cost`` and ``target`` (millions of that
     cost, or None). A point (a tested candidate, by ascending cost) adds ``test``,
-    ``on_held_out_front`` (False only for the full network when a cheaper candidate beats it on
-    held-out data) and ``subnet`` (the --export file or None). ``area``: mean test top-1 error
+    ``on_held_out_front`` (False for a candidate tested although a cheaper one beats it on
+    held-out data: the full network, or a configuration retrained by --method fixed) and ``subnet`` (the --export file or None). ``area``: mean test top-1 error
     (%) of the step curve over cost ratios [smallest_ratio, 1], or None where that is empty.
     """
     stamp, start = checkpoint_stamp(name), time.time()
@@ -451,7 +451,7 @@ def write_results(result, stem):
         [f"{p[kind]:,}" if other else millions(p[kind]), f"{p['cost_ratio']:.3f}"]
         + [millions(p["macs"])] * other + [f"{p['params']:,}", millions(p["mmcv_flops"])]
         + [f"{top1:.2f}" for top1 in (p["held_out"]["top1"], p["test"]["top1"], p["test"]["top5"])]
-        + ["" if p["on_held_out_front"] else "  (full network, dominated on held-out)"]
+        + ["" if p["on_held_out_front"] else "  (tested although dominated on held-out)"]
         for p in points])
     span = f"% error averaged over {name} ratios {result['smallest_ratio']:.3f}..1; lower is " \
         "better" if result["area"] is not None else "the smallest network costs as much as the " \

@@ -209,7 +209,8 @@ def _mobilenet_groups(net):
 
 
 def _regroup(net, named):
-    """Replace a converted network's width groups by ``named``, ``[(group name, layer)]`` in
+    """For the three converted ImageNet networks (prefix slots only; no ``channel_parameters``):
+    replace a converted network's width groups by ``named``, ``[(group name, layer)]`` in
     the order the groups are listed: each is the group of that layer's output; layers naming
     the same group tie their groups (an SE squeeze keeps its own full channels, its block's
     multiplier); a group no layer names is kept at full width."""
@@ -250,7 +251,9 @@ def get_model(name, num_classes, **options):
     A torchvision network or a user's own (``FILE.py:FUNCTION``) is built with random weights and
     ``num_classes`` outputs, its first conv rebuilt for ``in_channels`` if it takes another count,
     then made slimmable by ``convert.make_slimmable`` from one trace at ``input_size``; the groups
-    the conversion had to freeze are in ``model.frozen``, one line each. ValueError, one line,
+    the conversion had to freeze are in ``model.frozen``, one line each. A user's network that
+    declares its own ``width_groups`` is returned as built (``in_channels`` is then the
+    network's own business). ValueError, one line,
     for an unknown name or a network that cannot be built or traced."""
     name = network_name(name)
     if name in NETWORKS:
