@@ -128,8 +128,7 @@ def check_flags(args):
                    "--cost mmcv_flops --targets M... (or --target_ratios R...)")
     if not args.targets and not args.target_ratios:
         raise Fail("give the targets: --cost macs|mmcv_flops --targets M... or --target_ratios R...")
-    problem = data.check_data_args(args)
-    if problem:
+    if problem := data.check_data_args(args):
         raise Fail(problem)
 
 
@@ -163,10 +162,9 @@ def load_supernet(name, device):
     try:
         net = models.get_model(checkpoint["network"], checkpoint["num_classes"],
                                **checkpoint["model_options"])
-        net.load_state_dict(checkpoint["model"])
-    except Exception as error:  # weights that do not fit the network it names
-        raise Fail(f"cannot load supernet {path}: {runs.first_line(error)}") from None
-    return net.to(device), checkpoint
+    except ValueError as error:  # e.g. the FILE.py of a --network FILE.py:FUNCTION run is gone
+        raise Fail(f"cannot rebuild the supernet of {path}: {error}") from None
+    return runs.load_weights(net, checkpoint["model"], path).to(device), checkpoint
 
 
 def width_levels(net, lower_channel, steps):
@@ -212,7 +210,7 @@ def fixed_images(args, device, rank):
     count = min(args.search_images, len(held_out))
     generator = torch.Generator().manual_seed(args.seed)
     score = load_tensors(torch.utils.data.Subset(held_out, range(count)), args.eval_batch_size,
-                         args.workers, generator)
+                         args.workers, generator, device)
     calibration = []
     if args.bn == "calibrate":
         if len(train) < args.batch_size:
@@ -221,21 +219,20 @@ def fixed_images(args, device, rank):
         picks = torch.randperm(len(train), generator=generator)[:args.calib_batches * args.batch_size]
         # In this process: worker processes would draw other augmentations for other --workers.
         calibration = [x for x, _ in load_tensors(torch.utils.data.Subset(train, picks.tolist()),
-                                                  args.batch_size, 0, generator)]
-    calibration = [x.to(device) for x in calibration]
-    score = [(x.to(device), y.to(device)) for x, y in score]
+                                                  args.batch_size, 0, generator, device)]
     if dist.is_initialized():  # the same images on every rank, whatever each machine's data does
         for tensor in calibration + [t for batch in score for t in batch]:
             dist.broadcast(tensor, 0)
     return calibration, score, datasets
 
 
-def load_tensors(dataset, batch_size, workers, generator):
-    """Every batch of ``dataset`` in order, its random transforms seeded from ``generator``."""
+def load_tensors(dataset, batch_size, workers, generator, device="cpu"):
+    """Every batch of ``dataset`` in order, on ``device``, transforms seeded by ``generator``."""
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=workers,
                                          generator=generator)
     seed = int(torch.randint(2**31, (1,), generator=generator))
-    return [(x.contiguous(), y) for x, y in data.first_batches(loader, seed=seed)]
+    return [(x.contiguous().to(device), y.to(device))
+            for x, y in data.first_batches(loader, seed=seed)]
 
 
 # ---------------------------------------------------------------------------------------------
