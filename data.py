@@ -96,10 +96,10 @@ def _number(kind, low, high=math.inf, low_open=False):
     def parse(text):
         try:
             value = kind(text)
-        except ValueError:
-            value = math.nan
-        if math.isfinite(value) and (low < value if low_open else low <= value) and value <= high:
-            return value
+            if math.isfinite(value) and (low < value if low_open else low <= value) and value <= high:
+                return value
+        except (ValueError, OverflowError):  # not a number, or an integer beyond any float
+            pass
         bounds = f"{'>' if low_open else '>='} {low}" + \
             (f" and <= {high}" if high < math.inf else "")
         what = "an integer" if kind is int else "a number"
