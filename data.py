@@ -742,8 +742,7 @@ def first_batches(loader, count=None, images=None, seed=None):
     with torch.random.fork_rng(devices=[]):
         if seed is not None:
             torch.manual_seed(seed)
-        for batch in loader:
-            inputs, targets = batch[0], batch[1]
+        for inputs, targets in loader:
             if images is not None:
                 inputs, targets = inputs[:images - seen], targets[:images - seen]
             batches.append((inputs, targets))
