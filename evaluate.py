@@ -129,6 +129,7 @@ def parse_args(argv=None, defaults=None, run=None):
                          f"{getattr(args, flag)}: leave --{flag} out or give the run's value")
     if problem := data.check_data_args(args):
         parser.error(problem)
+    args.pin_memory = args.pin_memory and args.device != "cpu"  # pinning serves GPU copies only
     return args
 
 
@@ -181,8 +182,7 @@ def candidate_configs(net, checkpoint, args):
     if args.configs:
         return [config_widths(path, net) for path in args.configs], f"{len(args.configs)} files"
     if method == "fixed":
-        return [list(map(float, c)) for c in checkpoint["fixed_configs"]], \
-            "the retrained --channel_config configurations"
+        return checkpoint["fixed_configs"], "the retrained --channel_config configurations"
     if method == "joslim":
         configs = np.asarray(checkpoint["sampler"]["configs"], float).reshape(-1, num_groups)
         losses = np.asarray(checkpoint["sampler"]["losses"], float).reshape(-1)
@@ -291,8 +291,9 @@ def evaluate_run(name, argv=None):
     retrained one also ``config_file`` and search.py's ``cost`` and ``target`` (millions of that
     cost, or None). A point (a tested candidate, by ascending cost) adds ``test``,
     ``on_held_out_front`` (False for a candidate tested although a cheaper one beats it on
-    held-out data: the full network, or a configuration retrained by --method fixed) and ``subnet`` (the --export file or None). ``area``: mean test top-1 error
-    (%) of the step curve over cost ratios [smallest_ratio, 1], or None where that is empty.
+    held-out data: the full network, or a configuration retrained by --method fixed) and
+    ``subnet`` (the --export file or None). ``area``: mean test top-1 error (%) of the step
+    curve over cost ratios [smallest_ratio, 1], or None where that is empty.
     """
     stamp, start = checkpoint_stamp(name), time.time()
     args, checkpoint, net, loaders, device, rank, world_size = load_run(name, argv)
@@ -349,7 +350,6 @@ def load_run(name, argv):
         runs.writable(folder)  # refused now, not after the whole evaluation
     # Built before the process group exists, so that every process sees the whole splits
     # (data.py shards them under torch.distributed): a process evaluates whole configurations.
-    args.pin_memory = args.pin_memory and args.device != "cpu"
     loaders = data.get_loaders(args, args.batch_size, eval_batch_size=args.batch_size)
     device, rank, world_size = runs.start(args.device, args.threads, set_threads=False)
     try:
@@ -480,7 +480,6 @@ def evaluate_subnet(path, argv=None, loaders_cache=None):
     except Exception as error:  # missing, truncated or foreign
         raise Fail(f"cannot load subnet {path}: {first_line(error)}") from None
     args = parse_args(argv, record["data"])
-    args.pin_memory = args.pin_memory and args.device != "cpu"
     cache = {} if loaders_cache is None else loaders_cache
     key = repr(sorted(record["data"].items()))
     if key not in cache:  # subnets exported from one run share their data (argv is the same)
