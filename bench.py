@@ -26,6 +26,7 @@ machine slows both sides alike. Nothing here is asserted by the tests.
 import argparse
 import contextlib
 import copy
+import functools
 import glob
 import json
 import os
@@ -63,49 +64,94 @@ def machine():
             f"torch {torch.__version__} with {torch.get_num_threads()} threads, {device}")
 
 
-def _step_seconds(model, inputs, targets, steps=1):
-    """Wall time of one forward+backward pass (gradients reset as an optimizer step would),
-    averaged over ``steps`` passes."""
-    start = time.perf_counter()
-    for _ in range(steps):
-        model.zero_grad(set_to_none=True)
-        torch.nn.functional.cross_entropy(model(inputs), targets).backward()
-    return (time.perf_counter() - start) / steps
+def device_seconds(function, device=torch.device("cpu"), calls=1, warmup=1):
+    """Seconds per call of ``function`` after ``warmup`` calls: CUDA events around ``calls`` calls
+    on a GPU (the queue drained first), time.perf_counter on the CPU."""
+    for _ in range(warmup):
+        function()
+    if device.type != "cuda":
+        start = time.perf_counter()
+        for _ in range(calls):
+            function()
+        return (time.perf_counter() - start) / calls
+    torch.cuda.synchronize(device)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(calls):
+        function()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / 1000 / calls
+
+
+def on_device(model, device):
+    """``model`` (or input batch) where train.py puts it: on ``device``, channels_last on CUDA."""
+    model = model.to(device)
+    return model.to(memory_format=torch.channels_last) if device.type == "cuda" else model
+
+
+def autocast_on(device):
+    """train.py's precision: bf16 autocast on CUDA, float32 elsewhere."""
+    if device.type == "cuda":
+        return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext
+
+
+def forward_backward(model, inputs, targets, autocast=contextlib.nullcontext):
+    """One forward+backward pass, gradients reset first as an optimizer step would."""
+    model.zero_grad(set_to_none=True)
+    with autocast():
+        loss = torch.nn.functional.cross_entropy(model(inputs), targets)
+    loss.backward()
+
+
+def speed_network(name, batch, imagenet_size, device=torch.device("cpu")):
+    """(network ``name`` in train mode on ``device``, random inputs, targets) at the speed
+    benchmarks' sizes: the CIFAR ResNets at 32x32, the ImageNet networks at ``imagenet_size``."""
+    cifar = name in models.CIFAR_NETWORKS
+    size = 32 if cifar else imagenet_size
+    torch.manual_seed(0)
+    net = on_device(models.get_model(name, 10 if cifar else 1000, input_size=size).train(), device)
+    inputs = on_device(torch.randn(batch, 3, size, size), device)
+    return net, inputs, torch.randint(0, 10, (batch,), device=device)
+
+
+def slim_vs_static(net, widths, inputs, targets, pairs, calls, warmup=0,
+                   autocast=contextlib.nullcontext):
+    """Seconds per forward+backward of the slimmable ``net`` at ``widths`` and of
+    ``slimmable.export`` of it, ``pairs`` blocks of ``calls`` calls each (``warmup`` untimed calls
+    before a block), the order alternating so that a slow spell of the machine slows both sides
+    of a pair alike: (slimmable seconds, static seconds, slimmable / static of each pair)."""
+    slimmable.set_widths(net, widths)
+    static = on_device(slimmable.export(net, widths).train(), inputs.device)
+    times = {net: [], static: []}
+    for pair in range(pairs):
+        for model in (net, static) if pair % 2 == 0 else (static, net):
+            times[model].append(device_seconds(
+                lambda: forward_backward(model, inputs, targets, autocast), inputs.device, calls,
+                warmup))
+    return times[net], times[static], [a / b for a, b in zip(times[net], times[static])]
 
 
 def bench_overhead(networks, widths_list=(1.0, 0.71, 0.42), batch_size=64, pairs=20,
                    imagenet_size=112, block_seconds=0.5):
-    """Forward+backward time of the slimmable model at a width against ``slimmable.export`` of it.
-
-    ``pairs`` times: one block of about ``block_seconds`` of each, the order alternating; the
-    ratio slimmable / static of each pair, so a slow spell of the machine slows both sides of a
-    pair alike. Reports the median pair ratio (goal <= 1.05) and the middle half of the pair
-    ratios. At width 1.0 both run the same kernels: that row is the machine's A/A noise."""
+    """Forward+backward time of the slimmable model at a width against ``slimmable.export`` of it:
+    ``slim_vs_static`` in ``pairs`` pairs of blocks of about ``block_seconds``. Reports the median
+    pair ratio (goal <= 1.05) and the middle half of the pair ratios. At width 1.0 both run the
+    same kernels: that row is the machine's A/A noise."""
     print(f"slimmable vs static, forward+backward, batch {batch_size}, {pairs} alternating pairs "
           f"of ~{block_seconds:g} s blocks (ImageNet networks at {imagenet_size}x{imagenet_size})")
     print(f"{'network':<24}{'width':>6}{'slim ms':>10}{'static ms':>11}{'ratio':>8}"
           f"{'middle half':>15}")
     rows = []
     for name in networks:
-        cifar = name in models.CIFAR_NETWORKS
-        size = 32 if cifar else imagenet_size
-        torch.manual_seed(0)
-        net = models.get_model(name, 10 if cifar else 1000, input_size=size).train()
-        inputs = torch.randn(batch_size, 3, size, size)
-        targets = torch.randint(0, 10, (batch_size,))
+        net, inputs, targets = speed_network(name, batch_size, imagenet_size)
         for widths in widths_list:
-            slimmable.set_widths(net, widths)
-            static = slimmable.export(net, widths).train()
-            for _ in range(2):  # warm-up: the allocator settles in a step or two
-                _step_seconds(static, inputs, targets)
-                _step_seconds(net, inputs, targets)
-            steps = max(1, round(block_seconds / _step_seconds(net, inputs, targets)))
-            slim_times, static_times = [], []
-            for i in range(pairs):
-                pair = ((net, slim_times), (static, static_times))
-                for model, times in pair if i % 2 == 0 else pair[::-1]:
-                    times.append(_step_seconds(model, inputs, targets, steps))
-            ratios = [a / b for a, b in zip(slim_times, static_times)]
+            # warm-up (the allocator settles in a step or two), which also sizes the blocks
+            warm_up = slim_vs_static(net, widths, inputs, targets, pairs=2, calls=1)[0]
+            steps = max(1, round(block_seconds / warm_up[-1]))
+            slim_times, static_times, ratios = slim_vs_static(net, widths, inputs, targets, pairs,
+                                                              steps)
             low, ratio, high = statistics.quantiles(ratios, n=4)
             slim_ms = 1000 * statistics.median(slim_times)
             static_ms = 1000 * statistics.median(static_times)
@@ -212,25 +258,34 @@ def _train_args(**overrides):
     return args
 
 
-def sandwich_step(name="slim_resnet20", batch_size=128):
-    """A function that takes one whole sandwich step as train.py does (full + 2 sampled +
-    smallest network, one optimizer step) on random CIFAR-shaped data, and returns its wall
-    time in seconds."""
+def sandwich_step(net, inputs, targets, autocast=contextlib.nullcontext):
+    """A function ``step(configs)`` that takes one whole sandwich step of ``net`` on ``inputs``
+    and ``targets`` as train.py does: the full network, then the students ``configs`` (width
+    lists or multipliers, the smallest last), one optimizer step."""
+    args = _train_args(method="slim")
+    optimizer = train.make_optimizer(net, args, 0.01)
+
+    def step(configs):
+        optimizer.zero_grad(set_to_none=True)
+        train.train_step(net, net, inputs, targets, configs, args, autocast)
+        optimizer.step()
+    return step
+
+
+def timed_sandwich_step(name="slim_resnet20", batch_size=128):
+    """A function that takes one ``sandwich_step`` of ``name`` (full + 2 sampled + smallest
+    network) on random CIFAR-shaped data and returns its wall time in seconds; the two sampled
+    configurations are new each step, as in training."""
     torch.manual_seed(0)
     net = models.get_model(name, 10)
-    args = _train_args(method="joslim")
-    optimizer = train.make_optimizer(net, args, 0.05)
     random_configs = samplers.RandomSampler(len(net.width_groups), 0.42, seed=0)
-    inputs, targets = torch.randn(batch_size, 3, 32, 32), torch.randint(0, 10, (batch_size,))
+    step = sandwich_step(net, torch.randn(batch_size, 3, 32, 32),
+                         torch.randint(0, 10, (batch_size,)))
 
-    def step():
+    def timed():
         configs = [row.tolist() for row in random_configs.propose(2)] + [0.42]
-        start = time.perf_counter()
-        optimizer.zero_grad(set_to_none=True)
-        train.train_step(net, net, inputs, targets, configs, args, contextlib.nullcontext)
-        optimizer.step()
-        return time.perf_counter() - start
-    return step
+        return device_seconds(lambda: step(configs), warmup=0)
+    return timed
 
 
 def timed_steps(step, steps, warmup=1, max_seconds=None):
@@ -251,7 +306,7 @@ def bench_training(networks=("slim_resnet20", "slim_resnet56"), batch_size=128, 
     print(f"{'network':<16}{'s/step':>8}{'images/s':>10}")
     rates = {}
     for name in networks:
-        seconds = statistics.median(timed_steps(sandwich_step(name, batch_size), steps))
+        seconds = statistics.median(timed_steps(timed_sandwich_step(name, batch_size), steps))
         rates[name] = batch_size / seconds
         print(f"{name:<16}{seconds:>8.3f}{batch_size / seconds:>10.0f}", flush=True)
     return rates
@@ -314,11 +369,11 @@ def busy_process(warmup_seconds=1.0):
 
 def quiet_and_busy_seconds(steps, max_seconds, batch_size=128, busy_warmup_seconds=1.0,
                            tuner_period=0, tuner_probe=3):
-    """Step times (``timed_steps`` of ``sandwich_step``) in this process: quiet, then at once
+    """Step times (``timed_steps`` of ``timed_sandwich_step``) in this process: quiet, then at once
     beside ``busy_process``; one process for both halves the seconds spent importing torch.
     ``tuner_period``: a ``runs.ThreadTuner`` with that period picks the thread count after
     every step, as train.py does with ``--threads 0`` (it carries over into the busy half)."""
-    step = sandwich_step(batch_size=batch_size)
+    step = timed_sandwich_step(batch_size=batch_size)
     if tuner_period:
         tuner, untuned = runs.ThreadTuner(torch.get_num_threads(), tuner_period, tuner_probe), step
 
@@ -479,17 +534,10 @@ def bench_window_share(network="slim_resnet56", history=1000, tau=235, batch_siz
     torch.manual_seed(0)
     net = models.get_model(network, 100)
     num_dims = len(net.width_groups)
-    args = _train_args(method="joslim")
     inputs, targets = torch.randn(batch_size, 3, 32, 32), torch.randint(0, 100, (batch_size,))
     configs = [row.tolist() for row in samplers.RandomSampler(num_dims, 0.42, 1).propose(2)]
-    step_times = []
-    for i in range(4):
-        start = time.perf_counter()
-        net.zero_grad(set_to_none=True)
-        train.train_step(net, net, inputs, targets, configs + [0.42], args, contextlib.nullcontext)
-        if i:
-            step_times.append(time.perf_counter() - start)
-    window_training = tau * statistics.median(step_times)
+    step = sandwich_step(net, inputs, targets)
+    window_training = tau * device_seconds(lambda: step(configs + [0.42]), calls=3)
     print(f"Joslim window of {network}: {tau} steps of batch {batch_size} take "
           f"{window_training:.0f} s here; history of {history} configurations")
     print(f"{'rescore_limit':>14}{'re-scored':>10}{'rescore s':>10}{'sampler s':>10}{'share':>8}")
@@ -990,46 +1038,6 @@ def gpu_settings(tiny, threads, budget_s):
             "compile_seconds": 0.15 * budget_s, "sandwich_batch": 128, "evaluate": []}
 
 
-def device_seconds(function, device, calls=1, warmup=1):
-    """Seconds per call of ``function`` after ``warmup`` calls: CUDA events around ``calls`` calls
-    on a GPU (the queue drained first), time.perf_counter on the CPU."""
-    for _ in range(warmup):
-        function()
-    if device.type != "cuda":
-        start = time.perf_counter()
-        for _ in range(calls):
-            function()
-        return (time.perf_counter() - start) / calls
-    torch.cuda.synchronize(device)
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(calls):
-        function()
-    end.record()
-    end.synchronize()
-    return start.elapsed_time(end) / 1000 / calls
-
-
-def on_device(model, device):
-    """``model`` (or input batch) where train.py puts it: on ``device``, channels_last on CUDA."""
-    model = model.to(device)
-    return model.to(memory_format=torch.channels_last) if device.type == "cuda" else model
-
-
-def autocast_on(device):
-    """train.py's precision: bf16 autocast on CUDA, float32 elsewhere."""
-    if device.type == "cuda":
-        return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext
-
-
-def forward_backward(model, inputs, targets, autocast):
-    model.zero_grad(set_to_none=True)
-    with autocast():
-        loss = torch.nn.functional.cross_entropy(model(inputs), targets)
-    loss.backward()
-
-
 def _script(main_function, argv):
     """Run a script's main(argv); RuntimeError naming it unless it exits 0."""
     status = main_function(argv)
@@ -1135,54 +1143,33 @@ def gpu_distributed(device, settings, folder):
     return {"torchrun": "exit 0", "backend": backend, "ddp_gradient_difference": difference}
 
 
-def gpu_network(name, settings, device, batch):
-    """(network in train mode on ``device``, inputs, targets) at the speed parts' sizes: the CIFAR
-    ResNets at 32x32, the ImageNet networks at settings["imagenet_size"]; random weights."""
-    cifar = name in models.CIFAR_NETWORKS
-    size = 32 if cifar else settings["imagenet_size"]
-    torch.manual_seed(0)
-    net = on_device(models.get_model(name, 10 if cifar else 1000, input_size=size).train(), device)
-    inputs = on_device(torch.randn(batch, 3, size, size), device)
-    return net, inputs, torch.randint(0, 10, (batch,), device=device)
-
-
 def gpu_speed(device, settings):
     """Per network of models.py and width of GPU_WIDTHS: forward+backward ms of the slimmable
     model and of ``slimmable.export`` of it (train.py's precision and layout), their ratio (the
     median of ``pairs`` alternating measurements, so a slow spell hits both), and images/s of
     one sandwich step (full + 2 sampled + smallest network, one optimizer step)."""
-    autocast, args, rows, sandwich = autocast_on(device), _train_args(method="random"), [], {}
+    autocast, rows, sandwich = autocast_on(device), [], {}
     print(f"{'network':<24}{'batch':>6}{'width':>6}{'slim ms':>9}{'static ms':>10}{'ratio':>7}")
     for name in settings["networks"]:
         batch = settings["cifar_batch" if name in models.CIFAR_NETWORKS else "imagenet_batch"]
-        net, inputs, targets = gpu_network(name, settings, device, batch)
+        net, inputs, targets = speed_network(name, batch, settings["imagenet_size"], device)
         for widths in GPU_WIDTHS:
-            slimmable.set_widths(net, widths)
-            static = on_device(slimmable.export(net, widths).train(), device)
-            times = {net: [], static: []}
-            for pair in range(settings["pairs"]):
-                for model in (net, static) if pair % 2 == 0 else (static, net):
-                    times[model].append(device_seconds(
-                        lambda: forward_backward(model, inputs, targets, autocast), device,
-                        settings["calls"], settings["warmup"]))
-            ratio = statistics.median(a / b for a, b in zip(times[net], times[static]))
-            rows.append({"network": name, "batch": batch, "width": widths, "ratio": ratio,
-                         "slimmable_ms": 1000 * statistics.median(times[net]),
-                         "static_ms": 1000 * statistics.median(times[static])})
+            slim_times, static_times, ratios = slim_vs_static(
+                net, widths, inputs, targets, settings["pairs"], settings["calls"],
+                settings["warmup"], autocast)
+            rows.append({"network": name, "batch": batch, "width": widths,
+                         "ratio": statistics.median(ratios),
+                         "slimmable_ms": 1000 * statistics.median(slim_times),
+                         "static_ms": 1000 * statistics.median(static_times)})
             print(f"{name:<24}{batch:>6}{widths:>6}{rows[-1]['slimmable_ms']:>9.2f}"
-                  f"{rows[-1]['static_ms']:>10.2f}{ratio:>7.3f}", flush=True)
+                  f"{rows[-1]['static_ms']:>10.2f}{rows[-1]['ratio']:>7.3f}", flush=True)
         groups = len(net.width_groups)
         configs = [row.tolist() for row in samplers.RandomSampler(groups, 0.42, seed=0).propose(2)]
-        optimizer = train.make_optimizer(net, args, 0.01)
-
-        def sandwich_step():
-            optimizer.zero_grad(set_to_none=True)
-            train.train_step(net, net, inputs, targets, configs + [[0.42] * groups], args, autocast)
-            optimizer.step()
-        sandwich[name] = batch / device_seconds(sandwich_step, device, settings["calls"],
-                                                settings["warmup"])
+        step = functools.partial(sandwich_step(net, inputs, targets, autocast),
+                                 configs + [[0.42] * groups])
+        sandwich[name] = batch / device_seconds(step, device, settings["calls"], settings["warmup"])
         print(f"{name:<24}{batch:>6} sandwich step: {sandwich[name]:,.0f} images/s", flush=True)
-        del net, static, optimizer
+        del net, inputs, step
         if device.type == "cuda":
             torch.cuda.empty_cache()
     return {"overhead": rows, "sandwich_images_per_s": sandwich}
@@ -1196,7 +1183,7 @@ def gpu_latency(device, settings):
     print(f"{'network':<24}{'static full':>12}{'smallest':>10}{'ratio':>7}{'slim full':>11}"
           f"{'smallest':>10}{'ratio':>7}")
     for name in settings["networks"]:
-        net, inputs, _ = gpu_network(name, settings, device, 1)
+        net, inputs, _ = speed_network(name, 1, settings["imagenet_size"], device)
         net.eval()
         row = {"network": name}
         for label, widths in (("full", 1.0), ("smallest", GPU_WIDTHS[-1])):
@@ -1230,7 +1217,8 @@ def gpu_compile(device, settings, name="slim_resnet20"):
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         return time.perf_counter()
-    net, inputs, targets = gpu_network(name, settings, device, settings["cifar_batch"])
+    net, inputs, targets = speed_network(name, settings["cifar_batch"], settings["imagenet_size"],
+                                         device)
     torch._dynamo.reset()
     static = on_device(slimmable.export(net, GPU_WIDTHS[1]).train(), device)
     compiled = torch.compile(static)
@@ -1309,7 +1297,11 @@ def gpu_real_data(device, settings, deadline, datapath):
     net = models.get_model("slim_resnet20", num_classes, input_size=size, in_channels=channels)
     slimmable.save_config("full.json", net, 1.0)
     batch, steps_per_epoch = parsed.batch_size, len(train_set) // parsed.batch_size
-    step_seconds = device_seconds(sandwich_timer(net, device, batch, size, channels, num_classes),
+    step = sandwich_step(on_device(net.train(), device),
+                         on_device(torch.randn(batch, channels, size, size), device),
+                         torch.randint(0, num_classes, (batch,), device=device), autocast_on(device))
+    groups = len(net.width_groups)
+    step_seconds = device_seconds(lambda: step([[0.8] * groups, [0.6] * groups, [0.42] * groups]),
                                   device, settings["calls"], settings["warmup"])
     seconds_left = deadline - time.time() - 120  # start-up, and evaluation after the stop
     epochs = 1 if settings["real_data"] else \
@@ -1354,24 +1346,6 @@ def real_data_row(name, train_status, total_steps, evaluate_flags):
           f"top-1 full {row['full_top1']:.2f}, smallest {row['smallest_top1']:.2f} at "
           f"{100 * row['smallest_macs_ratio']:.0f}% of the MACs", flush=True)
     return row
-
-
-def sandwich_timer(net, device, batch, size, channels, num_classes):
-    """A function taking one sandwich step of ``net`` on random (batch, channels, size, size)
-    inputs and labels in 0..num_classes-1 on ``device`` (train.py's precision and layout): the
-    real-data schedule's unit."""
-    net = on_device(copy.deepcopy(net).train(), device)
-    inputs = on_device(torch.randn(batch, channels, size, size), device)
-    targets = torch.randint(0, num_classes, (batch,), device=device)
-    args, groups = _train_args(method="slim"), len(net.width_groups)
-    optimizer = train.make_optimizer(net, args, 0.01)
-
-    def step():
-        optimizer.zero_grad(set_to_none=True)
-        train.train_step(net, net, inputs, targets, [[0.8] * groups, [0.6] * groups,
-                                                     [0.42] * groups], args, autocast_on(device))
-        optimizer.step()
-    return step
 
 
 GPU_PARTS = ("scripts", "subnets", "distributed", "speed", "latency", "compile", "real_data")
