@@ -23,7 +23,6 @@ machine slows both sides alike. Nothing here is asserted by the tests.
                                         # groups, frozen groups, exports and costs checked
     python bench.py convert --quick     # one network per family; --only NAME... for some
 """
-import argparse
 import contextlib
 import copy
 import functools
@@ -1523,34 +1522,35 @@ def quality_dataset(dataset, datapath):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, allow_abbrev=False,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = runs.parser(__doc__)
+    positive = runs.number(int, 1)
     parser.add_argument("what", choices=["speed", "quality", "recipe", "overhead", "macs",
-                                         "sampler",
-                                         "training", "window", "converter", "search",
+                                         "sampler", "training", "window", "converter", "search",
                                          "contention", "convert", "gpu"],
                         help="which benchmark to run ('speed' runs every speed benchmark)")
     parser.add_argument("--networks", nargs="+", default=list(models.NETWORKS),
                         choices=list(models.NETWORKS), metavar="NAME",
                         help="networks for the overhead benchmark (default: all)")
-    parser.add_argument("--pairs", type=int, default=20,
+    parser.add_argument("--pairs", type=positive, default=20,
                         help="overhead: alternating slimmable/static pairs per entry")
-    parser.add_argument("--batch_size", type=int, default=64, help="batch for the overhead benchmark")
-    parser.add_argument("--imagenet_size", type=int, default=112,
+    parser.add_argument("--batch_size", type=positive, default=64,
+                        help="batch for the overhead benchmark")
+    parser.add_argument("--imagenet_size", type=positive, default=112,
                         help="input resolution of the ImageNet networks in the overhead benchmark")
-    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch CPU threads")
+    parser.add_argument("--threads", type=positive, default=os.cpu_count(),
+                        help="torch CPU threads")
     parser.add_argument("--quick", action="store_true",
                         help="quality: a few minutes instead of about an hour; contention: "
                              "the thread counts and OMP_WAIT_POLICY=PASSIVE only; convert: "
                              "one network per family")
     parser.add_argument("--only", nargs="+", metavar="NAME",
                         help="convert: these torchvision networks only")
-    parser.add_argument("--steps", type=int, default=5,
+    parser.add_argument("--steps", type=positive, default=5,
                         help="contention: timed training steps per measurement (default 5)")
-    parser.add_argument("--cores", type=int, default=None,
+    parser.add_argument("--cores", type=positive, default=None,
                         help="contention: torch threads of the widest setting (default: the "
                              "CPUs this process may use, e.g. under taskset)")
-    parser.add_argument("--spincounts", type=int, nargs="+", default=[1000, 30000],
+    parser.add_argument("--spincounts", type=runs.number(int, 0), nargs="+", default=[1000, 30000],
                         help="contention: GOMP_SPINCOUNT values to measure (default 1000 30000)")
     parser.add_argument("--short_run", action="store_true",
                         help="contention: a 20-step default train.py run, quiet and beside one "
@@ -1558,7 +1558,7 @@ def parse_args(argv=None):
     parser.add_argument("--tuner", action="store_true",
                         help="contention: train.py's ThreadTuner against fixed thread counts, "
                              "--steps quiet then --steps beside one busy process (use --steps 40)")
-    parser.add_argument("--repeats", type=int, default=3,
+    parser.add_argument("--repeats", type=positive, default=3,
                         help="contention: rounds over all settings; each figure is the median "
                              "of the rounds (default 3)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
@@ -1585,11 +1585,7 @@ def parse_args(argv=None):
                              "scripts)")
     args = parser.parse_args(argv)
     if args.what == "gpu" and args.device.startswith("cuda") and not torch.cuda.is_available():
-        parser.exit(2, "error: gpu: no CUDA device here; use --device cpu --tiny\n")
-    if args.steps < 1 or args.repeats < 1 or (args.cores is not None and args.cores < 1):
-        parser.exit(2, "error: --steps, --repeats and --cores take a positive number\n")
-    if min(args.spincounts) < 0:
-        parser.exit(2, "error: --spincounts take numbers >= 0\n")
+        parser.error("gpu: no CUDA device here; use --device cpu --tiny")
     return args
 
 
