@@ -430,7 +430,8 @@ def bench_thread_tuner(steps=40, period=20, batch_size=128,
                      "busy": run["busy_mean_images_per_second"], "run": run})
         print(f"  {label}: {rows[-1]['quiet']:.1f} quiet, {rows[-1]['busy']:.1f} busy", flush=True)
     contention_table(rows)
-    runs.write_json(out_path, {"machine": machine(), "steps": steps, "period": period, "rows": rows})
+    runs.write_json(out_path, {"machine": machine(), "steps": steps, "period": period,
+                               "rows": rows})
     print(f"written: {out_path}")
     return rows
 
@@ -451,8 +452,8 @@ def bench_short_run(out_path=os.path.join("results", "contention_short_run.json"
                                capture_output=True)
                 seconds[phase] = time.perf_counter() - start
     share = seconds["quiet"] / seconds["busy"]
-    print(f"20-step train.py run: {seconds['quiet']:.1f} s quiet, {seconds['busy']:.1f} s beside one "
-          f"busy process: {100 * share:.0f}% of the quiet throughput (rule: >= 40%)")
+    print(f"20-step train.py run: {seconds['quiet']:.1f} s quiet, {seconds['busy']:.1f} s beside "
+          f"one busy process: {100 * share:.0f}% of the quiet throughput (rule: >= 40%)")
     runs.write_json(out_path, {"machine": machine(), "seconds": seconds, "share": share})
     return share
 
@@ -606,7 +607,6 @@ def bench_quality(seeds=(0, 1, 2), dataset="FashionMNIST", quick=False, threads=
     (``--seeds 0 --threads 1`` ...) and then all of them, which only reads their results.
     Prints the table (mean, min..max over seeds, per-seed Joslim minus Slim), writes
     ``results/PREFIX_quality.json`` and the mean fronts ``results/PREFIX_quality.svg``."""
-    import evaluate
     threads = threads or torch.get_num_threads()
     prefix = "quality" if dataset == "synthetic" else dataset.lower()
     prefix += "_quick" if quick else ""
@@ -620,7 +620,7 @@ def bench_quality(seeds=(0, 1, 2), dataset="FashionMNIST", quick=False, threads=
         for label, method_flags in QUALITY_METHODS.items():
             name = f"{prefix}_{label}_s{seed}"
             names[label].append([name])
-            _train(["--name", name, "--seed", str(seed)] + method_flags + flags)
+            _script(train.main, ["--name", name, "--seed", str(seed)] + method_flags + flags)
         supernet = names["autoslim"][-1][0]
         search.run_search(supernet, target_ratios=list(QUALITY_TARGETS), threads=threads,
                           search_images=500, steps=8)
@@ -630,8 +630,8 @@ def bench_quality(seeds=(0, 1, 2), dataset="FashionMNIST", quick=False, threads=
         slimmable.save_config(full_config, net, 1.0)
         name = f"{prefix}_autoslim-retrained_s{seed}"
         names["autoslim-retrained"].append([name])
-        _train(["--name", name, "--seed", str(seed), "--method", "fixed", "--channel_config",
-                *searched, full_config] + flags)
+        _script(train.main, ["--name", name, "--seed", str(seed), "--method", "fixed",
+                             "--channel_config", *searched, full_config] + flags)
         names["uniform-alone"].append([])
         full_macs = slimmable.macs(net, 1.0)
         for ratio in (*QUALITY_TARGETS, 1.0):
@@ -640,8 +640,8 @@ def bench_quality(seeds=(0, 1, 2), dataset="FashionMNIST", quick=False, threads=
             slimmable.save_config(config, net, multiplier, target_ratio=ratio)
             name = f"{prefix}_uniform-{ratio:g}_s{seed}"
             names["uniform-alone"][-1].append(name)
-            _train(["--name", name, "--seed", str(seed), "--method", "fixed", "--channel_config",
-                    config] + flags)
+            _script(train.main, ["--name", name, "--seed", str(seed), "--method", "fixed",
+                                 "--channel_config", config] + flags)
         everything = [n for seeds_runs in names.values() for n in seeds_runs[-1]]
         evaluate.compare(everything, os.path.join("results", f"{prefix}_s{seed}.svg"))
         print(f"[quality] seed {seed}: trained, searched and evaluated in "
@@ -649,17 +649,17 @@ def bench_quality(seeds=(0, 1, 2), dataset="FashionMNIST", quick=False, threads=
     return quality_table(names, seeds, dataset, prefix)
 
 
-def _train(argv):
-    if train.main(argv) != 0:
-        raise SystemExit(f"training {argv[1]} failed")
+def _script(main_function, argv):
+    """Run a script's main(argv); SystemExit naming it unless it exits 0."""
+    status = main_function(argv)
+    if status != 0:
+        raise SystemExit(f"{main_function.__module__}.py {' '.join(argv[:4])} ... exited {status}")
 
 
 def quality_table(names, seeds, dataset, prefix):
     """The study's table from the result files: per method, the area over MACs ratios
     [QUALITY_LOWER, 1] and the top-1 at matched MACs, mean and min..max over seeds, and the
     per-seed paired differences Joslim minus Slim."""
-    import evaluate
-    from sampler import area_under_front
     levels = (*QUALITY_TARGETS, 1.0)
     per_seed = {}
     for label, seeds_runs in names.items():
@@ -669,7 +669,7 @@ def quality_table(names, seeds, dataset, prefix):
             for name in run_names:
                 with open(os.path.join("results", f"{name}_eval_pareto.json")) as handle:
                     points += json.load(handle)["points"]
-            area = area_under_front([p["macs_ratio"] for p in points],
+            area = samplers.area_under_front([p["macs_ratio"] for p in points],
                                     [100 - p["test"]["top1"] for p in points], QUALITY_LOWER, 1.0)
             per_seed[label].append({"area": area, **{f"top1@{level:g}": evaluate.top1_at(
                 points, level) for level in levels}, "points": [
@@ -778,7 +778,6 @@ def bench_recipe(seeds=(0, 1), threads=None, probe_every=26, out_dir="results", 
     (distillation after one epoch) is trained in pieces of ``probe_every`` steps (resume is
     exact with --workers 0) and ``gradient_probe`` is taken after each. Finished runs are
     skipped. Prints one table; writes ``recipe_curves.svg`` and ``recipe.json`` in ``out_dir``."""
-    import evaluate
     threads = threads or torch.get_num_threads()
     common = RECIPE_DATA + ["--network", "slim_resnet20", "--threads", str(threads)]
     common += ["--datapath", datapath] if datapath else []
@@ -798,7 +797,7 @@ def bench_recipe(seeds=(0, 1), threads=None, probe_every=26, out_dir="results", 
             if label == "distill-after-1" and seed == 0:
                 probes = _train_with_probes(argv, name, probe_every)
             else:
-                _train(argv)
+                _script(train.main, argv)
     everything = [name for names in recipe_runs.values() for name in names]
     rows = {row["name"]: row for row in evaluate.compare(everything, os.path.join(
         out_dir, "recipe_fronts.svg"))}
@@ -827,7 +826,6 @@ def bench_recipe(seeds=(0, 1), threads=None, probe_every=26, out_dir="results", 
 
 def recipe_curves_svg(recipe_runs, seed, out_dir):
     """``recipe_curves.svg``: held-out top-1 against the step, one line a run (seed ``seed``)."""
-    import evaluate
     panels = {"full": [], "smallest": []}
     for label, names in recipe_runs.items():
         with open(os.path.join("runs", names[0], "curves.json")) as handle:
@@ -867,7 +865,7 @@ def _train_with_probes(argv, name, every):
     args = train.parse_args(argv)
     batch = None
     while True:
-        _train(argv + ["--pause_after", str(every)])
+        _script(train.main, argv + ["--pause_after", str(every)])
         if batch is None:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(12345)
@@ -908,14 +906,16 @@ def bench_search(name=None, target_ratios=(0.85,), threads=1, **settings):
             name = "bench"
         else:
             os.makedirs(os.path.join(folder, "runs", name))
-            shutil.copy(os.path.join("runs", name, "checkpoint.pt"), os.path.join(folder, "runs", name))
+            shutil.copy(os.path.join("runs", name, "checkpoint.pt"),
+                        os.path.join(folder, "runs", name))
         os.chdir(folder)
         try:
             for label, bn, full_forward in (("batch BN, resumed", "batch", False),
                                             ("batch BN, from image", "batch", True),
                                             ("calibrated, resumed", "calibrate", False)):
                 result = search.run_search(name, target_ratios=list(target_ratios), restart=True,
-                                           bn=bn, full_forward=full_forward, threads=threads, **settings)
+                                           bn=bn, full_forward=full_forward, threads=threads,
+                                           **settings)
                 rows.append((label, result))
         finally:
             os.chdir(previous)
@@ -926,8 +926,9 @@ def bench_search(name=None, target_ratios=(0.85,), threads=1, **settings):
         print(f"{label:<22}{result['steps']:>6}{result['evaluations']:>13}{result['seconds']:>9.1f}"
               f"{result['evaluations'] / result['seconds']:>8.2f}")
     resumed, full = rows[0][1], rows[1][1]
-    print(f"resuming at the changed block: {full['seconds'] / resumed['seconds']:.2f}x faster, same "
-          f"configurations: {[r['channels'] for r in resumed['records']] == [r['channels'] for r in full['records']]}; calibrated BN costs "
+    same = [r["channels"] for r in resumed["records"]] == [r["channels"] for r in full["records"]]
+    print(f"resuming at the changed block: {full['seconds'] / resumed['seconds']:.2f}x faster, "
+          f"same configurations: {same}; calibrated BN costs "
           f"{rows[2][1]['seconds'] / resumed['seconds']:.2f}x the batch-statistics search")
     return rows
 
@@ -939,7 +940,8 @@ def uniform_below(net, target_macs, lower, iterations=50):
         return 1.0
     for _ in range(iterations):
         middle = (below + above) / 2
-        below, above = (middle, above) if slimmable.macs(net, middle) <= target_macs else (below, middle)
+        fits = slimmable.macs(net, middle) <= target_macs
+        below, above = (middle, above) if fits else (below, middle)
     return below
 
 
@@ -964,9 +966,10 @@ def compare_with_uniform(name, bn=None, test_images=2000, threads=1):
     calibration, held_out, datasets = search.fixed_images(args, torch.device("cpu"), 0)
     test_set = torch.utils.data.Subset(datasets[2], range(min(test_images, len(datasets[2]))))
     test = search.load_tensors(test_set, args.eval_batch_size, 0, torch.Generator().manual_seed(0))
+    splits = {"held-out": held_out, "test": test}
     scorers = {split: search.CandidateScorer(net, calibration, images, args.bn)
-               for split, images in (("held-out", held_out), ("test", test))}
-    counts = {split: sum(len(y) for _, y in images) for split, images in (("held-out", held_out), ("test", test))}
+               for split, images in splits.items()}
+    counts = {split: sum(len(y) for _, y in images) for split, images in splits.items()}
 
     def top1(widths):
         with torch.inference_mode():
@@ -979,15 +982,17 @@ def compare_with_uniform(name, bn=None, test_images=2000, threads=1):
     for record in state["records"]:
         multiplier = uniform_below(net, record["macs"], lower)
         uniform_macs = slimmable.macs(net, multiplier)
-        rows.append({"cost": record["cost"], "target": record["target"], "searched_macs": record["macs"],
-                     "searched": top1(record["widths"]), "uniform_multiplier": multiplier,
+        rows.append({"cost": record["cost"], "target": record["target"],
+                     "searched_macs": record["macs"], "searched": top1(record["widths"]),
+                     "uniform_multiplier": multiplier,
                      "uniform_macs": uniform_macs, "uniform": top1(multiplier)})
     print(f"{name}: searched vs uniform widths at matched MACs, top-1 % with BN {args.bn} "
           f"({counts['held-out']} held-out images = the search's, {counts['test']} test images)")
     print(f"{'target':>8}{'searched MACs':>15}{'held-out':>9}{'test':>7}{'uniform x':>11}"
           f"{'MACs':>9}{'held-out':>9}{'test':>7}{'gain (test)':>12}")
     for row in rows:
-        print(f"{row['target']:>7.2f}M{row['searched_macs'] / 1e6:>8.2f}M {100 * row['searched_macs'] / full:4.1f}%"
+        print(f"{row['target']:>7.2f}M{row['searched_macs'] / 1e6:>8.2f}M "
+              f"{100 * row['searched_macs'] / full:4.1f}%"
               f"{row['searched']['held-out']:>9.2f}{row['searched']['test']:>7.2f}"
               f"{row['uniform_multiplier']:>11.3f}{row['uniform_macs'] / 1e6:>8.2f}M"
               f"{row['uniform']['held-out']:>9.2f}{row['uniform']['test']:>7.2f}"
@@ -1035,14 +1040,6 @@ def gpu_settings(tiny, threads, budget_s):
             "imagenet_size": 224, "networks": tuple(models.NETWORKS), "warmup": 2, "calls": 3,
             "pairs": 4, "latency_calls": 50,
             "compile_seconds": 0.15 * budget_s, "sandwich_batch": 128, "evaluate": []}
-
-
-def _script(main_function, argv):
-    """Run a script's main(argv); RuntimeError naming it unless it exits 0."""
-    status = main_function(argv)
-    if status != 0:
-        raise RuntimeError(f"{main_function.__module__}.py {' '.join(argv[:4])} ... exited "
-                           f"{status}")
 
 
 def gpu_scripts(device, settings):
@@ -1298,7 +1295,8 @@ def gpu_real_data(device, settings, deadline, datapath):
     batch, steps_per_epoch = parsed.batch_size, len(train_set) // parsed.batch_size
     step = sandwich_step(on_device(net.train(), device),
                          on_device(torch.randn(batch, channels, size, size), device),
-                         torch.randint(0, num_classes, (batch,), device=device), autocast_on(device))
+                         torch.randint(0, num_classes, (batch,), device=device),
+                         autocast_on(device))
     groups = len(net.width_groups)
     step_seconds = device_seconds(lambda: step([[0.8] * groups, [0.6] * groups, [0.42] * groups]),
                                   device, settings["calls"], settings["warmup"])
@@ -1491,21 +1489,19 @@ def bench_convert(names=None, out_path=os.path.join("results", "convert.json")):
         try:
             row.update(check_conversion(torchvision_cnn(name), torch.randn(2, 3, size, size))[1])
         except Exception as error:  # a failure is a result here: its row says which
-            row["error"] = f"{type(error).__name__}: {str(error).splitlines()[0][:150]}"
+            row["error"] = f"{type(error).__name__}: {runs.first_line(error)[:150]}"
             print(f"{name:<22}{size:>6}  FAILED {row['error']}", flush=True)
-            rows.append(row)
-            continue
+        else:
+            print(f"{name:<22}{size:>6}{row['seconds']:>9.2f}{row['groups']:>8}{row['frozen']:>8}"
+                  f"{str(row['full_width_equal']):>7}{row['export_error']:>12.1e}"
+                  f"{str(row['macs_equal']):>7}{str(row['params_equal']):>9}", flush=True)
         rows.append(row)
-        print(f"{name:<22}{size:>6}{row['seconds']:>9.2f}{row['groups']:>8}{row['frozen']:>8}"
-              f"{str(row['full_width_equal']):>7}{row['export_error']:>12.1e}"
-              f"{str(row['macs_equal']):>7}{str(row['params_equal']):>9}", flush=True)
     good = [r for r in rows if "error" not in r and r["full_width_equal"] and r["macs_equal"]
             and r["params_equal"] and r["export_error"] < 1e-4]
-    print(f"{len(good)} of {len(rows)} converted and checked; {sum(r.get('frozen', 0) > 0 for r in rows)}"
-          f" with frozen groups; {sum('error' in r for r in rows)} failed")
-    os.makedirs(os.path.dirname(out_path), exist_ok=True)
-    with open(out_path, "w") as handle:
-        json.dump({"machine": machine(), "torch": torch.__version__, "rows": rows}, handle, indent=1)
+    print(f"{len(good)} of {len(rows)} converted and checked; "
+          f"{sum(r.get('frozen', 0) > 0 for r in rows)} with frozen groups; "
+          f"{sum('error' in r for r in rows)} failed")
+    runs.write_json(out_path, {"machine": machine(), "torch": torch.__version__, "rows": rows})
     return rows
 
 
