@@ -729,13 +729,9 @@ def gradient_probe(name, batch, lower=0.42, sampled=(0.6, 0.8)):
     uniform ``sampled`` widths) under distillation (g_kd) and under the labels (g_label); their
     norms and cosines with g_full; the teacher's mean top probability and batch top-1; the lr
     the run had at that step. Returns a dict of floats."""
-    checkpoint = runs.load_checkpoint(os.path.join("runs", name, "checkpoint.pt"))
-    args = train.parse_args([])
-    vars(args).update(checkpoint["args"])
-    net = models.get_model(checkpoint["network"], checkpoint["num_classes"],
-                           **checkpoint["model_options"])
-    net.load_state_dict(checkpoint["model"])
+    net, checkpoint = search.load_supernet(name, torch.device("cpu"))
     net.train()
+    args = _train_args(**checkpoint["args"])
     inputs, targets = batch
     parameters = list(net.parameters())
 
@@ -1076,12 +1072,9 @@ def gpu_subnets_match(device, name="joslim", batch=64):
     smallest width, in eval mode on ``device``: the largest |logit difference| over the largest
     |logit|, under train.py's precision (bf16 autocast on CUDA) and float32. AssertionError when
     the first exceeds BF16_TOLERANCE."""
-    checkpoint = runs.load_checkpoint(runs.checkpoint_path(name))
-    options = checkpoint["model_options"]
-    net = models.get_model(checkpoint["network"], checkpoint["num_classes"], **options)
-    net.load_state_dict(checkpoint["model"])
+    net, checkpoint = search.load_supernet(name, device)
     net = on_device(net.eval(), device)
-    size, channels = options["input_size"], options["in_channels"]
+    size, channels = (checkpoint["model_options"][key] for key in ("input_size", "in_channels"))
     inputs = on_device(torch.randn(batch, channels, size, size,
                                    generator=torch.Generator().manual_seed(0)), device)
     differences = {}
