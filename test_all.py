@@ -1992,7 +1992,7 @@ class TestEvaluate:
             error = capsys.readouterr().err
             assert error.startswith("error: ") and len(error.strip().splitlines()) == 1, (argv, error)
 
-    def test_ctrl_c_and_bad_destinations_end_in_one_line(self, evaluated_tiny_run, capsys):
+    def test_ctrl_c_and_bad_destinations_end_in_one_line(self, evaluated_tiny_run):
         """Ctrl-C during the evaluation: status 130 and one line, no traceback; --export onto a
         file and a --name that would leave runs/: refused before any work, one line."""
         workdir, _ = evaluated_tiny_run
@@ -2003,10 +2003,7 @@ class TestEvaluate:
         assert "Traceback" not in error
         (workdir / "a_file").write_text("not a folder")
         for argv in (["--name", "tiny", "--export", "a_file"], ["--name", "../tiny"]):
-            with pytest.raises(SystemExit) if argv[1] == "../tiny" else contextlib.nullcontext():
-                assert evaluate.main(argv) == 2
-            error = capsys.readouterr().err
-            assert error.startswith("error: ") and len(error.strip().splitlines()) == 1, error
+            assert_one_line_error(run_main(evaluate, *argv))
 
     def test_draw_batches_is_the_same_on_every_call_with_workers(self):
         """BN calibration batches come from the augmenting training loader; with DataLoader
@@ -2605,7 +2602,7 @@ def free_port():
 class TestSeedCommands:
     """The reference READMEs' commands, run as written on tiny generated data."""
 
-    def test_seed_joslim_commands_train_and_evaluate(self, seed_imagenet, tmp_path, monkeypatch, capsys):
+    def test_seed_joslim_commands_train_and_evaluate(self, seed_imagenet, tmp_path, monkeypatch):
         write_cifar100(tmp_path / "cifar" / "cifar-100-python",
                        num_train=int(SEED_CIFAR_EVAL_BATCH) + int(SEED_VAL_SIZE), num_test=64)
         cifar = str(tmp_path / "cifar")
@@ -2634,17 +2631,10 @@ class TestSeedCommands:
                            (["--lower_channel", "0.3"], "--lower_channel 0.42"),
                            (["--scale_ratio", "0.08"], "--scale_ratio 0.25"),
                            (["--image_size", "32"], f"--image_size {SEED_IMAGE_SIZE}")):
-            with pytest.raises(SystemExit) as leaving:
-                evaluate.main(["--name", "joslim_mbv2", *argv])
-            error = capsys.readouterr().err.strip().splitlines()
-            assert leaving.value.code == 2 and len(error) == 1 and flag in error[0], (argv, error)
+            assert_one_line_error(run_main(evaluate, "--name", "joslim_mbv2", *argv), flag)
         mbv2 = imagenet_seed(JOSLIM_SEED_COMMANDS["joslim_mbv2"], seed_imagenet)
-        threads = torch.get_num_threads()  # train.main sets this process's (--threads 1)
-        try:
-            assert train.main(with_flag(mbv2[mbv2.index("--name"):], "--image_size", "32")) == 2
-        finally:
-            torch.set_num_threads(threads)
-        assert "--image_size 16 -> 32" in capsys.readouterr().err
+        refused = run_main(train, *with_flag(mbv2[mbv2.index("--name"):], "--image_size", "32"))
+        assert refused.returncode == 2 and "--image_size 16 -> 32" in refused.stderr, refused.stderr
         evaluations = [with_flag(seed_command(command, cifar, ["--threads", "1"]), "--batch_size",
                                  SEED_CIFAR_EVAL_BATCH) if "CIFAR" in command
                        else seed_command(command, seed_imagenet, ["--threads", "1", "--train_size",
