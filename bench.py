@@ -875,18 +875,6 @@ def _train_with_probes(argv, name, every):
             return probes
 
 
-def tiny_supernet(folder, threads=1):
-    """runs/bench/checkpoint.pt in ``folder``: slim_resnet20, 1 epoch of --method random."""
-    previous = os.getcwd()
-    os.chdir(folder)
-    try:
-        train.main(["--name", "bench", "--method", "random", "--epochs", "1", "--batch_size", "64",
-                    "--synthetic_train", "1500", "--val_size", "500", "--synthetic_test", "100",
-                    "--workers", "0", "--threads", str(threads)])
-    finally:
-        os.chdir(previous)
-
-
 def bench_search(name=None, target_ratios=(0.85,), threads=1, **settings):
     """Search one supernet three ways: BN from batch statistics with each candidate resumed at
     its first changed block (the default), the same run from the image (``--full_forward``), and
@@ -894,18 +882,20 @@ def bench_search(name=None, target_ratios=(0.85,), threads=1, **settings):
     evaluations/s. ``name``: an existing runs/NAME supernet (searched in a copy); None trains a
     tiny one (1 epoch)."""
     settings = {"search_images": 500, **settings}
-    previous = os.getcwd()
-    rows = []
+    previous, rows = os.getcwd(), []
     with tempfile.TemporaryDirectory() as folder:
-        if name is None:
-            tiny_supernet(folder, threads)
-            name = "bench"
-        else:
+        if name is not None:
             os.makedirs(os.path.join(folder, "runs", name))
             shutil.copy(os.path.join("runs", name, "checkpoint.pt"),
                         os.path.join(folder, "runs", name))
         os.chdir(folder)
         try:
+            if name is None:  # runs/bench: slim_resnet20, 1 epoch of --method random
+                name = "bench"
+                _script(train.main, ["--name", name, "--method", "random", "--epochs", "1",
+                                     "--batch_size", "64", "--synthetic_train", "1500",
+                                     "--val_size", "500", "--synthetic_test", "100",
+                                     "--workers", "0", "--threads", str(threads)])
             for label, bn, full_forward in (("batch BN, resumed", "batch", False),
                                             ("batch BN, from image", "batch", True),
                                             ("calibrated, resumed", "calibrate", False)):
