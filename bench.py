@@ -23,9 +23,9 @@ machine slows both sides alike. Nothing here is asserted by the tests.
                                         # groups, frozen groups, exports and costs checked
     python bench.py convert --quick     # one network per family; --only NAME... for some
 """
-import argparse
 import contextlib
 import copy
+import functools
 import glob
 import json
 import os
@@ -63,49 +63,94 @@ def machine():
             f"torch {torch.__version__} with {torch.get_num_threads()} threads, {device}")
 
 
-def _step_seconds(model, inputs, targets, steps=1):
-    """Wall time of one forward+backward pass (gradients reset as an optimizer step would),
-    averaged over ``steps`` passes."""
-    start = time.perf_counter()
-    for _ in range(steps):
-        model.zero_grad(set_to_none=True)
-        torch.nn.functional.cross_entropy(model(inputs), targets).backward()
-    return (time.perf_counter() - start) / steps
+def device_seconds(function, device=torch.device("cpu"), calls=1, warmup=1):
+    """Seconds per call of ``function`` after ``warmup`` calls: CUDA events around ``calls`` calls
+    on a GPU (the queue drained first), time.perf_counter on the CPU."""
+    for _ in range(warmup):
+        function()
+    if device.type != "cuda":
+        start = time.perf_counter()
+        for _ in range(calls):
+            function()
+        return (time.perf_counter() - start) / calls
+    torch.cuda.synchronize(device)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(calls):
+        function()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / 1000 / calls
+
+
+def on_device(model, device):
+    """``model`` (or input batch) where train.py puts it: on ``device``, channels_last on CUDA."""
+    model = model.to(device)
+    return model.to(memory_format=torch.channels_last) if device.type == "cuda" else model
+
+
+def autocast_on(device):
+    """train.py's precision: bf16 autocast on CUDA, float32 elsewhere."""
+    if device.type == "cuda":
+        return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext
+
+
+def forward_backward(model, inputs, targets, autocast=contextlib.nullcontext):
+    """One forward+backward pass, gradients reset first as an optimizer step would."""
+    model.zero_grad(set_to_none=True)
+    with autocast():
+        loss = torch.nn.functional.cross_entropy(model(inputs), targets)
+    loss.backward()
+
+
+def speed_network(name, batch, imagenet_size, device=torch.device("cpu")):
+    """(network ``name`` in train mode on ``device``, random inputs, targets) at the speed
+    benchmarks' sizes: the CIFAR ResNets at 32x32, the ImageNet networks at ``imagenet_size``."""
+    cifar = name in models.CIFAR_NETWORKS
+    size = 32 if cifar else imagenet_size
+    torch.manual_seed(0)
+    net = on_device(models.get_model(name, 10 if cifar else 1000, input_size=size).train(), device)
+    inputs = on_device(torch.randn(batch, 3, size, size), device)
+    return net, inputs, torch.randint(0, 10, (batch,), device=device)
+
+
+def slim_vs_static(net, widths, inputs, targets, pairs, calls, warmup=0,
+                   autocast=contextlib.nullcontext):
+    """Seconds per forward+backward of the slimmable ``net`` at ``widths`` and of
+    ``slimmable.export`` of it, ``pairs`` blocks of ``calls`` calls each (``warmup`` untimed calls
+    before a block), the order alternating so that a slow spell of the machine slows both sides
+    of a pair alike: (slimmable seconds, static seconds, slimmable / static of each pair)."""
+    slimmable.set_widths(net, widths)
+    static = on_device(slimmable.export(net, widths).train(), inputs.device)
+    times = {net: [], static: []}
+    for pair in range(pairs):
+        for model in (net, static) if pair % 2 == 0 else (static, net):
+            times[model].append(device_seconds(
+                lambda: forward_backward(model, inputs, targets, autocast), inputs.device, calls,
+                warmup))
+    return times[net], times[static], [a / b for a, b in zip(times[net], times[static])]
 
 
 def bench_overhead(networks, widths_list=(1.0, 0.71, 0.42), batch_size=64, pairs=20,
                    imagenet_size=112, block_seconds=0.5):
-    """Forward+backward time of the slimmable model at a width against ``slimmable.export`` of it.
-
-    ``pairs`` times: one block of about ``block_seconds`` of each, the order alternating; the
-    ratio slimmable / static of each pair, so a slow spell of the machine slows both sides of a
-    pair alike. Reports the median pair ratio (goal <= 1.05) and the middle half of the pair
-    ratios. At width 1.0 both run the same kernels: that row is the machine's A/A noise."""
+    """Forward+backward time of the slimmable model at a width against ``slimmable.export`` of it:
+    ``slim_vs_static`` in ``pairs`` pairs of blocks of about ``block_seconds``. Reports the median
+    pair ratio (goal <= 1.05) and the middle half of the pair ratios. At width 1.0 both run the
+    same kernels: that row is the machine's A/A noise."""
     print(f"slimmable vs static, forward+backward, batch {batch_size}, {pairs} alternating pairs "
           f"of ~{block_seconds:g} s blocks (ImageNet networks at {imagenet_size}x{imagenet_size})")
     print(f"{'network':<24}{'width':>6}{'slim ms':>10}{'static ms':>11}{'ratio':>8}"
           f"{'middle half':>15}")
     rows = []
     for name in networks:
-        cifar = name in models.CIFAR_NETWORKS
-        size = 32 if cifar else imagenet_size
-        torch.manual_seed(0)
-        net = models.get_model(name, 10 if cifar else 1000, input_size=size).train()
-        inputs = torch.randn(batch_size, 3, size, size)
-        targets = torch.randint(0, 10, (batch_size,))
+        net, inputs, targets = speed_network(name, batch_size, imagenet_size)
         for widths in widths_list:
-            slimmable.set_widths(net, widths)
-            static = slimmable.export(net, widths).train()
-            for _ in range(2):  # warm-up: the allocator settles in a step or two
-                _step_seconds(static, inputs, targets)
-                _step_seconds(net, inputs, targets)
-            steps = max(1, round(block_seconds / _step_seconds(net, inputs, targets)))
-            slim_times, static_times = [], []
-            for i in range(pairs):
-                pair = ((net, slim_times), (static, static_times))
-                for model, times in pair if i % 2 == 0 else pair[::-1]:
-                    times.append(_step_seconds(model, inputs, targets, steps))
-            ratios = [a / b for a, b in zip(slim_times, static_times)]
+            # warm-up (the allocator settles in a step or two), which also sizes the blocks
+            warm_up = slim_vs_static(net, widths, inputs, targets, pairs=2, calls=1)[0]
+            steps = max(1, round(block_seconds / warm_up[-1]))
+            slim_times, static_times, ratios = slim_vs_static(net, widths, inputs, targets, pairs,
+                                                              steps)
             low, ratio, high = statistics.quantiles(ratios, n=4)
             slim_ms = 1000 * statistics.median(slim_times)
             static_ms = 1000 * statistics.median(static_times)
@@ -212,25 +257,34 @@ def _train_args(**overrides):
     return args
 
 
-def sandwich_step(name="slim_resnet20", batch_size=128):
-    """A function that takes one whole sandwich step as train.py does (full + 2 sampled +
-    smallest network, one optimizer step) on random CIFAR-shaped data, and returns its wall
-    time in seconds."""
+def sandwich_step(net, inputs, targets, autocast=contextlib.nullcontext):
+    """A function ``step(configs)`` that takes one whole sandwich step of ``net`` on ``inputs``
+    and ``targets`` as train.py does: the full network, then the students ``configs`` (width
+    lists or multipliers, the smallest last), one optimizer step."""
+    args = _train_args(method="slim")
+    optimizer = train.make_optimizer(net, args, 0.01)
+
+    def step(configs):
+        optimizer.zero_grad(set_to_none=True)
+        train.train_step(net, net, inputs, targets, configs, args, autocast)
+        optimizer.step()
+    return step
+
+
+def timed_sandwich_step(name="slim_resnet20", batch_size=128):
+    """A function that takes one ``sandwich_step`` of ``name`` (full + 2 sampled + smallest
+    network) on random CIFAR-shaped data and returns its wall time in seconds; the two sampled
+    configurations are new each step, as in training."""
     torch.manual_seed(0)
     net = models.get_model(name, 10)
-    args = _train_args(method="joslim")
-    optimizer = train.make_optimizer(net, args, 0.05)
     random_configs = samplers.RandomSampler(len(net.width_groups), 0.42, seed=0)
-    inputs, targets = torch.randn(batch_size, 3, 32, 32), torch.randint(0, 10, (batch_size,))
+    step = sandwich_step(net, torch.randn(batch_size, 3, 32, 32),
+                         torch.randint(0, 10, (batch_size,)))
 
-    def step():
+    def timed():
         configs = [row.tolist() for row in random_configs.propose(2)] + [0.42]
-        start = time.perf_counter()
-        optimizer.zero_grad(set_to_none=True)
-        train.train_step(net, net, inputs, targets, configs, args, contextlib.nullcontext)
-        optimizer.step()
-        return time.perf_counter() - start
-    return step
+        return device_seconds(lambda: step(configs), warmup=0)
+    return timed
 
 
 def timed_steps(step, steps, warmup=1, max_seconds=None):
@@ -251,7 +305,7 @@ def bench_training(networks=("slim_resnet20", "slim_resnet56"), batch_size=128, 
     print(f"{'network':<16}{'s/step':>8}{'images/s':>10}")
     rates = {}
     for name in networks:
-        seconds = statistics.median(timed_steps(sandwich_step(name, batch_size), steps))
+        seconds = statistics.median(timed_steps(timed_sandwich_step(name, batch_size), steps))
         rates[name] = batch_size / seconds
         print(f"{name:<16}{seconds:>8.3f}{batch_size / seconds:>10.0f}", flush=True)
     return rates
@@ -314,11 +368,11 @@ def busy_process(warmup_seconds=1.0):
 
 def quiet_and_busy_seconds(steps, max_seconds, batch_size=128, busy_warmup_seconds=1.0,
                            tuner_period=0, tuner_probe=3):
-    """Step times (``timed_steps`` of ``sandwich_step``) in this process: quiet, then at once
+    """Step times (``timed_steps`` of ``timed_sandwich_step``) in this process: quiet, then at once
     beside ``busy_process``; one process for both halves the seconds spent importing torch.
     ``tuner_period``: a ``runs.ThreadTuner`` with that period picks the thread count after
     every step, as train.py does with ``--threads 0`` (it carries over into the busy half)."""
-    step = sandwich_step(batch_size=batch_size)
+    step = timed_sandwich_step(batch_size=batch_size)
     if tuner_period:
         tuner, untuned = runs.ThreadTuner(torch.get_num_threads(), tuner_period, tuner_probe), step
 
@@ -376,7 +430,8 @@ def bench_thread_tuner(steps=40, period=20, batch_size=128,
                      "busy": run["busy_mean_images_per_second"], "run": run})
         print(f"  {label}: {rows[-1]['quiet']:.1f} quiet, {rows[-1]['busy']:.1f} busy", flush=True)
     contention_table(rows)
-    runs.write_json(out_path, {"machine": machine(), "steps": steps, "period": period, "rows": rows})
+    runs.write_json(out_path, {"machine": machine(), "steps": steps, "period": period,
+                               "rows": rows})
     print(f"written: {out_path}")
     return rows
 
@@ -397,8 +452,8 @@ def bench_short_run(out_path=os.path.join("results", "contention_short_run.json"
                                capture_output=True)
                 seconds[phase] = time.perf_counter() - start
     share = seconds["quiet"] / seconds["busy"]
-    print(f"20-step train.py run: {seconds['quiet']:.1f} s quiet, {seconds['busy']:.1f} s beside one "
-          f"busy process: {100 * share:.0f}% of the quiet throughput (rule: >= 40%)")
+    print(f"20-step train.py run: {seconds['quiet']:.1f} s quiet, {seconds['busy']:.1f} s beside "
+          f"one busy process: {100 * share:.0f}% of the quiet throughput (rule: >= 40%)")
     runs.write_json(out_path, {"machine": machine(), "seconds": seconds, "share": share})
     return share
 
@@ -479,17 +534,10 @@ def bench_window_share(network="slim_resnet56", history=1000, tau=235, batch_siz
     torch.manual_seed(0)
     net = models.get_model(network, 100)
     num_dims = len(net.width_groups)
-    args = _train_args(method="joslim")
     inputs, targets = torch.randn(batch_size, 3, 32, 32), torch.randint(0, 100, (batch_size,))
     configs = [row.tolist() for row in samplers.RandomSampler(num_dims, 0.42, 1).propose(2)]
-    step_times = []
-    for i in range(4):
-        start = time.perf_counter()
-        net.zero_grad(set_to_none=True)
-        train.train_step(net, net, inputs, targets, configs + [0.42], args, contextlib.nullcontext)
-        if i:
-            step_times.append(time.perf_counter() - start)
-    window_training = tau * statistics.median(step_times)
+    step = sandwich_step(net, inputs, targets)
+    window_training = tau * device_seconds(lambda: step(configs + [0.42]), calls=3)
     print(f"Joslim window of {network}: {tau} steps of batch {batch_size} take "
           f"{window_training:.0f} s here; history of {history} configurations")
     print(f"{'rescore_limit':>14}{'re-scored':>10}{'rescore s':>10}{'sampler s':>10}{'share':>8}")
@@ -559,7 +607,6 @@ def bench_quality(seeds=(0, 1, 2), dataset="FashionMNIST", quick=False, threads=
     (``--seeds 0 --threads 1`` ...) and then all of them, which only reads their results.
     Prints the table (mean, min..max over seeds, per-seed Joslim minus Slim), writes
     ``results/PREFIX_quality.json`` and the mean fronts ``results/PREFIX_quality.svg``."""
-    import evaluate
     threads = threads or torch.get_num_threads()
     prefix = "quality" if dataset == "synthetic" else dataset.lower()
     prefix += "_quick" if quick else ""
@@ -573,7 +620,7 @@ def bench_quality(seeds=(0, 1, 2), dataset="FashionMNIST", quick=False, threads=
         for label, method_flags in QUALITY_METHODS.items():
             name = f"{prefix}_{label}_s{seed}"
             names[label].append([name])
-            _train(["--name", name, "--seed", str(seed)] + method_flags + flags)
+            _script(train.main, ["--name", name, "--seed", str(seed)] + method_flags + flags)
         supernet = names["autoslim"][-1][0]
         search.run_search(supernet, target_ratios=list(QUALITY_TARGETS), threads=threads,
                           search_images=500, steps=8)
@@ -583,8 +630,8 @@ def bench_quality(seeds=(0, 1, 2), dataset="FashionMNIST", quick=False, threads=
         slimmable.save_config(full_config, net, 1.0)
         name = f"{prefix}_autoslim-retrained_s{seed}"
         names["autoslim-retrained"].append([name])
-        _train(["--name", name, "--seed", str(seed), "--method", "fixed", "--channel_config",
-                *searched, full_config] + flags)
+        _script(train.main, ["--name", name, "--seed", str(seed), "--method", "fixed",
+                             "--channel_config", *searched, full_config] + flags)
         names["uniform-alone"].append([])
         full_macs = slimmable.macs(net, 1.0)
         for ratio in (*QUALITY_TARGETS, 1.0):
@@ -593,8 +640,8 @@ def bench_quality(seeds=(0, 1, 2), dataset="FashionMNIST", quick=False, threads=
             slimmable.save_config(config, net, multiplier, target_ratio=ratio)
             name = f"{prefix}_uniform-{ratio:g}_s{seed}"
             names["uniform-alone"][-1].append(name)
-            _train(["--name", name, "--seed", str(seed), "--method", "fixed", "--channel_config",
-                    config] + flags)
+            _script(train.main, ["--name", name, "--seed", str(seed), "--method", "fixed",
+                                 "--channel_config", config] + flags)
         everything = [n for seeds_runs in names.values() for n in seeds_runs[-1]]
         evaluate.compare(everything, os.path.join("results", f"{prefix}_s{seed}.svg"))
         print(f"[quality] seed {seed}: trained, searched and evaluated in "
@@ -602,17 +649,17 @@ def bench_quality(seeds=(0, 1, 2), dataset="FashionMNIST", quick=False, threads=
     return quality_table(names, seeds, dataset, prefix)
 
 
-def _train(argv):
-    if train.main(argv) != 0:
-        raise SystemExit(f"training {argv[1]} failed")
+def _script(main_function, argv):
+    """Run a script's main(argv); SystemExit naming it unless it exits 0."""
+    status = main_function(argv)
+    if status != 0:
+        raise SystemExit(f"{main_function.__module__}.py {' '.join(argv[:4])} ... exited {status}")
 
 
 def quality_table(names, seeds, dataset, prefix):
     """The study's table from the result files: per method, the area over MACs ratios
     [QUALITY_LOWER, 1] and the top-1 at matched MACs, mean and min..max over seeds, and the
     per-seed paired differences Joslim minus Slim."""
-    import evaluate
-    from sampler import area_under_front
     levels = (*QUALITY_TARGETS, 1.0)
     per_seed = {}
     for label, seeds_runs in names.items():
@@ -622,7 +669,7 @@ def quality_table(names, seeds, dataset, prefix):
             for name in run_names:
                 with open(os.path.join("results", f"{name}_eval_pareto.json")) as handle:
                     points += json.load(handle)["points"]
-            area = area_under_front([p["macs_ratio"] for p in points],
+            area = samplers.area_under_front([p["macs_ratio"] for p in points],
                                     [100 - p["test"]["top1"] for p in points], QUALITY_LOWER, 1.0)
             per_seed[label].append({"area": area, **{f"top1@{level:g}": evaluate.top1_at(
                 points, level) for level in levels}, "points": [
@@ -682,13 +729,9 @@ def gradient_probe(name, batch, lower=0.42, sampled=(0.6, 0.8)):
     uniform ``sampled`` widths) under distillation (g_kd) and under the labels (g_label); their
     norms and cosines with g_full; the teacher's mean top probability and batch top-1; the lr
     the run had at that step. Returns a dict of floats."""
-    checkpoint = runs.load_checkpoint(os.path.join("runs", name, "checkpoint.pt"))
-    args = train.parse_args([])
-    vars(args).update(checkpoint["args"])
-    net = models.get_model(checkpoint["network"], checkpoint["num_classes"],
-                           **checkpoint["model_options"])
-    net.load_state_dict(checkpoint["model"])
+    net, checkpoint = search.load_supernet(name, torch.device("cpu"))
     net.train()
+    args = _train_args(**checkpoint["args"])
     inputs, targets = batch
     parameters = list(net.parameters())
 
@@ -731,7 +774,6 @@ def bench_recipe(seeds=(0, 1), threads=None, probe_every=26, out_dir="results", 
     (distillation after one epoch) is trained in pieces of ``probe_every`` steps (resume is
     exact with --workers 0) and ``gradient_probe`` is taken after each. Finished runs are
     skipped. Prints one table; writes ``recipe_curves.svg`` and ``recipe.json`` in ``out_dir``."""
-    import evaluate
     threads = threads or torch.get_num_threads()
     common = RECIPE_DATA + ["--network", "slim_resnet20", "--threads", str(threads)]
     common += ["--datapath", datapath] if datapath else []
@@ -751,7 +793,7 @@ def bench_recipe(seeds=(0, 1), threads=None, probe_every=26, out_dir="results", 
             if label == "distill-after-1" and seed == 0:
                 probes = _train_with_probes(argv, name, probe_every)
             else:
-                _train(argv)
+                _script(train.main, argv)
     everything = [name for names in recipe_runs.values() for name in names]
     rows = {row["name"]: row for row in evaluate.compare(everything, os.path.join(
         out_dir, "recipe_fronts.svg"))}
@@ -780,7 +822,6 @@ def bench_recipe(seeds=(0, 1), threads=None, probe_every=26, out_dir="results", 
 
 def recipe_curves_svg(recipe_runs, seed, out_dir):
     """``recipe_curves.svg``: held-out top-1 against the step, one line a run (seed ``seed``)."""
-    import evaluate
     panels = {"full": [], "smallest": []}
     for label, names in recipe_runs.items():
         with open(os.path.join("runs", names[0], "curves.json")) as handle:
@@ -820,7 +861,7 @@ def _train_with_probes(argv, name, every):
     args = train.parse_args(argv)
     batch = None
     while True:
-        _train(argv + ["--pause_after", str(every)])
+        _script(train.main, argv + ["--pause_after", str(every)])
         if batch is None:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(12345)
@@ -834,18 +875,6 @@ def _train_with_probes(argv, name, every):
             return probes
 
 
-def tiny_supernet(folder, threads=1):
-    """runs/bench/checkpoint.pt in ``folder``: slim_resnet20, 1 epoch of --method random."""
-    previous = os.getcwd()
-    os.chdir(folder)
-    try:
-        train.main(["--name", "bench", "--method", "random", "--epochs", "1", "--batch_size", "64",
-                    "--synthetic_train", "1500", "--val_size", "500", "--synthetic_test", "100",
-                    "--workers", "0", "--threads", str(threads)])
-    finally:
-        os.chdir(previous)
-
-
 def bench_search(name=None, target_ratios=(0.85,), threads=1, **settings):
     """Search one supernet three ways: BN from batch statistics with each candidate resumed at
     its first changed block (the default), the same run from the image (``--full_forward``), and
@@ -853,22 +882,26 @@ def bench_search(name=None, target_ratios=(0.85,), threads=1, **settings):
     evaluations/s. ``name``: an existing runs/NAME supernet (searched in a copy); None trains a
     tiny one (1 epoch)."""
     settings = {"search_images": 500, **settings}
-    previous = os.getcwd()
-    rows = []
+    previous, rows = os.getcwd(), []
     with tempfile.TemporaryDirectory() as folder:
-        if name is None:
-            tiny_supernet(folder, threads)
-            name = "bench"
-        else:
+        if name is not None:
             os.makedirs(os.path.join(folder, "runs", name))
-            shutil.copy(os.path.join("runs", name, "checkpoint.pt"), os.path.join(folder, "runs", name))
+            shutil.copy(os.path.join("runs", name, "checkpoint.pt"),
+                        os.path.join(folder, "runs", name))
         os.chdir(folder)
         try:
+            if name is None:  # runs/bench: slim_resnet20, 1 epoch of --method random
+                name = "bench"
+                _script(train.main, ["--name", name, "--method", "random", "--epochs", "1",
+                                     "--batch_size", "64", "--synthetic_train", "1500",
+                                     "--val_size", "500", "--synthetic_test", "100",
+                                     "--workers", "0", "--threads", str(threads)])
             for label, bn, full_forward in (("batch BN, resumed", "batch", False),
                                             ("batch BN, from image", "batch", True),
                                             ("calibrated, resumed", "calibrate", False)):
                 result = search.run_search(name, target_ratios=list(target_ratios), restart=True,
-                                           bn=bn, full_forward=full_forward, threads=threads, **settings)
+                                           bn=bn, full_forward=full_forward, threads=threads,
+                                           **settings)
                 rows.append((label, result))
         finally:
             os.chdir(previous)
@@ -879,8 +912,9 @@ def bench_search(name=None, target_ratios=(0.85,), threads=1, **settings):
         print(f"{label:<22}{result['steps']:>6}{result['evaluations']:>13}{result['seconds']:>9.1f}"
               f"{result['evaluations'] / result['seconds']:>8.2f}")
     resumed, full = rows[0][1], rows[1][1]
-    print(f"resuming at the changed block: {full['seconds'] / resumed['seconds']:.2f}x faster, same "
-          f"configurations: {[r['channels'] for r in resumed['records']] == [r['channels'] for r in full['records']]}; calibrated BN costs "
+    same = [r["channels"] for r in resumed["records"]] == [r["channels"] for r in full["records"]]
+    print(f"resuming at the changed block: {full['seconds'] / resumed['seconds']:.2f}x faster, "
+          f"same configurations: {same}; calibrated BN costs "
           f"{rows[2][1]['seconds'] / resumed['seconds']:.2f}x the batch-statistics search")
     return rows
 
@@ -892,7 +926,8 @@ def uniform_below(net, target_macs, lower, iterations=50):
         return 1.0
     for _ in range(iterations):
         middle = (below + above) / 2
-        below, above = (middle, above) if slimmable.macs(net, middle) <= target_macs else (below, middle)
+        fits = slimmable.macs(net, middle) <= target_macs
+        below, above = (middle, above) if fits else (below, middle)
     return below
 
 
@@ -917,9 +952,10 @@ def compare_with_uniform(name, bn=None, test_images=2000, threads=1):
     calibration, held_out, datasets = search.fixed_images(args, torch.device("cpu"), 0)
     test_set = torch.utils.data.Subset(datasets[2], range(min(test_images, len(datasets[2]))))
     test = search.load_tensors(test_set, args.eval_batch_size, 0, torch.Generator().manual_seed(0))
+    splits = {"held-out": held_out, "test": test}
     scorers = {split: search.CandidateScorer(net, calibration, images, args.bn)
-               for split, images in (("held-out", held_out), ("test", test))}
-    counts = {split: sum(len(y) for _, y in images) for split, images in (("held-out", held_out), ("test", test))}
+               for split, images in splits.items()}
+    counts = {split: sum(len(y) for _, y in images) for split, images in splits.items()}
 
     def top1(widths):
         with torch.inference_mode():
@@ -932,15 +968,17 @@ def compare_with_uniform(name, bn=None, test_images=2000, threads=1):
     for record in state["records"]:
         multiplier = uniform_below(net, record["macs"], lower)
         uniform_macs = slimmable.macs(net, multiplier)
-        rows.append({"cost": record["cost"], "target": record["target"], "searched_macs": record["macs"],
-                     "searched": top1(record["widths"]), "uniform_multiplier": multiplier,
+        rows.append({"cost": record["cost"], "target": record["target"],
+                     "searched_macs": record["macs"], "searched": top1(record["widths"]),
+                     "uniform_multiplier": multiplier,
                      "uniform_macs": uniform_macs, "uniform": top1(multiplier)})
     print(f"{name}: searched vs uniform widths at matched MACs, top-1 % with BN {args.bn} "
           f"({counts['held-out']} held-out images = the search's, {counts['test']} test images)")
     print(f"{'target':>8}{'searched MACs':>15}{'held-out':>9}{'test':>7}{'uniform x':>11}"
           f"{'MACs':>9}{'held-out':>9}{'test':>7}{'gain (test)':>12}")
     for row in rows:
-        print(f"{row['target']:>7.2f}M{row['searched_macs'] / 1e6:>8.2f}M {100 * row['searched_macs'] / full:4.1f}%"
+        print(f"{row['target']:>7.2f}M{row['searched_macs'] / 1e6:>8.2f}M "
+              f"{100 * row['searched_macs'] / full:4.1f}%"
               f"{row['searched']['held-out']:>9.2f}{row['searched']['test']:>7.2f}"
               f"{row['uniform_multiplier']:>11.3f}{row['uniform_macs'] / 1e6:>8.2f}M"
               f"{row['uniform']['held-out']:>9.2f}{row['uniform']['test']:>7.2f}"
@@ -990,54 +1028,6 @@ def gpu_settings(tiny, threads, budget_s):
             "compile_seconds": 0.15 * budget_s, "sandwich_batch": 128, "evaluate": []}
 
 
-def device_seconds(function, device, calls=1, warmup=1):
-    """Seconds per call of ``function`` after ``warmup`` calls: CUDA events around ``calls`` calls
-    on a GPU (the queue drained first), time.perf_counter on the CPU."""
-    for _ in range(warmup):
-        function()
-    if device.type != "cuda":
-        start = time.perf_counter()
-        for _ in range(calls):
-            function()
-        return (time.perf_counter() - start) / calls
-    torch.cuda.synchronize(device)
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(calls):
-        function()
-    end.record()
-    end.synchronize()
-    return start.elapsed_time(end) / 1000 / calls
-
-
-def on_device(model, device):
-    """``model`` (or input batch) where train.py puts it: on ``device``, channels_last on CUDA."""
-    model = model.to(device)
-    return model.to(memory_format=torch.channels_last) if device.type == "cuda" else model
-
-
-def autocast_on(device):
-    """train.py's precision: bf16 autocast on CUDA, float32 elsewhere."""
-    if device.type == "cuda":
-        return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext
-
-
-def forward_backward(model, inputs, targets, autocast):
-    model.zero_grad(set_to_none=True)
-    with autocast():
-        loss = torch.nn.functional.cross_entropy(model(inputs), targets)
-    loss.backward()
-
-
-def _script(main_function, argv):
-    """Run a script's main(argv); RuntimeError naming it unless it exits 0."""
-    status = main_function(argv)
-    if status != 0:
-        raise RuntimeError(f"{main_function.__module__}.py {' '.join(argv[:4])} ... exited "
-                           f"{status}")
-
-
 def gpu_scripts(device, settings):
     """Each method's short train.py run on ``device``, evaluate.py of each, search.py of the
     random-width supernet, --method fixed on the configuration it found, then --export of the
@@ -1072,12 +1062,9 @@ def gpu_subnets_match(device, name="joslim", batch=64):
     smallest width, in eval mode on ``device``: the largest |logit difference| over the largest
     |logit|, under train.py's precision (bf16 autocast on CUDA) and float32. AssertionError when
     the first exceeds BF16_TOLERANCE."""
-    checkpoint = runs.load_checkpoint(runs.checkpoint_path(name))
-    options = checkpoint["model_options"]
-    net = models.get_model(checkpoint["network"], checkpoint["num_classes"], **options)
-    net.load_state_dict(checkpoint["model"])
+    net, checkpoint = search.load_supernet(name, device)
     net = on_device(net.eval(), device)
-    size, channels = options["input_size"], options["in_channels"]
+    size, channels = (checkpoint["model_options"][key] for key in ("input_size", "in_channels"))
     inputs = on_device(torch.randn(batch, channels, size, size,
                                    generator=torch.Generator().manual_seed(0)), device)
     differences = {}
@@ -1135,54 +1122,33 @@ def gpu_distributed(device, settings, folder):
     return {"torchrun": "exit 0", "backend": backend, "ddp_gradient_difference": difference}
 
 
-def gpu_network(name, settings, device, batch):
-    """(network in train mode on ``device``, inputs, targets) at the speed parts' sizes: the CIFAR
-    ResNets at 32x32, the ImageNet networks at settings["imagenet_size"]; random weights."""
-    cifar = name in models.CIFAR_NETWORKS
-    size = 32 if cifar else settings["imagenet_size"]
-    torch.manual_seed(0)
-    net = on_device(models.get_model(name, 10 if cifar else 1000, input_size=size).train(), device)
-    inputs = on_device(torch.randn(batch, 3, size, size), device)
-    return net, inputs, torch.randint(0, 10, (batch,), device=device)
-
-
 def gpu_speed(device, settings):
     """Per network of models.py and width of GPU_WIDTHS: forward+backward ms of the slimmable
     model and of ``slimmable.export`` of it (train.py's precision and layout), their ratio (the
     median of ``pairs`` alternating measurements, so a slow spell hits both), and images/s of
     one sandwich step (full + 2 sampled + smallest network, one optimizer step)."""
-    autocast, args, rows, sandwich = autocast_on(device), _train_args(method="random"), [], {}
+    autocast, rows, sandwich = autocast_on(device), [], {}
     print(f"{'network':<24}{'batch':>6}{'width':>6}{'slim ms':>9}{'static ms':>10}{'ratio':>7}")
     for name in settings["networks"]:
         batch = settings["cifar_batch" if name in models.CIFAR_NETWORKS else "imagenet_batch"]
-        net, inputs, targets = gpu_network(name, settings, device, batch)
+        net, inputs, targets = speed_network(name, batch, settings["imagenet_size"], device)
         for widths in GPU_WIDTHS:
-            slimmable.set_widths(net, widths)
-            static = on_device(slimmable.export(net, widths).train(), device)
-            times = {net: [], static: []}
-            for pair in range(settings["pairs"]):
-                for model in (net, static) if pair % 2 == 0 else (static, net):
-                    times[model].append(device_seconds(
-                        lambda: forward_backward(model, inputs, targets, autocast), device,
-                        settings["calls"], settings["warmup"]))
-            ratio = statistics.median(a / b for a, b in zip(times[net], times[static]))
-            rows.append({"network": name, "batch": batch, "width": widths, "ratio": ratio,
-                         "slimmable_ms": 1000 * statistics.median(times[net]),
-                         "static_ms": 1000 * statistics.median(times[static])})
+            slim_times, static_times, ratios = slim_vs_static(
+                net, widths, inputs, targets, settings["pairs"], settings["calls"],
+                settings["warmup"], autocast)
+            rows.append({"network": name, "batch": batch, "width": widths,
+                         "ratio": statistics.median(ratios),
+                         "slimmable_ms": 1000 * statistics.median(slim_times),
+                         "static_ms": 1000 * statistics.median(static_times)})
             print(f"{name:<24}{batch:>6}{widths:>6}{rows[-1]['slimmable_ms']:>9.2f}"
-                  f"{rows[-1]['static_ms']:>10.2f}{ratio:>7.3f}", flush=True)
+                  f"{rows[-1]['static_ms']:>10.2f}{rows[-1]['ratio']:>7.3f}", flush=True)
         groups = len(net.width_groups)
         configs = [row.tolist() for row in samplers.RandomSampler(groups, 0.42, seed=0).propose(2)]
-        optimizer = train.make_optimizer(net, args, 0.01)
-
-        def sandwich_step():
-            optimizer.zero_grad(set_to_none=True)
-            train.train_step(net, net, inputs, targets, configs + [[0.42] * groups], args, autocast)
-            optimizer.step()
-        sandwich[name] = batch / device_seconds(sandwich_step, device, settings["calls"],
-                                                settings["warmup"])
+        step = functools.partial(sandwich_step(net, inputs, targets, autocast),
+                                 configs + [[0.42] * groups])
+        sandwich[name] = batch / device_seconds(step, device, settings["calls"], settings["warmup"])
         print(f"{name:<24}{batch:>6} sandwich step: {sandwich[name]:,.0f} images/s", flush=True)
-        del net, static, optimizer
+        del net, inputs, step
         if device.type == "cuda":
             torch.cuda.empty_cache()
     return {"overhead": rows, "sandwich_images_per_s": sandwich}
@@ -1196,7 +1162,7 @@ def gpu_latency(device, settings):
     print(f"{'network':<24}{'static full':>12}{'smallest':>10}{'ratio':>7}{'slim full':>11}"
           f"{'smallest':>10}{'ratio':>7}")
     for name in settings["networks"]:
-        net, inputs, _ = gpu_network(name, settings, device, 1)
+        net, inputs, _ = speed_network(name, 1, settings["imagenet_size"], device)
         net.eval()
         row = {"network": name}
         for label, widths in (("full", 1.0), ("smallest", GPU_WIDTHS[-1])):
@@ -1230,7 +1196,8 @@ def gpu_compile(device, settings, name="slim_resnet20"):
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         return time.perf_counter()
-    net, inputs, targets = gpu_network(name, settings, device, settings["cifar_batch"])
+    net, inputs, targets = speed_network(name, settings["cifar_batch"], settings["imagenet_size"],
+                                         device)
     torch._dynamo.reset()
     static = on_device(slimmable.export(net, GPU_WIDTHS[1]).train(), device)
     compiled = torch.compile(static)
@@ -1309,7 +1276,12 @@ def gpu_real_data(device, settings, deadline, datapath):
     net = models.get_model("slim_resnet20", num_classes, input_size=size, in_channels=channels)
     slimmable.save_config("full.json", net, 1.0)
     batch, steps_per_epoch = parsed.batch_size, len(train_set) // parsed.batch_size
-    step_seconds = device_seconds(sandwich_timer(net, device, batch, size, channels, num_classes),
+    step = sandwich_step(on_device(net.train(), device),
+                         on_device(torch.randn(batch, channels, size, size), device),
+                         torch.randint(0, num_classes, (batch,), device=device),
+                         autocast_on(device))
+    groups = len(net.width_groups)
+    step_seconds = device_seconds(lambda: step([[0.8] * groups, [0.6] * groups, [0.42] * groups]),
                                   device, settings["calls"], settings["warmup"])
     seconds_left = deadline - time.time() - 120  # start-up, and evaluation after the stop
     epochs = 1 if settings["real_data"] else \
@@ -1354,24 +1326,6 @@ def real_data_row(name, train_status, total_steps, evaluate_flags):
           f"top-1 full {row['full_top1']:.2f}, smallest {row['smallest_top1']:.2f} at "
           f"{100 * row['smallest_macs_ratio']:.0f}% of the MACs", flush=True)
     return row
-
-
-def sandwich_timer(net, device, batch, size, channels, num_classes):
-    """A function taking one sandwich step of ``net`` on random (batch, channels, size, size)
-    inputs and labels in 0..num_classes-1 on ``device`` (train.py's precision and layout): the
-    real-data schedule's unit."""
-    net = on_device(copy.deepcopy(net).train(), device)
-    inputs = on_device(torch.randn(batch, channels, size, size), device)
-    targets = torch.randint(0, num_classes, (batch,), device=device)
-    args, groups = _train_args(method="slim"), len(net.width_groups)
-    optimizer = train.make_optimizer(net, args, 0.01)
-
-    def step():
-        optimizer.zero_grad(set_to_none=True)
-        train.train_step(net, net, inputs, targets, [[0.8] * groups, [0.6] * groups,
-                                                     [0.42] * groups], args, autocast_on(device))
-        optimizer.step()
-    return step
 
 
 GPU_PARTS = ("scripts", "subnets", "distributed", "speed", "latency", "compile", "real_data")
@@ -1518,21 +1472,19 @@ def bench_convert(names=None, out_path=os.path.join("results", "convert.json")):
         try:
             row.update(check_conversion(torchvision_cnn(name), torch.randn(2, 3, size, size))[1])
         except Exception as error:  # a failure is a result here: its row says which
-            row["error"] = f"{type(error).__name__}: {str(error).splitlines()[0][:150]}"
+            row["error"] = f"{type(error).__name__}: {runs.first_line(error)[:150]}"
             print(f"{name:<22}{size:>6}  FAILED {row['error']}", flush=True)
-            rows.append(row)
-            continue
+        else:
+            print(f"{name:<22}{size:>6}{row['seconds']:>9.2f}{row['groups']:>8}{row['frozen']:>8}"
+                  f"{str(row['full_width_equal']):>7}{row['export_error']:>12.1e}"
+                  f"{str(row['macs_equal']):>7}{str(row['params_equal']):>9}", flush=True)
         rows.append(row)
-        print(f"{name:<22}{size:>6}{row['seconds']:>9.2f}{row['groups']:>8}{row['frozen']:>8}"
-              f"{str(row['full_width_equal']):>7}{row['export_error']:>12.1e}"
-              f"{str(row['macs_equal']):>7}{str(row['params_equal']):>9}", flush=True)
     good = [r for r in rows if "error" not in r and r["full_width_equal"] and r["macs_equal"]
             and r["params_equal"] and r["export_error"] < 1e-4]
-    print(f"{len(good)} of {len(rows)} converted and checked; {sum(r.get('frozen', 0) > 0 for r in rows)}"
-          f" with frozen groups; {sum('error' in r for r in rows)} failed")
-    os.makedirs(os.path.dirname(out_path), exist_ok=True)
-    with open(out_path, "w") as handle:
-        json.dump({"machine": machine(), "torch": torch.__version__, "rows": rows}, handle, indent=1)
+    print(f"{len(good)} of {len(rows)} converted and checked; "
+          f"{sum(r.get('frozen', 0) > 0 for r in rows)} with frozen groups; "
+          f"{sum('error' in r for r in rows)} failed")
+    runs.write_json(out_path, {"machine": machine(), "torch": torch.__version__, "rows": rows})
     return rows
 
 
@@ -1549,34 +1501,35 @@ def quality_dataset(dataset, datapath):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, allow_abbrev=False,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = runs.parser(__doc__)
+    positive = runs.number(int, 1)
     parser.add_argument("what", choices=["speed", "quality", "recipe", "overhead", "macs",
-                                         "sampler",
-                                         "training", "window", "converter", "search",
+                                         "sampler", "training", "window", "converter", "search",
                                          "contention", "convert", "gpu"],
                         help="which benchmark to run ('speed' runs every speed benchmark)")
     parser.add_argument("--networks", nargs="+", default=list(models.NETWORKS),
                         choices=list(models.NETWORKS), metavar="NAME",
                         help="networks for the overhead benchmark (default: all)")
-    parser.add_argument("--pairs", type=int, default=20,
+    parser.add_argument("--pairs", type=positive, default=20,
                         help="overhead: alternating slimmable/static pairs per entry")
-    parser.add_argument("--batch_size", type=int, default=64, help="batch for the overhead benchmark")
-    parser.add_argument("--imagenet_size", type=int, default=112,
+    parser.add_argument("--batch_size", type=positive, default=64,
+                        help="batch for the overhead benchmark")
+    parser.add_argument("--imagenet_size", type=positive, default=112,
                         help="input resolution of the ImageNet networks in the overhead benchmark")
-    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch CPU threads")
+    parser.add_argument("--threads", type=positive, default=os.cpu_count(),
+                        help="torch CPU threads")
     parser.add_argument("--quick", action="store_true",
                         help="quality: a few minutes instead of about an hour; contention: "
                              "the thread counts and OMP_WAIT_POLICY=PASSIVE only; convert: "
                              "one network per family")
     parser.add_argument("--only", nargs="+", metavar="NAME",
                         help="convert: these torchvision networks only")
-    parser.add_argument("--steps", type=int, default=5,
+    parser.add_argument("--steps", type=positive, default=5,
                         help="contention: timed training steps per measurement (default 5)")
-    parser.add_argument("--cores", type=int, default=None,
+    parser.add_argument("--cores", type=positive, default=None,
                         help="contention: torch threads of the widest setting (default: the "
                              "CPUs this process may use, e.g. under taskset)")
-    parser.add_argument("--spincounts", type=int, nargs="+", default=[1000, 30000],
+    parser.add_argument("--spincounts", type=runs.number(int, 0), nargs="+", default=[1000, 30000],
                         help="contention: GOMP_SPINCOUNT values to measure (default 1000 30000)")
     parser.add_argument("--short_run", action="store_true",
                         help="contention: a 20-step default train.py run, quiet and beside one "
@@ -1584,7 +1537,7 @@ def parse_args(argv=None):
     parser.add_argument("--tuner", action="store_true",
                         help="contention: train.py's ThreadTuner against fixed thread counts, "
                              "--steps quiet then --steps beside one busy process (use --steps 40)")
-    parser.add_argument("--repeats", type=int, default=3,
+    parser.add_argument("--repeats", type=positive, default=3,
                         help="contention: rounds over all settings; each figure is the median "
                              "of the rounds (default 3)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
@@ -1611,11 +1564,7 @@ def parse_args(argv=None):
                              "scripts)")
     args = parser.parse_args(argv)
     if args.what == "gpu" and args.device.startswith("cuda") and not torch.cuda.is_available():
-        parser.exit(2, "error: gpu: no CUDA device here; use --device cpu --tiny\n")
-    if args.steps < 1 or args.repeats < 1 or (args.cores is not None and args.cores < 1):
-        parser.exit(2, "error: --steps, --repeats and --cores take a positive number\n")
-    if min(args.spincounts) < 0:
-        parser.exit(2, "error: --spincounts take numbers >= 0\n")
+        parser.error("gpu: no CUDA device here; use --device cpu --tiny")
     return args
 
 

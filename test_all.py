@@ -1357,12 +1357,8 @@ def np_all_finite(values):
 def train_in_new_folder(tmp_path_factory, name, flags):
     """A new folder holding runs/NAME, trained by ``train.main`` with ``flags``."""
     folder = tmp_path_factory.mktemp(name)
-    previous = os.getcwd()
-    os.chdir(folder)
-    try:
-        assert train.main(["--name", name] + flags) == 0
-    finally:
-        os.chdir(previous)
+    trained = run_main(train, "--name", name, *flags, cwd=folder)
+    assert trained.returncode == 0, trained.stderr
     return folder
 
 
@@ -1412,20 +1408,19 @@ def sigint_as_in_a_terminal():
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def stop_by_signal(folder, flags, signum, at_step):
-    """Run train.py ``flags`` in ``folder`` and send ``signum`` once it prints step ``at_step``;
-    ``(exit status, runs/parts/checkpoint.pt, log.txt)`` after it stops."""
-    environment = dict(os.environ, PYTHONPATH=REPO)
-    process = subprocess.Popen([sys.executable, os.path.join(REPO, "train.py"), "--name", "parts",
-                                *flags], cwd=folder, stdout=subprocess.PIPE, text=True,
-                               env=environment, preexec_fn=sigint_as_in_a_terminal)
-    for line in process.stdout:  # wait until a few steps are done, then signal mid-run
-        if f" step {at_step}/" in line:
+def interrupt_when(argv, cwd, marker, signum=2, env=None):
+    """Run ``argv`` in ``cwd`` (the project on PYTHONPATH unless ``env`` is given), send
+    ``signum`` (2: SIGINT, Ctrl-C) once a line holding ``marker`` is printed, and return
+    ``(exit status, stderr)``."""
+    process = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, env=env or dict(os.environ, PYTHONPATH=REPO),
+                               preexec_fn=sigint_as_in_a_terminal)
+    for line in process.stdout:
+        if marker in line:
             process.send_signal(signum)
             break
     process.stdout.read()
-    status = process.wait(timeout=300)
-    return status, load_run(folder, "parts"), (folder / "runs" / "parts" / "log.txt").read_text()
+    return process.wait(timeout=300), process.stderr.read()
 
 
 @pytest.fixture(scope="module")
@@ -1434,8 +1429,13 @@ def signalled_run(tmp_path_factory):
     it resumed, then rerun to the end: ``(folder, {signal: (exit status, checkpoint, log) of that
     stop}, the last rerun's CompletedProcess)``."""
     folder, flags = tmp_path_factory.mktemp("signals"), TINY_RUN + ["--print_freq", "1"]
-    stops = {2: stop_by_signal(folder, flags, 2, 5)}
-    stops[15] = stop_by_signal(folder, flags, 15, stops[2][1]["step"] + 3)
+    argv = [sys.executable, os.path.join(REPO, "train.py"), "--name", "parts", *flags]
+    stops, at_step = {}, 5
+    for signum in (2, 15):  # each once a few steps are done: mid-run
+        status = interrupt_when(argv, folder, f" step {at_step}/", signum)[0]
+        stops[signum] = (status, load_run(folder, "parts"),
+                         (folder / "runs" / "parts" / "log.txt").read_text())
+        at_step = stops[signum][1]["step"] + 3
     return folder, stops, run_main(train, "--name", "parts", *flags, cwd=folder)
 
 
@@ -1680,6 +1680,17 @@ class TestResume:
         assert not [f for f in os.listdir(checkpoint.parent) if f.endswith(".tmp")]
 
 
+def assert_invalid_flag(parse_args, argv, capsys):
+    """``parse_args(argv)`` exits 2 with one line calling ``argv[0]``'s value invalid."""
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args(argv)
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1, error  # argparse's "error: argument --x: ..." or the data check's
+    assert error[0].startswith((f"error: argument {argv[0]}: ", f"error: {argv[0]} ")), error
+    assert "invalid" in error[0], error
+
+
 class TestTrainRefusals:
     """train.py and runs.py: what a user can get wrong ends in one line, exit status 2."""
 
@@ -1819,13 +1830,7 @@ class TestTrainRefusals:
         ["--name", "/tmp/x"], ["--name", ""], ["--name", "."], ["--name", "a\nb"], ["--name", "x" * 300],
         ["--epochs", "1" + "0" * 400]])  # an integer beyond any float
     def test_bad_flag_values_are_refused_in_one_line(self, argv, capsys):
-        with pytest.raises(SystemExit) as exit_info:
-            train.parse_args(argv)
-        assert exit_info.value.code == 2
-        error = capsys.readouterr().err.strip().splitlines()
-        assert len(error) == 1, error  # argparse's "error: argument --x: ..." or the data check's
-        assert error[0].startswith((f"error: argument {argv[0]}: ", f"error: {argv[0]} ")), error
-        assert "invalid" in error[0], error
+        assert_invalid_flag(train.parse_args, argv, capsys)
 
     @pytest.mark.parametrize("argv", [
         ["--batch_size", "0"], ["--batch_size", "-8"], ["--lower_channel", "0"],
@@ -1833,13 +1838,8 @@ class TestTrainRefusals:
         ["--threads", "-1"], ["--device", "tpu"], ["--workers", "-1"], ["--val_size", "-1"],
         ["--scale_ratio", "nan"], ["--scale_ratio", "0"], ["--image_size", "0"]])
     def test_evaluate_bad_flag_values_are_refused_in_one_line(self, argv, capsys):
-        with pytest.raises(SystemExit) as exit_info:
-            evaluate.parse_args(argv, {"dataset": "ImageNet"})
-        assert exit_info.value.code == 2
-        error = capsys.readouterr().err.strip().splitlines()
-        assert len(error) == 1, error  # argparse's "error: argument --x: ..." or the data check's
-        assert error[0].startswith((f"error: argument {argv[0]}: ", f"error: {argv[0]} ")), error
-        assert "invalid" in error[0], error
+        assert_invalid_flag(lambda argv: evaluate.parse_args(argv, {"dataset": "ImageNet"}), argv,
+                            capsys)
 
     def test_no_cli_accepts_an_abbreviated_flag(self, tmp_path):
         """argparse's prefix matching would read --epoch as --epochs: off in every script."""
@@ -1885,21 +1885,6 @@ def evaluated_tiny_run(tmp_path_factory):
     finally:
         os.chdir(previous)
         torch.set_num_threads(threads)
-
-
-def interrupt_when(argv, cwd, marker, env=None):
-    """Run ``argv``, send Ctrl-C (SIGINT) once a line holding ``marker`` is printed, and return
-    ``(exit status, stderr)``."""
-    import signal
-    process = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True, env=env or dict(os.environ, PYTHONPATH=REPO),
-                               preexec_fn=sigint_as_in_a_terminal)
-    for line in process.stdout:
-        if marker in line:
-            process.send_signal(signal.SIGINT)
-            break
-    process.stdout.read()
-    return process.wait(timeout=300), process.stderr.read()
 
 
 class TestEvaluate:
@@ -2007,7 +1992,7 @@ class TestEvaluate:
             error = capsys.readouterr().err
             assert error.startswith("error: ") and len(error.strip().splitlines()) == 1, (argv, error)
 
-    def test_ctrl_c_and_bad_destinations_end_in_one_line(self, evaluated_tiny_run, capsys):
+    def test_ctrl_c_and_bad_destinations_end_in_one_line(self, evaluated_tiny_run):
         """Ctrl-C during the evaluation: status 130 and one line, no traceback; --export onto a
         file and a --name that would leave runs/: refused before any work, one line."""
         workdir, _ = evaluated_tiny_run
@@ -2018,10 +2003,7 @@ class TestEvaluate:
         assert "Traceback" not in error
         (workdir / "a_file").write_text("not a folder")
         for argv in (["--name", "tiny", "--export", "a_file"], ["--name", "../tiny"]):
-            with pytest.raises(SystemExit) if argv[1] == "../tiny" else contextlib.nullcontext():
-                assert evaluate.main(argv) == 2
-            error = capsys.readouterr().err
-            assert error.startswith("error: ") and len(error.strip().splitlines()) == 1, error
+            assert_one_line_error(run_main(evaluate, *argv))
 
     def test_draw_batches_is_the_same_on_every_call_with_workers(self):
         """BN calibration batches come from the augmenting training loader; with DataLoader
@@ -2099,14 +2081,10 @@ def mbv2_workdir(tmp_path_factory):
     """runs/mbv2/checkpoint.pt: a 1.5x MobileNetV2 supernet trained down to 2/12 (AutoSlim's
     recipe) for one 2-step epoch on 32x32 synthetic images."""
     path = tmp_path_factory.mktemp("mbv2")
-    previous = os.getcwd()
-    os.chdir(path)  # and back at once: the search tests' module fixture keeps its own folder
-    try:
-        assert train.main(["--name", "mbv2", "--method", "random", "--network", "slim_mobilenetv2",
-                           "--width_mult", "1.5", "--lower_channel", "0.1667", "--epochs", "1",
-                           "--batch_size", "20", *MBV2_DATA]) == 0
-    finally:
-        os.chdir(previous)
+    trained = run_main(train, "--name", "mbv2", "--method", "random", "--network",
+                       "slim_mobilenetv2", "--width_mult", "1.5", "--lower_channel", "0.1667",
+                       "--epochs", "1", "--batch_size", "20", *MBV2_DATA, cwd=path)
+    assert trained.returncode == 0, trained.stderr
     return path
 
 
@@ -2185,14 +2163,8 @@ class TestSearch:
         (["--targets", "20", "--eval_batch_size", "0"], "--eval_batch_size: '0' is invalid"),
         (["--targets", "20", "--device", "tpu"], "--device: 'tpu' is invalid: it must be auto, cpu, cuda"),
         (["--targets", "20", "--val_size", "-1"], "--val_size: '-1' is invalid")])
-    def test_bad_flags_end_in_one_line_and_status_2(self, workdir, flags, says, capsys):
-        try:
-            status = search.main(["--name", "sn", *flags])
-        except SystemExit as leaving:  # argparse's own refusals (choices) exit too
-            status = leaving.code
-        assert status == 2
-        error = capsys.readouterr().err.strip().splitlines()
-        assert len(error) == 1 and error[0].startswith("error: ") and says in error[0], error
+    def test_bad_flags_end_in_one_line_and_status_2(self, workdir, flags, says):
+        assert_one_line_error(run_main(search, "--name", "sn", *flags), says)
 
     def test_a_run_being_trained_or_searched_is_not_searched(self, workdir, searched, capsys):
         """A search holds runs/NAME/train.lock, the lock train.py holds: another search of the run
@@ -2630,7 +2602,7 @@ def free_port():
 class TestSeedCommands:
     """The reference READMEs' commands, run as written on tiny generated data."""
 
-    def test_seed_joslim_commands_train_and_evaluate(self, seed_imagenet, tmp_path, monkeypatch, capsys):
+    def test_seed_joslim_commands_train_and_evaluate(self, seed_imagenet, tmp_path, monkeypatch):
         write_cifar100(tmp_path / "cifar" / "cifar-100-python",
                        num_train=int(SEED_CIFAR_EVAL_BATCH) + int(SEED_VAL_SIZE), num_test=64)
         cifar = str(tmp_path / "cifar")
@@ -2659,17 +2631,10 @@ class TestSeedCommands:
                            (["--lower_channel", "0.3"], "--lower_channel 0.42"),
                            (["--scale_ratio", "0.08"], "--scale_ratio 0.25"),
                            (["--image_size", "32"], f"--image_size {SEED_IMAGE_SIZE}")):
-            with pytest.raises(SystemExit) as leaving:
-                evaluate.main(["--name", "joslim_mbv2", *argv])
-            error = capsys.readouterr().err.strip().splitlines()
-            assert leaving.value.code == 2 and len(error) == 1 and flag in error[0], (argv, error)
+            assert_one_line_error(run_main(evaluate, "--name", "joslim_mbv2", *argv), flag)
         mbv2 = imagenet_seed(JOSLIM_SEED_COMMANDS["joslim_mbv2"], seed_imagenet)
-        threads = torch.get_num_threads()  # train.main sets this process's (--threads 1)
-        try:
-            assert train.main(with_flag(mbv2[mbv2.index("--name"):], "--image_size", "32")) == 2
-        finally:
-            torch.set_num_threads(threads)
-        assert "--image_size 16 -> 32" in capsys.readouterr().err
+        refused = run_main(train, *with_flag(mbv2[mbv2.index("--name"):], "--image_size", "32"))
+        assert refused.returncode == 2 and "--image_size 16 -> 32" in refused.stderr, refused.stderr
         evaluations = [with_flag(seed_command(command, cifar, ["--threads", "1"]), "--batch_size",
                                  SEED_CIFAR_EVAL_BATCH) if "CIFAR" in command
                        else seed_command(command, seed_imagenet, ["--threads", "1", "--train_size",
@@ -2920,21 +2885,15 @@ class TestNetworkFlag:
                               "--threads", "1", *TINY_DATA]) == 0
         assert glob.glob(str(tmp_path / "subnets" / "*.pt"))
 
-    def test_network_names_that_cannot_be_built_end_in_one_line(self, tmp_path, monkeypatch,
-                                                                capsys):
+    def test_network_names_that_cannot_be_built_end_in_one_line(self, tmp_path, monkeypatch):
         monkeypatch.chdir(tmp_path)
         (tmp_path / "mine.py").write_text(USER_NETWORK)
         cases = [("resnet1000", "unknown network 'resnet1000'"), ("gone.py:tiny", "no file gone.py"),
                  ("mine.py:missing", "has no function missing"),
                  ("mine.py:not_a_module", "returned a int"), ("mine.py:broken", "the user's own bug")]
         for name, fragment in cases:
-            try:  # in this process: five start-ups of torch would cost 20 s
-                status = train.main(["--name", "x", "--network", name, *TINY_RUN[2:]])
-            except SystemExit as refused:  # argparse's refusal
-                status = refused.code
-            lines = capsys.readouterr().err.strip().splitlines()
-            assert status == 2 and len(lines) == 1 and lines[0].startswith("error: "), lines
-            assert fragment in lines[0], lines[0]
+            assert_one_line_error(run_main(train, "--name", "x", "--network", name, *TINY_RUN[2:]),
+                                  fragment)
             assert not (tmp_path / "runs" / "x" / "checkpoint.pt").exists()
 
     def test_a_file_network_with_declared_groups_is_used_as_it_is(self, tmp_path):
