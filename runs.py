@@ -361,9 +361,10 @@ def set_rng_states(states):
 
 def start(device_flag="auto", threads=0, set_threads=True):
     """``(device, rank, world size)`` from torchrun's environment (one process without it): the
-    process group (NCCL on CUDA, gloo on the CPU), the CUDA device of this local rank, the torch
-    thread count (``threads``, or 0 for the usable cores shared out; ``set_threads=False`` keeps
-    the caller's when alone) and glibc's memory reuse (``keep_freed_memory``)."""
+    process group (NCCL on CUDA, gloo on the CPU) whenever torchrun started the process, even as
+    its only one, so that one process runs what many do; the CUDA device of this local rank, the
+    torch thread count (``threads``, or 0 for the usable cores shared out; ``set_threads=False``
+    keeps the caller's when alone) and glibc's memory reuse (``keep_freed_memory``)."""
     world_size = int(os.environ.get("WORLD_SIZE", 1))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     use_cuda = device_flag.startswith("cuda") or (device_flag == "auto" and
@@ -373,7 +374,7 @@ def start(device_flag="auto", threads=0, set_threads=True):
     device = torch.device(f"cuda:{local_rank}" if use_cuda else "cpu")
     if use_cuda:
         torch.cuda.set_device(device)
-    if world_size > 1 and not dist.is_initialized():
+    if "WORLD_SIZE" in os.environ and not dist.is_initialized():  # set by torchrun
         dist.init_process_group("nccl" if use_cuda else "gloo")
     rank = dist.get_rank() if dist.is_initialized() else 0
     keep_freed_memory()

@@ -589,7 +589,7 @@ class TrainingRun:
                  f"{self.last_losses[0]:.3f}, smallest {self.last_losses[1]:.3f}; "
                  f"sampler + re-scoring took {self.sampler_seconds:.1f} s "
                  f"({100 * self.sampler_seconds / max(elapsed, 1e-9):.1f}%)")
-        if dist.is_initialized():
+        if self.world_size > 1:
             runs.check_ranks_agree(self.net, self.configs_digest, self.log)
         self.log(f"checkpoint: {self.checkpoint_path}; next: python evaluate.py --name "
                  f"{self.args.name}")
