@@ -259,6 +259,24 @@ def build_sampler(args, net):
     return None
 
 
+def next_configs(sampler, count, net, held_out_batch, autocast, step, rank=0):
+    """The ``count`` configurations ``sampler`` proposes next (multiplier lists), rank 0's on every
+    rank. Joslim (Sec. 3) first re-scores its history on one held-out batch (``held_out_batch()``)
+    with the current weights, so that the Gaussian process proposes from the losses as they are
+    now; ``Fail`` if they are not finite (the training diverged by ``step``)."""
+    if isinstance(sampler, samplers.JoslimSampler):
+        history = runs.broadcast(sampler.history_configs() if rank == 0 else None)
+        if len(history):
+            losses = rescore(net, history, *held_out_batch(), autocast)
+            if not np.isfinite(losses).all():
+                raise Fail(f"training diverged: held-out losses of the history are not finite at "
+                           f"step {step}; lower --baselr and --restart")
+            if rank == 0:
+                sampler.observe(losses)
+    proposals = runs.broadcast(sampler.propose(count) if rank == 0 else None)
+    return [row.tolist() for row in proposals]
+
+
 # ---------------------------------------------------------------------------------------------
 # The training loop
 
@@ -480,25 +498,13 @@ class TrainingRun:
 
     def next_window(self):
         """The student configurations of the next window (multiplier lists, the smallest network
-        last; --method fixed: its own), the same on every rank. Joslim first re-scores its history
-        on the next held-out batch with the current weights, so the Gaussian process sees the
-        losses as they are now. Timed, and fingerprinted for ``finish``'s check of the ranks."""
+        last; --method fixed: its own), the same on every rank (``next_configs``). Timed, logged,
+        and fingerprinted for ``finish``'s check of the ranks."""
         args, sampler, start = self.args, self.sampler, time.time()
-        if args.method == "joslim":
-            history = runs.broadcast(sampler.history_configs() if self.rank == 0 else None)
-            if len(history):
-                losses = rescore(self.net, history, *self.held_out_batch(), self.autocast)
-                if not np.isfinite(losses).all():
-                    raise Fail(f"training diverged: held-out losses of the history are not "
-                               f"finite at step {self.step}; lower --baselr and --restart")
-                if self.rank == 0:
-                    sampler.observe(losses)
-            self.net.train()
         configs = self.fixed_configs
         if args.method != "fixed":
-            proposals = runs.broadcast(sampler.propose(args.num_sampled_arch)
-                                       if self.rank == 0 else None)
-            configs = [row.tolist() for row in proposals] + [self.smallest]
+            configs = next_configs(sampler, args.num_sampled_arch, self.net, self.held_out_batch,
+                                   self.autocast, self.step, self.rank) + [self.smallest]
         if args.method == "joslim" and self.rank == 0:
             self.log(f"  window at step {self.step}: history {len(sampler.history_configs())}, "
                      f"proposed costs [{', '.join(f'{c:.2f}' for c in sampler.last_costs)}]")
@@ -557,7 +563,6 @@ class TrainingRun:
                 else [1.0, self.smallest]
             point["full_top1"], point["smallest_top1"] = (held_out_top1(
                 self.net, self.curve_batches, widths, self.autocast) for widths in ends)
-            self.net.train()
         self.curves.append(point)
         self.curve_meter[:] = [0.0, 0.0, 0]
         if self.rank == 0:
