@@ -35,9 +35,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-RUNS_DIR = "runs"
-
-
 class Fail(Exception):
     """A problem the user can fix: ``cli`` prints its first line and exits with status 2."""
 
@@ -96,7 +93,6 @@ def number(kind=float, low=None, high=None, low_open=False, high_open=False):
         bounds += [f"{'<' if high_open else '<='} {high:g}"] if high is not None else []
         must = f"{'an integer' if kind is int else 'a number'} {' and '.join(bounds)}".strip()
         raise argparse.ArgumentTypeError(f"{text!r} is invalid: it must be {must}")
-    parse.__name__ = kind.__name__
     return parse
 
 
@@ -137,7 +133,7 @@ def explicit_flags(parser_, argv):
 def run_folder(name):
     """``runs/NAME``; ``Fail`` for a name that ``run_name`` refuses."""
     try:
-        return os.path.join(RUNS_DIR, run_name(name))
+        return os.path.join("runs", run_name(name))
     except argparse.ArgumentTypeError as error:
         raise Fail(f"--name {error}") from None
 
@@ -286,7 +282,6 @@ def load_weights(net, state_dict, path):
     except RuntimeError as error:
         detail = " ".join(str(error).split())[:240]
         raise Fail(f"{path} holds the weights of another network ({detail}...)") from None
-    return net
 
 
 def not_finite(state_dict):
@@ -323,7 +318,7 @@ def resume(path, args, required, free):
 
 def plain(value):
     """``value`` with NumPy arrays made tensors and NumPy scalars Python numbers, through dicts,
-    lists and tuples: what ``load_checkpoint`` reads back."""
+    lists and tuples: what ``load_checkpoint`` reads back (NumPy takes such tensors as arrays)."""
     if isinstance(value, dict):
         return {key: plain(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
@@ -331,15 +326,6 @@ def plain(value):
     if type(value).__module__ == "numpy":
         return torch.from_numpy(value.copy()) if getattr(value, "shape", ()) else value.item()
     return value
-
-
-def as_numpy(value):
-    """The inverse of ``plain``: every tensor a NumPy array (for sampler.py, NumPy only)."""
-    if isinstance(value, dict):
-        return {key: as_numpy(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(as_numpy(item) for item in value)
-    return value.numpy() if torch.is_tensor(value) else value
 
 
 def rng_states():
@@ -351,8 +337,7 @@ def rng_states():
 def set_rng_states(states):
     torch.set_rng_state(states["torch"])
     random.setstate(states["python"])
-    name, keys, *rest = states["numpy"]
-    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), *rest))
+    np.random.set_state(states["numpy"])  # NumPy reads its key array from the tensor
 
 
 # ---------------------------------------------------------------------------------------------
@@ -515,9 +500,8 @@ def stop_requests():
     def requested():
         if not dist.is_initialized():
             return received[0] if received else 0
-        flag = torch.tensor(received[:1] or [0], dtype=torch.long)
-        if dist.get_backend() == "nccl":
-            flag = flag.cuda()
+        device = "cuda" if dist.get_backend() == "nccl" else "cpu"  # NCCL reduces CUDA tensors
+        flag = torch.tensor(received[:1] or [0], device=device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return int(flag.item())
 

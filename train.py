@@ -134,8 +134,7 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if args.method == "fixed" and not args.channel_config:
         parser.error("--method fixed needs --channel_config FILE...")
-    problem = data.check_data_args(args)
-    if problem:
+    if problem := data.check_data_args(args):
         parser.error(problem)
     return args
 
@@ -301,7 +300,8 @@ def train(args, run):
                 if run.window_configs is None or run.step % window == 0:
                     run.window_configs = run.next_window()
                 step_start = time.perf_counter()
-                inputs, targets = run.to_device(inputs), targets.to(run.device, non_blocking=True)
+                inputs = inputs.to(run.device, non_blocking=True, memory_format=run.layout)
+                targets = targets.to(run.device, non_blocking=True)
                 lr = learning_rate(run.step, run.total_steps, run.warmup_steps, run.peak_lr,
                                    args.scheduler)
                 for group in optimizer.param_groups:
@@ -415,9 +415,9 @@ class TrainingRun:
         self.smallest = [args.lower_channel] * len(self.net.width_groups)  # the sandwich's end
         for line in getattr(self.net, "frozen", ()):
             self.log(line)  # "froze GROUP (C channels) at node N: why": kept at full width
-        self.net.to(self.device)
-        if self.device.type == "cuda":
-            self.net = self.net.to(memory_format=torch.channels_last)
+        # channels-last on CUDA, the network and its input batches: faster convolutions there
+        self.layout = torch.channels_last if self.device.type == "cuda" else torch.preserve_format
+        self.net.to(self.device, memory_format=self.layout)
         self.fixed_configs = [widths for widths, _ in loaded]
         # where each configuration came from, so that evaluate.py can label the retrained models
         self.fixed_sources = [{"file": path, "cost": record.get("cost"),
@@ -443,7 +443,7 @@ class TrainingRun:
         self.val_batches_used = checkpoint["val_batches_used"]
         self.curves, self.curve_meter = checkpoint["curves"], checkpoint["curve_meter"]
         if self.sampler is not None:
-            self.sampler.load_state_dict(runs.as_numpy(checkpoint["sampler"]))
+            self.sampler.load_state_dict(checkpoint["sampler"])
         self.resumed_rng = checkpoint["rng"]
         recorded = checkpoint["args"]
         session = [f"--{key} {recorded[key]!r} -> {getattr(self.args, key)!r}" for key in
@@ -491,11 +491,6 @@ class TrainingRun:
         self.net.train()
         return batches
 
-    def to_device(self, inputs):
-        """``inputs`` on the device, channels-last on CUDA as the network."""
-        layout = torch.channels_last if self.device.type == "cuda" else torch.preserve_format
-        return inputs.to(self.device, non_blocking=True, memory_format=layout)
-
     def next_window(self):
         """The student configurations of the next window (multiplier lists, the smallest network
         last; --method fixed: its own), the same on every rank (``next_configs``). Timed, logged,
@@ -540,7 +535,6 @@ class TrainingRun:
         last = self.step == self.total_steps
         if self.step % self.args.print_freq == 0 or last:
             full, small, count = self.progress
-            self.last_losses = full / count, small / count
             seconds = max(time.perf_counter() - self.progress_start, 1e-9)
             rate, eta = count * batch * self.world_size / seconds, seconds / count * (
                 self.total_steps - self.step)
@@ -590,9 +584,8 @@ class TrainingRun:
 
     def finish(self):
         elapsed = time.time() - self.start_time
-        self.log(f"done: {self.step} steps in {elapsed:.0f} s; last losses: full "
-                 f"{self.last_losses[0]:.3f}, smallest {self.last_losses[1]:.3f}; "
-                 f"sampler + re-scoring took {self.sampler_seconds:.1f} s "
+        self.log(f"done: {self.step} steps in {elapsed:.0f} s; sampler + re-scoring took "
+                 f"{self.sampler_seconds:.1f} s "
                  f"({100 * self.sampler_seconds / max(elapsed, 1e-9):.1f}%)")
         if self.world_size > 1:
             runs.check_ranks_agree(self.net, self.configs_digest, self.log)
