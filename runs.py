@@ -267,8 +267,7 @@ def load_checkpoint(path, required=("model",), what="a checkpoint written by tra
         raise Fail(f"cannot read {path} ({first_line(error)[:200]}): it is not {what}") from None
     if not isinstance(loaded, dict) or not set(required) <= set(loaded):
         raise Fail(f"{path} is not {what}")
-    broken = not_finite(loaded.get("model") or loaded.get("state_dict") or {})
-    if broken:
+    if broken := not_finite(loaded.get("model") or loaded.get("state_dict") or {}):
         raise Fail(f"{path} holds weights that are not finite ({broken}): the training that "
                    f"wrote it diverged; train again with a lower --baselr")
     return loaded
@@ -428,8 +427,7 @@ def check_ranks_agree(net, digest, log):
     (a float fingerprint of what it trained): RuntimeError (a bug) if not."""
     weights = sum(p.detach().double().sum() + p.detach().double().abs().sum()
                   for p in net.parameters()).item()
-    everyone = [None] * dist.get_world_size()
-    dist.all_gather_object(everyone, (weights, digest))
+    everyone = list(gather_dict({dist.get_rank(): (weights, digest)}).values())
     if not all(math.isclose(a, b, rel_tol=1e-9) for pair in everyone
                for a, b in zip(pair, everyone[0])):
         raise RuntimeError(f"ranks diverged: {everyone}")

@@ -457,8 +457,7 @@ class TrainingRun:
         """Write the checkpoint, a plain dict (rank 0); ``Fail`` instead when a weight or BN
         statistic is not finite, so the last finite checkpoint stays."""
         args, weights = self.args, self.net.state_dict()
-        broken = runs.not_finite(weights)
-        if broken:
+        if broken := runs.not_finite(weights):
             raise Fail(f"training diverged by step {self.step}: {broken} not finite; "
                        f"{self.checkpoint_path} keeps the last finite state: lower --baselr")
         if self.rank == 0:
