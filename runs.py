@@ -317,7 +317,7 @@ def resume(path, args, required, free):
 
 def plain(value):
     """``value`` with NumPy arrays made tensors and NumPy scalars Python numbers, through dicts,
-    lists and tuples: what ``load_checkpoint`` reads back (NumPy takes such tensors as arrays)."""
+    lists and tuples: what ``load_checkpoint`` reads back."""
     if isinstance(value, dict):
         return {key: plain(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):

@@ -442,8 +442,9 @@ class TrainingRun:
         self.step, self.window_configs = checkpoint["step"], checkpoint["window_configs"]
         self.val_batches_used = checkpoint["val_batches_used"]
         self.curves, self.curve_meter = checkpoint["curves"], checkpoint["curve_meter"]
-        if self.sampler is not None:
-            self.sampler.load_state_dict(checkpoint["sampler"])
+        if self.sampler is not None:  # sampler.py reads NumPy arrays; the checkpoint holds tensors
+            self.sampler.load_state_dict({key: value.numpy() if torch.is_tensor(value) else value
+                                          for key, value in checkpoint["sampler"].items()})
         self.resumed_rng = checkpoint["rng"]
         recorded = checkpoint["args"]
         session = [f"--{key} {recorded[key]!r} -> {getattr(self.args, key)!r}" for key in
