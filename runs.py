@@ -35,9 +35,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-RUNS_DIR = "runs"
-
-
 class Fail(Exception):
     """A problem the user can fix: ``cli`` prints its first line and exits with status 2."""
 
@@ -96,7 +93,6 @@ def number(kind=float, low=None, high=None, low_open=False, high_open=False):
         bounds += [f"{'<' if high_open else '<='} {high:g}"] if high is not None else []
         must = f"{'an integer' if kind is int else 'a number'} {' and '.join(bounds)}".strip()
         raise argparse.ArgumentTypeError(f"{text!r} is invalid: it must be {must}")
-    parse.__name__ = kind.__name__
     return parse
 
 
@@ -137,7 +133,7 @@ def explicit_flags(parser_, argv):
 def run_folder(name):
     """``runs/NAME``; ``Fail`` for a name that ``run_name`` refuses."""
     try:
-        return os.path.join(RUNS_DIR, run_name(name))
+        return os.path.join("runs", run_name(name))
     except argparse.ArgumentTypeError as error:
         raise Fail(f"--name {error}") from None
 
@@ -271,8 +267,7 @@ def load_checkpoint(path, required=("model",), what="a checkpoint written by tra
         raise Fail(f"cannot read {path} ({first_line(error)[:200]}): it is not {what}") from None
     if not isinstance(loaded, dict) or not set(required) <= set(loaded):
         raise Fail(f"{path} is not {what}")
-    broken = not_finite(loaded.get("model") or loaded.get("state_dict") or {})
-    if broken:
+    if broken := not_finite(loaded.get("model") or loaded.get("state_dict") or {}):
         raise Fail(f"{path} holds weights that are not finite ({broken}): the training that "
                    f"wrote it diverged; train again with a lower --baselr")
     return loaded
@@ -286,7 +281,6 @@ def load_weights(net, state_dict, path):
     except RuntimeError as error:
         detail = " ".join(str(error).split())[:240]
         raise Fail(f"{path} holds the weights of another network ({detail}...)") from None
-    return net
 
 
 def not_finite(state_dict):
@@ -333,15 +327,6 @@ def plain(value):
     return value
 
 
-def as_numpy(value):
-    """The inverse of ``plain``: every tensor a NumPy array (for sampler.py, NumPy only)."""
-    if isinstance(value, dict):
-        return {key: as_numpy(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(as_numpy(item) for item in value)
-    return value.numpy() if torch.is_tensor(value) else value
-
-
 def rng_states():
     """Every random stream a training step draws from: torch's, Python's and NumPy's."""
     return {"torch": torch.get_rng_state(), "python": random.getstate(),
@@ -351,8 +336,7 @@ def rng_states():
 def set_rng_states(states):
     torch.set_rng_state(states["torch"])
     random.setstate(states["python"])
-    name, keys, *rest = states["numpy"]
-    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), *rest))
+    np.random.set_state(states["numpy"])  # NumPy reads its key array from the tensor
 
 
 # ---------------------------------------------------------------------------------------------
@@ -361,9 +345,10 @@ def set_rng_states(states):
 
 def start(device_flag="auto", threads=0, set_threads=True):
     """``(device, rank, world size)`` from torchrun's environment (one process without it): the
-    process group (NCCL on CUDA, gloo on the CPU), the CUDA device of this local rank, the torch
-    thread count (``threads``, or 0 for the usable cores shared out; ``set_threads=False`` keeps
-    the caller's when alone) and glibc's memory reuse (``keep_freed_memory``)."""
+    process group (NCCL on CUDA, gloo on the CPU) whenever torchrun started the process, even as
+    its only one, so that one process runs what many do; the CUDA device of this local rank, the
+    torch thread count (``threads``, or 0 for the usable cores shared out; ``set_threads=False``
+    keeps the caller's when alone) and glibc's memory reuse (``keep_freed_memory``)."""
     world_size = int(os.environ.get("WORLD_SIZE", 1))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     use_cuda = device_flag.startswith("cuda") or (device_flag == "auto" and
@@ -373,7 +358,7 @@ def start(device_flag="auto", threads=0, set_threads=True):
     device = torch.device(f"cuda:{local_rank}" if use_cuda else "cpu")
     if use_cuda:
         torch.cuda.set_device(device)
-    if world_size > 1 and not dist.is_initialized():
+    if "WORLD_SIZE" in os.environ and not dist.is_initialized():  # set by torchrun
         dist.init_process_group("nccl" if use_cuda else "gloo")
     rank = dist.get_rank() if dist.is_initialized() else 0
     keep_freed_memory()
@@ -442,8 +427,7 @@ def check_ranks_agree(net, digest, log):
     (a float fingerprint of what it trained): RuntimeError (a bug) if not."""
     weights = sum(p.detach().double().sum() + p.detach().double().abs().sum()
                   for p in net.parameters()).item()
-    everyone = [None] * dist.get_world_size()
-    dist.all_gather_object(everyone, (weights, digest))
+    everyone = list(gather_dict({dist.get_rank(): (weights, digest)}).values())
     if not all(math.isclose(a, b, rel_tol=1e-9) for pair in everyone
                for a, b in zip(pair, everyone[0])):
         raise RuntimeError(f"ranks diverged: {everyone}")
@@ -514,9 +498,8 @@ def stop_requests():
     def requested():
         if not dist.is_initialized():
             return received[0] if received else 0
-        flag = torch.tensor(received[:1] or [0], dtype=torch.long)
-        if dist.get_backend() == "nccl":
-            flag = flag.cuda()
+        device = "cuda" if dist.get_backend() == "nccl" else "cpu"  # NCCL reduces CUDA tensors
+        flag = torch.tensor(received[:1] or [0], device=device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return int(flag.item())
 

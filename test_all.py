@@ -1567,6 +1567,32 @@ class TestTrain:
         assert "over 2 process(es)" in log
         assert "all 2 ranks hold identical weights and trained the same configurations" in log
 
+    def test_torchrun_with_one_process_trains_in_a_process_group(self, tmp_path, monkeypatch):
+        """torchrun --nproc_per_node=1 (its environment, in this process): the run trains in a
+        one-process gloo group, its data sharded through it as with several processes, and
+        leaves the group at the end."""
+        torchrun = {"WORLD_SIZE": "1", "RANK": "0", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1",
+                    "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
+        for key, value in torchrun.items():
+            monkeypatch.setenv(key, value)
+        get_loaders, seen = data.get_loaders, []
+
+        def loaders_in_group(*args):
+            made = get_loaders(*args)
+            seen.append((torch.distributed.is_initialized() and torch.distributed.get_backend(),
+                         type(made.train.sampler).__name__))
+            return made
+
+        monkeypatch.setattr(data, "get_loaders", loaders_in_group)
+        try:
+            done = run_main(train, "--name", "one", *TINY_EPOCH, cwd=tmp_path)
+        finally:
+            if torch.distributed.is_initialized():  # only when the run failed to leave it
+                torch.distributed.destroy_process_group()
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert seen == [("gloo", "DistributedSampler")]
+        assert load_run(tmp_path, "one")["finished"] and not torch.distributed.is_initialized()
+
 
 class TestResume:
     """train.py and runs.py: pausing and resuming exactly, signals, locks, checkpoint writes."""

@@ -134,8 +134,7 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if args.method == "fixed" and not args.channel_config:
         parser.error("--method fixed needs --channel_config FILE...")
-    problem = data.check_data_args(args)
-    if problem:
+    if problem := data.check_data_args(args):
         parser.error(problem)
     return args
 
@@ -259,6 +258,24 @@ def build_sampler(args, net):
     return None
 
 
+def next_configs(sampler, count, net, held_out_batch, autocast, step, rank=0):
+    """The ``count`` configurations ``sampler`` proposes next (multiplier lists), rank 0's on every
+    rank. Joslim (Sec. 3) first re-scores its history on one held-out batch (``held_out_batch()``)
+    with the current weights, so that the Gaussian process proposes from the losses as they are
+    now; ``Fail`` if they are not finite (the training diverged by ``step``)."""
+    if isinstance(sampler, samplers.JoslimSampler):
+        history = runs.broadcast(sampler.history_configs() if rank == 0 else None)
+        if len(history):
+            losses = rescore(net, history, *held_out_batch(), autocast)
+            if not np.isfinite(losses).all():
+                raise Fail(f"training diverged: held-out losses of the history are not finite at "
+                           f"step {step}; lower --baselr and --restart")
+            if rank == 0:
+                sampler.observe(losses)
+    proposals = runs.broadcast(sampler.propose(count) if rank == 0 else None)
+    return [row.tolist() for row in proposals]
+
+
 # ---------------------------------------------------------------------------------------------
 # The training loop
 
@@ -283,7 +300,8 @@ def train(args, run):
                 if run.window_configs is None or run.step % window == 0:
                     run.window_configs = run.next_window()
                 step_start = time.perf_counter()
-                inputs, targets = run.to_device(inputs), targets.to(run.device, non_blocking=True)
+                inputs = inputs.to(run.device, non_blocking=True, memory_format=run.layout)
+                targets = targets.to(run.device, non_blocking=True)
                 lr = learning_rate(run.step, run.total_steps, run.warmup_steps, run.peak_lr,
                                    args.scheduler)
                 for group in optimizer.param_groups:
@@ -397,9 +415,9 @@ class TrainingRun:
         self.smallest = [args.lower_channel] * len(self.net.width_groups)  # the sandwich's end
         for line in getattr(self.net, "frozen", ()):
             self.log(line)  # "froze GROUP (C channels) at node N: why": kept at full width
-        self.net.to(self.device)
-        if self.device.type == "cuda":
-            self.net = self.net.to(memory_format=torch.channels_last)
+        # channels-last on CUDA, the network and its input batches: faster convolutions there
+        self.layout = torch.channels_last if self.device.type == "cuda" else torch.preserve_format
+        self.net.to(self.device, memory_format=self.layout)
         self.fixed_configs = [widths for widths, _ in loaded]
         # where each configuration came from, so that evaluate.py can label the retrained models
         self.fixed_sources = [{"file": path, "cost": record.get("cost"),
@@ -424,8 +442,9 @@ class TrainingRun:
         self.step, self.window_configs = checkpoint["step"], checkpoint["window_configs"]
         self.val_batches_used = checkpoint["val_batches_used"]
         self.curves, self.curve_meter = checkpoint["curves"], checkpoint["curve_meter"]
-        if self.sampler is not None:
-            self.sampler.load_state_dict(runs.as_numpy(checkpoint["sampler"]))
+        if self.sampler is not None:  # sampler.py reads NumPy arrays; the checkpoint holds tensors
+            self.sampler.load_state_dict({key: value.numpy() if torch.is_tensor(value) else value
+                                          for key, value in checkpoint["sampler"].items()})
         self.resumed_rng = checkpoint["rng"]
         recorded = checkpoint["args"]
         session = [f"--{key} {recorded[key]!r} -> {getattr(self.args, key)!r}" for key in
@@ -439,8 +458,7 @@ class TrainingRun:
         """Write the checkpoint, a plain dict (rank 0); ``Fail`` instead when a weight or BN
         statistic is not finite, so the last finite checkpoint stays."""
         args, weights = self.args, self.net.state_dict()
-        broken = runs.not_finite(weights)
-        if broken:
+        if broken := runs.not_finite(weights):
             raise Fail(f"training diverged by step {self.step}: {broken} not finite; "
                        f"{self.checkpoint_path} keeps the last finite state: lower --baselr")
         if self.rank == 0:
@@ -473,32 +491,15 @@ class TrainingRun:
         self.net.train()
         return batches
 
-    def to_device(self, inputs):
-        """``inputs`` on the device, channels-last on CUDA as the network."""
-        layout = torch.channels_last if self.device.type == "cuda" else torch.preserve_format
-        return inputs.to(self.device, non_blocking=True, memory_format=layout)
-
     def next_window(self):
         """The student configurations of the next window (multiplier lists, the smallest network
-        last; --method fixed: its own), the same on every rank. Joslim first re-scores its history
-        on the next held-out batch with the current weights, so the Gaussian process sees the
-        losses as they are now. Timed, and fingerprinted for ``finish``'s check of the ranks."""
+        last; --method fixed: its own), the same on every rank (``next_configs``). Timed, logged,
+        and fingerprinted for ``finish``'s check of the ranks."""
         args, sampler, start = self.args, self.sampler, time.time()
-        if args.method == "joslim":
-            history = runs.broadcast(sampler.history_configs() if self.rank == 0 else None)
-            if len(history):
-                losses = rescore(self.net, history, *self.held_out_batch(), self.autocast)
-                if not np.isfinite(losses).all():
-                    raise Fail(f"training diverged: held-out losses of the history are not "
-                               f"finite at step {self.step}; lower --baselr and --restart")
-                if self.rank == 0:
-                    sampler.observe(losses)
-            self.net.train()
         configs = self.fixed_configs
         if args.method != "fixed":
-            proposals = runs.broadcast(sampler.propose(args.num_sampled_arch)
-                                       if self.rank == 0 else None)
-            configs = [row.tolist() for row in proposals] + [self.smallest]
+            configs = next_configs(sampler, args.num_sampled_arch, self.net, self.held_out_batch,
+                                   self.autocast, self.step, self.rank) + [self.smallest]
         if args.method == "joslim" and self.rank == 0:
             self.log(f"  window at step {self.step}: history {len(sampler.history_configs())}, "
                      f"proposed costs [{', '.join(f'{c:.2f}' for c in sampler.last_costs)}]")
@@ -534,7 +535,6 @@ class TrainingRun:
         last = self.step == self.total_steps
         if self.step % self.args.print_freq == 0 or last:
             full, small, count = self.progress
-            self.last_losses = full / count, small / count
             seconds = max(time.perf_counter() - self.progress_start, 1e-9)
             rate, eta = count * batch * self.world_size / seconds, seconds / count * (
                 self.total_steps - self.step)
@@ -557,7 +557,6 @@ class TrainingRun:
                 else [1.0, self.smallest]
             point["full_top1"], point["smallest_top1"] = (held_out_top1(
                 self.net, self.curve_batches, widths, self.autocast) for widths in ends)
-            self.net.train()
         self.curves.append(point)
         self.curve_meter[:] = [0.0, 0.0, 0]
         if self.rank == 0:
@@ -585,11 +584,10 @@ class TrainingRun:
 
     def finish(self):
         elapsed = time.time() - self.start_time
-        self.log(f"done: {self.step} steps in {elapsed:.0f} s; last losses: full "
-                 f"{self.last_losses[0]:.3f}, smallest {self.last_losses[1]:.3f}; "
-                 f"sampler + re-scoring took {self.sampler_seconds:.1f} s "
+        self.log(f"done: {self.step} steps in {elapsed:.0f} s; sampler + re-scoring took "
+                 f"{self.sampler_seconds:.1f} s "
                  f"({100 * self.sampler_seconds / max(elapsed, 1e-9):.1f}%)")
-        if dist.is_initialized():
+        if self.world_size > 1:
             runs.check_ranks_agree(self.net, self.configs_digest, self.log)
         self.log(f"checkpoint: {self.checkpoint_path}; next: python evaluate.py --name "
                  f"{self.args.name}")
