@@ -1085,10 +1085,10 @@ def gpu_subnets_match(device, name="joslim", batch=64):
 
 
 def gpu_distributed(device, settings, folder):
-    """torchrun with one process: train.py exits 0. Then, in this process, a one-process NCCL
-    group (gloo on the CPU): a DistributedDataParallel sandwich step's gradients equal the plain
-    step's (relative difference), and a short Joslim run of train.py whose broadcasts and
-    all-reduces go through it. (runs.start makes no group for a single torchrun process.)"""
+    """torchrun with one process: train.py, in a one-process NCCL group (gloo on the CPU) that
+    its broadcasts and all-reduces go through, exits 0. Then, in this process, in such a group,
+    a DistributedDataParallel sandwich step's gradients equal the plain step's (relative
+    difference): train.py wraps the network in DDP only with several processes."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1",
                os.path.join(os.path.dirname(os.path.abspath(__file__)), "train.py"),
                "--name", "torchrun"] + settings["data"] + settings["run"] + ["--device",
@@ -1114,11 +1114,8 @@ def gpu_distributed(device, settings, folder):
         train.train_step(plain, plain, inputs, targets, configs, args, autocast_on(device))
         difference = max(float((a.grad - b.grad).abs().max() / b.grad.abs().max().clamp_min(1e-12))
                          for a, b in zip(net.parameters(), plain.parameters()))
-        _script(train.main, ["--name", "in_group"] + settings["data"] + settings["run"]
-                + ["--device", device.type])
     finally:
-        if torch.distributed.is_initialized():  # train.main leaves the group it ran in
-            torch.distributed.destroy_process_group()
+        torch.distributed.destroy_process_group()
     return {"torchrun": "exit 0", "backend": backend, "ddp_gradient_difference": difference}
 
 
