@@ -228,9 +228,6 @@ class Analysis:
                             node, reason)
         return UNKNOWN
 
-    def new_source(self, node, channels, dim, ndim):
-        return Layout(dim, ndim, [(self.sources.new(channels, node.target), 1)])
-
     def record(self, node, in_layout, out_layout):
         """A call of a converted layer; a second call of the same layer must agree with the first."""
         if node.target not in self.layers:
@@ -270,8 +267,8 @@ class Analysis:
         if convertible(module) and isinstance(module, nn.Linear):
             if not isinstance(x, Layout) or x.dim != x.ndim - 1:
                 x = self.unknown(node, "Linear on untracked features")
-            out = self.new_source(node, module.out_features, len(_shape(node)) - 1,
-                                  len(_shape(node)))
+            ndim = len(_shape(node))
+            out = Layout(ndim - 1, ndim, [(self.sources.new(module.out_features, node.target), 1)])
             self.record(node, x, out)
             return out
         if isinstance(module, nn.Flatten):
@@ -303,7 +300,7 @@ class Analysis:
                                                       conv.in_channels // conv.groups)
             self.record(node, x, x)
             return x
-        out = self.new_source(node, conv.out_channels, 1, ndim)
+        out = Layout(1, ndim, [(self.sources.new(conv.out_channels, node.target), 1)])
         if conv.groups > 1:  # in != out: the grouping ties widths no width group can express
             self.sources.freeze(_sources(x) + _sources(out), node,
                                 "grouped conv with different input and output channels")
@@ -334,7 +331,7 @@ class Analysis:
         if name in ("view", "reshape"):
             return self.reshape(node, x)
         if name in ("permute", "transpose"):
-            return self.permute(node, x)
+            return self.permute(node, x, name)
         if name in ("mean", "sum", "amax", "amin"):
             return self.reduce(node, x)
         if name in ("chunk", "split"):
@@ -434,12 +431,10 @@ class Analysis:
             return self.flatten(node, x, prefix, len(before) - suffix - 1)
         return x.moved(out_dim, len(after))
 
-    def permute(self, node, x):
+    def permute(self, node, x, name):
         dims = [d % x.ndim for d in _int_list(node, "dims")]
-        if node.target in ("transpose",) or getattr(node.target, "__name__", "") == "transpose":
-            order = list(range(x.ndim))
-            order[dims[0]], order[dims[1]] = order[dims[1]], order[dims[0]]
-            dims = order
+        if name == "transpose":  # the two dims given swap places
+            return x.moved({dims[0]: dims[1], dims[1]: dims[0]}.get(x.dim, x.dim))
         return x.moved(dims.index(x.dim))
 
     def reduce(self, node, x):
@@ -460,10 +455,11 @@ class Analysis:
 
 
 def width_groups(analysis, divisor=1):
-    """``(groups, group_of, frozen)``: the ``WidthGroup``s, in the order their first layer runs
-    (each named after that layer); each slimmable source root's group index; one line per
-    frozen group. A root of one channel has nothing to slim."""
-    sources, groups, group_of, frozen = analysis.sources, [], {}, {}
+    """``(groups, slot, frozen)``: the ``WidthGroup``s, in the order their first layer runs
+    (each named after that layer); ``slot(layout)``, the ``ChannelSlot`` (one part) or
+    ``ChannelConcat`` of a layout, None when fixed; one line per frozen group. A root of one
+    channel has nothing to slim."""
+    sources, groups, group_of, frozen = analysis.sources, [], {}, {}  # group_of: root -> slot
     for s in range(len(sources.parent)):
         root = sources.find(s)
         name, channels = sources.names[s], sources.channels[root]
@@ -474,28 +470,19 @@ def width_groups(analysis, divisor=1):
             if reason is not None:  # None: the image or the logits, fixed by definition
                 frozen[root] = f"froze {name} ({channels} channels) at node {node}: {reason}"
             continue
-        group_of[root] = len(groups)
-        groups.append(slimmable.WidthGroup(name, channels,
-                                           math.lcm(divisor, sources.divisor[root])))
-    return groups, group_of, list(frozen.values())
+        group_of[root] = slimmable.add_group(groups, name, channels,
+                                             math.lcm(divisor, sources.divisor[root]))
 
-
-def _slot(layout, analysis, groups, group_of):
-    """The ``ChannelSlot`` (one part) or ``ChannelConcat`` of a layout; None when fixed."""
-    if not isinstance(layout, Layout):
-        return None
-    parts = []
-    for source, scale in layout.parts:
-        root = analysis.sources.find(source)
-        if root in group_of:
-            group = groups[group_of[root]]
-            parts.append(slimmable.ChannelSlot(group_of[root], group.channels, group.divisor,
-                                               scale))
-        else:
-            parts.append(analysis.sources.channels[root] * scale)
-    if all(isinstance(p, int) for p in parts):
-        return None
-    return parts[0] if len(parts) == 1 else slimmable.ChannelConcat(tuple(parts))
+    def slot(layout):
+        if not isinstance(layout, Layout):
+            return None
+        roots = [(sources.find(source), scale) for source, scale in layout.parts]
+        parts = [group_of[r]._replace(scale=k) if r in group_of else sources.channels[r] * k
+                 for r, k in roots]
+        if all(isinstance(p, int) for p in parts):
+            return None
+        return parts[0] if len(parts) == 1 else slimmable.ChannelConcat(tuple(parts))
+    return groups, slot, list(frozen.values())
 
 
 def _make_slim(layer, in_slot, out_slot, channel_dim):
@@ -534,13 +521,10 @@ def make_slimmable(model, example_input, log=print, divisor=1):
                          f"attribute make_slimmable sets: rename the child")
     expected = _full_width_output(model, example_input)
     analysis = Analysis(trace(model, example_input))
-    groups, group_of, frozen = width_groups(analysis, divisor)
+    groups, slot, frozen = width_groups(analysis, divisor)
     if not analysis.layers:
         raise ValueError(f"{type(model).__name__} has no Conv2d, BatchNorm2d, Linear or LayerNorm "
                          f"that its forward calls")
-
-    def slot(layout):
-        return _slot(layout, analysis, groups, group_of)
     for name, module in list(model.named_modules()):
         if convertible(module):
             in_layout, out_layout = analysis.layers.get(name, (None, None))

@@ -45,8 +45,8 @@ import sys
 import torch
 import torch.nn as nn
 
-from slimmable import (SlimBatchNorm2d, SlimConv2d, SlimLinear, add_group, group_channels, macs,
-                       mmcv_flops, params, save_config, slim_layers)
+from slimmable import (SlimBatchNorm2d, SlimConv2d, SlimLinear, add_group, channels_to_widths,
+                       macs, mmcv_flops, params, save_config, slim_layers)
 
 
 def option_a_shortcut(x, channels, stride):
@@ -143,7 +143,7 @@ def slim_resnet18(num_classes=1000, input_size=224, in_channels=3):
     the stem for the first stage), one per block's inner width (``layerK.B.inner``)."""
     import torchvision
     net = _converted(torchvision.models.resnet18(num_classes=num_classes), "slim_resnet18",
-                     input_size, in_channels)
+                     input_size, in_channels, imagenet=True)
     named = []
     for k, stage in enumerate((net.layer1, net.layer2, net.layer3, net.layer4), 1):
         named.append((f"layer{k}.residual", stage[0].bn2))
@@ -166,7 +166,7 @@ def slim_mobilenetv2(num_classes=1000, width_mult=1.0, input_size=224, dropout=0
             return self.classifier(self.avgpool(self.features(x)).flatten(1))
     net = MobileNetV2(num_classes=num_classes, width_mult=width_mult, dropout=dropout)
     net.avgpool = nn.AdaptiveAvgPool2d(1)
-    _converted(net, "slim_mobilenetv2", input_size, in_channels)
+    _converted(net, "slim_mobilenetv2", input_size, in_channels, imagenet=True)
     net = _regroup(net, _mobilenet_groups(net))
     net.width_mult = width_mult
     return net
@@ -179,17 +179,8 @@ def slim_mobilenetv3_large(num_classes=1000, input_size=224, dropout=0.2, in_cha
     expansion multiplier, so it stays about a quarter of the expansion at every width."""
     import torchvision
     net = torchvision.models.mobilenet_v3_large(num_classes=num_classes, dropout=dropout)
-    _converted(net, "slim_mobilenetv3_large", input_size, in_channels)
+    _converted(net, "slim_mobilenetv3_large", input_size, in_channels, imagenet=True)
     return _regroup(net, _mobilenet_groups(net))
-
-
-def _converted(net, name, input_size, in_channels):
-    """``net`` with a stem for ``in_channels`` (torchvision's initialization) made slimmable,
-    channels in multiples of 8 like torchvision."""
-    if _rebuild_stem(net, in_channels):
-        stem = next(m for m in net.modules() if isinstance(m, nn.Conv2d))
-        nn.init.kaiming_normal_(stem.weight, mode="fan_out", nonlinearity="relu")
-    return _make_slimmable(net, name, input_size, in_channels, divisor=8)
 
 
 def _mobilenet_groups(net):
@@ -329,32 +320,31 @@ def _build_traced(name, num_classes, input_size=224, in_channels=3):
             model.input_size = getattr(model, "input_size", input_size)
             model.frozen = []
             return model
-    _rebuild_stem(model, in_channels)
-    return _make_slimmable(model, name, input_size, in_channels)
+    return _converted(model, name, input_size, in_channels)
 
 
-def _rebuild_stem(model, in_channels):
-    """Give ``model``'s first conv ``in_channels`` inputs (grey images: 1) if it takes another
-    count, with torch's default initialization; whether it did."""
+def _converted(model, name, input_size, in_channels, imagenet=False):
+    """``model``, its first conv rebuilt for ``in_channels`` inputs (grey images: 1) if it takes
+    another count (torch's default initialization), made slimmable by ``convert.make_slimmable``
+    from one trace at ``input_size``; ``model.frozen``, the groups it had to freeze, one line
+    each. ``imagenet``, for the three ImageNet networks: channels in multiples of 8 and a rebuilt
+    conv initialized like torchvision. ValueError, one line, if the network cannot take that
+    size."""
+    import convert  # imported here: the CIFAR ResNets need only slimmable.py
     stem_name, stem = next(((n, m) for n, m in model.named_modules()
                             if isinstance(m, nn.Conv2d)), (None, None))
-    if stem is None or stem.in_channels == in_channels:
-        return False
-    parent, _, attr = stem_name.rpartition(".")
-    setattr(model.get_submodule(parent), attr, nn.Conv2d(
-        in_channels, stem.out_channels, stem.kernel_size, stem.stride, stem.padding,
-        stem.dilation, bias=stem.bias is not None, padding_mode=stem.padding_mode))
-    return True
-
-
-def _make_slimmable(model, name, input_size, in_channels, divisor=1):
-    """``convert.make_slimmable`` from one trace at ``input_size``; ``model.frozen``, the groups
-    it had to freeze, one line each. ValueError, one line, if the network cannot take that size."""
-    import convert  # imported here: the CIFAR ResNets need only slimmable.py
+    if stem is not None and stem.in_channels != in_channels:
+        parent, _, attr = stem_name.rpartition(".")
+        stem = nn.Conv2d(in_channels, stem.out_channels, stem.kernel_size, stem.stride,
+                         stem.padding, stem.dilation, bias=stem.bias is not None,
+                         padding_mode=stem.padding_mode)
+        setattr(model.get_submodule(parent), attr, stem)
+        if imagenet:
+            nn.init.kaiming_normal_(stem.weight, mode="fan_out", nonlinearity="relu")
     frozen = []
     try:
         convert.make_slimmable(model, torch.zeros(1, in_channels, input_size, input_size),
-                               log=frozen.append, divisor=divisor)
+                               log=frozen.append, divisor=8 if imagenet else 1)
     except (RuntimeError, TypeError) as error:  # e.g. an image too small for the network
         raise ValueError(f"cannot convert {name} at {input_size}x{input_size}: "
                          f"{str(error).splitlines()[0]}") from None
@@ -412,16 +402,10 @@ def channels_from_flat_list(model, flat):
 
 def autoslim_networks():
     """The 1.5x MobileNetV2 supernet and ``[(label, widths)]`` of the published AutoSlim networks
-    in it; the widths reproduce the published channels (checked)."""
+    in it; the widths reproduce the published channels (``channels_to_widths`` checks)."""
     net = get_model("slim_mobilenetv2", 1000, width_mult=1.5)
-    networks = []
-    for label, flat in AUTOSLIM_MOBILENETV2.items():
-        channels = channels_from_flat_list(net, flat)
-        widths = [channels[g.name] / g.channels for g in net.width_groups]
-        if group_channels(net, widths) != channels:
-            raise RuntimeError(f"the widths of AutoSlim {label} miss its channels (a bug)")
-        networks.append((label, widths))
-    return net, networks
+    return net, [(label, channels_to_widths(net, channels_from_flat_list(net, flat)))
+                 for label, flat in AUTOSLIM_MOBILENETV2.items()]
 
 
 def write_autoslim_configs(folder="configs"):
