@@ -160,6 +160,16 @@ def _argument(node, position, name, default=None):
     return node.kwargs.get(name, default)
 
 
+def _layer_norm_dim(module, x):
+    """The channel dim a LayerNorm of one normalized dim normalizes on layout ``x``: -1 for the
+    last dim, 1 for a LayerNorm subclass on NCHW channels (ConvNeXt's LayerNorm2d); else None."""
+    if not isinstance(x, Layout):
+        return None
+    if x.dim == x.ndim - 1:
+        return -1
+    return 1 if type(module) is not nn.LayerNorm and x.dim == 1 and x.ndim == 4 else None
+
+
 class _Tracer(fx.Tracer):
     """fx's tracer with every LayerNorm a leaf (ConvNeXt's LayerNorm2d permutes inside)."""
 
@@ -258,7 +268,7 @@ class Analysis:
             tracked = isinstance(x, Layout) and x.dim == (1 if isinstance(module, nn.BatchNorm2d)
                                                           else x.dim)
             if not tracked or any(scale != 1 for _, scale in x.parts) or (
-                    isinstance(module, nn.LayerNorm) and not self._layer_norm_dim(module, x)):
+                    isinstance(module, nn.LayerNorm) and not _layer_norm_dim(module, x)):
                 x = self.unknown(node, f"{type(module).__name__} on untracked channels")
             elif isinstance(module, nn.LayerNorm) and len(x.parts) > 1:
                 self.sources.freeze(_sources(x), node, "LayerNorm on a concatenation")
@@ -278,13 +288,6 @@ class Analysis:
             self.calls.setdefault(node.target, []).append(x)
             return x
         return self.unknown(node, f"module {type(module).__name__}")
-
-    def _layer_norm_dim(self, module, x):
-        """The channel dim a LayerNorm of one normalized dim normalizes: -1 for the last dim,
-        1 for a LayerNorm subclass on NCHW channels (ConvNeXt's LayerNorm2d); None otherwise."""
-        if x.dim == x.ndim - 1:
-            return -1
-        return 1 if type(module) is not nn.LayerNorm and x.dim == 1 and x.ndim == 4 else None
 
     def visit_conv(self, node, conv, x):
         ndim = len(_shape(node))
@@ -369,18 +372,13 @@ class Analysis:
             dim = result.dim - offset
             if dim < 0 or shape[dim] == 1:
                 continue  # broadcast along the channels
-            if a.op == "get_attr" and len(result.parts) == 1 and self._is_parameter(a.target):
+            if a.op == "get_attr" and len(result.parts) == 1 and a.target in dict(
+                    self.traced.named_parameters(remove_duplicate=False)):  # no buffer, constant
                 partner = next(b for b in operands if b is not a)
                 self.scaled.append((a, node, dim, partner, self.layout[partner].dim))
             else:
                 self.sources.freeze(_sources(result), node, "meets a fixed tensor of its channels")
         return result
-
-    def _is_parameter(self, target):
-        try:
-            return self.traced.get_parameter(target) is not None
-        except AttributeError:  # a buffer, or a constant the trace folded
-            return False
 
     def cat(self, node):
         tensors, dim = node.args[0], _argument(node, 1, "dim", 0)
@@ -485,15 +483,16 @@ def width_groups(analysis, divisor=1):
     return groups, slot, list(frozen.values())
 
 
-def _make_slim(layer, in_slot, out_slot, channel_dim):
-    """Turn a plain layer into its slimmable counterpart in place: its class changes; its
-    parameters, buffers and name stay."""
+def _make_slim(layer, in_layout, out_layout, slot):
+    """Turn a plain layer into its slimmable counterpart in place, with the slots of the layouts
+    of its call: its class changes; its parameters, buffers and name stay."""
+    in_slot, out_slot = slot(in_layout), slot(out_layout)
     if isinstance(layer, nn.Conv2d):
         layer.__class__ = slimmable.SlimConv2d
         layer._set_slots(in_slot, out_slot)
         return
     if isinstance(layer, nn.LayerNorm):
-        layer.plain_class, layer.channel_dim = type(layer), channel_dim
+        layer.plain_class, layer.channel_dim = type(layer), _layer_norm_dim(layer, in_layout) or -1
         layer.__class__ = slimmable.SlimLayerNorm
     else:
         layer.__class__ = {nn.BatchNorm2d: slimmable.SlimBatchNorm2d,
@@ -527,11 +526,7 @@ def make_slimmable(model, example_input, log=print, divisor=1):
                          f"that its forward calls")
     for name, module in list(model.named_modules()):
         if convertible(module):
-            in_layout, out_layout = analysis.layers.get(name, (None, None))
-            channel_dim = None
-            if isinstance(module, nn.LayerNorm) and isinstance(in_layout, Layout):
-                channel_dim = analysis._layer_norm_dim(module, in_layout)
-            _make_slim(module, slot(in_layout), slot(out_layout), channel_dim or -1)
+            _make_slim(module, *analysis.layers.get(name, (None, None)), slot)
         elif name in analysis.calls:  # for slimmable's cost probe: the width of each call
             module.call_slots = [(slot(x), x.dim if isinstance(x, Layout) else 1)
                                  for x in analysis.calls[name]]

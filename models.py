@@ -174,9 +174,8 @@ def slim_mobilenetv2(num_classes=1000, width_mult=1.0, input_size=224, dropout=0
 
 def slim_mobilenetv3_large(num_classes=1000, input_size=224, dropout=0.2, in_channels=3):
     """MobileNetV3-Large. Width groups (20): see ``_mobilenet_groups``; ``stem`` is tied by the
-    first block's residual to that block's output. Its squeeze-and-excitation layers have no
-    group of their own: a squeeze is ``round8(m * full_squeeze)`` with ``m`` its block's
-    expansion multiplier, so it stays about a quarter of the expansion at every width."""
+    first block's residual to that block's output; each squeeze-and-excitation layer takes its
+    block's expansion multiplier (see the top of this file)."""
     import torchvision
     net = torchvision.models.mobilenet_v3_large(num_classes=num_classes, dropout=dropout)
     _converted(net, "slim_mobilenetv3_large", input_size, in_channels, imagenet=True)
@@ -288,26 +287,9 @@ def network_flag(text):
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
-def _user_network(name, num_classes):
-    """Call FUNCTION(num_classes) of FILE for ``name = FILE.py:FUNCTION``."""
-    path, _, function = name.rpartition(":")
-    spec = importlib.util.spec_from_file_location("network_" + os.path.basename(path)[:-3], path)
-    module = importlib.util.module_from_spec(spec)
-    try:
-        spec.loader.exec_module(module)
-        if not callable(getattr(module, function, None)):
-            raise ValueError(f"{path} has no function {function}")
-        model = getattr(module, function)(num_classes)
-    except Exception as error:  # the user's code: any error is theirs to read, in one line
-        raise ValueError(f"cannot build {name}: {type(error).__name__}: "
-                         f"{str(error).splitlines()[0] if str(error) else ''}") from None
-    if not isinstance(model, nn.Module):
-        raise ValueError(f"{name} returned a {type(model).__name__}, not an nn.Module")
-    return model
-
-
 def _build_traced(name, num_classes, input_size=224, in_channels=3):
-    """A torchvision or user network with random weights, made slimmable (see ``get_model``)."""
+    """A torchvision network, or a user's (FUNCTION(num_classes) of FILE for ``name =
+    FILE.py:FUNCTION``), with random weights, made slimmable (see ``get_model``)."""
     import torchvision
     if ":" not in name:
         # GoogLeNet and Inception-v3: no auxiliary heads, no 3-channel input transform
@@ -315,7 +297,20 @@ def _build_traced(name, num_classes, input_size=224, in_channels=3):
             if name in ("googlenet", "inception_v3") else {}
         model = torchvision.models.get_model(name, weights=None, num_classes=num_classes, **extra)
     else:
-        model = _user_network(name, num_classes)
+        path, _, function = name.rpartition(":")
+        spec = importlib.util.spec_from_file_location("network_" + os.path.basename(path)[:-3],
+                                                      path)
+        module = importlib.util.module_from_spec(spec)
+        try:
+            spec.loader.exec_module(module)
+            if not callable(getattr(module, function, None)):
+                raise ValueError(f"{path} has no function {function}")
+            model = getattr(module, function)(num_classes)
+        except Exception as error:  # the user's code: any error is theirs to read, in one line
+            raise ValueError(f"cannot build {name}: {type(error).__name__}: "
+                             f"{str(error).splitlines()[0] if str(error) else ''}") from None
+        if not isinstance(model, nn.Module):
+            raise ValueError(f"{name} returned a {type(model).__name__}, not an nn.Module")
         if hasattr(model, "width_groups"):  # groups declared with slimmable's layers: as it is
             model.input_size = getattr(model, "input_size", input_size)
             model.frozen = []
@@ -324,12 +319,10 @@ def _build_traced(name, num_classes, input_size=224, in_channels=3):
 
 
 def _converted(model, name, input_size, in_channels, imagenet=False):
-    """``model``, its first conv rebuilt for ``in_channels`` inputs (grey images: 1) if it takes
-    another count (torch's default initialization), made slimmable by ``convert.make_slimmable``
-    from one trace at ``input_size``; ``model.frozen``, the groups it had to freeze, one line
-    each. ``imagenet``, for the three ImageNet networks: channels in multiples of 8 and a rebuilt
-    conv initialized like torchvision. ValueError, one line, if the network cannot take that
-    size."""
+    """``model`` made slimmable as ``get_model`` says (a rebuilt first conv has torch's default
+    initialization); ``imagenet``, for the three ImageNet networks: channels in multiples of 8
+    and a rebuilt first conv initialized like torchvision. ValueError, one line, if the network
+    cannot take ``input_size``."""
     import convert  # imported here: the CIFAR ResNets need only slimmable.py
     stem_name, stem = next(((n, m) for n, m in model.named_modules()
                             if isinstance(m, nn.Conv2d)), (None, None))
