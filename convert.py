@@ -69,8 +69,6 @@ ELEMENTWISE = {operator.add, operator.iadd, operator.sub, operator.isub, operato
                torch.mul, torch.div}
 ELEMENTWISE_METHODS = {"add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_"}
 NOT_TENSORS = {"size", "dim"}  # methods whose result carries no channels
-SHAPE_FUNCTIONS = {"flatten", "view", "reshape", "permute", "transpose", "mean", "sum", "amax",
-                   "amin"}
 UNKNOWN = "unknown"  # the layout of a tensor whose channels are no longer tracked
 
 
@@ -133,13 +131,6 @@ def convertible(module):
 
 def _sources(layout):
     return [s for s, _ in layout.parts] if isinstance(layout, Layout) else []
-
-
-def _layouts(args):
-    """Every layout among (nested) node arguments."""
-    found = []
-    fx.node.map_aggregate(args, lambda a: found.append(a) if isinstance(a, (Layout, str)) else a)
-    return [f for f in found if f is UNKNOWN or isinstance(f, Layout)]
 
 
 def _shape(node):
@@ -226,16 +217,20 @@ class Analysis:
             return self.visit_function(node)
         return None  # get_attr: a parameter or buffer, seen where it is used
 
-    def _args(self, node):
-        return fx.node.map_arg((node.args, node.kwargs), lambda a: self.layout.get(a))
+    def _arg_layouts(self, node):
+        """The layouts (``Layout``s and ``UNKNOWN``) of ``node``'s (nested) arguments."""
+        found = []
+        fx.node.map_aggregate(fx.node.map_arg((node.args, node.kwargs), self.layout.get),
+                              lambda a: found.append(a) if isinstance(a, (Layout, str)) else a)
+        return [f for f in found if f is UNKNOWN or isinstance(f, Layout)]
 
     def _input(self, node):
         return self.layout.get(node.args[0]) if node.args else None
 
     def unknown(self, node, reason):
         """Freeze every source that reaches ``node``; its output is no longer tracked."""
-        self.sources.freeze([s for x in _layouts(self._args(node)) for s in _sources(x)],
-                            node, reason)
+        self.sources.freeze([s for x in self._arg_layouts(node) for s in _sources(x)], node,
+                            reason)
         return UNKNOWN
 
     def record(self, node, in_layout, out_layout):
@@ -326,20 +321,14 @@ class Analysis:
             return x
         if target in (torch.cat, torch.concat):
             return self.cat(node)
-        if name in SHAPE_FUNCTIONS and not isinstance(x, Layout):
-            return x  # nothing tracked to move
-        if name == "flatten":
-            return self.flatten(node, x, _argument(node, 1, "start_dim", 0),
-                                _argument(node, 2, "end_dim", -1))
-        if name in ("view", "reshape"):
-            return self.reshape(node, x)
-        if name in ("permute", "transpose"):
-            return self.permute(node, x, name)
-        if name in ("mean", "sum", "amax", "amin"):
-            return self.reduce(node, x)
+        moves = {"flatten": self.flatten, "view": self.reshape, "reshape": self.reshape,
+                 "permute": self.permute, "transpose": self.permute, "mean": self.reduce,
+                 "sum": self.reduce, "amax": self.reduce, "amin": self.reduce}
+        if name in moves:  # where the channels go: nowhere when none are tracked
+            return moves[name](node, x) if isinstance(x, Layout) else x
         if name in ("chunk", "split"):
             return self.split(node, x)
-        if not _layouts(self._args(node)):
+        if not self._arg_layouts(node):
             return None
         return self.unknown(node, f"{'method' if method else 'function'} {name}")
 
@@ -390,11 +379,14 @@ class Analysis:
             return Layout(first.dim, first.ndim, [p for x in layouts for p in x.parts])
         return first if self.unite(node, layouts) else UNKNOWN
 
-    def flatten(self, node, x, start, end):
-        """Merge dims start..end: a channel dim with only ones before it in the range stays a
-        channel dim, its sources now ``scale`` times as many features (channel-major)."""
+    def flatten(self, node, x, start=None, end=None):
+        """Merge dims start..end (a flatten call's own when None): a channel dim with only ones
+        before it in the range stays a channel dim, its sources now ``scale`` times as many
+        features (channel-major)."""
         if not isinstance(x, Layout):
             return x
+        if start is None:
+            start, end = _argument(node, 1, "start_dim", 0), _argument(node, 2, "end_dim", -1)
         shape = _shape(node.args[0])
         start, end = start % x.ndim, end % x.ndim
         if x.dim < start:
@@ -429,9 +421,9 @@ class Analysis:
             return self.flatten(node, x, prefix, len(before) - suffix - 1)
         return x.moved(out_dim, len(after))
 
-    def permute(self, node, x, name):
+    def permute(self, node, x):
         dims = [d % x.ndim for d in _int_list(node, "dims")]
-        if name == "transpose":  # the two dims given swap places
+        if getattr(node.target, "__name__", node.target) == "transpose":  # the two dims swap
             return x.moved({dims[0]: dims[1], dims[1]: dims[0]}.get(x.dim, x.dim))
         return x.moved(dims.index(x.dim))
 
