@@ -235,11 +235,9 @@ class Analysis:
 
     def record(self, node, in_layout, out_layout):
         """A call of a converted layer; a second call of the same layer must agree with the first."""
-        if node.target not in self.layers:
-            self.layers[node.target] = (in_layout, out_layout)
-            return
-        for first, again in zip(self.layers[node.target], (in_layout, out_layout)):
-            if first is not again:
+        first = self.layers.setdefault(node.target, (in_layout, out_layout))
+        for before, again in zip(first, (in_layout, out_layout)):
+            if before is not again:
                 self.unite(node, [first, again])
 
     def unite(self, node, layouts):

@@ -139,8 +139,7 @@ def slim_cifar_resnet(depth, num_classes=10, input_size=32, in_channels=3):
 
 
 def slim_resnet18(num_classes=1000, input_size=224, in_channels=3):
-    """ResNet-18. Width groups (12): one per stage's residual width (``layerK.residual``, tied to
-    the stem for the first stage), one per block's inner width (``layerK.B.inner``)."""
+    """ResNet-18. Width groups (12), named and tied as the CIFAR ``ResNet``'s."""
     import torchvision
     net = _converted(torchvision.models.resnet18(num_classes=num_classes), "slim_resnet18",
                      input_size, in_channels, imagenet=True)
@@ -185,8 +184,8 @@ def slim_mobilenetv3_large(num_classes=1000, input_size=224, dropout=0.2, in_cha
 def _mobilenet_groups(net):
     """``[(group name, layer)]`` for a MobileNet: ``stem`` (the first conv), ``stageK.out`` for
     each later output width (a stage: blocks of one output width, tied by their residuals),
-    ``features.N.expand`` for each block's expansion, with its SE squeeze. The last 1x1 conv
-    (and V3's 1280-wide classifier layer) are in no group: Joslim and AutoSlim keep them fixed."""
+    ``features.N.expand`` for each block's expansion, with its SE squeeze; the last 1x1 conv and
+    V3's 1280-wide classifier layer in no group (Joslim and AutoSlim keep them fixed)."""
     stem = net.features[0][0]
     named, out_channels, stage = [("stem", stem)], stem.out_channels, 0
     for n, block in enumerate(net.features[1:-1], 1):
@@ -204,12 +203,11 @@ def _regroup(net, named):
     the order the groups are listed: each is the group of that layer's output; layers naming
     the same group tie their groups (an SE squeeze keeps its own full channels, its block's
     multiplier); a group no layer names is kept at full width."""
-    names = list(dict.fromkeys(name for name, _ in named))
-    new = {layer.out_slot.group: names.index(name) for name, layer in named}
-    groups = [None] * len(names)
+    renamed = {}  # group name -> the group of the first layer naming it, renamed
     for name, layer in named:
-        old = net.width_groups[layer.out_slot.group]
-        groups[names.index(name)] = groups[names.index(name)] or old._replace(name=name)
+        renamed.setdefault(name, net.width_groups[layer.out_slot.group]._replace(name=name))
+    names = list(renamed)
+    new = {layer.out_slot.group: names.index(name) for name, layer in named}
 
     def slot(old):
         return None if old is None or old.group not in new else old._replace(group=new[old.group])
@@ -218,7 +216,7 @@ def _regroup(net, named):
             module.in_slot, module.out_slot = slot(module.in_slot), slot(module.out_slot)
         if "call_slots" in module.__dict__:
             module.call_slots = [(slot(s), dim) for s, dim in module.call_slots]
-    net.width_groups = groups
+    net.width_groups = list(renamed.values())
     return net
 
 
@@ -242,9 +240,8 @@ def get_model(name, num_classes, **options):
     ``num_classes`` outputs, its first conv rebuilt for ``in_channels`` if it takes another count,
     then made slimmable by ``convert.make_slimmable`` from one trace at ``input_size``; the groups
     the conversion had to freeze are in ``model.frozen``, one line each. A user's network that
-    declares its own ``width_groups`` is returned as built (``in_channels`` is then the
-    network's own business). ValueError, one line,
-    for an unknown name or a network that cannot be built or traced."""
+    declares its own ``width_groups`` is returned as built (``in_channels`` is its own business).
+    ValueError, one line, for an unknown name or a network that cannot be built or traced."""
     name = network_name(name)
     if name in NETWORKS:
         try:
