@@ -283,11 +283,10 @@ class Analysis:
         return self.unknown(node, f"module {type(module).__name__}")
 
     def visit_conv(self, node, conv, x):
-        ndim = len(_shape(node))
         if not isinstance(x, Layout) or x.dim != 1 or any(scale != 1 for _, scale in x.parts):
             x = self.unknown(node, "conv on untracked channels") if x is not UNKNOWN else x
-        follows = conv.groups > 1 and conv.in_channels == conv.out_channels
-        if follows:  # depthwise or grouped: its outputs are its inputs' channels, group by group
+        if conv.groups > 1 and conv.in_channels == conv.out_channels:  # follows its input:
+            # depthwise or grouped, its outputs are its inputs' channels, group by group
             if isinstance(x, Layout) and len(x.parts) > 1:
                 self.sources.freeze(_sources(x), node, "grouped conv on a concatenation")
             elif isinstance(x, Layout):
@@ -296,7 +295,7 @@ class Analysis:
                                                       conv.in_channels // conv.groups)
             self.record(node, x, x)
             return x
-        out = Layout(1, ndim, [(self.sources.new(conv.out_channels, node.target), 1)])
+        out = Layout(1, len(_shape(node)), [(self.sources.new(conv.out_channels, node.target), 1)])
         if conv.groups > 1:  # in != out: the grouping ties widths no width group can express
             self.sources.freeze(_sources(x) + _sources(out), node,
                                 "grouped conv with different input and output channels")
