@@ -238,7 +238,7 @@ class Analysis:
         first = self.layers.setdefault(node.target, (in_layout, out_layout))
         for before, again in zip(first, (in_layout, out_layout)):
             if before is not again:
-                self.unite(node, [first, again])
+                self.unite(node, [before, again])
 
     def unite(self, node, layouts):
         """Tie layouts of the same structure part by part; freeze them all if they differ."""
