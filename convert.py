@@ -69,8 +69,6 @@ ELEMENTWISE = {operator.add, operator.iadd, operator.sub, operator.isub, operato
                torch.mul, torch.div}
 ELEMENTWISE_METHODS = {"add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_"}
 NOT_TENSORS = {"size", "dim"}  # methods whose result carries no channels
-SHAPE_FUNCTIONS = {"flatten", "view", "reshape", "permute", "transpose", "mean", "sum", "amax",
-                   "amin"}
 UNKNOWN = "unknown"  # the layout of a tensor whose channels are no longer tracked
 
 
@@ -135,13 +133,6 @@ def _sources(layout):
     return [s for s, _ in layout.parts] if isinstance(layout, Layout) else []
 
 
-def _layouts(args):
-    """Every layout among (nested) node arguments."""
-    found = []
-    fx.node.map_aggregate(args, lambda a: found.append(a) if isinstance(a, (Layout, str)) else a)
-    return [f for f in found if f is UNKNOWN or isinstance(f, Layout)]
-
-
 def _shape(node):
     meta = node.meta.get("tensor_meta") if isinstance(node, fx.Node) else None
     return tuple(meta.shape) if hasattr(meta, "shape") else None
@@ -158,6 +149,16 @@ def _argument(node, position, name, default=None):
     if len(node.args) > position:
         return node.args[position]
     return node.kwargs.get(name, default)
+
+
+def _layer_norm_dim(module, x):
+    """The channel dim a LayerNorm of one normalized dim normalizes on layout ``x``: -1 for the
+    last dim, 1 for a LayerNorm subclass on NCHW channels (ConvNeXt's LayerNorm2d); else None."""
+    if not isinstance(x, Layout):
+        return None
+    if x.dim == x.ndim - 1:
+        return -1
+    return 1 if type(module) is not nn.LayerNorm and x.dim == 1 and x.ndim == 4 else None
 
 
 class _Tracer(fx.Tracer):
@@ -216,29 +217,28 @@ class Analysis:
             return self.visit_function(node)
         return None  # get_attr: a parameter or buffer, seen where it is used
 
-    def _args(self, node):
-        return fx.node.map_arg((node.args, node.kwargs), lambda a: self.layout.get(a))
+    def _arg_layouts(self, node):
+        """The layouts (``Layout``s and ``UNKNOWN``) of ``node``'s (nested) arguments."""
+        found = []
+        fx.node.map_aggregate(fx.node.map_arg((node.args, node.kwargs), self.layout.get),
+                              lambda a: found.append(a) if isinstance(a, (Layout, str)) else a)
+        return [f for f in found if f is UNKNOWN or isinstance(f, Layout)]
 
     def _input(self, node):
         return self.layout.get(node.args[0]) if node.args else None
 
     def unknown(self, node, reason):
         """Freeze every source that reaches ``node``; its output is no longer tracked."""
-        self.sources.freeze([s for x in _layouts(self._args(node)) for s in _sources(x)],
-                            node, reason)
+        self.sources.freeze([s for x in self._arg_layouts(node) for s in _sources(x)], node,
+                            reason)
         return UNKNOWN
-
-    def new_source(self, node, channels, dim, ndim):
-        return Layout(dim, ndim, [(self.sources.new(channels, node.target), 1)])
 
     def record(self, node, in_layout, out_layout):
         """A call of a converted layer; a second call of the same layer must agree with the first."""
-        if node.target not in self.layers:
-            self.layers[node.target] = (in_layout, out_layout)
-            return
-        for first, again in zip(self.layers[node.target], (in_layout, out_layout)):
-            if first is not again:
-                self.unite(node, [first, again])
+        first = self.layers.setdefault(node.target, (in_layout, out_layout))
+        for before, again in zip(first, (in_layout, out_layout)):
+            if before is not again:
+                self.unite(node, [before, again])
 
     def unite(self, node, layouts):
         """Tie layouts of the same structure part by part; freeze them all if they differ."""
@@ -261,7 +261,7 @@ class Analysis:
             tracked = isinstance(x, Layout) and x.dim == (1 if isinstance(module, nn.BatchNorm2d)
                                                           else x.dim)
             if not tracked or any(scale != 1 for _, scale in x.parts) or (
-                    isinstance(module, nn.LayerNorm) and not self._layer_norm_dim(module, x)):
+                    isinstance(module, nn.LayerNorm) and not _layer_norm_dim(module, x)):
                 x = self.unknown(node, f"{type(module).__name__} on untracked channels")
             elif isinstance(module, nn.LayerNorm) and len(x.parts) > 1:
                 self.sources.freeze(_sources(x), node, "LayerNorm on a concatenation")
@@ -270,8 +270,8 @@ class Analysis:
         if convertible(module) and isinstance(module, nn.Linear):
             if not isinstance(x, Layout) or x.dim != x.ndim - 1:
                 x = self.unknown(node, "Linear on untracked features")
-            out = self.new_source(node, module.out_features, len(_shape(node)) - 1,
-                                  len(_shape(node)))
+            ndim = len(_shape(node))
+            out = Layout(ndim - 1, ndim, [(self.sources.new(module.out_features, node.target), 1)])
             self.record(node, x, out)
             return out
         if isinstance(module, nn.Flatten):
@@ -282,19 +282,11 @@ class Analysis:
             return x
         return self.unknown(node, f"module {type(module).__name__}")
 
-    def _layer_norm_dim(self, module, x):
-        """The channel dim a LayerNorm of one normalized dim normalizes: -1 for the last dim,
-        1 for a LayerNorm subclass on NCHW channels (ConvNeXt's LayerNorm2d); None otherwise."""
-        if x.dim == x.ndim - 1:
-            return -1
-        return 1 if type(module) is not nn.LayerNorm and x.dim == 1 and x.ndim == 4 else None
-
     def visit_conv(self, node, conv, x):
-        ndim = len(_shape(node))
         if not isinstance(x, Layout) or x.dim != 1 or any(scale != 1 for _, scale in x.parts):
             x = self.unknown(node, "conv on untracked channels") if x is not UNKNOWN else x
-        follows = conv.groups > 1 and conv.in_channels == conv.out_channels
-        if follows:  # depthwise or grouped: its outputs are its inputs' channels, group by group
+        if conv.groups > 1 and conv.in_channels == conv.out_channels:  # follows its input:
+            # depthwise or grouped, its outputs are its inputs' channels, group by group
             if isinstance(x, Layout) and len(x.parts) > 1:
                 self.sources.freeze(_sources(x), node, "grouped conv on a concatenation")
             elif isinstance(x, Layout):
@@ -303,7 +295,7 @@ class Analysis:
                                                       conv.in_channels // conv.groups)
             self.record(node, x, x)
             return x
-        out = self.new_source(node, conv.out_channels, 1, ndim)
+        out = Layout(1, len(_shape(node)), [(self.sources.new(conv.out_channels, node.target), 1)])
         if conv.groups > 1:  # in != out: the grouping ties widths no width group can express
             self.sources.freeze(_sources(x) + _sources(out), node,
                                 "grouped conv with different input and output channels")
@@ -326,20 +318,14 @@ class Analysis:
             return x
         if target in (torch.cat, torch.concat):
             return self.cat(node)
-        if name in SHAPE_FUNCTIONS and not isinstance(x, Layout):
-            return x  # nothing tracked to move
-        if name == "flatten":
-            return self.flatten(node, x, _argument(node, 1, "start_dim", 0),
-                                _argument(node, 2, "end_dim", -1))
-        if name in ("view", "reshape"):
-            return self.reshape(node, x)
-        if name in ("permute", "transpose"):
-            return self.permute(node, x)
-        if name in ("mean", "sum", "amax", "amin"):
-            return self.reduce(node, x)
+        moves = {"flatten": self.flatten, "view": self.reshape, "reshape": self.reshape,
+                 "permute": self.permute, "transpose": self.permute, "mean": self.reduce,
+                 "sum": self.reduce, "amax": self.reduce, "amin": self.reduce}
+        if name in moves:  # where the channels go: nowhere when none are tracked
+            return moves[name](node, x) if isinstance(x, Layout) else x
         if name in ("chunk", "split"):
             return self.split(node, x)
-        if not _layouts(self._args(node)):
+        if not self._arg_layouts(node):
             return None
         return self.unknown(node, f"{'method' if method else 'function'} {name}")
 
@@ -372,18 +358,13 @@ class Analysis:
             dim = result.dim - offset
             if dim < 0 or shape[dim] == 1:
                 continue  # broadcast along the channels
-            if a.op == "get_attr" and len(result.parts) == 1 and self._is_parameter(a.target):
+            if a.op == "get_attr" and len(result.parts) == 1 and a.target in dict(
+                    self.traced.named_parameters(remove_duplicate=False)):  # no buffer, constant
                 partner = next(b for b in operands if b is not a)
                 self.scaled.append((a, node, dim, partner, self.layout[partner].dim))
             else:
                 self.sources.freeze(_sources(result), node, "meets a fixed tensor of its channels")
         return result
-
-    def _is_parameter(self, target):
-        try:
-            return self.traced.get_parameter(target) is not None
-        except AttributeError:  # a buffer, or a constant the trace folded
-            return False
 
     def cat(self, node):
         tensors, dim = node.args[0], _argument(node, 1, "dim", 0)
@@ -395,11 +376,14 @@ class Analysis:
             return Layout(first.dim, first.ndim, [p for x in layouts for p in x.parts])
         return first if self.unite(node, layouts) else UNKNOWN
 
-    def flatten(self, node, x, start, end):
-        """Merge dims start..end: a channel dim with only ones before it in the range stays a
-        channel dim, its sources now ``scale`` times as many features (channel-major)."""
+    def flatten(self, node, x, start=None, end=None):
+        """Merge dims start..end (a flatten call's own when None): a channel dim with only ones
+        before it in the range stays a channel dim, its sources now ``scale`` times as many
+        features (channel-major)."""
         if not isinstance(x, Layout):
             return x
+        if start is None:
+            start, end = _argument(node, 1, "start_dim", 0), _argument(node, 2, "end_dim", -1)
         shape = _shape(node.args[0])
         start, end = start % x.ndim, end % x.ndim
         if x.dim < start:
@@ -436,10 +420,8 @@ class Analysis:
 
     def permute(self, node, x):
         dims = [d % x.ndim for d in _int_list(node, "dims")]
-        if node.target in ("transpose",) or getattr(node.target, "__name__", "") == "transpose":
-            order = list(range(x.ndim))
-            order[dims[0]], order[dims[1]] = order[dims[1]], order[dims[0]]
-            dims = order
+        if getattr(node.target, "__name__", node.target) == "transpose":  # the two dims swap
+            return x.moved({dims[0]: dims[1], dims[1]: dims[0]}.get(x.dim, x.dim))
         return x.moved(dims.index(x.dim))
 
     def reduce(self, node, x):
@@ -460,10 +442,11 @@ class Analysis:
 
 
 def width_groups(analysis, divisor=1):
-    """``(groups, group_of, frozen)``: the ``WidthGroup``s, in the order their first layer runs
-    (each named after that layer); each slimmable source root's group index; one line per
-    frozen group. A root of one channel has nothing to slim."""
-    sources, groups, group_of, frozen = analysis.sources, [], {}, {}
+    """``(groups, slot, frozen)``: the ``WidthGroup``s, in the order their first layer runs
+    (each named after that layer); ``slot(layout)``, the ``ChannelSlot`` (one part) or
+    ``ChannelConcat`` of a layout, None when fixed; one line per frozen group. A root of one
+    channel has nothing to slim."""
+    sources, groups, group_of, frozen = analysis.sources, [], {}, {}  # group_of: root -> slot
     for s in range(len(sources.parent)):
         root = sources.find(s)
         name, channels = sources.names[s], sources.channels[root]
@@ -474,39 +457,31 @@ def width_groups(analysis, divisor=1):
             if reason is not None:  # None: the image or the logits, fixed by definition
                 frozen[root] = f"froze {name} ({channels} channels) at node {node}: {reason}"
             continue
-        group_of[root] = len(groups)
-        groups.append(slimmable.WidthGroup(name, channels,
-                                           math.lcm(divisor, sources.divisor[root])))
-    return groups, group_of, list(frozen.values())
+        group_of[root] = slimmable.add_group(groups, name, channels,
+                                             math.lcm(divisor, sources.divisor[root]))
+
+    def slot(layout):
+        if not isinstance(layout, Layout):
+            return None
+        roots = [(sources.find(source), scale) for source, scale in layout.parts]
+        parts = [group_of[r]._replace(scale=k) if r in group_of else sources.channels[r] * k
+                 for r, k in roots]
+        if all(isinstance(p, int) for p in parts):
+            return None
+        return parts[0] if len(parts) == 1 else slimmable.ChannelConcat(tuple(parts))
+    return groups, slot, list(frozen.values())
 
 
-def _slot(layout, analysis, groups, group_of):
-    """The ``ChannelSlot`` (one part) or ``ChannelConcat`` of a layout; None when fixed."""
-    if not isinstance(layout, Layout):
-        return None
-    parts = []
-    for source, scale in layout.parts:
-        root = analysis.sources.find(source)
-        if root in group_of:
-            group = groups[group_of[root]]
-            parts.append(slimmable.ChannelSlot(group_of[root], group.channels, group.divisor,
-                                               scale))
-        else:
-            parts.append(analysis.sources.channels[root] * scale)
-    if all(isinstance(p, int) for p in parts):
-        return None
-    return parts[0] if len(parts) == 1 else slimmable.ChannelConcat(tuple(parts))
-
-
-def _make_slim(layer, in_slot, out_slot, channel_dim):
-    """Turn a plain layer into its slimmable counterpart in place: its class changes; its
-    parameters, buffers and name stay."""
+def _make_slim(layer, in_layout, out_layout, slot):
+    """Turn a plain layer into its slimmable counterpart in place, with the slots of the layouts
+    of its call: its class changes; its parameters, buffers and name stay."""
+    in_slot, out_slot = slot(in_layout), slot(out_layout)
     if isinstance(layer, nn.Conv2d):
         layer.__class__ = slimmable.SlimConv2d
         layer._set_slots(in_slot, out_slot)
         return
     if isinstance(layer, nn.LayerNorm):
-        layer.plain_class, layer.channel_dim = type(layer), channel_dim
+        layer.plain_class, layer.channel_dim = type(layer), _layer_norm_dim(layer, in_layout) or -1
         layer.__class__ = slimmable.SlimLayerNorm
     else:
         layer.__class__ = {nn.BatchNorm2d: slimmable.SlimBatchNorm2d,
@@ -534,20 +509,13 @@ def make_slimmable(model, example_input, log=print, divisor=1):
                          f"attribute make_slimmable sets: rename the child")
     expected = _full_width_output(model, example_input)
     analysis = Analysis(trace(model, example_input))
-    groups, group_of, frozen = width_groups(analysis, divisor)
+    groups, slot, frozen = width_groups(analysis, divisor)
     if not analysis.layers:
         raise ValueError(f"{type(model).__name__} has no Conv2d, BatchNorm2d, Linear or LayerNorm "
                          f"that its forward calls")
-
-    def slot(layout):
-        return _slot(layout, analysis, groups, group_of)
     for name, module in list(model.named_modules()):
         if convertible(module):
-            in_layout, out_layout = analysis.layers.get(name, (None, None))
-            channel_dim = None
-            if isinstance(module, nn.LayerNorm) and isinstance(in_layout, Layout):
-                channel_dim = analysis._layer_norm_dim(module, in_layout)
-            _make_slim(module, slot(in_layout), slot(out_layout), channel_dim or -1)
+            _make_slim(module, *analysis.layers.get(name, (None, None)), slot)
         elif name in analysis.calls:  # for slimmable's cost probe: the width of each call
             module.call_slots = [(slot(x), x.dim if isinstance(x, Layout) else 1)
                                  for x in analysis.calls[name]]

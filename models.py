@@ -45,8 +45,8 @@ import sys
 import torch
 import torch.nn as nn
 
-from slimmable import (SlimBatchNorm2d, SlimConv2d, SlimLinear, add_group, group_channels, macs,
-                       mmcv_flops, params, save_config, slim_layers)
+from slimmable import (SlimBatchNorm2d, SlimConv2d, SlimLinear, add_group, channels_to_widths,
+                       macs, mmcv_flops, params, save_config, slim_layers)
 
 
 def option_a_shortcut(x, channels, stride):
@@ -139,11 +139,10 @@ def slim_cifar_resnet(depth, num_classes=10, input_size=32, in_channels=3):
 
 
 def slim_resnet18(num_classes=1000, input_size=224, in_channels=3):
-    """ResNet-18. Width groups (12): one per stage's residual width (``layerK.residual``, tied to
-    the stem for the first stage), one per block's inner width (``layerK.B.inner``)."""
+    """ResNet-18. Width groups (12), named and tied as the CIFAR ``ResNet``'s."""
     import torchvision
     net = _converted(torchvision.models.resnet18(num_classes=num_classes), "slim_resnet18",
-                     input_size, in_channels)
+                     input_size, in_channels, imagenet=True)
     named = []
     for k, stage in enumerate((net.layer1, net.layer2, net.layer3, net.layer4), 1):
         named.append((f"layer{k}.residual", stage[0].bn2))
@@ -166,7 +165,7 @@ def slim_mobilenetv2(num_classes=1000, width_mult=1.0, input_size=224, dropout=0
             return self.classifier(self.avgpool(self.features(x)).flatten(1))
     net = MobileNetV2(num_classes=num_classes, width_mult=width_mult, dropout=dropout)
     net.avgpool = nn.AdaptiveAvgPool2d(1)
-    _converted(net, "slim_mobilenetv2", input_size, in_channels)
+    _converted(net, "slim_mobilenetv2", input_size, in_channels, imagenet=True)
     net = _regroup(net, _mobilenet_groups(net))
     net.width_mult = width_mult
     return net
@@ -174,29 +173,19 @@ def slim_mobilenetv2(num_classes=1000, width_mult=1.0, input_size=224, dropout=0
 
 def slim_mobilenetv3_large(num_classes=1000, input_size=224, dropout=0.2, in_channels=3):
     """MobileNetV3-Large. Width groups (20): see ``_mobilenet_groups``; ``stem`` is tied by the
-    first block's residual to that block's output. Its squeeze-and-excitation layers have no
-    group of their own: a squeeze is ``round8(m * full_squeeze)`` with ``m`` its block's
-    expansion multiplier, so it stays about a quarter of the expansion at every width."""
+    first block's residual to that block's output; each squeeze-and-excitation layer takes its
+    block's expansion multiplier (see the top of this file)."""
     import torchvision
     net = torchvision.models.mobilenet_v3_large(num_classes=num_classes, dropout=dropout)
-    _converted(net, "slim_mobilenetv3_large", input_size, in_channels)
+    _converted(net, "slim_mobilenetv3_large", input_size, in_channels, imagenet=True)
     return _regroup(net, _mobilenet_groups(net))
-
-
-def _converted(net, name, input_size, in_channels):
-    """``net`` with a stem for ``in_channels`` (torchvision's initialization) made slimmable,
-    channels in multiples of 8 like torchvision."""
-    if _rebuild_stem(net, in_channels):
-        stem = next(m for m in net.modules() if isinstance(m, nn.Conv2d))
-        nn.init.kaiming_normal_(stem.weight, mode="fan_out", nonlinearity="relu")
-    return _make_slimmable(net, name, input_size, in_channels, divisor=8)
 
 
 def _mobilenet_groups(net):
     """``[(group name, layer)]`` for a MobileNet: ``stem`` (the first conv), ``stageK.out`` for
     each later output width (a stage: blocks of one output width, tied by their residuals),
-    ``features.N.expand`` for each block's expansion, with its SE squeeze. The last 1x1 conv
-    (and V3's 1280-wide classifier layer) are in no group: Joslim and AutoSlim keep them fixed."""
+    ``features.N.expand`` for each block's expansion, with its SE squeeze; the last 1x1 conv and
+    V3's 1280-wide classifier layer in no group (Joslim and AutoSlim keep them fixed)."""
     stem = net.features[0][0]
     named, out_channels, stage = [("stem", stem)], stem.out_channels, 0
     for n, block in enumerate(net.features[1:-1], 1):
@@ -214,12 +203,11 @@ def _regroup(net, named):
     the order the groups are listed: each is the group of that layer's output; layers naming
     the same group tie their groups (an SE squeeze keeps its own full channels, its block's
     multiplier); a group no layer names is kept at full width."""
-    names = list(dict.fromkeys(name for name, _ in named))
-    new = {layer.out_slot.group: names.index(name) for name, layer in named}
-    groups = [None] * len(names)
+    renamed = {}  # group name -> the group of the first layer naming it, renamed
     for name, layer in named:
-        old = net.width_groups[layer.out_slot.group]
-        groups[names.index(name)] = groups[names.index(name)] or old._replace(name=name)
+        renamed.setdefault(name, net.width_groups[layer.out_slot.group]._replace(name=name))
+    names = list(renamed)
+    new = {layer.out_slot.group: names.index(name) for name, layer in named}
 
     def slot(old):
         return None if old is None or old.group not in new else old._replace(group=new[old.group])
@@ -228,7 +216,7 @@ def _regroup(net, named):
             module.in_slot, module.out_slot = slot(module.in_slot), slot(module.out_slot)
         if "call_slots" in module.__dict__:
             module.call_slots = [(slot(s), dim) for s, dim in module.call_slots]
-    net.width_groups = groups
+    net.width_groups = list(renamed.values())
     return net
 
 
@@ -252,9 +240,8 @@ def get_model(name, num_classes, **options):
     ``num_classes`` outputs, its first conv rebuilt for ``in_channels`` if it takes another count,
     then made slimmable by ``convert.make_slimmable`` from one trace at ``input_size``; the groups
     the conversion had to freeze are in ``model.frozen``, one line each. A user's network that
-    declares its own ``width_groups`` is returned as built (``in_channels`` is then the
-    network's own business). ValueError, one line,
-    for an unknown name or a network that cannot be built or traced."""
+    declares its own ``width_groups`` is returned as built (``in_channels`` is its own business).
+    ValueError, one line, for an unknown name or a network that cannot be built or traced."""
     name = network_name(name)
     if name in NETWORKS:
         try:
@@ -297,26 +284,9 @@ def network_flag(text):
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
-def _user_network(name, num_classes):
-    """Call FUNCTION(num_classes) of FILE for ``name = FILE.py:FUNCTION``."""
-    path, _, function = name.rpartition(":")
-    spec = importlib.util.spec_from_file_location("network_" + os.path.basename(path)[:-3], path)
-    module = importlib.util.module_from_spec(spec)
-    try:
-        spec.loader.exec_module(module)
-        if not callable(getattr(module, function, None)):
-            raise ValueError(f"{path} has no function {function}")
-        model = getattr(module, function)(num_classes)
-    except Exception as error:  # the user's code: any error is theirs to read, in one line
-        raise ValueError(f"cannot build {name}: {type(error).__name__}: "
-                         f"{str(error).splitlines()[0] if str(error) else ''}") from None
-    if not isinstance(model, nn.Module):
-        raise ValueError(f"{name} returned a {type(model).__name__}, not an nn.Module")
-    return model
-
-
 def _build_traced(name, num_classes, input_size=224, in_channels=3):
-    """A torchvision or user network with random weights, made slimmable (see ``get_model``)."""
+    """A torchvision network, or a user's (FUNCTION(num_classes) of FILE for ``name =
+    FILE.py:FUNCTION``), with random weights, made slimmable (see ``get_model``)."""
     import torchvision
     if ":" not in name:
         # GoogLeNet and Inception-v3: no auxiliary heads, no 3-channel input transform
@@ -324,37 +294,47 @@ def _build_traced(name, num_classes, input_size=224, in_channels=3):
             if name in ("googlenet", "inception_v3") else {}
         model = torchvision.models.get_model(name, weights=None, num_classes=num_classes, **extra)
     else:
-        model = _user_network(name, num_classes)
+        path, _, function = name.rpartition(":")
+        spec = importlib.util.spec_from_file_location("network_" + os.path.basename(path)[:-3],
+                                                      path)
+        module = importlib.util.module_from_spec(spec)
+        try:
+            spec.loader.exec_module(module)
+            if not callable(getattr(module, function, None)):
+                raise ValueError(f"{path} has no function {function}")
+            model = getattr(module, function)(num_classes)
+        except Exception as error:  # the user's code: any error is theirs to read, in one line
+            raise ValueError(f"cannot build {name}: {type(error).__name__}: "
+                             f"{str(error).splitlines()[0] if str(error) else ''}") from None
+        if not isinstance(model, nn.Module):
+            raise ValueError(f"{name} returned a {type(model).__name__}, not an nn.Module")
         if hasattr(model, "width_groups"):  # groups declared with slimmable's layers: as it is
             model.input_size = getattr(model, "input_size", input_size)
             model.frozen = []
             return model
-    _rebuild_stem(model, in_channels)
-    return _make_slimmable(model, name, input_size, in_channels)
+    return _converted(model, name, input_size, in_channels)
 
 
-def _rebuild_stem(model, in_channels):
-    """Give ``model``'s first conv ``in_channels`` inputs (grey images: 1) if it takes another
-    count, with torch's default initialization; whether it did."""
+def _converted(model, name, input_size, in_channels, imagenet=False):
+    """``model`` made slimmable as ``get_model`` says (a rebuilt first conv has torch's default
+    initialization); ``imagenet``, for the three ImageNet networks: channels in multiples of 8
+    and a rebuilt first conv initialized like torchvision. ValueError, one line, if the network
+    cannot take ``input_size``."""
+    import convert  # imported here: the CIFAR ResNets need only slimmable.py
     stem_name, stem = next(((n, m) for n, m in model.named_modules()
                             if isinstance(m, nn.Conv2d)), (None, None))
-    if stem is None or stem.in_channels == in_channels:
-        return False
-    parent, _, attr = stem_name.rpartition(".")
-    setattr(model.get_submodule(parent), attr, nn.Conv2d(
-        in_channels, stem.out_channels, stem.kernel_size, stem.stride, stem.padding,
-        stem.dilation, bias=stem.bias is not None, padding_mode=stem.padding_mode))
-    return True
-
-
-def _make_slimmable(model, name, input_size, in_channels, divisor=1):
-    """``convert.make_slimmable`` from one trace at ``input_size``; ``model.frozen``, the groups
-    it had to freeze, one line each. ValueError, one line, if the network cannot take that size."""
-    import convert  # imported here: the CIFAR ResNets need only slimmable.py
+    if stem is not None and stem.in_channels != in_channels:
+        parent, _, attr = stem_name.rpartition(".")
+        stem = nn.Conv2d(in_channels, stem.out_channels, stem.kernel_size, stem.stride,
+                         stem.padding, stem.dilation, bias=stem.bias is not None,
+                         padding_mode=stem.padding_mode)
+        setattr(model.get_submodule(parent), attr, stem)
+        if imagenet:
+            nn.init.kaiming_normal_(stem.weight, mode="fan_out", nonlinearity="relu")
     frozen = []
     try:
         convert.make_slimmable(model, torch.zeros(1, in_channels, input_size, input_size),
-                               log=frozen.append, divisor=divisor)
+                               log=frozen.append, divisor=8 if imagenet else 1)
     except (RuntimeError, TypeError) as error:  # e.g. an image too small for the network
         raise ValueError(f"cannot convert {name} at {input_size}x{input_size}: "
                          f"{str(error).splitlines()[0]}") from None
@@ -412,16 +392,10 @@ def channels_from_flat_list(model, flat):
 
 def autoslim_networks():
     """The 1.5x MobileNetV2 supernet and ``[(label, widths)]`` of the published AutoSlim networks
-    in it; the widths reproduce the published channels (checked)."""
+    in it; the widths reproduce the published channels (``channels_to_widths`` checks)."""
     net = get_model("slim_mobilenetv2", 1000, width_mult=1.5)
-    networks = []
-    for label, flat in AUTOSLIM_MOBILENETV2.items():
-        channels = channels_from_flat_list(net, flat)
-        widths = [channels[g.name] / g.channels for g in net.width_groups]
-        if group_channels(net, widths) != channels:
-            raise RuntimeError(f"the widths of AutoSlim {label} miss its channels (a bug)")
-        networks.append((label, widths))
-    return net, networks
+    return net, [(label, channels_to_widths(net, channels_from_flat_list(net, flat)))
+                 for label, flat in AUTOSLIM_MOBILENETV2.items()]
 
 
 def write_autoslim_configs(folder="configs"):
