@@ -3011,6 +3011,17 @@ class _TwoBranches(nn.Module):  # two sources concatenated, never added: two gro
         return self.d(torch.cat([a, b], 1)).mean((2, 3))
 
 
+class _SharedLayer(nn.Module):  # one conv called on two tensors: its inputs share a width
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 8, 1), nn.Conv2d(3, 8, 3, padding=1)
+        self.shared, self.head = nn.Conv2d(8, 6, 1), nn.Linear(12, 4)
+
+    def forward(self, x):
+        both = torch.cat([self.shared(self.a(x)), self.shared(self.b(x))], 1)
+        return self.head(both.mean((2, 3)))
+
+
 class _SpatialGate(nn.Module):  # a conv of one output channel (not a depthwise conv)
     def __init__(self):
         super().__init__()
@@ -3082,7 +3093,7 @@ class TestConvert:
         net.load_state_dict(original, strict=True)  # torchvision's names and shapes
 
     @pytest.mark.parametrize("network, frozen", [(_CatTwice, 0), (_TwoBranches, 0),
-                                                 (_SpatialGate, 0), (_FrozenNorms, 1),
+                                                 (_SpatialGate, 0), (_SharedLayer, 0), (_FrozenNorms, 1),
                                                  (_StoredShape, 1), (_PReLUs, 1)])
     def test_reported_failure_modes_exact_or_frozen_with_one_line(self, network, frozen):
         torch.manual_seed(0)
@@ -3096,6 +3107,9 @@ class TestConvert:
         names = {g.name for g in net.width_groups}
         if network is _TwoBranches:  # b and c are added: one group; a is another
             assert names == {"a", "b"}
+        if network is _SharedLayer:  # a and b feed one layer: one group; each call's output
+            assert names == {"a", "shared"}  # is shared's, also one group
+            assert net.shared.in_slot.group == net.a.out_slot.group == net.b.out_slot.group
         if network is _SpatialGate:  # the 1-channel convs have nothing to slim
             assert names == {"conv"} and net.single.out_slot is None
         if network is _StoredShape:
