@@ -90,24 +90,18 @@ def add_group(groups, name, channels, divisor=1):
     return ChannelSlot(len(groups) - 1, int(channels), divisor)
 
 
-def divisible(values, divisor):
-    """torchvision's ``_make_divisible`` on a tensor: the nearest multiple of ``divisor``, at least
-    ``divisor``, bumped up one step if that lost more than 10% of the value."""
-    values = torch.as_tensor(values, dtype=torch.float64)
-    rounded = (torch.floor((values + divisor / 2) / divisor) * divisor).clamp(min=divisor)
-    return torch.where(rounded < 0.9 * values, rounded + divisor, rounded)
-
-
 def round_channels(multipliers, full, divisor=1):
     """Channel count(s) for multiplier(s) of ``full`` channels (tensor in, int64 tensor out):
     with ``divisor == 1`` (CIFAR ResNets) round half up, at least 1; otherwise (8 for the
-    ImageNet networks) ``divisible``. Clamped to ``full`` and monotone, so a cost never
-    decreases when a multiplier grows."""
+    ImageNet networks) torchvision's ``_make_divisible``: the nearest multiple of ``divisor``, at
+    least ``divisor``, bumped up one step if that lost more than 10% of the value. Clamped to
+    ``full`` and monotone, so a cost never decreases when a multiplier grows."""
     value = torch.as_tensor(multipliers, dtype=torch.float64) * full
     if divisor == 1:
         channels = torch.floor(value + 0.5).clamp(min=1)
     else:
-        channels = divisible(value, divisor)
+        channels = (torch.floor((value + divisor / 2) / divisor) * divisor).clamp(min=divisor)
+        channels = torch.where(channels < 0.9 * value, channels + divisor, channels)
     return channels.clamp(max=full).long()
 
 
@@ -335,13 +329,6 @@ def channels_to_widths(model, channels):
     return [min(1.0, channels[g.name] / g.channels) for g in groups]
 
 
-def layer_channels(model, widths):
-    """``{layer name: [c_in, c_out]}`` of every slimmable layer under ``widths``."""
-    counts = _slot_counts(model, widths)
-    return {name: [_width(m.in_slot, counts, full_in), _width(m.out_slot, counts, full_out)]
-            for name, m in slim_layers(model) for full_in, full_out in [_full_in_out(m)]}
-
-
 def _slots(model):
     """The ``ChannelSlot``s of the slimmable layers and of ``model.channel_parameters``, sorted.
     ``channel_parameters`` is ``{name: (slot, dim)}``: parameters multiplied straight into
@@ -358,10 +345,12 @@ def _slot_counts(model, widths):
     return dict(zip(slots, _slot_channels(slots, width_matrix(model, widths))[0].tolist()))
 
 
-def _width(slot, counts, full):
-    """The width in features of ``slot`` given the ``counts`` of its ``ChannelSlot``s; a slot
-    ``None`` is a fixed width, ``full``."""
-    return full if slot is None else sum(_features(part, counts) for part in _parts(slot))
+def _layer_channels(model, counts):
+    """``{layer name: [c_in, c_out]}`` of every slimmable layer, given the ``counts`` of the
+    slots (``_slot_counts``); a slot ``None`` is the layer's fixed full width."""
+    return {name: [full if slot is None else sum(_features(part, counts) for part in _parts(slot))
+                   for slot, full in zip((m.in_slot, m.out_slot), _full_in_out(m))]
+            for name, m in slim_layers(model)}
 
 
 def concat_index(slot, counts):
@@ -389,9 +378,10 @@ def set_widths(model, widths):
     """Make ``model`` run at ``widths`` (a float, or one multiplier per width group); ValueError
     naming the group for a wrong length or a value outside (0, 1]."""
     counts = _slot_counts(model, widths)
+    channels = _layer_channels(model, counts)
     for name, layer in slim_layers(model):
         if isinstance(layer, (SlimConv2d, SlimLinear)):
-            layer.active_out = _width(layer.out_slot, counts, _full_in_out(layer)[1])
+            layer.active_out = channels[name][1]
         if isinstance(layer.in_slot, ChannelConcat):
             index = concat_index(layer.in_slot, counts)
             layer.in_index = None if index is None else index.to(layer.weight.device)
@@ -748,7 +738,8 @@ def config_record(model, widths, **extra):
     widths = width_matrix(net, widths)[0].tolist()
     return {**model_identity(net), "widths": widths, "channels": group_channels(net, widths),
             "macs": macs(net, widths), "params": params(net, widths),
-            "mmcv_flops": mmcv_flops(net, widths), **extra, "layers": layer_channels(net, widths)}
+            "mmcv_flops": mmcv_flops(net, widths), **extra,
+            "layers": _layer_channels(net, _slot_counts(net, widths))}
 
 
 def save_config(path, model, widths, **extra):
@@ -789,14 +780,14 @@ def load_config(path, model):
                                  f"one per width group")
             widths = width_matrix(net, widths)[0].tolist()
         if "channels" in record:
-            exact = channels_to_widths(net, record["channels"])
-            if widths is not None:
-                given, wanted = group_channels(net, widths), group_channels(net, exact)
-                name = next((name for name in wanted if given[name] != wanted[name]), None)
+            exact, wanted = channels_to_widths(net, record["channels"]), record["channels"]
+            if widths is not None:  # other multipliers may give the same channels: compare those
+                given = group_channels(net, widths)
+                name = next((g.name for g in groups if given[g.name] != wanted[g.name]), None)
                 if name is not None:
                     raise ValueError(f"its 'channels' and 'widths' disagree (group '{name}': "
-                                     f"{wanted[name]} and {given[name]} channels)")
-            widths = width_matrix(net, exact)[0].tolist()
+                                     f"{int(wanted[name])} and {given[name]} channels)")
+            widths = exact  # reproduces ``wanted`` exactly
     except ValueError as error:
         raise ValueError(f"channel config {path}: {error}") from None
     return widths, record
@@ -809,7 +800,8 @@ def export(model, widths):
     in eval mode, the outputs of ``model`` at ``widths``. Rebuild a saved one with
     ``export(get_model(name, num_classes), widths).load_state_dict(state)``."""
     source = _unwrap(model)
-    channels, counts = layer_channels(source, widths), _slot_counts(source, widths)
+    counts = _slot_counts(source, widths)
+    channels = _layer_channels(source, counts)
     # Deep-copy everything except the big slimmable layers, which are rebuilt below.
     memo = {id(m): None for _, m in slim_layers(source)}
     static = copy.deepcopy(source, memo)
