@@ -339,18 +339,15 @@ def _slots(model):
     return sorted({part for slot in slots for part in slot_parts(slot)})
 
 
-def _slot_counts(model, widths):
-    """``{slot: features}`` of every ``ChannelSlot`` of ``_slots(model)`` under ``widths``."""
+def _channel_counts(model, widths):
+    """``(counts, layers)`` under one configuration ``widths``: ``{slot: features}`` of every
+    ``ChannelSlot`` of ``_slots(model)`` and ``{layer name: [c_in, c_out]}`` of every slimmable
+    layer (a slot ``None`` is the layer's fixed full width)."""
     slots = _slots(model)
-    return dict(zip(slots, _slot_channels(slots, width_matrix(model, widths))[0].tolist()))
-
-
-def _layer_channels(model, counts):
-    """``{layer name: [c_in, c_out]}`` of every slimmable layer, given the ``counts`` of the
-    slots (``_slot_counts``); a slot ``None`` is the layer's fixed full width."""
-    return {name: [full if slot is None else sum(_features(part, counts) for part in _parts(slot))
-                   for slot, full in zip((m.in_slot, m.out_slot), _full_in_out(m))]
-            for name, m in slim_layers(model)}
+    counts = dict(zip(slots, _slot_channels(slots, width_matrix(model, widths))[0].tolist()))
+    return counts, {name: [full if slot is None else sum(_features(p, counts) for p in _parts(slot))
+                           for slot, full in zip((m.in_slot, m.out_slot), _full_in_out(m))]
+                    for name, m in slim_layers(model)}
 
 
 def concat_index(slot, counts):
@@ -377,8 +374,7 @@ def _full_in_out(layer):
 def set_widths(model, widths):
     """Make ``model`` run at ``widths`` (a float, or one multiplier per width group); ValueError
     naming the group for a wrong length or a value outside (0, 1]."""
-    counts = _slot_counts(model, widths)
-    channels = _layer_channels(model, counts)
+    counts, channels = _channel_counts(model, widths)
     for name, layer in slim_layers(model):
         if isinstance(layer, (SlimConv2d, SlimLinear)):
             layer.active_out = channels[name][1]
@@ -552,9 +548,8 @@ def _cost_terms(model):
         if m.bias is not None:
             params_terms.extend((ka, a, len(slots)) for a, ka in outputs)
     for name, (slot, dim) in model.__dict__.get("channel_parameters", {}).items():
-        tensor = model.get_parameter(name)
-        params_terms.extend((tensor.numel() // tensor.shape[dim] * k, a, len(slots))
-                            for a, k in _slot_columns(slot, index, 1))
+        params_terms.extend((elements, a, len(slots))
+                            for elements, a in _terms(model.get_parameter(name), slot, index, dim))
     counted = {id(p) for m in layers for p in m.parameters(recurse=False)} | {
         id(model.get_parameter(name)) for name in model.__dict__.get("channel_parameters", {})}
     params_terms.extend((p.numel(), len(slots), len(slots)) for p in model.parameters()
@@ -570,6 +565,7 @@ def _cost_terms(model):
 
 
 def _evaluate_terms(model, widths, which):
+    """The cost ``which`` of ``widths``, returned as ``macs`` says."""
     slots, macs_terms, params_terms, mmcv_terms, _ = _cost_terms(model)
     if which == "memory":
         total = memory_by_layer(model, widths).max(dim=1).values
@@ -577,11 +573,9 @@ def _evaluate_terms(model, widths, which):
         coef, a, b = {"macs": macs_terms, "params": params_terms, "mmcv_flops": mmcv_terms}[which]
         channels = _slot_channels(slots, width_matrix(model, widths))
         total = (channels[:, a] * channels[:, b] * coef).sum(dim=1)
-    if torch.is_tensor(widths) and widths.dim() == 2:
-        return total
-    if isinstance(widths, (int, float)) or torch.as_tensor(widths).dim() == 1:
+    if _is_number(widths) or torch.as_tensor(widths).dim() == 1:
         return int(total[0])
-    return total.numpy()
+    return total if torch.is_tensor(widths) else total.numpy()
 
 
 def macs(model, widths=1.0):
@@ -739,7 +733,7 @@ def config_record(model, widths, **extra):
     return {**model_identity(net), "widths": widths, "channels": group_channels(net, widths),
             "macs": macs(net, widths), "params": params(net, widths),
             "mmcv_flops": mmcv_flops(net, widths), **extra,
-            "layers": _layer_channels(net, _slot_counts(net, widths))}
+            "layers": _channel_counts(net, widths)[1]}
 
 
 def save_config(path, model, widths, **extra):
@@ -800,8 +794,7 @@ def export(model, widths):
     in eval mode, the outputs of ``model`` at ``widths``. Rebuild a saved one with
     ``export(get_model(name, num_classes), widths).load_state_dict(state)``."""
     source = _unwrap(model)
-    counts = _slot_counts(source, widths)
-    channels = _layer_channels(source, counts)
+    counts, channels = _channel_counts(source, widths)
     # Deep-copy everything except the big slimmable layers, which are rebuilt below.
     memo = {id(m): None for _, m in slim_layers(source)}
     static = copy.deepcopy(source, memo)
