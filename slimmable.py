@@ -329,6 +329,13 @@ def channels_to_widths(model, channels):
     return [min(1.0, channels[g.name] / g.channels) for g in groups]
 
 
+def layer_channels(model, widths):
+    """``{layer name: [c_in, c_out]}`` of every slimmable layer under ``widths``."""
+    counts = _slot_counts(model, widths)
+    return {name: [_width(m.in_slot, counts, full_in), _width(m.out_slot, counts, full_out)]
+            for name, m in slim_layers(model) for full_in, full_out in [_full_in_out(m)]}
+
+
 def _slots(model):
     """The ``ChannelSlot``s of the slimmable layers and of ``model.channel_parameters``, sorted.
     ``channel_parameters`` is ``{name: (slot, dim)}``: parameters multiplied straight into
@@ -339,15 +346,16 @@ def _slots(model):
     return sorted({part for slot in slots for part in slot_parts(slot)})
 
 
-def _channel_counts(model, widths):
-    """``(counts, layers)`` under one configuration ``widths``: ``{slot: features}`` of every
-    ``ChannelSlot`` of ``_slots(model)`` and ``{layer name: [c_in, c_out]}`` of every slimmable
-    layer (a slot ``None`` is the layer's fixed full width)."""
+def _slot_counts(model, widths):
+    """``{slot: features}`` of every ``ChannelSlot`` of ``_slots(model)`` under ``widths``."""
     slots = _slots(model)
-    counts = dict(zip(slots, _slot_channels(slots, width_matrix(model, widths))[0].tolist()))
-    return counts, {name: [full if slot is None else sum(_features(p, counts) for p in _parts(slot))
-                           for slot, full in zip((m.in_slot, m.out_slot), _full_in_out(m))]
-                    for name, m in slim_layers(model)}
+    return dict(zip(slots, _slot_channels(slots, width_matrix(model, widths))[0].tolist()))
+
+
+def _width(slot, counts, full):
+    """The width in features of ``slot`` given the ``counts`` of its ``ChannelSlot``s; a slot
+    ``None`` is a fixed width, ``full``."""
+    return full if slot is None else sum(_features(part, counts) for part in _parts(slot))
 
 
 def concat_index(slot, counts):
@@ -374,10 +382,10 @@ def _full_in_out(layer):
 def set_widths(model, widths):
     """Make ``model`` run at ``widths`` (a float, or one multiplier per width group); ValueError
     naming the group for a wrong length or a value outside (0, 1]."""
-    counts, channels = _channel_counts(model, widths)
+    counts = _slot_counts(model, widths)
     for name, layer in slim_layers(model):
         if isinstance(layer, (SlimConv2d, SlimLinear)):
-            layer.active_out = channels[name][1]
+            layer.active_out = _width(layer.out_slot, counts, _full_in_out(layer)[1])
         if isinstance(layer.in_slot, ChannelConcat):
             index = concat_index(layer.in_slot, counts)
             layer.in_index = None if index is None else index.to(layer.weight.device)
@@ -732,8 +740,7 @@ def config_record(model, widths, **extra):
     widths = width_matrix(net, widths)[0].tolist()
     return {**model_identity(net), "widths": widths, "channels": group_channels(net, widths),
             "macs": macs(net, widths), "params": params(net, widths),
-            "mmcv_flops": mmcv_flops(net, widths), **extra,
-            "layers": _channel_counts(net, widths)[1]}
+            "mmcv_flops": mmcv_flops(net, widths), **extra, "layers": layer_channels(net, widths)}
 
 
 def save_config(path, model, widths, **extra):
@@ -794,7 +801,7 @@ def export(model, widths):
     in eval mode, the outputs of ``model`` at ``widths``. Rebuild a saved one with
     ``export(get_model(name, num_classes), widths).load_state_dict(state)``."""
     source = _unwrap(model)
-    counts, channels = _channel_counts(source, widths)
+    channels, counts = layer_channels(source, widths), _slot_counts(source, widths)
     # Deep-copy everything except the big slimmable layers, which are rebuilt below.
     memo = {id(m): None for _, m in slim_layers(source)}
     static = copy.deepcopy(source, memo)
