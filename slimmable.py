@@ -90,24 +90,18 @@ def add_group(groups, name, channels, divisor=1):
     return ChannelSlot(len(groups) - 1, int(channels), divisor)
 
 
-def divisible(values, divisor):
-    """torchvision's ``_make_divisible`` on a tensor: the nearest multiple of ``divisor``, at least
-    ``divisor``, bumped up one step if that lost more than 10% of the value."""
-    values = torch.as_tensor(values, dtype=torch.float64)
-    rounded = (torch.floor((values + divisor / 2) / divisor) * divisor).clamp(min=divisor)
-    return torch.where(rounded < 0.9 * values, rounded + divisor, rounded)
-
-
 def round_channels(multipliers, full, divisor=1):
     """Channel count(s) for multiplier(s) of ``full`` channels (tensor in, int64 tensor out):
     with ``divisor == 1`` (CIFAR ResNets) round half up, at least 1; otherwise (8 for the
-    ImageNet networks) ``divisible``. Clamped to ``full`` and monotone, so a cost never
-    decreases when a multiplier grows."""
+    ImageNet networks) torchvision's ``_make_divisible``: the nearest multiple of ``divisor``, at
+    least ``divisor``, bumped up one step if that lost more than 10% of the value. Clamped to
+    ``full`` and monotone, so a cost never decreases when a multiplier grows."""
     value = torch.as_tensor(multipliers, dtype=torch.float64) * full
     if divisor == 1:
         channels = torch.floor(value + 0.5).clamp(min=1)
     else:
-        channels = divisible(value, divisor)
+        channels = (torch.floor((value + divisor / 2) / divisor) * divisor).clamp(min=divisor)
+        channels = torch.where(channels < 0.9 * value, channels + divisor, channels)
     return channels.clamp(max=full).long()
 
 
@@ -562,9 +556,8 @@ def _cost_terms(model):
         if m.bias is not None:
             params_terms.extend((ka, a, len(slots)) for a, ka in outputs)
     for name, (slot, dim) in model.__dict__.get("channel_parameters", {}).items():
-        tensor = model.get_parameter(name)
-        params_terms.extend((tensor.numel() // tensor.shape[dim] * k, a, len(slots))
-                            for a, k in _slot_columns(slot, index, 1))
+        params_terms.extend((elements, a, len(slots))
+                            for elements, a in _terms(model.get_parameter(name), slot, index, dim))
     counted = {id(p) for m in layers for p in m.parameters(recurse=False)} | {
         id(model.get_parameter(name)) for name in model.__dict__.get("channel_parameters", {})}
     params_terms.extend((p.numel(), len(slots), len(slots)) for p in model.parameters()
@@ -580,6 +573,7 @@ def _cost_terms(model):
 
 
 def _evaluate_terms(model, widths, which):
+    """The cost ``which`` of ``widths``, returned as ``macs`` says."""
     slots, macs_terms, params_terms, mmcv_terms, _ = _cost_terms(model)
     if which == "memory":
         total = memory_by_layer(model, widths).max(dim=1).values
@@ -587,11 +581,9 @@ def _evaluate_terms(model, widths, which):
         coef, a, b = {"macs": macs_terms, "params": params_terms, "mmcv_flops": mmcv_terms}[which]
         channels = _slot_channels(slots, width_matrix(model, widths))
         total = (channels[:, a] * channels[:, b] * coef).sum(dim=1)
-    if torch.is_tensor(widths) and widths.dim() == 2:
-        return total
-    if isinstance(widths, (int, float)) or torch.as_tensor(widths).dim() == 1:
+    if _is_number(widths) or torch.as_tensor(widths).dim() == 1:
         return int(total[0])
-    return total.numpy()
+    return total if torch.is_tensor(widths) else total.numpy()
 
 
 def macs(model, widths=1.0):
@@ -789,14 +781,14 @@ def load_config(path, model):
                                  f"one per width group")
             widths = width_matrix(net, widths)[0].tolist()
         if "channels" in record:
-            exact = channels_to_widths(net, record["channels"])
-            if widths is not None:
-                given, wanted = group_channels(net, widths), group_channels(net, exact)
-                name = next((name for name in wanted if given[name] != wanted[name]), None)
+            exact, wanted = channels_to_widths(net, record["channels"]), record["channels"]
+            if widths is not None:  # other multipliers may give the same channels: compare those
+                given = group_channels(net, widths)
+                name = next((g.name for g in groups if given[g.name] != wanted[g.name]), None)
                 if name is not None:
                     raise ValueError(f"its 'channels' and 'widths' disagree (group '{name}': "
-                                     f"{wanted[name]} and {given[name]} channels)")
-            widths = width_matrix(net, exact)[0].tolist()
+                                     f"{int(wanted[name])} and {given[name]} channels)")
+            widths = exact  # reproduces ``wanted`` exactly
     except ValueError as error:
         raise ValueError(f"channel config {path}: {error}") from None
     return widths, record
