@@ -543,7 +543,8 @@ def _declare_kept_tensors(model, analysis, slot):
     innermost module around that call and the tensor's last use: as its ``"input"`` if made
     before the module (a residual add, SE's rescale), else as the output of the child that made
     it (a projection block's main path while its shortcut conv runs). What the probe could not
-    count so (a tensor made by a function, a list input) is left out: ``memory`` reads low."""
+    count so (a tensor made by a function, a list input, a block input that is a concatenation,
+    as in GoogLeNet and Inception-v3) is left out: ``memory`` reads low."""
     nodes = list(analysis.traced.graph.nodes)
     where = {n: i for i, n in enumerate(nodes)}
     stack = {n: [""] + list(n.meta.get("nn_module_stack", ())) if n.op.startswith("call") else []

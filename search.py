@@ -164,7 +164,8 @@ def load_supernet(name, device):
                                **checkpoint["model_options"])
     except ValueError as error:  # e.g. the FILE.py of a --network FILE.py:FUNCTION run is gone
         raise Fail(f"cannot rebuild the supernet of {path}: {error}") from None
-    return runs.load_weights(net, checkpoint["model"], path).to(device), checkpoint
+    runs.load_weights(net, checkpoint["model"], path)
+    return net.to(device), checkpoint
 
 
 def width_levels(net, lower_channel, steps):
