@@ -541,19 +541,19 @@ def _declare_kept_tensors(model, analysis, slot):
     """For ``slimmable.memory``: each block's ``keeps_alive``, read off the graph. A tensor alive
     across a conv, linear or pooling call that neither reads nor makes it is held by the
     innermost module around that call and the tensor's last use: as its ``"input"`` if made
-    before the module (a residual add, SE's rescale), else as the output of the child that made
-    it (a projection block's main path while its shortcut conv runs). What the probe could not
-    count so (a tensor made by a function, a list input, a block input that is a concatenation,
-    as in GoogLeNet and Inception-v3) is left out: ``memory`` reads low."""
+    before the module (a residual add, SE's rescale, the input of Inception's branches), its
+    width then the module's ``input_slot``, else as the output of the child that made it (a
+    projection block's main path while its shortcut conv runs). What the probe could not count
+    so (a tensor made by a function, a list input, an input whose channels are not in dim 1) is
+    left out: ``memory`` reads low."""
     nodes = list(analysis.traced.graph.nodes)
     where = {n: i for i, n in enumerate(nodes)}
     stack = {n: [""] + list(n.meta.get("nn_module_stack", ())) if n.op.startswith("call") else []
              for n in nodes}
-    first, latest, latest_before, alive, keeps = {}, None, {}, [], {}
+    first, alive, keeps = {}, [], {}
     for i, node in enumerate(nodes):
         for name in stack[node]:
             first.setdefault(name, node)
-        latest_before[node] = latest  # the slot the probe gives a block's input
         module = model.get_submodule(node.target) if node.op == "call_module" else None
         alive = [v for v in alive if max(map(where.get, v.users)) > i]
         for v in alive if isinstance(module, slimmable.MEMORY_LAYERS) else ():
@@ -562,15 +562,14 @@ def _declare_kept_tensors(model, analysis, slot):
             outside = [m for m in around if m not in stack[v]]
             if v in node.all_input_nodes or not around:
                 continue
-            if outside and first[outside[-1]].args[:1] == (v,) and slot(layout) == \
-                    latest_before[first[outside[-1]]] and (slot(layout) is None or layout.dim == 1):
+            if outside and first[outside[-1]].args[:1] == (v,) and \
+                    (slot(layout) is None or layout.dim == 1):
                 keeps.setdefault(outside[-1], {})["input"] = None
+                model.get_submodule(outside[-1]).input_slot = slot(layout)
             elif not outside and v.op == "call_module" and \
                     (v.target in analysis.layers or v.target in analysis.calls):
                 child = v.target[len(around[-1]) + 1:] if around[-1] else v.target
                 keeps.setdefault(around[-1], {})[child] = None
-        if isinstance(module, slimmable.COUNTED_LAYERS):
-            latest = slot(analysis.layers.get(node.target, (None, None))[1])
         if node.op.startswith("call") and node.users and _shape(node) is not None:
             alive.append(node)
     for name, kept in keeps.items():

@@ -216,6 +216,8 @@ def _regroup(net, named):
             module.in_slot, module.out_slot = slot(module.in_slot), slot(module.out_slot)
         if "call_slots" in module.__dict__:
             module.call_slots = [(slot(s), dim) for s, dim in module.call_slots]
+        if "input_slot" in module.__dict__:
+            module.input_slot = slot(module.input_slot)
     net.width_groups = list(renamed.values())
     return net
 

@@ -484,7 +484,8 @@ def _probe(model, image, index):
             for name in getattr(block, "keeps_alive", ()) if name != "input"]
 
     def before(block, inputs):  # a block that keeps its input (a residual, an SE rescale)
-        held.append((block, inputs[0], _terms(inputs[0], latest[0], index)))
+        slot = block.input_slot if "input_slot" in block.__dict__ else latest[0]
+        held.append((block, inputs[0], _terms(inputs[0], slot, index)))
 
     def after(m, inputs, output):
         counted = isinstance(m, COUNTED_LAYERS)
@@ -621,9 +622,11 @@ def memory(model, widths=1.0):
     The peak over the layers of layer-by-layer execution (Sandler et al., MobileNetV2, Sec. 5.1;
     MCUNet's "peak SRAM", Lin et al. NeurIPS'20) of the tensors alive while a layer (a conv, a
     linear or a pooling module; BN and activations run in place) runs: its input, its output and
-    what a block keeps in ``keeps_alive``, ``"input"`` (for a residual addition or an SE rescale)
-    and names of children whose outputs it keeps until it returns (a projection block's main
-    path, while its shortcut conv runs). A tensor counts once. MobileNetV2 at 224, full width:
+    what a block keeps in ``keeps_alive``: ``"input"`` (for a residual addition or an SE rescale),
+    as wide as the block's ``input_slot`` where it has one (a converted network's blocks; it may
+    be a concatenation), else as the latest conv, linear or norm layer's output; and names of
+    children whose outputs it keeps until it returns (a projection block's main path, while its
+    shortcut conv runs). A tensor counts once. MobileNetV2 at 224, full width:
     1,505,280 elements (5.7 MiB in float32) at the stride-2 depthwise conv of ``features.2``
     (96x112x112 in, 96x56x56 out); MCUNetV2 (NeurIPS'21, Fig. 1) reports 1,404,928 (1372 kB in
     int8), our value at the expansion before it: its engine runs depthwise convs in place.
@@ -809,6 +812,7 @@ def export(model, widths):
         static.__dict__.pop(key, None)
     for module in static.modules():  # the widths of a slimmable network's tensors
         module.__dict__.pop("call_slots", None)
+        module.__dict__.pop("input_slot", None)
     for name, layer in slim_layers(source):
         parent, _, attr = name.rpartition(".")
         index = concat_index(layer.in_slot, counts) \

@@ -3064,6 +3064,26 @@ class _StoredShape(nn.Module):  # reshapes to a channel count stored at construc
         return self.head(x.view(x.size(0), self.c, -1).mean(-1))
 
 
+class _DenseLayer(nn.Module):  # keeps its input for the concatenation at its end (DenseNet's)
+    def __init__(self, channels, growth):
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, growth, 1)
+        self.conv2 = nn.Conv2d(growth, growth, 3, padding=1)
+
+    def forward(self, x):
+        return torch.cat([x, self.conv2(self.conv1(x))], 1)
+
+
+class _ConcatenatedInput(nn.Module):  # layer2's input is layer1's concatenation
+    def __init__(self):
+        super().__init__()
+        self.stem, self.head = nn.Conv2d(3, 4, 1), nn.Linear(8, 10)
+        self.layer1, self.layer2 = _DenseLayer(4, 2), _DenseLayer(6, 2)
+
+    def forward(self, x):
+        return self.head(self.layer2(self.layer1(self.stem(x))).mean((2, 3)))
+
+
 class _PReLUs(nn.Module):  # one PReLU weight for all channels, then one per channel
     def __init__(self):
         super().__init__()
@@ -3116,6 +3136,25 @@ class TestConvert:
             assert names == {"conv1"} and "view" in lines[0]
         if network is _PReLUs:  # a shared weight passes the channels on; a per-channel one freezes
             assert names == {"conv1"} and "PReLU" in lines[0] and "conv2" in lines[0]
+
+    def test_memory_counts_a_block_input_that_is_a_concatenation(self):
+        net = convert.make_slimmable(_ConcatenatedInput(), torch.randn(1, 3, 8, 8))
+        # Elements alive per layer, 8x8 = 64 positions: stem 3*64 in + 4*64 out; layer1.conv1
+        # 4*64 + 2*64; layer1.conv2 2*64 + 2*64 + its block's input 4*64; layer2.conv1 6*64 +
+        # 2*64; layer2.conv2 2*64 + 2*64 + its block's input, the concatenation, 6*64 (the
+        # peak); head 8 + 10.
+        assert slimmable.memory_by_layer(net)[0].tolist() == [448, 384, 512, 512, 640, 18]
+        assert slimmable.memory(net) == 640
+        assert "input" in net.layer2.keeps_alive  # kept, as wide as the concatenation
+        assert isinstance(net.layer2.input_slot, slimmable.ChannelConcat)
+        # the stem at 2 channels: layer2's input is 2 + 2 channels, layer2.conv2 sees
+        # 64 + 64 + 4*64 (the peak)
+        half_stem = [0.5] + [1.0] * (len(net.width_groups) - 1)
+        assert slimmable.group_channels(net, half_stem)["stem"] == 2
+        assert slimmable.memory_by_layer(net, half_stem)[0].tolist() == [320, 256, 384, 384,
+                                                                            512, 16]
+        static = slimmable.export(net, half_stem)  # counted as it is, its widths fixed
+        assert slimmable.memory_by_layer(static)[0].tolist() == [320, 256, 384, 384, 512, 16]
 
     def test_converted_model_trains_calibrates_and_saves_configs(self, tmp_path):
         torch.manual_seed(0)
