@@ -197,6 +197,8 @@ class Analysis:
     def __init__(self, traced):
         self.traced, self.sources, self.layout = traced, Sources(), {}
         self.layers, self.calls, self.scaled = {}, {}, []
+        # a get_attr of one of these is a parameter, not a buffer or a constant the trace folded
+        self.parameter_names = {n for n, _ in traced.named_parameters(remove_duplicate=False)}
         for node in traced.graph.nodes:
             self.layout[node] = self.visit(node)
 
@@ -358,8 +360,7 @@ class Analysis:
             dim = result.dim - offset
             if dim < 0 or shape[dim] == 1:
                 continue  # broadcast along the channels
-            if a.op == "get_attr" and len(result.parts) == 1 and a.target in dict(
-                    self.traced.named_parameters(remove_duplicate=False)):  # no buffer, constant
+            if a.op == "get_attr" and len(result.parts) == 1 and a.target in self.parameter_names:
                 partner = next(b for b in operands if b is not a)
                 self.scaled.append((a, node, dim, partner, self.layout[partner].dim))
             else:

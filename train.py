@@ -380,9 +380,10 @@ class TrainingRun:
         self.autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_bf16 \
             else contextlib.nullcontext
         self.curve_every = max(1, self.total_steps // args.curve_points) if args.curve_points else 0
-        self.curve_batches = [(x.to(device), y.to(device)) for x, y in data.first_batches(
-            self.loaders.val, images=args.curve_images)] \
-            if self.curve_every and self.loaders.val is not None else []
+        curve_data = self.loaders.val if self.curve_every else None
+        self.curve_batches = [] if curve_data is None else [
+            (x.to(device, memory_format=self.layout), y.to(device))
+            for x, y in data.first_batches(curve_data, images=args.curve_images)]
         self.val_iterator, self.configs_digest, self.sampler_seconds = None, 0.0, 0.0
         self.start_time, self.progress_start = time.time(), time.perf_counter()
         self.progress = [0.0, 0.0, 0]  # losses since the last progress line
@@ -517,7 +518,8 @@ class TrainingRun:
             self.val_iterator = itertools.islice(iter(self.loaders.val), index, None)
         inputs, targets = next(self.val_iterator)[:2]
         self.val_batches_used += 1
-        return inputs.to(self.device, non_blocking=True), targets.to(self.device, non_blocking=True)
+        return (inputs.to(self.device, non_blocking=True, memory_format=self.layout),
+                targets.to(self.device, non_blocking=True))
 
     def record(self, full_loss, small_loss, lr, batch, seconds):
         """After a step: the thread tuner, the loss sums, a progress line every --print_freq
