@@ -326,12 +326,13 @@ def channels_to_widths(model, channels):
             near = " or ".join(map(str, below[-1:] + above[:1])) or f"{possible[0]}..{possible[-1]}"
             raise ValueError(f"group '{group.name}' has {count!r} channels, which it cannot take "
                              f"(nearest possible: {near}; full width {full})")
-    return [min(1.0, channels[g.name] / g.channels) for g in groups]
+    return [channels[g.name] / g.channels for g in groups]  # each at most 1: a possible count
 
 
-def layer_channels(model, widths):
-    """``{layer name: [c_in, c_out]}`` of every slimmable layer under ``widths``."""
-    counts = _slot_counts(model, widths)
+def layer_channels(model, widths, counts=None):
+    """``{layer name: [c_in, c_out]}`` of every slimmable layer under ``widths`` (whose
+    ``_slot_counts`` are ``counts`` when the caller has them)."""
+    counts = _slot_counts(model, widths) if counts is None else counts
     return {name: [_width(m.in_slot, counts, full_in), _width(m.out_slot, counts, full_out)]
             for name, m in slim_layers(model) for full_in, full_out in [_full_in_out(m)]}
 
@@ -355,6 +356,8 @@ def _slot_counts(model, widths):
 def _width(slot, counts, full):
     """The width in features of ``slot`` given the ``counts`` of its ``ChannelSlot``s; a slot
     ``None`` is a fixed width, ``full``."""
+    if isinstance(slot, ChannelSlot):  # most layers: the fast path of set_widths
+        return counts[slot]
     return full if slot is None else sum(_features(part, counts) for part in _parts(slot))
 
 
@@ -804,7 +807,8 @@ def export(model, widths):
     in eval mode, the outputs of ``model`` at ``widths``. Rebuild a saved one with
     ``export(get_model(name, num_classes), widths).load_state_dict(state)``."""
     source = _unwrap(model)
-    channels, counts = layer_channels(source, widths), _slot_counts(source, widths)
+    counts = _slot_counts(source, widths)
+    channels = layer_channels(source, widths, counts)
     # Deep-copy everything except the big slimmable layers, which are rebuilt below.
     memo = {id(m): None for _, m in slim_layers(source)}
     static = copy.deepcopy(source, memo)

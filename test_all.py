@@ -1547,6 +1547,15 @@ class TestTrain:
         for key, value in labels["model"].items():
             torch.testing.assert_close(late["model"][key], value, msg=key)
         assert not torch.equal(kd["model"]["fc.weight"], labels["model"]["fc.weight"])
+        # One sandwich step from the same weights: the full network's loss is the labels' under
+        # any --kd_weight; the students' (the last returned) follows the mix.
+        torch.manual_seed(0)
+        net, inputs = models.get_model("slim_resnet20", 10), torch.randn(8, 3, 32, 32)
+        targets, configs = torch.randint(0, 10, (8,)), [[0.42] * len(net.width_groups)]
+        full, student = zip(*(train.train_step(net, net, inputs, targets, configs, argparse.Namespace(
+            method="slim", kd_weight=kd_weight, label_smoothing=0.1), contextlib.nullcontext)
+            for kd_weight in (0.0, 1.0)))
+        assert torch.equal(full[0], full[1]) and not torch.equal(student[0], student[1])
         curves = json.loads((tmp_path / "runs" / "labels" / "curves.json").read_text())
         assert [p["step"] for p in curves["points"]] == [2, 4] == \
             [p["step"] for p in labels["curves"]]

@@ -502,7 +502,7 @@ class TrainingRun:
             configs = next_configs(sampler, args.num_sampled_arch, self.net, self.held_out_batch,
                                    self.autocast, self.step, self.rank) + [self.smallest]
         if args.method == "joslim" and self.rank == 0:
-            self.log(f"  window at step {self.step}: history {len(sampler.history_configs())}, "
+            self.log(f"  window at step {self.step}: history {len(sampler.configs)}, "
                      f"proposed costs [{', '.join(f'{c:.2f}' for c in sampler.last_costs)}]")
         self.configs_digest += float(np.sum(configs)) * (self.step + 1)
         self.sampler_seconds += time.time() - start
