@@ -91,17 +91,19 @@ def add_group(groups, name, channels, divisor=1):
 
 
 def round_channels(multipliers, full, divisor=1):
-    """Channel count(s) for multiplier(s) of ``full`` channels (tensor in, int64 tensor out):
-    with ``divisor == 1`` (CIFAR ResNets) round half up, at least 1; otherwise (8 for the
-    ImageNet networks) torchvision's ``_make_divisible``: the nearest multiple of ``divisor``, at
-    least ``divisor``, bumped up one step if that lost more than 10% of the value. Clamped to
-    ``full`` and monotone, so a cost never decreases when a multiplier grows."""
+    """Channel count(s) for multiplier(s) of ``full`` channels (tensor in, int64 tensor out;
+    ``full`` and ``divisor`` may be tensors too, broadcast against ``multipliers``): with
+    ``divisor == 1`` (CIFAR ResNets) round half up, at least 1; otherwise (8 for the ImageNet
+    networks) torchvision's ``_make_divisible``: the nearest multiple of ``divisor``, at least
+    ``divisor``, bumped up one step if that lost more than 10% of the value. Clamped to ``full``
+    and monotone, so a cost never decreases when a multiplier grows."""
+    full = torch.as_tensor(full, dtype=torch.float64)
+    divisor = torch.as_tensor(divisor, dtype=torch.float64)
     value = torch.as_tensor(multipliers, dtype=torch.float64) * full
-    if divisor == 1:
-        channels = torch.floor(value + 0.5).clamp(min=1)
-    else:
-        channels = (torch.floor((value + divisor / 2) / divisor) * divisor).clamp(min=divisor)
-        channels = torch.where(channels < 0.9 * value, channels + divisor, channels)
+    channels = (torch.floor((value + divisor / 2) / divisor) * divisor).clamp(min=divisor)
+    if (divisor != 1).any():  # the CIFAR ResNets' plain rounding needs no bump
+        channels = torch.where((divisor != 1) & (channels < 0.9 * value), channels + divisor,
+                               channels)
     return channels.clamp(max=full).long()
 
 
@@ -287,8 +289,10 @@ def width_matrix(model, widths):
 def _slot_channels(slots, matrix):
     """int64 (N, len(slots) + 1): each slot's channel count (times its ``scale``) under each
     configuration, then the constant 1 (the column of a fixed width in the cost terms)."""
-    columns = [round_channels(matrix[:, s.group], s.channels, s.divisor) * s.scale for s in slots]
-    return torch.stack(columns + [torch.ones(len(matrix), dtype=torch.long)], dim=1)
+    group, channels, divisor, scale = torch.tensor([tuple(s) for s in slots],
+                                                   dtype=torch.long).reshape(-1, 4).T
+    counts = round_channels(matrix[:, group], channels, divisor) * scale  # (N, slots)
+    return torch.cat([counts, torch.ones(len(matrix), 1, dtype=torch.long)], dim=1)
 
 
 def group_channels(model, widths):

@@ -211,6 +211,13 @@ class TestSlimmableLayers:
         assert slimmable.round_channels([0.5, 0.01, 0.42], 16, 1).tolist() == [8, 1, 7]
         assert slimmable.round_channels([0.42, 0.5, 0.56, 1.0], 64, 8).tolist() == [32, 32, 40, 64]
         assert slimmable.round_channels([0.95, 1.0], 36, 8).tolist() == [32, 36]  # at most full
+        # every slot at once (set_widths, the costs): each column as if rounded alone
+        multipliers = torch.rand(50, 4, dtype=torch.float64) * 0.99 + 0.01
+        full, divisor = torch.tensor([16, 64, 36, 26]), torch.tensor([1, 8, 8, 2])
+        columns = [slimmable.round_channels(multipliers[:, k], int(full[k]), int(divisor[k]))
+                   for k in range(4)]
+        assert torch.equal(slimmable.round_channels(multipliers, full, divisor),
+                           torch.stack(columns, dim=1))
 
 
 # ---------------------------------------------------------------------------------------------
