@@ -458,8 +458,9 @@ def width_groups(analysis, divisor=1):
             if reason is not None:  # None: the image or the logits, fixed by definition
                 frozen[root] = f"froze {name} ({channels} channels) at node {node}: {reason}"
             continue
-        group_of[root] = slimmable.add_group(groups, name, channels,
-                                             math.lcm(divisor, sources.divisor[root]))
+        # full width stays reachable: 26 channels under divisor 8 (RegNetY's SE) take even counts
+        group_of[root] = slimmable.add_group(groups, name, channels, math.gcd(
+            channels, math.lcm(divisor, sources.divisor[root])))
 
     def slot(layout):
         if not isinstance(layout, Layout):
@@ -499,7 +500,8 @@ def make_slimmable(model, example_input, log=print, divisor=1):
     module docstring). Sets ``width_groups``, ``in_channels`` (C),
     ``input_size`` ((H, W), where costs are counted) and ``frozen`` (one line per frozen group,
     each also given to ``log``). ``divisor``: every group's channel counts are multiples of it
-    (8 for torchvision's ImageNet networks), or of its group width for a grouped conv.
+    (8 for torchvision's ImageNet networks), or of its group width for a grouped conv; of their
+    greatest common divisor with the group's full count where that is no multiple of them.
     ValueError, one line, when fx cannot trace the model, it has no layer to slim, it is already
     slimmable, or a child module has the name of an attribute set here."""
     if any(isinstance(m, slimmable.SLIM_LAYERS) for m in model.modules()):

@@ -3189,6 +3189,16 @@ class TestConvert:
         assert slimmable.mmcv_flops(net, widths) > slimmable.macs(net, widths) > 0
         assert slimmable.memory(net, widths) > 0
 
+    def test_divisor_keeps_full_width_of_a_group_that_is_no_multiple_of_it(self):
+        # RegNetY's SE squeeze has 26 channels; divisor 8 rounds 26 to 24 and broke full width
+        model = nn.Sequential(nn.Conv2d(3, 26, 3), nn.BatchNorm2d(26), nn.ReLU(),
+                              nn.Conv2d(26, 16, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                              nn.Linear(16, 10))
+        net = convert.make_slimmable(model, torch.randn(1, 3, 16, 16), log=lambda line: None,
+                                     divisor=8)
+        assert [(g.channels, g.divisor) for g in net.width_groups] == [(26, 2), (16, 8)]
+        assert slimmable.group_channels(net, [0.5, 0.5]) == {"0": 14, "3": 8}
+
     def test_untraceable_or_layerless_model_is_one_line_value_error(self):
         class Branchy(nn.Module):
             def __init__(self):
