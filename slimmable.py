@@ -85,7 +85,12 @@ def slot_parts(slot):
 
 
 def add_group(groups, name, channels, divisor=1):
-    """Append a ``WidthGroup`` to ``groups`` and return the slot of its full width (model builders)."""
+    """Append a ``WidthGroup`` to ``groups`` and return the slot of its full width (model
+    builders). ValueError when ``channels`` is no multiple of ``divisor`` > 1 that rounding keeps:
+    the group could not be set to its full width."""
+    if (rounded := int(round_channels(1.0, channels, divisor))) != channels:
+        raise ValueError(f"group '{name}': its full {channels} channels round to {rounded} under "
+                         f"divisor {divisor}; use a divisor that {channels} is a multiple of")
     groups.append(WidthGroup(name, int(channels), divisor))
     return ChannelSlot(len(groups) - 1, int(channels), divisor)
 

@@ -211,6 +211,8 @@ class TestSlimmableLayers:
         assert slimmable.round_channels([0.5, 0.01, 0.42], 16, 1).tolist() == [8, 1, 7]
         assert slimmable.round_channels([0.42, 0.5, 0.56, 1.0], 64, 8).tolist() == [32, 32, 40, 64]
         assert slimmable.round_channels([0.95, 1.0], 36, 8).tolist() == [32, 36]  # at most full
+        with pytest.raises(ValueError, match="full 26 channels round to 24 under divisor 8"):
+            slimmable.add_group([], "squeeze", 26, divisor=8)  # full width out of reach
         # every slot at once (set_widths, the costs): each column as if rounded alone
         multipliers = torch.rand(50, 4, dtype=torch.float64) * 0.99 + 0.01
         full, divisor = torch.tensor([16, 64, 36, 26]), torch.tensor([1, 8, 8, 2])
