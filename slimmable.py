@@ -815,7 +815,7 @@ def export(model, widths):
     # Deep-copy everything except the big slimmable layers, which are rebuilt below.
     memo = {id(m): None for _, m in slim_layers(source)}
     static = copy.deepcopy(source, memo)
-    for key in ("_slim_layers", "_cost_terms", "current_widths"):
+    for key in ("_slim_layers", "_cost_terms", "current_widths", "channel_parameters"):
         static.__dict__.pop(key, None)
     for name, layer in slim_layers(source):
         parent, _, attr = name.rpartition(".")
