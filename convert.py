@@ -540,12 +540,12 @@ def make_slimmable(model, example_input, log=print, divisor=1):
 
 def _record_kept_tensors(model, analysis, example_input, slot):
     """For ``slimmable.memory``: on each conv, linear and pooling module, ``kept_by_call``: per
-    call of it in the graph, the tensors made before the call (the image, a call's output) and
-    used after it, besides its input and output: a residual's input, a projection block's main
-    path, DenseNet's earlier features, Inception's finished branches. Each is ``(meta tensor of
-    its full-width shape, slot, channel dim)``, one per storage, told by a full-width run that
-    keeps every value, so no address is reused (an in-place ReLU's output is its input's). The
-    graph is the training-mode trace: what only training computes (auxiliary logits) counts."""
+    call of it in the (training-mode) graph, the tensors made before it and used after it besides
+    its input and output (a residual's input, a projection block's main path, DenseNet's earlier
+    features, Inception's finished branches), each ``(meta tensor of its full-width shape, slot,
+    channel dim)``. One per storage, told by a full-width run keeping every value (no address
+    reused): an in-place ReLU's output is its input; what shares the storage of the input or
+    output is not counted again (the other half of ShuffleNetV2's chunk: read low there)."""
     was_training, nodes = model.training, list(analysis.traced.graph.nodes)
     interpreter = fx.Interpreter(analysis.traced.eval(), garbage_collect_values=False)
     with torch.no_grad():
