@@ -16,8 +16,8 @@ dependency graph (Fang et al., "DepGraph", CVPR'23), on the traced graph instead
 - the image and the logits never change; whatever the analysis does not understand (channel
   shuffle, a reshape that splits channels, a stored channel count, an unknown function) freezes
   the groups that reach it: their layers keep full width. Wrong groups never; frozen ones, said;
-- a tensor alive while a layer that neither reads nor makes it runs (a residual's input) is
-  declared in the ``keeps_alive`` of the block around both, for ``slimmable.memory``.
+- for ``slimmable.memory``, each conv, linear or pooling call lists the tensors made before it
+  and used after it (a residual's input, DenseNet's earlier features): its ``kept_by_call``.
 
 The result keeps the user's own ``forward``: fx is used for analysis only, and each
 ``nn.Conv2d``, ``nn.BatchNorm2d``, ``nn.Linear`` and ``nn.LayerNorm`` is turned, in place, into
@@ -516,13 +516,13 @@ def make_slimmable(model, example_input, log=print, divisor=1):
     if not analysis.layers:
         raise ValueError(f"{type(model).__name__} has no Conv2d, BatchNorm2d, Linear or LayerNorm "
                          f"that its forward calls")
+    _record_kept_tensors(model, analysis, example_input, slot)
     for name, module in list(model.named_modules()):
         if convertible(module):
             _make_slim(module, *analysis.layers.get(name, (None, None)), slot)
         elif name in analysis.calls:  # for slimmable's cost probe: the width of each call
             module.call_slots = [(slot(x), x.dim if isinstance(x, Layout) else 1)
                                  for x in analysis.calls[name]]
-    _declare_kept_tensors(model, analysis, slot)
     model = _narrow_scaled_parameters(model, analysis, slot)
     model.width_groups, model.frozen = groups, frozen
     model.in_channels = int(example_input.shape[1])
@@ -540,43 +540,37 @@ def make_slimmable(model, example_input, log=print, divisor=1):
     return model
 
 
-def _declare_kept_tensors(model, analysis, slot):
-    """For ``slimmable.memory``: each block's ``keeps_alive``, read off the graph. A tensor alive
-    across a conv, linear or pooling call that neither reads nor makes it is held by the
-    innermost module around that call and the tensor's last use: as its ``"input"`` if made
-    before the module (a residual add, SE's rescale, the input of Inception's branches), its
-    width then the module's ``input_slot``, else as the output of the child that made it (a
-    projection block's main path while its shortcut conv runs). What the probe could not count
-    so (a tensor made by a function, a list input, an input whose channels are not in dim 1) is
-    left out: ``memory`` reads low."""
-    nodes = list(analysis.traced.graph.nodes)
-    where = {n: i for i, n in enumerate(nodes)}
-    stack = {n: [""] + list(n.meta.get("nn_module_stack", ())) if n.op.startswith("call") else []
-             for n in nodes}
-    first, alive, keeps = {}, [], {}
+def _record_kept_tensors(model, analysis, example_input, slot):
+    """For ``slimmable.memory``: on each conv, linear and pooling module, ``kept_by_call``: per
+    call of it in the (training-mode) graph, the tensors made before it and used after it besides
+    its input and output (a residual's input, a projection block's main path, DenseNet's earlier
+    features, Inception's finished branches), each ``(meta tensor of its full-width shape, slot,
+    channel dim)``. One per storage, told by a full-width run keeping every value (no address
+    reused): an in-place ReLU's output is its input; what shares the storage of the input or
+    output is not counted again (the other half of ShuffleNetV2's chunk: read low there)."""
+    was_training, nodes = model.training, list(analysis.traced.graph.nodes)
+    interpreter = fx.Interpreter(analysis.traced.eval(), garbage_collect_values=False)
+    with torch.no_grad():
+        interpreter.run(example_input[:1])
+    model.train(was_training)
+    where, values = {n: i for i, n in enumerate(nodes)}, interpreter.env
+    storage = {n: values[n].untyped_storage().data_ptr() for n in nodes
+               if torch.is_tensor(values[n])}
+    maker, last_use = {}, {}  # per storage: the node that made it, the last node that reads it
+    for node, address in storage.items():
+        maker.setdefault(address, node)
+        last_use[address] = max([last_use.get(address, -1)] + [where[u] for u in node.users])
     for i, node in enumerate(nodes):
-        for name in stack[node]:
-            first.setdefault(name, node)
         module = model.get_submodule(node.target) if node.op == "call_module" else None
-        alive = [v for v in alive if max(map(where.get, v.users)) > i]
-        for v in alive if isinstance(module, slimmable.MEMORY_LAYERS) else ():
-            user, layout = max(v.users, key=where.get), analysis.layout.get(v)
-            around = [m for m in stack[node] if m in stack[user]]
-            outside = [m for m in around if m not in stack[v]]
-            if v in node.all_input_nodes or not around:
-                continue
-            if outside and first[outside[-1]].args[:1] == (v,) and \
-                    (slot(layout) is None or layout.dim == 1):
-                keeps.setdefault(outside[-1], {})["input"] = None
-                model.get_submodule(outside[-1]).input_slot = slot(layout)
-            elif not outside and v.op == "call_module" and \
-                    (v.target in analysis.layers or v.target in analysis.calls):
-                child = v.target[len(around[-1]) + 1:] if around[-1] else v.target
-                keeps.setdefault(around[-1], {})[child] = None
-        if node.op.startswith("call") and node.users and _shape(node) is not None:
-            alive.append(node)
-    for name, kept in keeps.items():
-        model.get_submodule(name).keeps_alive = tuple(kept)
+        if not isinstance(module, slimmable.MEMORY_LAYERS):
+            continue
+        own = {storage.get(n) for n in node.all_input_nodes + [node]}
+        kept = [(n, analysis.layout.get(n)) for address, n in maker.items()
+                if where[n] < i < last_use[address] and address not in own
+                and n.op != "get_attr"]  # a parameter, or a view of one, is no activation
+        module.__dict__.setdefault("kept_by_call", []).append([(
+            torch.empty(values[n].shape, device="meta"), slot(x),
+            x.dim if isinstance(x, Layout) else 1) for n, x in kept])
 
 
 def _full_width_output(model, example_input):

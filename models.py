@@ -216,8 +216,9 @@ def _regroup(net, named):
             module.in_slot, module.out_slot = slot(module.in_slot), slot(module.out_slot)
         if "call_slots" in module.__dict__:
             module.call_slots = [(slot(s), dim) for s, dim in module.call_slots]
-        if "input_slot" in module.__dict__:
-            module.input_slot = slot(module.input_slot)
+        if "kept_by_call" in module.__dict__:
+            module.kept_by_call = [[(kept, slot(s), dim) for kept, s, dim in call]
+                                   for call in module.kept_by_call]
     net.width_groups = list(renamed.values())
     return net
 

@@ -471,15 +471,14 @@ def _terms(tensor, slot, index, dim=1):
     return [(per_channel * k, column) for column, k in _slot_columns(slot, index, 1)]
 
 
-def _call_slot(module, latest, calls):
-    """``(slot, dim)``: the width of what ``module`` made in this call, along dim ``dim``: its
-    ``out_slot`` (a counted layer), its ``call_slots`` entry (set by ``convert``, one per call;
-    ``calls`` counts them) or else ``latest``, the out_slot of the latest counted layer."""
+def _call_slot(module, latest, call):
+    """``(slot, dim)``: the width of what ``module`` made in its call number ``call``, along dim
+    ``dim``: its ``out_slot`` (a counted layer), its ``call_slots`` entry (set by ``convert``,
+    one per call) or else ``latest``, the out_slot of the latest counted layer."""
     slot = getattr(module, "out_slot", None) if isinstance(module, COUNTED_LAYERS) else latest
     dim = getattr(module, "channel_dim", -1) if isinstance(module, (nn.Linear, nn.LayerNorm)) else 1
     if "call_slots" in module.__dict__:
-        calls[module] = calls.get(module, -1) + 1
-        slot, dim = module.call_slots[calls[module] % len(module.call_slots)]
+        slot, dim = module.call_slots[call % len(module.call_slots)]
     return slot, dim
 
 
@@ -496,12 +495,12 @@ def _probe(model, image, index):
             for name in getattr(block, "keeps_alive", ()) if name != "input"]
 
     def before(block, inputs):  # a block that keeps its input (a residual, an SE rescale)
-        slot = block.input_slot if "input_slot" in block.__dict__ else latest[0]
-        held.append((block, inputs[0], _terms(inputs[0], slot, index)))
+        held.append((block, inputs[0], _terms(inputs[0], latest[0], index)))
 
     def after(m, inputs, output):
         counted = isinstance(m, COUNTED_LAYERS)
-        slot, dim = _call_slot(m, latest[0], calls)
+        calls[m] = call = calls.get(m, -1) + 1  # convert gives some modules one entry per call
+        slot, dim = _call_slot(m, latest[0], call)
         if isinstance(m, (nn.Conv2d, nn.Linear)):
             _, inputs_k = _columns(m, index)
             macs_terms.extend((elements * kb, a, b) for elements, a in _terms(output, slot, index, dim)
@@ -519,6 +518,9 @@ def _probe(model, image, index):
             ptrs = {x.untyped_storage().data_ptr(), output.untyped_storage().data_ptr()}
             in_slot = getattr(m, "in_slot", None) if counted else slot
             alive = _terms(x, in_slot, index, dim) + _terms(output, slot, index, dim)
+            kept_now = m.kept_by_call[call % len(m.kept_by_call)] if "kept_by_call" in m.__dict__ \
+                else ()  # a converted network's, read off its graph
+            alive += [t for tensor, s, d in kept_now for t in _terms(tensor, s, index, d)]
             alive += [t for _, tensor, ts in held if tensor.untyped_storage().data_ptr() not in ptrs
                       for t in ts]
             layer = memory_terms[-1][3] + 1 if memory_terms else 0
@@ -634,11 +636,12 @@ def memory(model, widths=1.0):
     The peak over the layers of layer-by-layer execution (Sandler et al., MobileNetV2, Sec. 5.1;
     MCUNet's "peak SRAM", Lin et al. NeurIPS'20) of the tensors alive while a layer (a conv, a
     linear or a pooling module; BN and activations run in place) runs: its input, its output and
-    what a block keeps in ``keeps_alive``: ``"input"`` (for a residual addition or an SE rescale),
-    as wide as the block's ``input_slot`` where it has one (a converted network's blocks; it may
-    be a concatenation), else as the latest conv, linear or norm layer's output; and names of
-    children whose outputs it keeps until it returns (a projection block's main path, while its
-    shortcut conv runs). A tensor counts once. MobileNetV2 at 224, full width:
+    the tensors kept for later: a converted network's, listed per call (``kept_by_call``, each
+    tensor its graph makes before the call and uses after it); a hand-written block's, declared
+    in ``keeps_alive``: ``"input"`` (a residual addition, an SE rescale), as wide as the latest
+    conv, linear or norm layer's output, and names of children whose outputs it keeps until it
+    returns (a projection block's main path, while its shortcut conv runs). A tensor counts
+    once. MobileNetV2 at 224, full width:
     1,505,280 elements (5.7 MiB in float32) at the stride-2 depthwise conv of ``features.2``
     (96x112x112 in, 96x56x56 out); MCUNetV2 (NeurIPS'21, Fig. 1) reports 1,404,928 (1372 kB in
     int8), our value at the expansion before it: its engine runs depthwise convs in place.
@@ -821,16 +824,19 @@ def export(model, widths):
     # Deep-copy everything except the big slimmable layers, which are rebuilt below.
     memo = {id(m): None for _, m in slim_layers(source)}
     static = copy.deepcopy(source, memo)
-    for key in ("_slim_layers", "_cost_terms", "current_widths"):
+    for key in ("_slim_layers", "_cost_terms", "current_widths", "channel_parameters"):
         static.__dict__.pop(key, None)
-    for module in static.modules():  # the widths of a slimmable network's tensors
-        module.__dict__.pop("call_slots", None)
-        module.__dict__.pop("input_slot", None)
     for name, layer in slim_layers(source):
         parent, _, attr = name.rpartition(".")
         index = concat_index(layer.in_slot, counts) \
             if isinstance(layer.in_slot, ChannelConcat) else None
         setattr(static.get_submodule(parent), attr, _static_copy(layer, *channels[name], index))
+    for name, module in static.named_modules():  # a converted network's widths, now fixed
+        module.__dict__.pop("call_slots", None)
+        listed = source.get_submodule(name).__dict__.get("kept_by_call")
+        if listed:
+            module.kept_by_call = [[(kept.narrow(dim, 0, _width(slot, counts, kept.shape[dim])),
+                                     None, dim) for kept, slot, dim in call] for call in listed]
     for name, (slot, dim) in source.__dict__.get("channel_parameters", {}).items():
         parent, _, attr = name.rpartition(".")
         full = static.get_parameter(name)

@@ -3113,6 +3113,75 @@ class _PReLUs(nn.Module):  # one PReLU weight for all channels, then one per cha
         return self.head(x.mean((2, 3)))
 
 
+class _Inception(nn.Module):  # GoogLeNet's block: each branch's output waits for the torch.cat
+    def __init__(self, channels):
+        super().__init__()
+        self.branch1 = nn.Conv2d(channels, 4, 1)
+        self.branch2 = nn.Sequential(nn.Conv2d(channels, 2, 1), nn.ReLU(inplace=True),
+                                     nn.Conv2d(2, 6, 3, padding=1))
+        self.branch3 = nn.Sequential(nn.MaxPool2d(3, 1, 1), nn.Conv2d(channels, 2, 1))
+
+    def forward(self, x):  # each output made by a function, as BasicConv2d's F.relu
+        branches = [torch.relu(self.branch1(x)), torch.relu(self.branch2(x)),
+                    torch.relu(self.branch3(x))]
+        return torch.cat(branches, 1)
+
+
+class _GoogLeNetLike(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem, self.block = nn.Conv2d(3, 8, 3, padding=1), _Inception(8)
+        self.head = nn.Linear(12, 10)
+
+    def forward(self, x):
+        return self.head(self.block(self.stem(x)).mean((2, 3)))
+
+
+class _Residual(nn.Module):  # keeps its input for the add
+    def __init__(self, channels):
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x):
+        return x + self.conv2(torch.relu(self.conv1(x)))
+
+
+class _BlockTwice(nn.Module):  # one block called on two inputs, at 8x8 then at 4x4
+    def __init__(self):
+        super().__init__()
+        self.stem, self.block = nn.Conv2d(3, 8, 3, padding=1), _Residual(8)
+        self.pool, self.head = nn.MaxPool2d(2), nn.Linear(8, 10)
+
+    def forward(self, x):
+        x = self.block(self.pool(self.block(self.stem(x))))
+        return self.head(x.mean((2, 3)))
+
+
+def graph_memory(static, size, in_channels=3):
+    """Activation memory (elements) of one batch-1 forward of a plain model, read off its fx
+    graph run keeping every value (no address reused): at each conv, linear and pooling call,
+    the elements of the distinct storages among its inputs, its output and the values made
+    before it and used after it. Returns the per-layer list, in execution order."""
+    import torch.fx as fx
+    traced = fx.symbolic_trace(static.eval())
+    interpreter = fx.Interpreter(traced, garbage_collect_values=False)
+    with torch.no_grad():
+        interpreter.run(torch.randn(1, in_channels, size, size))
+    nodes, per_layer = list(traced.graph.nodes), []
+    for i, node in enumerate(nodes):
+        if node.op != "call_module" or \
+                not isinstance(traced.get_submodule(node.target), slimmable.MEMORY_LAYERS):
+            continue
+        kept = [n for n in nodes[:i] if n.op != "get_attr" and any(nodes.index(u) > i
+                                                                    for u in n.users)]
+        tensors = [interpreter.env[n] for n in node.all_input_nodes + [node] + kept]
+        storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() // t.element_size()
+                    for t in tensors if torch.is_tensor(t)}
+        per_layer.append(sum(storages.values()))
+    return per_layer
+
+
 class TestConvert:
     """convert.make_slimmable: torchvision families and the failure modes users report."""
 
@@ -3163,8 +3232,8 @@ class TestConvert:
         # peak); head 8 + 10.
         assert slimmable.memory_by_layer(net)[0].tolist() == [448, 384, 512, 512, 640, 18]
         assert slimmable.memory(net) == 640
-        assert "input" in net.layer2.keeps_alive  # kept, as wide as the concatenation
-        assert isinstance(net.layer2.input_slot, slimmable.ChannelConcat)
+        (kept, slot, dim), = net.layer2.conv2.kept_by_call[0]  # as wide as the concatenation
+        assert kept.shape == (1, 6, 8, 8) and isinstance(slot, slimmable.ChannelConcat) and dim == 1
         # the stem at 2 channels: layer2's input is 2 + 2 channels, layer2.conv2 sees
         # 64 + 64 + 4*64 (the peak)
         half_stem = [0.5] + [1.0] * (len(net.width_groups) - 1)
@@ -3173,6 +3242,47 @@ class TestConvert:
                                                                             512, 16]
         static = slimmable.export(net, half_stem)  # counted as it is, its widths fixed
         assert slimmable.memory_by_layer(static)[0].tolist() == [320, 256, 384, 384, 512, 16]
+
+    @pytest.mark.parametrize("network", ["googlenet_like", "densenet", "block_twice", "convnext"])
+    def test_memory_equals_a_liveness_count_of_the_exported_model(self, network):
+        """Every tensor waiting for later counts, however it was made (a function's output, a
+        list's element) and in each call of a block called twice: per layer, ``memory_by_layer``
+        equals the live storages of the exported model's graph, at full and random widths; the
+        exported model, counted as it is, agrees (ConvNeXt: its narrowed layer scales too)."""
+        torch.manual_seed(0)
+        model = {"googlenet_like": _GoogLeNetLike, "block_twice": _BlockTwice}.get(
+            network, lambda: _tiny_torchvision(network))()
+        size = 8 if network in ("googlenet_like", "block_twice") else 32
+        net = convert.make_slimmable(model, torch.randn(1, 3, size, size))
+        generator = random.Random(network)
+        for widths in [1.0, 0.5] + [random_widths(net, generator, lower=0.05) for _ in range(3)]:
+            static = slimmable.export(net, widths)
+            measured = graph_memory(static, size)
+            assert slimmable.memory_by_layer(net, widths)[0].tolist() == measured, widths
+            assert slimmable.memory(static) == slimmable.memory(net, widths) == max(measured)
+            assert slimmable.params(static) == slimmable.params(net, widths)
+
+    def test_memory_counts_the_outputs_of_branches_waiting_for_a_concatenation(self):
+        net = convert.make_slimmable(_GoogLeNetLike(), torch.randn(1, 3, 8, 8))
+        # 8x8 = 64 positions: stem 3*64 in + 8*64 out; branch1 8*64 + 4*64; branch2.0 8*64 +
+        # 2*64 + branch1's output 4*64; branch2.2 2*64 + 6*64 + the block's input, kept for
+        # branch3, 8*64 + 4*64; branch3's pool 8*64 + 8*64 + 4*64 + 6*64 (the peak); branch3's
+        # conv 8*64 + 2*64 + 4*64 + 6*64 (the block's input no longer needed); head 12 + 10.
+        assert slimmable.memory_by_layer(net)[0].tolist() == [704, 768, 896, 1280, 1664, 1280, 22]
+        # branch2 at 3 of its 6 channels: 3*64 fewer wherever its output is alive
+        half = [0.5 if g.name == "block.branch2.2" else 1.0 for g in net.width_groups]
+        assert slimmable.group_channels(net, half)["block.branch2.2"] == 3
+        assert slimmable.memory_by_layer(net, half)[0].tolist() == [704, 768, 896, 1088, 1472,
+                                                                       1088, 19]
+
+    def test_memory_counts_each_call_of_a_block_called_twice(self):
+        net = convert.make_slimmable(_BlockTwice(), torch.randn(1, 3, 8, 8))
+        # stem 3*64 + 8*64; the first call: conv1 8*64 + 8*64, conv2 8*64 + 8*64 + its input
+        # 8*64 (the peak); pool 8*64 + 8*16; the second call at 4x4: conv1 8*16 + 8*16, conv2
+        # 8*16 + 8*16 + its input 8*16; head 8 + 10
+        assert slimmable.memory_by_layer(net)[0].tolist() == [704, 1024, 1536, 640, 256, 384, 18]
+        assert [kept.shape for (kept, _, _), in net.block.conv2.kept_by_call] == [(1, 8, 8, 8),
+                                                                                  (1, 8, 4, 4)]
 
     def test_converted_model_trains_calibrates_and_saves_configs(self, tmp_path):
         torch.manual_seed(0)
