@@ -161,7 +161,8 @@ def bench_overhead(networks, widths_list=(1.0, 0.71, 0.42), batch_size=64, pairs
 
 
 def bench_macs(count=10_000, repeats=5):
-    """Seconds to count the MACs of ``count`` random ResNet-56 configurations at once."""
+    """Seconds to count the MACs of ``count`` random ResNet-56 configurations at once; also
+    prints the milliseconds of ``set_widths`` and ``macs`` for one configuration."""
     net = models.get_model("slim_resnet56", 100)
     generator = torch.Generator().manual_seed(0)
     configs = (0.42 + 0.58 * torch.rand(count, len(net.width_groups), generator=generator,
@@ -175,6 +176,14 @@ def bench_macs(count=10_000, repeats=5):
     seconds = statistics.median(times)
     print(f"MACs of {count:,} slim_resnet56 configurations: {seconds * 1000:.1f} ms "
           f"({count / seconds:,.0f} configurations/s)")
+    one = configs[0].tolist()  # what each network of a training step and each search candidate pays
+    for label, function in (("set_widths", slimmable.set_widths), ("MACs", slimmable.macs)):
+        calls = 200
+        start = time.perf_counter()
+        for _ in range(calls):
+            function(net, one)
+        print(f"{label} of one slim_resnet56 configuration: "
+              f"{(time.perf_counter() - start) / calls * 1000:.2f} ms")
     return seconds
 
 
