@@ -483,11 +483,9 @@ def _call_slot(module, latest, call):
 
 
 def _probe(model, image, index):
-    """Run ``model`` at full width on ``image`` (one image) with hooks that write down, as terms
-    (coefficient, a, b), what each module costs: the MACs of each conv and linear call; what
-    ``mmcv_flops`` adds to them (conv biases, BN, activation and pooling calls); and, per memory
-    layer in execution order, the tensors alive while it runs (``memory``; a fourth row, the
-    layer). Returns the three lists. The widths of what each module makes: ``_call_slot``."""
+    """Run ``model`` at full width on ``image`` (one image), hooks writing down as terms
+    (coefficient, a, b) the MACs of each conv and linear call, what ``mmcv_flops`` adds, and per
+    memory layer in execution order the tensors alive (a fourth row: the layer): three lists."""
     macs_terms, mmcv_terms, memory_terms, held = [], [], [], []  # held: (block, tensor, terms)
     latest, calls = [None], {}  # latest: out_slot of the latest counted layer that ran
     # (module, block): the block keeps the module's output until it returns
@@ -514,13 +512,12 @@ def _probe(model, image, index):
             mmcv_terms.extend((2 * e if affine else e, a, index[None])
                               for e, a in _terms(inputs[0], in_slot, index, dim))
         if isinstance(m, MEMORY_LAYERS):
-            x = inputs[0]
-            ptrs = {x.untyped_storage().data_ptr(), output.untyped_storage().data_ptr()}
+            ptrs = {inputs[0].untyped_storage().data_ptr(), output.untyped_storage().data_ptr()}
             in_slot = getattr(m, "in_slot", None) if counted else slot
-            alive = _terms(x, in_slot, index, dim) + _terms(output, slot, index, dim)
-            kept_now = m.kept_by_call[call % len(m.kept_by_call)] if "kept_by_call" in m.__dict__ \
-                else ()  # a converted network's, read off its graph
-            alive += [t for tensor, s, d in kept_now for t in _terms(tensor, s, index, d)]
+            alive = _terms(inputs[0], in_slot, index, dim) + _terms(output, slot, index, dim)
+            listed = m.__dict__.get("kept_by_call")  # a converted network's, read off its graph
+            alive += [t for tensor, s, d in (listed[call % len(listed)] if listed else ())
+                      for t in _terms(tensor, s, index, d)]
             alive += [t for _, tensor, ts in held if tensor.untyped_storage().data_ptr() not in ptrs
                       for t in ts]
             layer = memory_terms[-1][3] + 1 if memory_terms else 0
