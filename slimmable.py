@@ -488,9 +488,6 @@ def _probe(model, image, index):
     memory layer in execution order the tensors alive (a fourth row: the layer): three lists."""
     macs_terms, mmcv_terms, memory_terms, held = [], [], [], []  # held: (block, tensor, terms)
     latest, calls = [None], {}  # latest: out_slot of the latest counted layer that ran
-    # (module, block): the block keeps the module's output until it returns
-    kept = [(block.get_submodule(name), block) for block in model.modules()
-            for name in getattr(block, "keeps_alive", ()) if name != "input"]
 
     def before(block, inputs):  # a block that keeps its input (a residual, an SE rescale)
         held.append((block, inputs[0], _terms(inputs[0], latest[0], index)))
@@ -524,9 +521,7 @@ def _probe(model, image, index):
             memory_terms.extend((elements, a, index[None], layer) for elements, a in alive)
         if counted:
             latest[0] = slot
-        held.extend((block, output, _terms(output, slot, index, dim))
-                    for module, block in kept if module is m)
-        held[:] = [entry for entry in held if entry[0] is not m]  # a block releases what it kept
+        held[:] = [entry for entry in held if entry[0] is not m]  # a block releases its input
 
     hooks = [m.register_forward_hook(after) for m in model.modules()]
     hooks += [m.register_forward_pre_hook(before) for m in model.modules()
@@ -634,11 +629,9 @@ def memory(model, widths=1.0):
     MCUNet's "peak SRAM", Lin et al. NeurIPS'20) of the tensors alive while a layer (a conv, a
     linear or a pooling module; BN and activations run in place) runs: its input, its output and
     the tensors kept for later: a converted network's, listed per call (``kept_by_call``, each
-    tensor its graph makes before the call and uses after it); a hand-written block's, declared
-    in ``keeps_alive``: ``"input"`` (a residual addition, an SE rescale), as wide as the latest
-    conv, linear or norm layer's output, and names of children whose outputs it keeps until it
-    returns (a projection block's main path, while its shortcut conv runs). A tensor counts
-    once. MobileNetV2 at 224, full width:
+    tensor its graph makes before the call and uses after it); a hand-written block's input when
+    it declares ``keeps_alive = ("input",)`` (a residual addition), as wide as the latest conv,
+    linear or norm layer's output. A tensor counts once. MobileNetV2 at 224, full width:
     1,505,280 elements (5.7 MiB in float32) at the stride-2 depthwise conv of ``features.2``
     (96x112x112 in, 96x56x56 out); MCUNetV2 (NeurIPS'21, Fig. 1) reports 1,404,928 (1372 kB in
     int8), our value at the expansion before it: its engine runs depthwise convs in place.
