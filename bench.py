@@ -178,12 +178,8 @@ def bench_macs(count=10_000, repeats=5):
           f"({count / seconds:,.0f} configurations/s)")
     one = configs[0].tolist()  # what each network of a training step and each search candidate pays
     for label, function in (("set_widths", slimmable.set_widths), ("MACs", slimmable.macs)):
-        calls = 200
-        start = time.perf_counter()
-        for _ in range(calls):
-            function(net, one)
-        print(f"{label} of one slim_resnet56 configuration: "
-              f"{(time.perf_counter() - start) / calls * 1000:.2f} ms")
+        seconds_one = device_seconds(lambda: function(net, one), calls=200)
+        print(f"{label} of one slim_resnet56 configuration: {seconds_one * 1000:.2f} ms")
     return seconds
 
 

@@ -549,6 +549,7 @@ def _record_kept_tensors(model, analysis, example_input, slot):
     reused): an in-place ReLU's output is its input; what shares the storage of the input or
     output is not counted again (the other half of ShuffleNetV2's chunk: read low there)."""
     was_training, nodes = model.training, list(analysis.traced.graph.nodes)
+    # Not trace's ShapeProp run: that one is at the caller's batch and frees values as it goes.
     interpreter = fx.Interpreter(analysis.traced.eval(), garbage_collect_values=False)
     with torch.no_grad():
         interpreter.run(example_input[:1])

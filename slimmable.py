@@ -489,7 +489,7 @@ def _probe(model, image, index):
     macs_terms, mmcv_terms, memory_terms, held = [], [], [], []  # held: (block, tensor, terms)
     latest, calls = [None], {}  # latest: out_slot of the latest counted layer that ran
 
-    def before(block, inputs):  # a block that keeps its input (a residual, an SE rescale)
+    def before(block, inputs):  # a hand-written block that keeps its input (a residual)
         held.append((block, inputs[0], _terms(inputs[0], latest[0], index)))
 
     def after(m, inputs, output):

@@ -3309,6 +3309,7 @@ class TestConvert:
         net = convert.make_slimmable(model, torch.randn(1, 3, 16, 16), log=lambda line: None,
                                      divisor=8)
         assert [(g.channels, g.divisor) for g in net.width_groups] == [(26, 2), (16, 8)]
+        assert slimmable.group_channels(net, 1.0) == {"0": 26, "3": 16}  # full width reachable
         assert slimmable.group_channels(net, [0.5, 0.5]) == {"0": 14, "3": 8}
 
     def test_untraceable_or_layerless_model_is_one_line_value_error(self):
