@@ -183,15 +183,16 @@ def slim_mobilenetv3_large(num_classes=1000, input_size=224, dropout=0.2, in_cha
 
 def _mobilenet_groups(net):
     """``[(group name, layer)]`` for a MobileNet: ``stem`` (the first conv), ``stageK.out`` for
-    each later output width (a stage: blocks of one output width, tied by their residuals),
-    ``features.N.expand`` for each block's expansion, with its SE squeeze; the last 1x1 conv and
-    V3's 1280-wide classifier layer in no group (Joslim and AutoSlim keep them fixed)."""
-    stem = net.features[0][0]
-    named, out_channels, stage = [("stem", stem)], stem.out_channels, 0
+    each later stage (a block without a residual starts one; the blocks after it add their
+    outputs to its, so they share its width), ``features.N.expand`` for each block's expansion,
+    with its SE squeeze; the last 1x1 conv and V3's 1280-wide classifier layer in no group
+    (Joslim and AutoSlim keep them fixed). A stage is not told by its channel count: under
+    ``width_mult < 1`` two neighbouring stages can round to the same count."""
+    named, stage = [("stem", net.features[0][0])], 0
     for n, block in enumerate(net.features[1:-1], 1):
         convs = [m for m in block.modules() if isinstance(m, nn.Conv2d)]
-        if convs[-1].out_channels != out_channels:
-            stage, out_channels = stage + 1, convs[-1].out_channels
+        if not block.use_res_connect:
+            stage += 1
             named.append((f"stage{stage}.out", convs[-1]))
         named += [(f"features.{n}.expand", conv) for conv in convs[:-1] if not conv.depthwise]
     return named

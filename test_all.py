@@ -267,6 +267,16 @@ class TestModels:
         with torch.no_grad():
             torch.testing.assert_close(net(x), reference(x), rtol=1e-4, atol=1e-5)
 
+    @pytest.mark.parametrize("width_mult", [0.35, 0.5, 0.75, 1.5])
+    def test_mobilenetv2_narrows_every_stage_at_any_width_mult(self, width_mult):
+        # Under width_mult < 1 neighbouring stages can round to one channel count (16 and 16 at
+        # 0.5); each is still a group of its own, and only the last 1x1 conv has a fixed width.
+        net = models.get_model("slim_mobilenetv2", 10, width_mult=width_mult, input_size=32)
+        assert len(net.width_groups) == 24
+        fixed = [name for name, layer in slimmable.slim_layers(net)
+                 if isinstance(layer, slimmable.SlimConv2d) and layer.out_slot is None]
+        assert fixed == ["features.18.0"]
+
 
 # ---------------------------------------------------------------------------------------------
 # Export, MACs and params
