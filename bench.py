@@ -1542,7 +1542,7 @@ def parse_args(argv=None):
     parser.add_argument("--repeats", type=positive, default=3,
                         help="contention: rounds over all settings; each figure is the median "
                              "of the rounds (default 3)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+    parser.add_argument("--seeds", type=runs.seed_flag, nargs="+", default=[0, 1, 2],
                         help="quality, recipe: seeds (default 0 1 2)")
     parser.add_argument("--dataset", default="auto", choices=["auto", *QUALITY_DATA],
                         help="quality: the study's data set (default auto: FashionMNIST when "

@@ -597,7 +597,7 @@ def add_data_args(parser):
                        help="synthetic: test images (default 2000)")
     group.add_argument("--synthetic_classes", type=_number(int, 2), default=10,
                        help="synthetic: number of classes (default 10)")
-    group.add_argument("--data_seed", type=int, default=0,
+    group.add_argument("--data_seed", type=_number(int, 0, 2**32 - 1), default=0,
                        help="synthetic: seed the whole data set is generated from (default 0)")
     return parser
 

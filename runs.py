@@ -89,8 +89,9 @@ def number(kind=float, low=None, high=None, low_open=False, high_open=False):
         if finite and (low is None or value > low or value == low and not low_open) \
                 and (high is None or value < high or value == high and not high_open):
             return value
-        bounds = [f"{'>' if low_open else '>='} {low:g}"] if low is not None else []
-        bounds += [f"{'<' if high_open else '<='} {high:g}"] if high is not None else []
+        shown = str if kind is int else "{:g}".format
+        bounds = [f"{'>' if low_open else '>='} {shown(low)}"] if low is not None else []
+        bounds += [f"{'<' if high_open else '<='} {shown(high)}"] if high is not None else []
         must = f"{'an integer' if kind is int else 'a number'} {' and '.join(bounds)}".strip()
         raise argparse.ArgumentTypeError(f"{text!r} is invalid: it must be {must}")
     return parse
@@ -116,6 +117,7 @@ def matching(pattern, rule):
 run_name = matching(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,99}", "a run name is letters, digits, '.', "
                     "'_' and '-', not starting with '.', at most 100 characters")
 device_flag = matching(r"auto|cpu|cuda(:\d+)?", "it must be auto, cpu, cuda or cuda:N")
+seed_flag = number(int, 0, 2**32 - 1)  # NumPy's global seed (np.random.seed) is 32 bits
 
 
 def explicit_flags(parser_, argv):

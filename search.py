@@ -106,7 +106,7 @@ def build_parser():
         help="--bn calibrate: training batches that calibrate every candidate (default: 4)")
     add("--batch_size", type=at_least_1, default=128,
         help="--bn calibrate: images per training batch (default: 128)")
-    add("--seed", type=int, default=0, help="seed of the calibration sample (default: 0)")
+    add("--seed", type=runs.seed_flag, default=0, help="seed of the calibration sample (default: 0)")
     add("--pause_after", type=runs.number(int, 0), default=0,
         help="save and stop after this many steps of this call (rerun to go on)")
     add("--restart", action="store_true",

@@ -1880,7 +1880,8 @@ class TestTrainRefusals:
         ["--warmup", "-1"], ["--rescore_limit", "-1"], ["--num_sampled_arch", "-1"],
         ["--num_sampled_arch", "-1", "--method", "slim"], ["--device", "tpu"], ["--kd_weight", "1.5"],
         ["--val_size", "-5"], ["--train_size", "-1"], ["--lower_channel", "0"],
-        ["--lower_channel", "1.0"], ["--seed", "-1"], ["--prior_points", "0"], ["--name", "../x"],
+        ["--lower_channel", "1.0"], ["--seed", "-1"], ["--seed", "4294967296"],
+        ["--data_seed", "-1"], ["--prior_points", "0"], ["--name", "../x"],
         ["--name", "/tmp/x"], ["--name", ""], ["--name", "."], ["--name", "a\nb"], ["--name", "x" * 300],
         ["--epochs", "1" + "0" * 400]])  # an integer beyond any float
     def test_bad_flag_values_are_refused_in_one_line(self, argv, capsys):
@@ -2216,7 +2217,8 @@ class TestSearch:
         (["--targets", "20", "--steps", "0"], "--steps: '0' is invalid: it must be an integer >= 1"),
         (["--targets", "20", "--eval_batch_size", "0"], "--eval_batch_size: '0' is invalid"),
         (["--targets", "20", "--device", "tpu"], "--device: 'tpu' is invalid: it must be auto, cpu, cuda"),
-        (["--targets", "20", "--val_size", "-1"], "--val_size: '-1' is invalid")])
+        (["--targets", "20", "--val_size", "-1"], "--val_size: '-1' is invalid"),
+        (["--targets", "20", "--seed", "-1"], "--seed: '-1' is invalid: it must be an integer >= 0")])
     def test_bad_flags_end_in_one_line_and_status_2(self, workdir, flags, says):
         assert_one_line_error(run_main(search, "--name", "sn", *flags), says)
 

@@ -118,7 +118,7 @@ def parse_args(argv=None):
     add("--curve_points", type=some, default=16,
         help="evenly spaced points of the training curves in runs/NAME/curves.json; 0: none")
     add("--curve_images", type=count, default=512, help="held-out images per curve point")
-    add("--seed", type=some, default=0, help="seed for weights, data order and sampling")
+    add("--seed", type=runs.seed_flag, default=0, help="seed for weights, data order and sampling")
     runs.add_process_flags(parser, "CPU threads per process (0: the usable cores / processes, "
                            "adjusted while other processes compete for them)")
     add("--restart", action="store_true",
