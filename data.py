@@ -739,6 +739,8 @@ def first_batches(loader, count=None, images=None, seed=None):
     ``(inputs, targets)``: drawn without touching torch's global RNG, which is seeded with
     ``seed`` inside (when given) so that random transforms and workers draw the same each call."""
     batches, seen = [], 0
+    if count == 0 or images == 0:
+        return batches
     with torch.random.fork_rng(devices=[]):
         if seed is not None:
             torch.manual_seed(seed)

@@ -446,8 +446,11 @@ def print_table(lower=0.42, file=sys.stdout):
 
 if __name__ == "__main__":
     if sys.argv[1:] == ["write-configs"]:
+        os.makedirs("configs", exist_ok=True)
         print("wrote " + ", ".join(write_autoslim_configs()))
     elif sys.argv[1:]:
-        sys.exit("usage: python models.py [write-configs]")
+        print("usage: python models.py [write-configs]: the networks' table, or the published "
+              "AutoSlim networks written to configs/", file=sys.stderr)
+        sys.exit(2)
     else:
         print_table()

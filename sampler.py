@@ -321,9 +321,10 @@ class JoslimSampler:
     as many the first time) on at most `fit_subset_size` random points.
 
     `max_scored` bounds the trainer's re-scoring work per window (None: the whole history, as the
-    reference). With a longer history, `history_configs` returns the never-scored proposals, then
-    whole Pareto layers (peeled by cost and latest known loss) until `max_scored` are chosen; the
-    GP is fitted on those fresh losses only, since a loss measured with older weights is biased.
+    reference). With a longer history, `history_configs` returns every never-scored proposal
+    (even more than `max_scored`), then Pareto layers peeled by cost and latest known loss up to
+    `max_scored` in all, the last layer cut to its cheapest points; the GP is fitted on those
+    fresh losses only, since a loss measured with older weights is biased.
 
     `cost_fn` maps an (N, D) array of multipliers to (N,) costs with the full network at 1.0; it must
     be non-decreasing in every multiplier. After `propose`, `last_targets` (NaN for the

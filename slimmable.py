@@ -17,18 +17,28 @@ that is about widths and nothing about a particular network, and imports only to
 - channel configuration files: ``config_record``/``save_config`` write one, ``load_config``
   reads it back.
 
-Example::
+Example (this file alone; models.py declares real networks the same way)::
 
-    import torch, models, slimmable
-    net = models.get_model("slim_resnet20", num_classes=10)
-    slimmable.set_widths(net, 0.5)                      # every group at half width
-    print(slimmable.macs(net, 0.5), slimmable.params(net, 0.5))
-    small = slimmable.export(net.eval(), 0.5)           # plain torch layers only
+    import torch, torch.nn as nn, slimmable
+    class Tiny(nn.Module):
+        def __init__(self, num_classes=10):
+            super().__init__()
+            self.width_groups, self.input_size = [], 32       # costs are counted at 32x32
+            hidden = slimmable.add_group(self.width_groups, "hidden", 16)
+            self.conv = slimmable.SlimConv2d(3, 16, 3, padding=1, out_slot=hidden)
+            self.bn = slimmable.SlimBatchNorm2d(16, hidden)
+            self.fc = slimmable.SlimLinear(16, num_classes, in_slot=hidden)
+        def forward(self, x):                                 # x (N, 3, 32, 32) -> (N, 10)
+            return self.fc(self.bn(self.conv(x)).relu().mean((2, 3)))
+    net = slimmable.set_widths(Tiny(), 0.5)                   # 8 of the 16 channels
+    print(slimmable.macs(net, 0.5), slimmable.params(net, 0.5))    # 221264 322
+    small = slimmable.export(net.eval(), 0.5)                 # plain torch layers only
     x = torch.randn(2, 3, 32, 32)
-    print((small(x) - net(x)).abs().max())              # 0, or a rounding error
+    print((small(x) - net(x)).abs().max())                    # 0, or a rounding error
 """
 import contextlib
 import copy
+import itertools
 import json
 from typing import NamedTuple, Optional
 
@@ -139,6 +149,10 @@ class SlimConv2d(nn.Conv2d):
         self.follows_input = self.groups > 1 and self.in_channels == self.out_channels
         self.depthwise = self.follows_input and self.groups == self.in_channels
         self.group_width = self.in_channels // self.groups
+        if self.follows_input and in_slot is not None and in_slot.divisor % self.group_width:
+            raise ValueError(f"a grouped conv slims by whole groups of {self.group_width} "
+                             f"channels: its group needs a divisor that is a multiple of "
+                             f"{self.group_width}, not {in_slot.divisor}")
         self.in_slot = in_slot
         self.out_slot = in_slot if self.follows_input else out_slot
         self.active_out = self.out_channels
@@ -269,20 +283,21 @@ def _is_number(value):
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def width_matrix(model, widths):
-    """Validate ``widths`` and return a float64 (N, D) tensor of multipliers: ``widths`` is a float
-    (the same multiplier for every group, N = 1), a sequence of D multipliers (one per group, N = 1)
-    or an (N, D) array/tensor of N configurations. ValueError naming the group for a bad value."""
+def width_matrix(model, widths, one=False):
+    """Validate ``widths`` and return a float64 (N, D) tensor of multipliers: ``widths`` is a
+    number (a float, a NumPy scalar or a 0-d tensor: the same multiplier for every group, N = 1),
+    a sequence of D multipliers (one per group, N = 1) or an (N, D) array/tensor of N
+    configurations. ValueError naming the group for a bad value; with ``one``, also for N != 1."""
     groups = _unwrap(model).width_groups
-    if _is_number(widths):
-        matrix = torch.full((1, len(groups)), float(widths), dtype=torch.float64)
-    else:
-        matrix = torch.as_tensor(widths, dtype=torch.float64)
-        if matrix.dim() == 1:
-            matrix = matrix.unsqueeze(0)
-        if matrix.dim() != 2 or matrix.shape[1] != len(groups):
-            raise ValueError(f"expected {len(groups)} width multipliers (one per width group: "
-                             f"{', '.join(g.name for g in groups)}), got shape {tuple(matrix.shape)}")
+    matrix = torch.as_tensor(widths, dtype=torch.float64)
+    if matrix.dim() == 0 and not isinstance(widths, bool):  # JSON's true is no width
+        matrix = torch.full((1, len(groups)), float(matrix), dtype=torch.float64)
+    elif matrix.dim() == 1:
+        matrix = matrix.unsqueeze(0)
+    if matrix.dim() != 2 or matrix.shape[1] != len(groups) or (one and len(matrix) != 1):
+        raise ValueError(f"expected {'one configuration of ' * one}{len(groups)} width "
+                         f"multipliers (one per width group: {', '.join(g.name for g in groups)}),"
+                         f" got shape {tuple(matrix.shape)}")
     bad = ~((matrix > 0) & (matrix <= 1))  # also catches NaN
     if bad.any():
         row, col = [int(i) for i in bad.nonzero()[0]]
@@ -304,7 +319,7 @@ def group_channels(model, widths):
     """``{group name: channels}`` for one configuration."""
     groups = _unwrap(model).width_groups
     slots = [ChannelSlot(i, g.channels, g.divisor) for i, g in enumerate(groups)]
-    counts = _slot_channels(slots, width_matrix(model, widths))[0].tolist()
+    counts = _slot_channels(slots, width_matrix(model, widths, one=True))[0].tolist()
     return {g.name: c for g, c in zip(groups, counts)}
 
 
@@ -329,7 +344,8 @@ def channels_to_widths(model, channels):
         possible = round_channels(torch.arange(1, full + 1) / full, full, group.divisor)
         possible = possible.unique().tolist()  # every count the group can take, ascending
         number = _is_number(count)
-        if not (number and float(count).is_integer() and int(count) in possible):  # 8.0 is 8
+        whole = number and (not isinstance(count, float) or count.is_integer())  # 8.0 is 8
+        if not (whole and int(count) in possible):
             below = [c for c in possible if number and c < count]
             above = [c for c in possible if number and c > count]
             near = " or ".join(map(str, below[-1:] + above[:1])) or f"{possible[0]}..{possible[-1]}"
@@ -359,7 +375,7 @@ def _slots(model):
 def _slot_counts(model, widths):
     """``{slot: features}`` of every ``ChannelSlot`` of ``_slots(model)`` under ``widths``."""
     slots = _slots(model)
-    return dict(zip(slots, _slot_channels(slots, width_matrix(model, widths))[0].tolist()))
+    return dict(zip(slots, _slot_channels(slots, width_matrix(model, widths, one=True))[0].tolist()))
 
 
 def _width(slot, counts, full):
@@ -588,7 +604,7 @@ def _evaluate_terms(model, widths, which):
         coef, a, b = {"macs": macs_terms, "params": params_terms, "mmcv_flops": mmcv_terms}[which]
         channels = _slot_channels(slots, width_matrix(model, widths))
         total = (channels[:, a] * channels[:, b] * coef).sum(dim=1)
-    if _is_number(widths) or torch.as_tensor(widths).dim() == 1:
+    if torch.as_tensor(widths).dim() <= 1:  # one configuration
         return int(total[0])
     return total if torch.is_tensor(widths) else total.numpy()
 
@@ -616,8 +632,8 @@ def mmcv_flops(model, widths=1.0):
     input elements, twice if affine; ReLU, ReLU6, LeakyReLU, PReLU, ELU, their output elements;
     max and average pooling (adaptive too), their input elements; anything else (Hardswish,
     Sigmoid, residual additions, SE scaling), 0. mmcv sees modules only; the networks of
-    models.py run every activation and pooling as a module, as mmcls's do. MobileNetV2: about 5%
-    above ``macs``."""
+    models.py run every activation and pooling as a module, as mmcls's do. MobileNetV2: 6.5% above
+    ``macs`` at full width (1.0x), 4.8-7.1% for the three AutoSlim networks."""
     return _evaluate_terms(model, widths, "mmcv_flops")
 
 
@@ -673,8 +689,13 @@ def calibrate_bn(model, batches, norms=None, forward=None):
     starts at a middle block, as search.py's scorer does when only later BNs change.
 
     US-Nets and Joslim do this before evaluating any subnet: the running statistics left by
-    training mix all widths and are wrong for each one of them. Returns the number of batches.
+    training mix all widths and are wrong for each one of them. Returns the number of batches;
+    ValueError, every statistic untouched, when ``batches`` is empty.
     """
+    batches = iter(batches)
+    first = next(batches, None)
+    if first is None:
+        raise ValueError("calibrate_bn needs at least one batch")
     net = _unwrap(model)
     every = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     norms = every if norms is None else list(norms)
@@ -689,15 +710,13 @@ def calibrate_bn(model, batches, norms=None, forward=None):
         m.momentum = None  # cumulative average instead of an exponential one
     count = 0
     with torch.no_grad():
-        for batch in batches:
+        for batch in itertools.chain([first], batches):
             inputs = batch[0] if isinstance(batch, (tuple, list)) else batch
             (forward or net)(inputs.to(device, non_blocking=True))
             count += 1
     for m, momentum in zip(norms, momenta):
         m.momentum = momentum
     net.train(was_training)
-    if count == 0:
-        raise ValueError("calibrate_bn needs at least one batch")
     return count
 
 
@@ -745,17 +764,20 @@ def config_record(model, widths, **extra):
     widths and channels per group, channels per layer, MACs, params, mmcv-style FLOPs
     (``mmcv_flops``) and any ``extra`` fields; ``load_config`` reads it back."""
     net = _unwrap(model)
-    widths = width_matrix(net, widths)[0].tolist()
+    widths = width_matrix(net, widths, one=True)[0].tolist()
     return {**model_identity(net), "widths": widths, "channels": group_channels(net, widths),
             "macs": macs(net, widths), "params": params(net, widths),
             "mmcv_flops": mmcv_flops(net, widths), **extra, "layers": layer_channels(net, widths)}
 
 
 def save_config(path, model, widths, **extra):
-    """Write ``config_record(model, widths, **extra)`` to ``path`` as JSON; returns the record."""
+    """Write ``config_record(model, widths, **extra)`` to ``path`` as JSON; returns the record.
+    An ``extra`` JSON cannot hold (a NumPy integer, say) raises TypeError before ``path`` is
+    touched."""
     record = config_record(model, widths, **extra)
+    text = json.dumps(record, indent=1)
     with open(path, "w") as handle:
-        json.dump(record, handle, indent=1)
+        handle.write(text)
     return record
 
 

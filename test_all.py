@@ -4,6 +4,7 @@ Run with ``./run.sh test`` (or ``python -m pytest -q test_all.py``). Nothing her
 download; speed and quality figures live in bench.py, never in a timed test.
 """
 import argparse
+import ast
 import contextlib
 import copy
 import glob
@@ -14,10 +15,12 @@ import os
 import pickle
 import platform
 import random
+import runpy
 import shlex
 import shutil
 import subprocess
 import sys
+import textwrap
 import warnings
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -205,6 +208,13 @@ class TestSlimmableLayers:
             slimmable.set_widths(net, 0.0)
         with pytest.raises(ValueError, match="nan"):
             slimmable.set_widths(net, float("nan"))
+        two = [[0.5] * 12, [1.0] * 12]  # N configurations where one is wanted: not the first
+        for one_only in (slimmable.set_widths, slimmable.group_channels, slimmable.config_record):
+            with pytest.raises(ValueError, match=r"one configuration of 12 .* shape \(2, 12\)"):
+                one_only(net, two)
+        assert slimmable.macs(net, two).tolist() == [slimmable.macs(net, 0.5), slimmable.macs(net)]
+        for number in (np.float32(0.5), torch.tensor(0.5), np.float64(0.5)):  # any scalar
+            assert slimmable.macs(net, number) == slimmable.macs(net, 0.5)
 
     def test_rounding_rules(self):
         # divisor 1: round half up, at least 1; divisor 8: torchvision's _make_divisible, clamped.
@@ -213,6 +223,8 @@ class TestSlimmableLayers:
         assert slimmable.round_channels([0.95, 1.0], 36, 8).tolist() == [32, 36]  # at most full
         with pytest.raises(ValueError, match="full 26 channels round to 24 under divisor 8"):
             slimmable.add_group([], "squeeze", 26, divisor=8)  # full width out of reach
+        with pytest.raises(ValueError, match="whole groups of 4 channels.*multiple of 4, not 1"):
+            slimmable.SlimConv2d(64, 64, 3, groups=16, in_slot=slimmable.add_group([], "g", 64))
         # every slot at once (set_widths, the costs): each column as if rounded alone
         multipliers = torch.rand(50, 4, dtype=torch.float64) * 0.99 + 0.01
         full, divisor = torch.tensor([16, 64, 36, 26]), torch.tensor([1, 8, 8, 2])
@@ -220,6 +232,36 @@ class TestSlimmableLayers:
                    for k in range(4)]
         assert torch.equal(slimmable.round_channels(multipliers, full, divisor),
                            torch.stack(columns, dim=1))
+
+
+class TestCopiedAlone:
+    """The files people copy into their projects work alone: each runs its docstring's example
+    in a folder holding nothing else of this project."""
+
+    @pytest.mark.parametrize("files,first_line", [
+        (["slimmable.py"], "import torch, torch.nn as nn, slimmable"),
+        (["sampler.py"], "import numpy as np"), (["data.py"], "import argparse, data")])
+    def test_each_file_runs_its_own_example(self, tmp_path, files, first_line):
+        for file in files:
+            shutil.copy(os.path.join(REPO, file), tmp_path)
+        docstring = ast.get_docstring(ast.parse(Path(REPO, files[0]).read_text()))
+        example = textwrap.dedent(docstring[docstring.index("    " + first_line):])
+        result = subprocess.run([sys.executable, "-c", example], cwd=tmp_path, text=True,
+                                capture_output=True, timeout=120,
+                                env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ""})
+        assert result.returncode == 0, result.stderr
+
+    def test_models_writes_the_autoslim_configs_into_a_new_folder(self, tmp_path, monkeypatch,
+                                                                  capsys):
+        monkeypatch.chdir(tmp_path)  # no configs/ folder here
+        for argv, status in ((["write-configs"], None), (["--help"], 2)):
+            monkeypatch.setattr(sys, "argv", ["models.py", *argv])
+            with pytest.raises(SystemExit) if status else contextlib.nullcontext() as leaving:
+                runpy.run_path(os.path.join(REPO, "models.py"), run_name="__main__")
+            assert status is None or leaving.value.code == status
+        assert sorted(os.listdir("configs")) == [
+            f"autoslim_mbv2_{label}.json" for label in ("220M", "320M", "530M")]
+        assert capsys.readouterr().err.startswith("usage: python models.py")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -585,6 +627,10 @@ class TestCosts:
         refused({"channels": {"stem": 8, "nonsense": 3}}, "unknown groups nonsense",
                 "missing groups stage1.out")
         refused(edited("stem", 16.5), "'stem' has 16.5", "nearest possible: 16 or 24")
+        refused(edited("stem", 10 ** 400), "'stem' has 1000", "nearest possible: 48")  # no float
+        with pytest.raises(TypeError):  # JSON holds no NumPy integer: refused before writing
+            slimmable.save_config(path, wide, 0.5, step=np.int64(3))
+        assert slimmable.load_config(path, wide)[1] == record  # the file written before is whole
         disagreeing = edited("stem", 16)  # the widths still give the stem 32 channels
         refused(disagreeing, "'channels' and 'widths' disagree", "'stem': 16 and 32")
 
@@ -659,6 +705,9 @@ class TestCosts:
         var = torch.stack([o.transpose(0, 1).reshape(c, -1).var(dim=1) for o in outputs]).mean(0)
         torch.testing.assert_close(net.bn1.running_mean[:c], mean)
         torch.testing.assert_close(net.bn1.running_var[:c], var)
+        with pytest.raises(ValueError, match="at least one batch"):
+            slimmable.calibrate_bn(net, iter([]))
+        torch.testing.assert_close(net.bn1.running_mean[:c], mean)  # untouched by the refusal
 
 
 # ---------------------------------------------------------------------------------------------
@@ -779,6 +828,13 @@ def imagenet_lmdb(tmp_path_factory):
 
 class TestData:
     """data.py: datasets, splits, transforms, loaders, the LMDB converter."""
+
+    def test_first_batches_counts_and_images(self):
+        images = torch.utils.data.TensorDataset(torch.arange(16.0), torch.arange(16))
+        loader = torch.utils.data.DataLoader(images, batch_size=4)
+        sizes = lambda **asked: [len(batch[0]) for batch in data.first_batches(loader, **asked)]
+        assert sizes(count=2) == [4, 4] and sizes(images=6) == [4, 2] and sizes() == [4] * 4
+        assert sizes(count=0) == [] and sizes(images=0) == []  # none asked: none given
 
     def test_cifar100_folder_reads_back_with_held_out_split(self, tmp_path):
         arrays = write_cifar100(tmp_path / "cifar-100-python")
