@@ -39,6 +39,7 @@ AutoSlim-MobileNetV2 networks; ``python models.py write-configs``
 import argparse
 import functools
 import importlib.util
+import numbers
 import os
 import sys
 
@@ -245,8 +246,11 @@ def get_model(name, num_classes, **options):
     then made slimmable by ``convert.make_slimmable`` from one trace at ``input_size``; the groups
     the conversion had to freeze are in ``model.frozen``, one line each. A user's network that
     declares its own ``width_groups`` is returned as built (``in_channels`` is its own business).
-    ValueError, one line, for an unknown name or a network that cannot be built or traced."""
+    ValueError, one line, for an unknown name, ``num_classes < 1`` or a network that cannot be
+    built or traced."""
     name = network_name(name)
+    if not (isinstance(num_classes, numbers.Integral) and num_classes >= 1):
+        raise ValueError(f"num_classes must be a whole number >= 1, got {num_classes!r}")
     if name in NETWORKS:
         try:
             model = NETWORKS[name](num_classes=num_classes, **options)

@@ -268,7 +268,10 @@ def pareto_front(costs, losses):
 def area_under_front(costs, errors, lower, upper):
     """Mean of the step curve error(c) = min{error_i : cost_i <= c} over c in [lower, upper], i.e. the
     area under the front divided by (upper - lower); Joslim minimizes it. Below the cheapest point
-    the curve is extended flat at that point's error (it starts with the cheapest point)."""
+    the curve is extended flat at that point's error (it starts with the cheapest point).
+    ValueError when no point has a finite error or the interval is empty (upper <= lower)."""
+    if not lower < upper:
+        raise ValueError(f"area_under_front needs lower < upper, got {lower} and {upper}")
     front = pareto_front(costs, errors)
     if len(front) == 0:
         raise ValueError("area_under_front needs at least one point with a finite error")
@@ -279,12 +282,20 @@ def area_under_front(costs, errors, lower, upper):
 
 # ---------------------------------------------------------------- samplers
 
+def _smallest_multiplier(lower):
+    """``lower`` as a float, ValueError unless 0 < lower < 1: a multiplier keeps some channels."""
+    if not 0 < float(lower) < 1:
+        raise ValueError(f"lower must be in (0, 1): the smallest width multiplier, got {lower}")
+    return float(lower)
+
+
 class UniformSampler:
     """One multiplier f ~ U(lower, 1) for every dimension: the "Slim" / US-Nets baseline. It keeps
     no history: `history_configs` is empty and `observe` takes only an empty array."""
 
     def __init__(self, num_dims, lower, seed=0):
-        self.num_dims, self.lower, self.rng = num_dims, float(lower), np.random.default_rng(seed)
+        self.num_dims, self.lower = num_dims, _smallest_multiplier(lower)
+        self.rng = np.random.default_rng(seed)
 
     def propose(self, count):
         return np.repeat(self.rng.uniform(self.lower, 1.0, size=(count, 1)), self.num_dims, axis=1)
@@ -335,7 +346,7 @@ class JoslimSampler:
                  fit_iterations=20, fit_subset_size=250, max_scored=None):
         if acquisition not in ("ei", "ucb"):
             raise ValueError(f"acquisition must be 'ei' or 'ucb', got {acquisition!r}")
-        self.num_dims, self.lower, self.cost_fn = num_dims, float(lower), cost_fn
+        self.num_dims, self.lower, self.cost_fn = num_dims, _smallest_multiplier(lower), cost_fn
         self.prior_points, self.acquisition, self.beta, self.baseline = prior_points, acquisition, beta, baseline
         self.num_candidates, self.cost_tolerance, self.max_scored = num_candidates, cost_tolerance, max_scored
         self.fit_iterations, self.fit_subset_size = fit_iterations, fit_subset_size

@@ -274,6 +274,9 @@ class TestModels:
     def test_unknown_network_lists_valid_names(self):
         with pytest.raises(ValueError, match="slim_resnet20.*slim_mobilenetv3_large"):
             models.get_model("resnet1000", 10)
+        for count in (0, -1, 2.5):
+            with pytest.raises(ValueError, match="num_classes must be a whole number >= 1"):
+                models.get_model("slim_resnet20", count)
 
     def test_width_group_counts_and_full_costs(self):
         expected = {  # (groups, MACs, params) at full width: the README table
@@ -1393,6 +1396,16 @@ class TestSampler:
         assert pareto_front([], []).tolist() == []
         with pytest.raises(ValueError):
             area_under_front([], [], 0.0, 1.0)
+        with pytest.raises(ValueError, match="lower < upper"):  # an empty interval has no mean
+            area_under_front(COSTS, LOSSES, 1.0, 1.0)
+
+    def test_samplers_refuse_a_smallest_multiplier_outside_0_1(self):
+        for lower in (-0.5, 0.0, 1.0, float("nan")):  # a negative multiplier is no width
+            for sampler in (UniformSampler, RandomSampler):
+                with pytest.raises(ValueError, match="lower must be in"):
+                    sampler(NUM_DIMS, lower)
+            with pytest.raises(ValueError, match="lower must be in"):
+                JoslimSampler(NUM_DIMS, lower, COST)
 
     def test_max_scored_bounds_rescoring_to_the_front_and_new_proposals(self):
         sampler = JoslimSampler(NUM_DIMS, LOWER, COST, prior_points=4, seed=0, max_scored=10)
