@@ -190,8 +190,8 @@ class SlimBatchNorm2d(nn.BatchNorm2d):
             self.num_batches_tracked.add_(1)
             factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
         use_batch_stats = self.training or not self.track_running_stats
-        out = F.batch_norm(x, mean, var, self.weight[kept], self.bias[kept], use_batch_stats,
-                           factor, self.eps)
+        weight, bias = (None, None) if self.weight is None else (self.weight[kept], self.bias[kept])
+        out = F.batch_norm(x, mean, var, weight, bias, use_batch_stats, factor, self.eps)
         if updating and self.in_index is not None:
             with torch.no_grad():
                 self.running_mean.index_copy_(0, kept, mean)
@@ -839,13 +839,22 @@ def export(model, widths):
 def _static_copy(layer, c_in, c_out, index=None):
     """The plain torch.nn layer of ``c_in`` -> ``c_out`` channels that ``layer`` runs as, holding
     the leading block of each of its parameters and buffers, after gathering the input channels
-    ``index`` (a layer reading a concatenation)."""
+    ``index`` (a layer reading a concatenation). A converted LayerNorm becomes a copy of itself
+    given back the class it was converted from (a user's subclass keeps its own attributes)."""
     if isinstance(layer, SlimBatchNorm2d):
-        new = nn.BatchNorm2d(c_out, eps=layer.eps, momentum=layer.momentum)
-    elif isinstance(layer, SlimLayerNorm):  # the class it was converted from (ConvNeXt's LayerNorm2d)
-        new = getattr(layer, "plain_class", nn.LayerNorm)(
-            c_out, eps=layer.eps, elementwise_affine=layer.weight is not None,
-            bias=layer.bias is not None)
+        new = nn.BatchNorm2d(c_out, eps=layer.eps, momentum=layer.momentum, affine=layer.affine,
+                             track_running_stats=layer.track_running_stats)
+    elif isinstance(layer, SlimLayerNorm):
+        new = copy.deepcopy(layer)
+        new.__class__, new.normalized_shape = getattr(layer, "plain_class", nn.LayerNorm), (c_out,)
+        for key in ("in_slot", "out_slot", "channel_dim", "plain_class"):
+            new.__dict__.pop(key, None)
+        for tensors in (new._parameters, new._buffers):  # each of the channels' size: c_out
+            for key, tensor in tensors.items():
+                if tensor is not None and tensor.shape[:1] == layer.normalized_shape:
+                    kept = tensor.detach()[:c_out].clone()
+                    tensors[key] = nn.Parameter(kept, tensor.requires_grad) \
+                        if isinstance(tensor, nn.Parameter) else kept
     elif isinstance(layer, SlimLinear):
         new = nn.Linear(c_in, c_out, bias=layer.bias is not None)
     else:
@@ -861,4 +870,5 @@ def _static_copy(layer, c_in, c_out, index=None):
                 tensor = tensor.index_select(gather_dim, index.to(tensor.device))
             value.copy_(tensor[tuple(slice(0, size) for size in value.shape)])
     new.train(layer.training)
-    return new.to(device=layer.weight.device, dtype=layer.weight.dtype)  # as the source: half...
+    like = next((t for t in source.values() if t.is_floating_point()), None)  # none: a plain LN
+    return new if like is None else new.to(like.device, like.dtype)  # as the source: half...

@@ -3158,6 +3158,28 @@ class _BlockTwice(nn.Module):  # one block called on two inputs, at 8x8 then at 
         return self.head(x.mean((2, 3)))
 
 
+class _LayerNorm2d(nn.LayerNorm):  # a user's channels-first LayerNorm with its own __init__
+    def __init__(self, channels):
+        super().__init__(channels, eps=1e-6)
+        self.note = "mine"
+
+    def forward(self, x):
+        return nn.functional.layer_norm(x.permute(0, 2, 3, 1), self.normalized_shape, self.weight,
+                                        self.bias, self.eps).permute(0, 3, 1, 2)
+
+
+class _PlainNorms(nn.Module):  # norms without affine parameters, and a user's LayerNorm
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.bn = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8, affine=False)
+        self.conv2, self.ln2d = nn.Conv2d(8, 6, 1), _LayerNorm2d(6)
+        self.ln, self.head = nn.LayerNorm(6, elementwise_affine=False), nn.Linear(6, 4)
+
+    def forward(self, x):
+        x = self.ln2d(self.conv2(self.bn(self.conv1(x)).relu()))
+        return self.head(self.ln(x.mean((2, 3))))
+
+
 def graph_memory(static, size, in_channels=3):
     """Activation memory (elements) of one batch-1 forward of a plain model, read off its fx
     graph run keeping every value (no address reused): at each conv, linear and pooling call,
@@ -3201,7 +3223,8 @@ class TestConvert:
 
     @pytest.mark.parametrize("network, frozen", [(_CatTwice, 0), (_TwoBranches, 0),
                                                  (_SpatialGate, 0), (_SharedLayer, 0), (_FrozenNorms, 1),
-                                                 (_StoredShape, 1), (_PReLUs, 1)])
+                                                 (_StoredShape, 1), (_PReLUs, 1),
+                                                 (_PlainNorms, 0)])
     def test_reported_failure_modes_exact_or_frozen_with_one_line(self, network, frozen):
         torch.manual_seed(0)
         lines = []
@@ -3223,6 +3246,12 @@ class TestConvert:
             assert names == {"conv1"} and "view" in lines[0]
         if network is _PReLUs:  # a shared weight passes the channels on; a per-channel one freezes
             assert names == {"conv1"} and "PReLU" in lines[0] and "conv2" in lines[0]
+        if network is _PlainNorms:  # exported as they were: no affine parameters, the user's class
+            static = slimmable.export(net, 0.5)
+            assert not static.bn.affine and static.bn.track_running_stats and static.bn.weight is None
+            assert type(static.ln2d) is _LayerNorm2d and static.ln2d.note == "mine"
+            assert static.ln2d.normalized_shape == (3,) and static.ln2d.eps == 1e-6
+            assert static.ln.weight is None and static.ln.normalized_shape == (3,)
 
     def test_memory_counts_a_block_input_that_is_a_concatenation(self):
         net = convert.make_slimmable(_ConcatenatedInput(), torch.randn(1, 3, 8, 8))
