@@ -145,6 +145,12 @@ def _int_list(node, *keywords):
     return list(values[0]) if len(values) == 1 and isinstance(values[0], (tuple, list)) else values
 
 
+def _target_name(node):
+    """What a call calls: a method's name, or a function's (``chunk``, not its repr)."""
+    return node.target if node.op == "call_method" else getattr(node.target, "__name__",
+                                                                 str(node.target))
+
+
 def _argument(node, position, name, default=None):
     if len(node.args) > position:
         return node.args[position]
@@ -305,8 +311,7 @@ class Analysis:
         return out
 
     def visit_function(self, node):
-        target, method = node.target, node.op == "call_method"
-        name = target if method else getattr(target, "__name__", str(target))
+        target, method, name = node.target, node.op == "call_method", _target_name(node)
         x = self._input(node)
         if (method and target in NOT_TENSORS) or target is getattr:
             return None  # a size or a shape
@@ -334,7 +339,8 @@ class Analysis:
     def elementwise(self, node):
         """Add, multiply...: the operands carrying the output's channels are one width group;
         an operand of one channel broadcasts; a parameter of the channels' size is narrowed
-        to them (``scaled``); anything else of that size freezes them."""
+        to them (``scaled``; the channels it scales at each use, one group); anything else of
+        that size freezes them."""
         out_shape = _shape(node)
         if out_shape is None:
             return None
@@ -362,6 +368,9 @@ class Analysis:
                 continue  # broadcast along the channels
             if a.op == "get_attr" and len(result.parts) == 1 and a.target in self.parameter_names:
                 partner = next(b for b in operands if b is not a)
+                # a parameter scaling two tensors ties their channels, as an add does
+                earlier = [self.layout[user] for p, user, *_ in self.scaled if p.target == a.target]
+                self.unite(node, earlier[:1] + [result])
                 self.scaled.append((a, node, dim, partner, self.layout[partner].dim))
             else:
                 self.sources.freeze(_sources(result), node, "meets a fixed tensor of its channels")
@@ -412,9 +421,10 @@ class Analysis:
         elif len(after) - suffix - prefix == 1:
             out_dim = prefix
         else:
-            return self.unknown(node, f"{node.target} splits or mixes the channels")
+            return self.unknown(node, f"{_target_name(node)} splits or mixes the channels")
         if len(sizes) == len(after) and isinstance(sizes[out_dim], int) and sizes[out_dim] != -1:
-            return self.unknown(node, f"{node.target} to a stored channel count {sizes[out_dim]}")
+            return self.unknown(node, f"{_target_name(node)} to a stored channel count "
+                                      f"{sizes[out_dim]}")
         if prefix <= x.dim < len(before) - suffix:
             return self.flatten(node, x, prefix, len(before) - suffix - 1)
         return x.moved(out_dim, len(after))
@@ -429,7 +439,7 @@ class Analysis:
         dims = _argument(node, 1, "dim")
         dims = [d % x.ndim for d in ((dims,) if isinstance(dims, int) else dims or ())]
         if not dims or x.dim in dims:
-            return self.unknown(node, f"{node.target} over the channels")
+            return self.unknown(node, f"{_target_name(node)} over the channels")
         if _argument(node, 2, "keepdim", False):
             return x
         return x.moved(x.dim - sum(d < x.dim for d in dims), x.ndim - len(dims))
@@ -439,7 +449,7 @@ class Analysis:
         dim = _argument(node, 2, "dim", 0)
         if isinstance(x, Layout) and dim % x.ndim != x.dim:
             return (x,) * count
-        return (self.unknown(node, f"{node.target} along the channels"),) * count
+        return (self.unknown(node, f"{_target_name(node)} along the channels"),) * count
 
 
 def width_groups(analysis, divisor=1):

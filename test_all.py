@@ -3158,6 +3158,18 @@ class _BlockTwice(nn.Module):  # one block called on two inputs, at 8x8 then at 
         return self.head(x.mean((2, 3)))
 
 
+class _SharedScale(nn.Module):  # one per-channel parameter scales two convs' outputs
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(3, 8, 3, padding=1)
+        self.gamma = nn.Parameter(torch.rand(1, 8, 1, 1))
+        self.fa, self.fb = nn.Linear(8, 4), nn.Linear(8, 4)
+
+    def forward(self, x):
+        return (self.fa((self.gamma * self.a(x)).mean((2, 3)))
+                + self.fb((self.gamma * self.b(x)).mean((2, 3))))
+
+
 class _LayerNorm2d(nn.LayerNorm):  # a user's channels-first LayerNorm with its own __init__
     def __init__(self, channels):
         super().__init__(channels, eps=1e-6)
@@ -3178,6 +3190,16 @@ class _PlainNorms(nn.Module):  # norms without affine parameters, and a user's L
     def forward(self, x):
         x = self.ln2d(self.conv2(self.bn(self.conv1(x)).relu()))
         return self.head(self.ln(x.mean((2, 3))))
+
+
+class _Chunked(nn.Module):  # the halves of a chunk multiplied: the stem freezes
+    def __init__(self):
+        super().__init__()
+        self.stem, self.conv, self.head = nn.Conv2d(3, 8, 1), nn.Conv2d(4, 6, 1), nn.Linear(6, 4)
+
+    def forward(self, x):
+        a, b = torch.chunk(self.stem(x), 2, dim=1)
+        return self.head(self.conv(a * b).mean((2, 3)))
 
 
 def graph_memory(static, size, in_channels=3):
@@ -3223,8 +3245,8 @@ class TestConvert:
 
     @pytest.mark.parametrize("network, frozen", [(_CatTwice, 0), (_TwoBranches, 0),
                                                  (_SpatialGate, 0), (_SharedLayer, 0), (_FrozenNorms, 1),
-                                                 (_StoredShape, 1), (_PReLUs, 1),
-                                                 (_PlainNorms, 0)])
+                                                 (_StoredShape, 1), (_PReLUs, 1), (_Chunked, 1),
+                                                 (_SharedScale, 0), (_PlainNorms, 0)])
     def test_reported_failure_modes_exact_or_frozen_with_one_line(self, network, frozen):
         torch.manual_seed(0)
         lines = []
@@ -3246,6 +3268,10 @@ class TestConvert:
             assert names == {"conv1"} and "view" in lines[0]
         if network is _PReLUs:  # a shared weight passes the channels on; a per-channel one freezes
             assert names == {"conv1"} and "PReLU" in lines[0] and "conv2" in lines[0]
+        if network is _Chunked:  # the function's name, not its repr
+            assert lines[0].endswith("at node chunk: chunk along the channels")
+        if network is _SharedScale:  # gamma's channel i scales both: one group, as an add ties
+            assert names == {"a"} and net.channel_parameters["gamma"][0].group == 0
         if network is _PlainNorms:  # exported as they were: no affine parameters, the user's class
             static = slimmable.export(net, 0.5)
             assert not static.bn.affine and static.bn.track_running_stats and static.bn.weight is None
