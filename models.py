@@ -336,8 +336,11 @@ def _converted(model, name, input_size, in_channels, imagenet=False):
             nn.init.kaiming_normal_(stem.weight, mode="fan_out", nonlinearity="relu")
     frozen = []
     try:
-        convert.make_slimmable(model, torch.zeros(1, in_channels, input_size, input_size),
-                               log=frozen.append, divisor=8 if imagenet else 1)
+        # random, not zeros (a bias-free network maps zeros to zeros whatever its forward does),
+        # from a local generator: the global one, and so every weight, stays as it was
+        image = torch.randn(1, in_channels, input_size, input_size,
+                            generator=torch.Generator().manual_seed(0))
+        convert.make_slimmable(model, image, log=frozen.append, divisor=8 if imagenet else 1)
     except (RuntimeError, TypeError) as error:  # e.g. an image too small for the network
         raise ValueError(f"cannot convert {name} at {input_size}x{input_size}: "
                          f"{str(error).splitlines()[0]}") from None

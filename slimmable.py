@@ -545,7 +545,9 @@ def _cost_terms(model):
     counts and column ``len(slots)`` the constant 1; memory has a fourth row, the term's layer.
     Parameters are counted from the layers, the rest by one ``_probe`` of a zero image (1, image
     channels, input_size, input_size) in the model's dtype, on its device; cached for that
-    shape, so changing ``model.input_size`` or ``model.in_channels`` rebuilds it."""
+    shape, so changing ``model.input_size`` or ``model.in_channels`` rebuilds it (memory, though,
+    counts a converted network's ``kept_by_call`` at the shapes they were listed at; ``memory``
+    refuses another size)."""
     model = _unwrap(model)
     size = model.input_size  # an int, or (height, width) for a network converted at that size
     shape = (1, image_channels(model), *((size, size) if isinstance(size, int) else size))
@@ -635,7 +637,9 @@ def memory(model, widths=1.0):
     1,505,280 elements (5.7 MiB in float32) at the stride-2 depthwise conv of ``features.2``
     (96x112x112 in, 96x56x56 out); MCUNetV2 (NeurIPS'21, Fig. 1) reports 1,404,928 (1372 kB in
     int8), our value at the expansion before it: its engine runs depthwise convs in place.
-    ValueError too when a tensor's width cannot be told from the slots the network declares."""
+    ValueError too when a tensor's width cannot be told from the slots the network declares,
+    and for a converted network whose ``input_size`` is no longer its ``kept_input_size``: its
+    kept tensors are listed at the size it was converted at (convert it again at the other)."""
     return _evaluate_terms(model, widths, "memory")
 
 
@@ -643,6 +647,11 @@ def memory_by_layer(model, widths=1.0):
     """The elements alive while each layer runs (see ``memory``), layers in execution order:
     an int64 tensor (N, layers), N = 1 for one configuration. Its row maximum is ``memory``;
     its argmax says which layer sets the peak."""
+    net = _unwrap(model)
+    if getattr(net, "kept_input_size", net.input_size) != net.input_size:
+        raise ValueError(f"memory of a converted network is counted at the input size it was "
+                         f"converted at, {net.kept_input_size}: convert it again at "
+                         f"{net.input_size} (models.get_model(..., input_size=...))")
     slots, _, _, _, (coef, a, _, layer) = _cost_terms(model)
     channels = _slot_channels(slots, width_matrix(model, widths))
     per_layer = torch.zeros(len(channels), int(layer.max()) + 1, dtype=torch.long)

@@ -3158,6 +3158,23 @@ class _BlockTwice(nn.Module):  # one block called on two inputs, at 8x8 then at 
         return self.head(x.mean((2, 3)))
 
 
+class _ScaledDropout(nn.Module):  # a layer scale, and dropout and a branch by self.training
+    def __init__(self, eval_scale=None):
+        super().__init__()
+        self.stem, self.conv = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+        self.gamma, self.head = nn.Parameter(torch.full((1, 8, 1, 1), 0.1)), nn.Linear(8, 4)
+        self.eval_scale = eval_scale  # a parameter scaling the channels in eval mode only
+
+    def forward(self, x):
+        x = self.stem(x).relu()
+        x = x + self.gamma * self.conv(x)
+        if self.training:
+            x = x + 1
+        elif self.eval_scale is not None:
+            x = x * self.eval_scale
+        return self.head(nn.functional.dropout(x.mean((2, 3)), 0.5, self.training))
+
+
 class _SharedScale(nn.Module):  # one per-channel parameter scales two convs' outputs
     def __init__(self):
         super().__init__()
@@ -3279,6 +3296,56 @@ class TestConvert:
             assert static.ln2d.normalized_shape == (3,) and static.ln2d.eps == 1e-6
             assert static.ln.weight is None and static.ln.normalized_shape == (3,)
 
+    def test_a_traced_forward_follows_the_models_mode(self):
+        """A layer scale makes the converted forward a traced graph: in eval mode no dropout
+        and the eval branch, as the original; in training mode, dropout and the training branch.
+        Scaling channels by other parameters in eval mode than in training: refused."""
+        torch.manual_seed(0)
+        model, x = _ScaledDropout(), torch.randn(2, 3, 8, 8)
+        original = copy.deepcopy(model).eval()
+        net = convert.make_slimmable(model, torch.randn(1, 3, 8, 8)).eval()
+        assert "gamma" in net.channel_parameters
+        with torch.no_grad():
+            assert torch.equal(net(x), original(x)) and torch.equal(net(x), net(x))
+            net.train()
+            original.train()
+            torch.manual_seed(1)
+            trained = net(x)
+            torch.manual_seed(1)
+            assert torch.equal(trained, original(x)) and not torch.equal(net(x), net(x))
+        scaled = _ScaledDropout(eval_scale=nn.Parameter(torch.ones(1, 8, 1, 1)))
+        with pytest.raises(ValueError, match="differently in training and eval mode") as error:
+            convert.make_slimmable(scaled, torch.randn(1, 3, 8, 8))
+        assert "\n" not in str(error.value) and not isinstance(scaled.stem, slimmable.SlimConv2d)
+
+    def test_a_network_random_in_eval_mode_is_refused_by_get_model(self, tmp_path):
+        """get_model checks a conversion on a random image: on zeros, a network without biases
+        maps the image to zeros whatever dropout it applies."""
+        (tmp_path / "noisy.py").write_text(
+            "import torch.nn as nn\n\n\n"
+            "class Noisy(nn.Module):\n"
+            "    def __init__(self, num_classes):\n"
+            "        super().__init__()\n"
+            "        self.conv1 = nn.Conv2d(3, 8, 3, bias=False)\n"
+            "        self.conv2 = nn.Conv2d(8, 8, 1, bias=False)\n"
+            "        self.fc = nn.Linear(8, num_classes, bias=False)\n\n"
+            "    def forward(self, x):  # dropout whatever the mode\n"
+            "        x = nn.functional.dropout(self.conv2(self.conv1(x)), 0.5)\n"
+            "        return self.fc(x.mean((2, 3)))\n")
+        with pytest.raises(ValueError, match="changes between two runs on the same input"):
+            models.get_model(f"{tmp_path / 'noisy.py'}:Noisy", 10, input_size=16)
+
+    def test_memory_refuses_an_input_size_it_was_not_converted_at(self):
+        net = convert.make_slimmable(_BlockTwice(), torch.randn(1, 3, 8, 8))
+        at_8, macs_at_8 = slimmable.memory(net, 0.5), slimmable.macs(net, 0.5)
+        net.input_size = 16  # macs follow; the kept tensors were listed at 8x8
+        assert slimmable.macs(net, 0.5) > macs_at_8
+        with pytest.raises(ValueError, match="converted at, 8: convert it again at 16") as error:
+            slimmable.memory(net, 0.5)
+        assert "\n" not in str(error.value)
+        net.input_size = 8
+        assert slimmable.memory(net, 0.5) == at_8
+
     def test_memory_counts_a_block_input_that_is_a_concatenation(self):
         net = convert.make_slimmable(_ConcatenatedInput(), torch.randn(1, 3, 8, 8))
         # Elements alive per layer, 8x8 = 64 positions: stem 3*64 in + 4*64 out; layer1.conv1
@@ -3376,12 +3443,20 @@ class TestConvert:
             def forward(self, x):
                 return self.conv(x) if x.sum() > 0 else x
 
-        converted = convert.make_slimmable(nn.Sequential(nn.Conv2d(3, 4, 1), nn.ReLU()),
+        converted = convert.make_slimmable(nn.Sequential(nn.Conv2d(3, 4, 1), nn.Conv2d(4, 4, 1)),
                                            torch.randn(1, 3, 8, 8))
         named = nn.Sequential()
         named.add_module("frozen", nn.Conv2d(3, 4, 1))
+        # nothing left to slim: a linear from image to logits; a conv whose channels a Conv1d reads
+        flat = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 10))
+        conv1d = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.Flatten(2),
+                               nn.Conv1d(16, 16, 3, padding=1), nn.AdaptiveAvgPool1d(1),
+                               nn.Flatten(), nn.Linear(16, 10))
         for model, match in ((Branchy(), "cannot trace"), (nn.ReLU(), "no Conv2d"),
-                             (converted, "already slimmable"), (named, "child module named frozen")):
+                             (converted, "already slimmable"), (named, "child module named frozen"),
+                             (flat, "no width group to slim .its layers' widths are the image's"),
+                             (conv1d, "no width group to slim .each froze, the first: froze 0 .16 "
+                                      "channels. at node _2: module Conv1d")):
             with pytest.raises(ValueError, match=match) as error:
                 convert.make_slimmable(model, torch.randn(1, 3, 8, 8))
             assert "\n" not in str(error.value)
