@@ -2895,6 +2895,34 @@ class TestGPUPath:
 
 
 USER_NETWORK = '''
+import torch.nn as nn
+
+
+class Pair(nn.Module):  # (logits, auxiliary logits)
+    def __init__(self, num_classes):
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(3, 8, 3, padding=1), nn.Linear(8, num_classes)
+        self.conv2, self.aux = nn.Conv2d(8, 8, 1), nn.Linear(8, num_classes)
+
+    def forward(self, x):
+        x = self.conv2(self.conv(x)).mean((2, 3))
+        return self.fc(x), self.aux(x)
+
+
+class HeadFirst(nn.Module):  # the conv declared first runs last
+    def __init__(self, num_classes):
+        super().__init__()
+        self.head, self.stem = nn.Conv2d(8, 16, 1), nn.Conv2d(3, 8, 3, padding=1)
+        self.fc = nn.Linear(16, num_classes)
+
+    def forward(self, x):
+        return self.fc(self.head(self.stem(x).relu()).mean((2, 3)))
+
+
+def flat(num_classes):  # its one linear layer reads the image and makes the logits
+    return nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, num_classes))
+
+
 def not_a_module(num_classes):
     return num_classes
 
@@ -2934,11 +2962,20 @@ class TestNetworkFlag:
         (tmp_path / "mine.py").write_text(USER_NETWORK)
         cases = [("resnet1000", "unknown network 'resnet1000'"), ("gone.py:tiny", "no file gone.py"),
                  ("mine.py:missing", "has no function missing"),
-                 ("mine.py:not_a_module", "returned a int"), ("mine.py:broken", "the user's own bug")]
-        for name, fragment in cases:
+                 ("mine.py:not_a_module", "returned a int"), ("mine.py:broken", "the user's own bug"),
+                 ("mine.py:Pair", "returns tuple", "one tensor of logits, (N, 10)"),
+                 ("mine.py:flat", "no width group to slim")]
+        for name, *fragments in cases:
             assert_one_line_error(run_main(train, "--name", "x", "--network", name, *TINY_RUN[2:]),
-                                  fragment)
+                                  *fragments)
             assert not (tmp_path / "runs" / "x" / "checkpoint.pt").exists()
+
+    def test_grey_images_enter_the_conv_the_image_runs_through_first(self, tmp_path):
+        (tmp_path / "mine.py").write_text(USER_NETWORK)
+        net = models.get_model(f"{tmp_path / 'mine.py'}:HeadFirst", 10, input_size=28,
+                               in_channels=1)
+        assert net.stem.in_channels == 1 and net.head.in_channels == 8  # not the one declared first
+        assert net.eval()(torch.randn(2, 1, 28, 28)).shape == (2, 10)
 
     def test_a_file_network_with_declared_groups_is_used_as_it_is(self, tmp_path):
         (tmp_path / "declared.py").write_text(
