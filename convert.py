@@ -24,10 +24,10 @@ The result keeps the user's own ``forward``: fx is used for analysis only, and e
 its slimmable counterpart (same names, same parameter objects, so a torchvision state dict still
 loads with ``strict=True``). The one exception: a parameter multiplied straight into the
 channels (ConvNeXt's ``layer_scale``) cannot slice itself, so such a network's class becomes a
-subclass of its own whose forward is the traced graph, narrowing that parameter to its operand's
-width (same object, same names; Python branches on ``self.training`` are those of training mode).
-At full width the converted network computes exactly what the original did (checked on the
-example by ``make_slimmable``).
+subclass of its own whose forward is the traced graph of its mode (traced once in training mode,
+once in eval mode: Python branches on ``self.training`` follow it), narrowing that parameter to its
+operand's width (same object, same names). At full width the converted network computes exactly
+what the original did (checked on the example by ``make_slimmable``).
 
 Example::
 
@@ -39,6 +39,7 @@ Example::
     x = torch.randn(2, 3, 64, 64)
     print((small(x) - net(x)).abs().max())              # 0, or a rounding error
 """
+import functools
 import math
 import operator
 
@@ -145,6 +146,12 @@ def _int_list(node, *keywords):
     return list(values[0]) if len(values) == 1 and isinstance(values[0], (tuple, list)) else values
 
 
+def _target_name(node):
+    """What a call calls: a method's name, or a function's (``chunk``, not its repr)."""
+    return node.target if node.op == "call_method" else getattr(node.target, "__name__",
+                                                                 str(node.target))
+
+
 def _argument(node, position, name, default=None):
     if len(node.args) > position:
         return node.args[position]
@@ -169,13 +176,13 @@ class _Tracer(fx.Tracer):
                 or super().is_leaf_module(module, name))
 
 
-def trace(model, example_input):
-    """``model``'s graph, traced in training mode, each node's output shape on
-    ``example_input`` in ``node.meta`` (fx's ShapeProp, in eval mode): a GraphModule sharing
-    ``model``'s modules. ValueError, one line, if fx cannot trace or run it."""
+def trace(model, example_input, training=True):
+    """``model``'s graph, traced in training mode (in eval mode if not ``training``), each node's
+    output shape on ``example_input`` in ``node.meta`` (fx's ShapeProp, in eval mode): a
+    GraphModule sharing ``model``'s modules. ValueError, one line, if fx cannot trace or run it."""
     was_training = model.training
     try:
-        graph = _Tracer().trace(model.train())
+        graph = _Tracer().trace(model.train(training))
         traced = fx.GraphModule(model, graph)
         with torch.no_grad():
             ShapeProp(traced.eval()).propagate(example_input)
@@ -305,8 +312,7 @@ class Analysis:
         return out
 
     def visit_function(self, node):
-        target, method = node.target, node.op == "call_method"
-        name = target if method else getattr(target, "__name__", str(target))
+        target, method, name = node.target, node.op == "call_method", _target_name(node)
         x = self._input(node)
         if (method and target in NOT_TENSORS) or target is getattr:
             return None  # a size or a shape
@@ -334,7 +340,8 @@ class Analysis:
     def elementwise(self, node):
         """Add, multiply...: the operands carrying the output's channels are one width group;
         an operand of one channel broadcasts; a parameter of the channels' size is narrowed
-        to them (``scaled``); anything else of that size freezes them."""
+        to them (``scaled``; the channels it scales at each use, one group); anything else of
+        that size freezes them."""
         out_shape = _shape(node)
         if out_shape is None:
             return None
@@ -362,6 +369,9 @@ class Analysis:
                 continue  # broadcast along the channels
             if a.op == "get_attr" and len(result.parts) == 1 and a.target in self.parameter_names:
                 partner = next(b for b in operands if b is not a)
+                # a parameter scaling two tensors ties their channels, as an add does
+                earlier = [self.layout[user] for p, user, *_ in self.scaled if p.target == a.target]
+                self.unite(node, earlier[:1] + [result])
                 self.scaled.append((a, node, dim, partner, self.layout[partner].dim))
             else:
                 self.sources.freeze(_sources(result), node, "meets a fixed tensor of its channels")
@@ -412,9 +422,10 @@ class Analysis:
         elif len(after) - suffix - prefix == 1:
             out_dim = prefix
         else:
-            return self.unknown(node, f"{node.target} splits or mixes the channels")
+            return self.unknown(node, f"{_target_name(node)} splits or mixes the channels")
         if len(sizes) == len(after) and isinstance(sizes[out_dim], int) and sizes[out_dim] != -1:
-            return self.unknown(node, f"{node.target} to a stored channel count {sizes[out_dim]}")
+            return self.unknown(node, f"{_target_name(node)} to a stored channel count "
+                                      f"{sizes[out_dim]}")
         if prefix <= x.dim < len(before) - suffix:
             return self.flatten(node, x, prefix, len(before) - suffix - 1)
         return x.moved(out_dim, len(after))
@@ -429,7 +440,7 @@ class Analysis:
         dims = _argument(node, 1, "dim")
         dims = [d % x.ndim for d in ((dims,) if isinstance(dims, int) else dims or ())]
         if not dims or x.dim in dims:
-            return self.unknown(node, f"{node.target} over the channels")
+            return self.unknown(node, f"{_target_name(node)} over the channels")
         if _argument(node, 2, "keepdim", False):
             return x
         return x.moved(x.dim - sum(d < x.dim for d in dims), x.ndim - len(dims))
@@ -439,7 +450,7 @@ class Analysis:
         dim = _argument(node, 2, "dim", 0)
         if isinstance(x, Layout) and dim % x.ndim != x.dim:
             return (x,) * count
-        return (self.unknown(node, f"{node.target} along the channels"),) * count
+        return (self.unknown(node, f"{_target_name(node)} along the channels"),) * count
 
 
 def width_groups(analysis, divisor=1):
@@ -498,24 +509,29 @@ def make_slimmable(model, example_input, log=print, divisor=1):
     network, in place, its width groups found from one fx trace on ``example_input``; returns
     it (its forward the traced graph when a parameter multiplies channels directly, see the
     module docstring). Sets ``width_groups``, ``in_channels`` (C),
-    ``input_size`` ((H, W), where costs are counted) and ``frozen`` (one line per frozen group,
-    each also given to ``log``). ``divisor``: every group's channel counts are multiples of it
-    (8 for torchvision's ImageNet networks), or of its group width for a grouped conv; of their
-    greatest common divisor with the group's full count where that is no multiple of them.
-    ValueError, one line, when fx cannot trace the model, it has no layer to slim, it is already
-    slimmable, or a child module has the name of an attribute set here."""
+    ``input_size`` ((H, W), where costs are counted), ``kept_input_size`` (the same: the size its
+    memory is counted at) and ``frozen`` (one line per frozen group, each also given to ``log``).
+    ``divisor``: every group's channel counts are multiples of it (8 for torchvision's ImageNet
+    networks), or of its group width for a grouped conv; of their greatest common divisor with
+    the group's full count where that is no multiple of them. ValueError, one line (the model
+    left as it was), when fx cannot trace the model, it has no layer to slim or no width group
+    left (each frozen), it is already slimmable, a child module has the name of an attribute
+    set here, its eval-mode output changes between two runs, or its parameters multiplied into
+    the channels differ between training and eval mode; after the conversion, when its traced
+    forward computes otherwise than its own at full width. RuntimeError for any other
+    difference there (a bug)."""
     if any(isinstance(m, slimmable.SLIM_LAYERS) for m in model.modules()):
         raise ValueError(f"{type(model).__name__} is already slimmable: convert it once")
-    taken = sorted({"width_groups", "frozen", "in_channels", "input_size"} & set(model._modules))
+    taken = sorted({"width_groups", "frozen", "in_channels", "input_size", "kept_input_size"}
+                   & set(model._modules))
     if taken:
         raise ValueError(f"{type(model).__name__} has a child module named {taken[0]}, an "
                          f"attribute make_slimmable sets: rename the child")
     expected = _full_width_output(model, example_input)
-    analysis = Analysis(trace(model, example_input))
-    groups, slot, frozen = width_groups(analysis, divisor)
-    if not analysis.layers:
-        raise ValueError(f"{type(model).__name__} has no Conv2d, BatchNorm2d, Linear or LayerNorm "
-                         f"that its forward calls")
+    if not _equal(expected, _full_width_output(model, example_input)):
+        raise ValueError(f"{type(model).__name__}'s eval-mode output changes between two runs on "
+                         f"the same input: make its forward deterministic in eval mode")
+    analysis, in_eval, (groups, slot, frozen) = _analyse(model, example_input, divisor)
     _record_kept_tensors(model, analysis, example_input, slot)
     for name, module in list(model.named_modules()):
         if convertible(module):
@@ -523,21 +539,51 @@ def make_slimmable(model, example_input, log=print, divisor=1):
         elif name in analysis.calls:  # for slimmable's cost probe: the width of each call
             module.call_slots = [(slot(x), x.dim if isinstance(x, Layout) else 1)
                                  for x in analysis.calls[name]]
-    model = _narrow_scaled_parameters(model, analysis, slot)
+    model = _narrow_scaled_parameters(model, analysis, in_eval, slot)
     model.width_groups, model.frozen = groups, frozen
     model.in_channels = int(example_input.shape[1])
     height, width = example_input.shape[-2:]
     model.input_size = int(height) if height == width else (int(height), int(width))
+    model.kept_input_size = model.input_size
     for line in model.frozen:
         log(line)
     for key in ("_slim_layers", "_cost_terms"):
         model.__dict__.pop(key, None)
     slimmable.set_widths(model, 1.0)
-    outputs = _full_width_output(model, example_input)
-    if len(outputs) != len(expected) or not all(map(torch.equal, outputs, expected)):
+    if not _equal(_full_width_output(model, example_input), expected):
+        if "channel_parameters" in model.__dict__:  # the user's Python the trace cannot see
+            raise ValueError(f"{type(model).__name__}'s forward as torch.fx traced it computes "
+                             f"otherwise than its own: let it branch on self.training only")
         raise RuntimeError("the converted model's full-width output differs from the original's "
                            "(a bug in convert.py)")
     return model
+
+
+def _analyse(model, example_input, divisor):
+    """``(analysis, in_eval, width_groups(analysis, divisor))``: the analysis of the
+    training-mode trace, and of the eval-mode one where a parameter multiplies channels (None
+    elsewhere). ValueError, one line, for a model ``make_slimmable`` cannot slim."""
+    analysis = Analysis(trace(model, example_input))
+    groups, slot, frozen = width_groups(analysis, divisor)
+    name = type(model).__name__
+    if not analysis.layers:
+        raise ValueError(f"{name} has no Conv2d, BatchNorm2d, Linear or LayerNorm that its "
+                         f"forward calls")
+    if not groups:
+        why = f"each froze, the first: {frozen[0]}" if frozen else "its layers' widths are " \
+            "the image's and the output's"
+        raise ValueError(f"{name} has no width group to slim ({why}): no width of it could "
+                         f"change")
+    in_eval = Analysis(trace(model, example_input, training=False)) if analysis.scaled else None
+    if in_eval and [(p.target, d) for p, _, d, _, _ in analysis.scaled] != \
+            [(p.target, d) for p, _, d, _, _ in in_eval.scaled]:
+        raise ValueError(f"{name} multiplies parameters into its channels differently in "
+                         f"training and eval mode: do the same in both")
+    return analysis, in_eval, (groups, slot, frozen)
+
+
+def _equal(outputs, expected):
+    return len(outputs) == len(expected) and all(map(torch.equal, outputs, expected))
 
 
 def _record_kept_tensors(model, analysis, example_input, slot):
@@ -584,28 +630,44 @@ def _full_width_output(model, example_input):
     return outputs
 
 
-def _narrow_scaled_parameters(model, analysis, slot):
+def _narrow_scaled_parameters(model, analysis, in_eval, slot):
     """Where a parameter multiplies slimmable channels directly (ConvNeXt's ``layer_scale``),
-    give ``model`` the traced graph as its forward, that parameter narrowed in it to its
-    operand's channels; ``channel_parameters`` tells ``slimmable`` each one's slot and dim."""
-    graph, channel_parameters = analysis.traced.graph, {}
-    for parameter, user, dim, operand, operand_dim in analysis.scaled:
-        parameter_slot = slot(analysis.layout[operand])
-        if parameter_slot is None:
-            continue
-        with graph.inserting_before(user):
-            size = graph.call_method("size", (operand, operand_dim))
-            narrowed = graph.call_method("narrow", (parameter, dim, 0, size))
-        user.replace_input_with(parameter, narrowed)
-        channel_parameters[parameter.target] = (parameter_slot, dim)
-    if channel_parameters:
-        # What fx.GraphModule does, on a subclass of the model's own class: the generated
-        # forward reaches the model's modules and parameters by their names.
-        code = graph.python_code(root_module="self")
-        namespace = dict(code.globals)
-        exec(code.src, namespace)
-        model.__class__ = type(type(model).__name__, (type(model),),
-                               {"forward": namespace["forward"],
-                                "__doc__": "The network, its forward the traced graph:\n" + code.src})
-        model.channel_parameters = channel_parameters
+    give ``model`` the traced graphs as its forward, the training-mode one (``analysis``'s) or
+    the eval-mode one (``in_eval``'s) as ``model.training`` says, that parameter narrowed in
+    each to its operand's channels; ``channel_parameters`` tells ``slimmable`` each one's slot
+    and dim."""
+    channel_parameters = {}
+    for parameter, _, dim, operand, _ in analysis.scaled:
+        if slot(analysis.layout[operand]) is not None:
+            channel_parameters[parameter.target] = (slot(analysis.layout[operand]), dim)
+    if not channel_parameters:
+        return model
+    train_forward, source = _narrowed_forward(analysis, channel_parameters)
+    eval_forward, _ = _narrowed_forward(in_eval, channel_parameters)
+
+    @functools.wraps(train_forward)  # its signature, for a trace of the converted model
+    def forward(self, *args, **kwargs):
+        return (train_forward if self.training else eval_forward)(self, *args, **kwargs)
+    model.__class__ = type(type(model).__name__, (type(model),), {
+        "forward": forward,
+        "__doc__": "The network, its forward the graph traced in its mode; in training mode:\n"
+                   + source})
+    model.channel_parameters = channel_parameters
     return model
+
+
+def _narrowed_forward(analysis, narrowed):
+    """``(forward, source)`` of the analysed graph, each use of a parameter named in ``narrowed``
+    narrowed to its operand's channels; ``forward(model, *inputs)`` reaches the model's modules
+    and parameters by their names (what fx.GraphModule does)."""
+    graph = analysis.traced.graph
+    for parameter, user, dim, operand, operand_dim in analysis.scaled:
+        if parameter.target in narrowed:
+            with graph.inserting_before(user):
+                size = graph.call_method("size", (operand, operand_dim))
+                narrow = graph.call_method("narrow", (parameter, dim, 0, size))
+            user.replace_input_with(parameter, narrow)
+    code = graph.python_code(root_module="self")
+    namespace = dict(code.globals)
+    exec(code.src, namespace)
+    return namespace["forward"], code.src

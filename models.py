@@ -246,8 +246,8 @@ def get_model(name, num_classes, **options):
     then made slimmable by ``convert.make_slimmable`` from one trace at ``input_size``; the groups
     the conversion had to freeze are in ``model.frozen``, one line each. A user's network that
     declares its own ``width_groups`` is returned as built (``in_channels`` is its own business).
-    ValueError, one line, for an unknown name, ``num_classes < 1`` or a network that cannot be
-    built or traced."""
+    ValueError, one line, for an unknown name, ``num_classes < 1``, a network that cannot be
+    built or traced, or a user's whose output is not one tensor (N, num_classes)."""
     name = network_name(name)
     if not (isinstance(num_classes, numbers.Integral) and num_classes >= 1):
         raise ValueError(f"num_classes must be a whole number >= 1, got {num_classes!r}")
@@ -319,8 +319,49 @@ def _build_traced(name, num_classes, input_size=224, in_channels=3):
         if hasattr(model, "width_groups"):  # groups declared with slimmable's layers: as it is
             model.input_size = getattr(model, "input_size", input_size)
             model.frozen = []
-            return model
+        else:
+            model = _converted(model, name, input_size, in_channels)
+        return _returns_logits(model, name, num_classes, getattr(model, "in_channels", in_channels))
     return _converted(model, name, input_size, in_channels)
+
+
+def _returns_logits(model, name, num_classes, in_channels):
+    """``model``, a user's network, if it returns one tensor (N, num_classes), as train.py's
+    loss needs; else ValueError, one line."""
+    size, was_training = model.input_size, model.training
+    shape = (2, in_channels, *((size, size) if isinstance(size, int) else size))
+    with torch.no_grad():
+        output = model.eval()(torch.zeros(shape))
+    model.train(was_training)
+    if not torch.is_tensor(output) or tuple(output.shape) != (2, num_classes):
+        returned = tuple(output.shape) if torch.is_tensor(output) else type(output).__name__
+        raise ValueError(f"{name} returns {returned} for 2 images: return one tensor of logits, "
+                         f"(N, {num_classes})")
+    return model
+
+
+def _first_conv(model, in_channels, input_size):
+    """``(name, conv)`` of the first ``nn.Conv2d`` the image enters (told by running ``model`` up
+    to it), or else of the first declared; ``(None, None)`` when it has none."""
+    names = {m: n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+    entered = []
+
+    def stop(conv, inputs):
+        entered.append(conv)
+        raise StopIteration  # the rest of the network need not run
+    hooks = [conv.register_forward_pre_hook(stop) for conv in names]
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, in_channels, input_size, input_size))
+    except Exception:  # StopIteration, or a network that cannot run this image: declared order
+        pass
+    finally:
+        model.train(was_training)
+        for hook in hooks:
+            hook.remove()
+    first = (entered or list(names) or [None])[0]
+    return names.get(first), first
 
 
 def _converted(model, name, input_size, in_channels, imagenet=False):
@@ -329,8 +370,7 @@ def _converted(model, name, input_size, in_channels, imagenet=False):
     and a rebuilt first conv initialized like torchvision. ValueError, one line, if the network
     cannot take ``input_size``."""
     import convert  # imported here: the CIFAR ResNets need only slimmable.py
-    stem_name, stem = next(((n, m) for n, m in model.named_modules()
-                            if isinstance(m, nn.Conv2d)), (None, None))
+    stem_name, stem = _first_conv(model, in_channels, input_size)
     if stem is not None and stem.in_channels != in_channels:
         parent, _, attr = stem_name.rpartition(".")
         stem = nn.Conv2d(in_channels, stem.out_channels, stem.kernel_size, stem.stride,
@@ -341,8 +381,11 @@ def _converted(model, name, input_size, in_channels, imagenet=False):
             nn.init.kaiming_normal_(stem.weight, mode="fan_out", nonlinearity="relu")
     frozen = []
     try:
-        convert.make_slimmable(model, torch.zeros(1, in_channels, input_size, input_size),
-                               log=frozen.append, divisor=8 if imagenet else 1)
+        # random, not zeros (a bias-free network maps zeros to zeros whatever its forward does),
+        # from a local generator: the global one, and so every weight, stays as it was
+        image = torch.randn(1, in_channels, input_size, input_size,
+                            generator=torch.Generator().manual_seed(0))
+        convert.make_slimmable(model, image, log=frozen.append, divisor=8 if imagenet else 1)
     except (RuntimeError, TypeError) as error:  # e.g. an image too small for the network
         raise ValueError(f"cannot convert {name} at {input_size}x{input_size}: "
                          f"{str(error).splitlines()[0]}") from None

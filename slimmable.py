@@ -204,8 +204,8 @@ class SlimBatchNorm2d(nn.BatchNorm2d):
             self.num_batches_tracked.add_(1)
             factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
         use_batch_stats = self.training or not self.track_running_stats
-        out = F.batch_norm(x, mean, var, self.weight[kept], self.bias[kept], use_batch_stats,
-                           factor, self.eps)
+        weight, bias = (None, None) if self.weight is None else (self.weight[kept], self.bias[kept])
+        out = F.batch_norm(x, mean, var, weight, bias, use_batch_stats, factor, self.eps)
         if updating and self.in_index is not None:
             with torch.no_grad():
                 self.running_mean.index_copy_(0, kept, mean)
@@ -561,7 +561,9 @@ def _cost_terms(model):
     counts and column ``len(slots)`` the constant 1; memory has a fourth row, the term's layer.
     Parameters are counted from the layers, the rest by one ``_probe`` of a zero image (1, image
     channels, input_size, input_size) in the model's dtype, on its device; cached for that
-    shape, so changing ``model.input_size`` or ``model.in_channels`` rebuilds it."""
+    shape, so changing ``model.input_size`` or ``model.in_channels`` rebuilds it (memory, though,
+    counts a converted network's ``kept_by_call`` at the shapes they were listed at; ``memory``
+    refuses another size)."""
     model = _unwrap(model)
     size = model.input_size  # an int, or (height, width) for a network converted at that size
     shape = (1, image_channels(model), *((size, size) if isinstance(size, int) else size))
@@ -651,7 +653,9 @@ def memory(model, widths=1.0):
     1,505,280 elements (5.7 MiB in float32) at the stride-2 depthwise conv of ``features.2``
     (96x112x112 in, 96x56x56 out); MCUNetV2 (NeurIPS'21, Fig. 1) reports 1,404,928 (1372 kB in
     int8), our value at the expansion before it: its engine runs depthwise convs in place.
-    ValueError too when a tensor's width cannot be told from the slots the network declares."""
+    ValueError too when a tensor's width cannot be told from the slots the network declares,
+    and for a converted network whose ``input_size`` is no longer its ``kept_input_size``: its
+    kept tensors are listed at the size it was converted at (convert it again at the other)."""
     return _evaluate_terms(model, widths, "memory")
 
 
@@ -659,6 +663,11 @@ def memory_by_layer(model, widths=1.0):
     """The elements alive while each layer runs (see ``memory``), layers in execution order:
     an int64 tensor (N, layers), N = 1 for one configuration. Its row maximum is ``memory``;
     its argmax says which layer sets the peak."""
+    net = _unwrap(model)
+    if getattr(net, "kept_input_size", net.input_size) != net.input_size:
+        raise ValueError(f"memory of a converted network is counted at the input size it was "
+                         f"converted at, {net.kept_input_size}: convert it again at "
+                         f"{net.input_size} (models.get_model(..., input_size=...))")
     slots, _, _, _, (coef, a, _, layer) = _cost_terms(model)
     channels = _slot_channels(slots, width_matrix(model, widths))
     per_layer = torch.zeros(len(channels), int(layer.max()) + 1, dtype=torch.long)
@@ -861,13 +870,22 @@ def export(model, widths):
 def _static_copy(layer, c_in, c_out, index=None):
     """The plain torch.nn layer of ``c_in`` -> ``c_out`` channels that ``layer`` runs as, holding
     the leading block of each of its parameters and buffers, after gathering the input channels
-    ``index`` (a layer reading a concatenation)."""
+    ``index`` (a layer reading a concatenation). A converted LayerNorm becomes a copy of itself
+    given back the class it was converted from (a user's subclass keeps its own attributes)."""
     if isinstance(layer, SlimBatchNorm2d):
-        new = nn.BatchNorm2d(c_out, eps=layer.eps, momentum=layer.momentum)
-    elif isinstance(layer, SlimLayerNorm):  # the class it was converted from (ConvNeXt's LayerNorm2d)
-        new = getattr(layer, "plain_class", nn.LayerNorm)(
-            c_out, eps=layer.eps, elementwise_affine=layer.weight is not None,
-            bias=layer.bias is not None)
+        new = nn.BatchNorm2d(c_out, eps=layer.eps, momentum=layer.momentum, affine=layer.affine,
+                             track_running_stats=layer.track_running_stats)
+    elif isinstance(layer, SlimLayerNorm):
+        new = copy.deepcopy(layer)
+        new.__class__, new.normalized_shape = getattr(layer, "plain_class", nn.LayerNorm), (c_out,)
+        for key in ("in_slot", "out_slot", "channel_dim", "plain_class"):
+            new.__dict__.pop(key, None)
+        for tensors in (new._parameters, new._buffers):  # each of the channels' size: c_out
+            for key, tensor in tensors.items():
+                if tensor is not None and tensor.shape[:1] == layer.normalized_shape:
+                    kept = tensor.detach()[:c_out].clone()
+                    tensors[key] = nn.Parameter(kept, tensor.requires_grad) \
+                        if isinstance(tensor, nn.Parameter) else kept
     elif isinstance(layer, SlimLinear):
         new = nn.Linear(c_in, c_out, bias=layer.bias is not None)
     else:
@@ -883,4 +901,5 @@ def _static_copy(layer, c_in, c_out, index=None):
                 tensor = tensor.index_select(gather_dim, index.to(tensor.device))
             value.copy_(tensor[tuple(slice(0, size) for size in value.shape)])
     new.train(layer.training)
-    return new.to(device=layer.weight.device, dtype=layer.weight.dtype)  # as the source: half...
+    like = next((t for t in source.values() if t.is_floating_point()), None)  # none: a plain LN
+    return new if like is None else new.to(like.device, like.dtype)  # as the source: half...

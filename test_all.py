@@ -2976,6 +2976,34 @@ class TestGPUPath:
 
 
 USER_NETWORK = '''
+import torch.nn as nn
+
+
+class Pair(nn.Module):  # (logits, auxiliary logits)
+    def __init__(self, num_classes):
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(3, 8, 3, padding=1), nn.Linear(8, num_classes)
+        self.conv2, self.aux = nn.Conv2d(8, 8, 1), nn.Linear(8, num_classes)
+
+    def forward(self, x):
+        x = self.conv2(self.conv(x)).mean((2, 3))
+        return self.fc(x), self.aux(x)
+
+
+class HeadFirst(nn.Module):  # the conv declared first runs last
+    def __init__(self, num_classes):
+        super().__init__()
+        self.head, self.stem = nn.Conv2d(8, 16, 1), nn.Conv2d(3, 8, 3, padding=1)
+        self.fc = nn.Linear(16, num_classes)
+
+    def forward(self, x):
+        return self.fc(self.head(self.stem(x).relu()).mean((2, 3)))
+
+
+def flat(num_classes):  # its one linear layer reads the image and makes the logits
+    return nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, num_classes))
+
+
 def not_a_module(num_classes):
     return num_classes
 
@@ -3015,11 +3043,20 @@ class TestNetworkFlag:
         (tmp_path / "mine.py").write_text(USER_NETWORK)
         cases = [("resnet1000", "unknown network 'resnet1000'"), ("gone.py:tiny", "no file gone.py"),
                  ("mine.py:missing", "has no function missing"),
-                 ("mine.py:not_a_module", "returned a int"), ("mine.py:broken", "the user's own bug")]
-        for name, fragment in cases:
+                 ("mine.py:not_a_module", "returned a int"), ("mine.py:broken", "the user's own bug"),
+                 ("mine.py:Pair", "returns tuple", "one tensor of logits, (N, 10)"),
+                 ("mine.py:flat", "no width group to slim")]
+        for name, *fragments in cases:
             assert_one_line_error(run_main(train, "--name", "x", "--network", name, *TINY_RUN[2:]),
-                                  fragment)
+                                  *fragments)
             assert not (tmp_path / "runs" / "x" / "checkpoint.pt").exists()
+
+    def test_grey_images_enter_the_conv_the_image_runs_through_first(self, tmp_path):
+        (tmp_path / "mine.py").write_text(USER_NETWORK)
+        net = models.get_model(f"{tmp_path / 'mine.py'}:HeadFirst", 10, input_size=28,
+                               in_channels=1)
+        assert net.stem.in_channels == 1 and net.head.in_channels == 8  # not the one declared first
+        assert net.eval()(torch.randn(2, 1, 28, 28)).shape == (2, 10)
 
     def test_a_file_network_with_declared_groups_is_used_as_it_is(self, tmp_path):
         (tmp_path / "declared.py").write_text(
@@ -3239,6 +3276,67 @@ class _BlockTwice(nn.Module):  # one block called on two inputs, at 8x8 then at 
         return self.head(x.mean((2, 3)))
 
 
+class _ScaledDropout(nn.Module):  # a layer scale, and dropout and a branch by self.training
+    def __init__(self, eval_scale=None):
+        super().__init__()
+        self.stem, self.conv = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+        self.gamma, self.head = nn.Parameter(torch.full((1, 8, 1, 1), 0.1)), nn.Linear(8, 4)
+        self.eval_scale = eval_scale  # a parameter scaling the channels in eval mode only
+
+    def forward(self, x):
+        x = self.stem(x).relu()
+        x = x + self.gamma * self.conv(x)
+        if self.training:
+            x = x + 1
+        elif self.eval_scale is not None:
+            x = x * self.eval_scale
+        return self.head(nn.functional.dropout(x.mean((2, 3)), 0.5, self.training))
+
+
+class _SharedScale(nn.Module):  # one per-channel parameter scales two convs' outputs
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(3, 8, 3, padding=1)
+        self.gamma = nn.Parameter(torch.rand(1, 8, 1, 1))
+        self.fa, self.fb = nn.Linear(8, 4), nn.Linear(8, 4)
+
+    def forward(self, x):
+        return (self.fa((self.gamma * self.a(x)).mean((2, 3)))
+                + self.fb((self.gamma * self.b(x)).mean((2, 3))))
+
+
+class _LayerNorm2d(nn.LayerNorm):  # a user's channels-first LayerNorm with its own __init__
+    def __init__(self, channels):
+        super().__init__(channels, eps=1e-6)
+        self.note = "mine"
+
+    def forward(self, x):
+        return nn.functional.layer_norm(x.permute(0, 2, 3, 1), self.normalized_shape, self.weight,
+                                        self.bias, self.eps).permute(0, 3, 1, 2)
+
+
+class _PlainNorms(nn.Module):  # norms without affine parameters, and a user's LayerNorm
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.bn = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8, affine=False)
+        self.conv2, self.ln2d = nn.Conv2d(8, 6, 1), _LayerNorm2d(6)
+        self.ln, self.head = nn.LayerNorm(6, elementwise_affine=False), nn.Linear(6, 4)
+
+    def forward(self, x):
+        x = self.ln2d(self.conv2(self.bn(self.conv1(x)).relu()))
+        return self.head(self.ln(x.mean((2, 3))))
+
+
+class _Chunked(nn.Module):  # the halves of a chunk multiplied: the stem freezes
+    def __init__(self):
+        super().__init__()
+        self.stem, self.conv, self.head = nn.Conv2d(3, 8, 1), nn.Conv2d(4, 6, 1), nn.Linear(6, 4)
+
+    def forward(self, x):
+        a, b = torch.chunk(self.stem(x), 2, dim=1)
+        return self.head(self.conv(a * b).mean((2, 3)))
+
+
 def graph_memory(static, size, in_channels=3):
     """Activation memory (elements) of one batch-1 forward of a plain model, read off its fx
     graph run keeping every value (no address reused): at each conv, linear and pooling call,
@@ -3282,7 +3380,8 @@ class TestConvert:
 
     @pytest.mark.parametrize("network, frozen", [(_CatTwice, 0), (_TwoBranches, 0),
                                                  (_SpatialGate, 0), (_SharedLayer, 0), (_FrozenNorms, 1),
-                                                 (_StoredShape, 1), (_PReLUs, 1)])
+                                                 (_StoredShape, 1), (_PReLUs, 1), (_Chunked, 1),
+                                                 (_SharedScale, 0), (_PlainNorms, 0)])
     def test_reported_failure_modes_exact_or_frozen_with_one_line(self, network, frozen):
         torch.manual_seed(0)
         lines = []
@@ -3304,6 +3403,66 @@ class TestConvert:
             assert names == {"conv1"} and "view" in lines[0]
         if network is _PReLUs:  # a shared weight passes the channels on; a per-channel one freezes
             assert names == {"conv1"} and "PReLU" in lines[0] and "conv2" in lines[0]
+        if network is _Chunked:  # the function's name, not its repr
+            assert lines[0].endswith("at node chunk: chunk along the channels")
+        if network is _SharedScale:  # gamma's channel i scales both: one group, as an add ties
+            assert names == {"a"} and net.channel_parameters["gamma"][0].group == 0
+        if network is _PlainNorms:  # exported as they were: no affine parameters, the user's class
+            static = slimmable.export(net, 0.5)
+            assert not static.bn.affine and static.bn.track_running_stats and static.bn.weight is None
+            assert type(static.ln2d) is _LayerNorm2d and static.ln2d.note == "mine"
+            assert static.ln2d.normalized_shape == (3,) and static.ln2d.eps == 1e-6
+            assert static.ln.weight is None and static.ln.normalized_shape == (3,)
+
+    def test_a_traced_forward_follows_the_models_mode(self):
+        """A layer scale makes the converted forward a traced graph: in eval mode no dropout
+        and the eval branch, as the original; in training mode, dropout and the training branch.
+        Scaling channels by other parameters in eval mode than in training: refused."""
+        torch.manual_seed(0)
+        model, x = _ScaledDropout(), torch.randn(2, 3, 8, 8)
+        original = copy.deepcopy(model).eval()
+        net = convert.make_slimmable(model, torch.randn(1, 3, 8, 8)).eval()
+        assert "gamma" in net.channel_parameters
+        with torch.no_grad():
+            assert torch.equal(net(x), original(x)) and torch.equal(net(x), net(x))
+            net.train()
+            original.train()
+            torch.manual_seed(1)
+            trained = net(x)
+            torch.manual_seed(1)
+            assert torch.equal(trained, original(x)) and not torch.equal(net(x), net(x))
+        scaled = _ScaledDropout(eval_scale=nn.Parameter(torch.ones(1, 8, 1, 1)))
+        with pytest.raises(ValueError, match="differently in training and eval mode") as error:
+            convert.make_slimmable(scaled, torch.randn(1, 3, 8, 8))
+        assert "\n" not in str(error.value) and not isinstance(scaled.stem, slimmable.SlimConv2d)
+
+    def test_a_network_random_in_eval_mode_is_refused_by_get_model(self, tmp_path):
+        """get_model checks a conversion on a random image: on zeros, a network without biases
+        maps the image to zeros whatever dropout it applies."""
+        (tmp_path / "noisy.py").write_text(
+            "import torch.nn as nn\n\n\n"
+            "class Noisy(nn.Module):\n"
+            "    def __init__(self, num_classes):\n"
+            "        super().__init__()\n"
+            "        self.conv1 = nn.Conv2d(3, 8, 3, bias=False)\n"
+            "        self.conv2 = nn.Conv2d(8, 8, 1, bias=False)\n"
+            "        self.fc = nn.Linear(8, num_classes, bias=False)\n\n"
+            "    def forward(self, x):  # dropout whatever the mode\n"
+            "        x = nn.functional.dropout(self.conv2(self.conv1(x)), 0.5)\n"
+            "        return self.fc(x.mean((2, 3)))\n")
+        with pytest.raises(ValueError, match="changes between two runs on the same input"):
+            models.get_model(f"{tmp_path / 'noisy.py'}:Noisy", 10, input_size=16)
+
+    def test_memory_refuses_an_input_size_it_was_not_converted_at(self):
+        net = convert.make_slimmable(_BlockTwice(), torch.randn(1, 3, 8, 8))
+        at_8, macs_at_8 = slimmable.memory(net, 0.5), slimmable.macs(net, 0.5)
+        net.input_size = 16  # macs follow; the kept tensors were listed at 8x8
+        assert slimmable.macs(net, 0.5) > macs_at_8
+        with pytest.raises(ValueError, match="converted at, 8: convert it again at 16") as error:
+            slimmable.memory(net, 0.5)
+        assert "\n" not in str(error.value)
+        net.input_size = 8
+        assert slimmable.memory(net, 0.5) == at_8
 
     def test_memory_counts_a_block_input_that_is_a_concatenation(self):
         net = convert.make_slimmable(_ConcatenatedInput(), torch.randn(1, 3, 8, 8))
@@ -3402,12 +3561,20 @@ class TestConvert:
             def forward(self, x):
                 return self.conv(x) if x.sum() > 0 else x
 
-        converted = convert.make_slimmable(nn.Sequential(nn.Conv2d(3, 4, 1), nn.ReLU()),
+        converted = convert.make_slimmable(nn.Sequential(nn.Conv2d(3, 4, 1), nn.Conv2d(4, 4, 1)),
                                            torch.randn(1, 3, 8, 8))
         named = nn.Sequential()
         named.add_module("frozen", nn.Conv2d(3, 4, 1))
+        # nothing left to slim: a linear from image to logits; a conv whose channels a Conv1d reads
+        flat = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 10))
+        conv1d = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.Flatten(2),
+                               nn.Conv1d(16, 16, 3, padding=1), nn.AdaptiveAvgPool1d(1),
+                               nn.Flatten(), nn.Linear(16, 10))
         for model, match in ((Branchy(), "cannot trace"), (nn.ReLU(), "no Conv2d"),
-                             (converted, "already slimmable"), (named, "child module named frozen")):
+                             (converted, "already slimmable"), (named, "child module named frozen"),
+                             (flat, "no width group to slim .its layers' widths are the image's"),
+                             (conv1d, "no width group to slim .each froze, the first: froze 0 .16 "
+                                      "channels. at node _2: module Conv1d")):
             with pytest.raises(ValueError, match=match) as error:
                 convert.make_slimmable(model, torch.randn(1, 3, 8, 8))
             assert "\n" not in str(error.value)
