@@ -184,11 +184,10 @@ def slim_mobilenetv3_large(num_classes=1000, input_size=224, dropout=0.2, in_cha
 
 def _mobilenet_groups(net):
     """``[(group name, layer)]`` for a MobileNet: ``stem`` (the first conv), ``stageK.out`` for
-    each later stage (a block without a residual starts one; the blocks after it add their
-    outputs to its, so they share its width), ``features.N.expand`` for each block's expansion,
-    with its SE squeeze; the last 1x1 conv and V3's 1280-wide classifier layer in no group
-    (Joslim and AutoSlim keep them fixed). A stage is not told by its channel count: under
-    ``width_mult < 1`` two neighbouring stages can round to the same count."""
+    each later stage (begun by a block without a residual, not by a new channel count: two
+    stages may round to one count under ``width_mult < 1``), ``features.N.expand`` for each
+    block's expansion, with its SE squeeze; the last 1x1 conv and V3's 1280-wide classifier
+    layer in no group (Joslim and AutoSlim keep them fixed)."""
     named, stage = [("stem", net.features[0][0])], 0
     for n, block in enumerate(net.features[1:-1], 1):
         convs = [m for m in block.modules() if isinstance(m, nn.Conv2d)]
@@ -341,16 +340,15 @@ def _returns_logits(model, name, num_classes, in_channels):
 
 
 def _first_conv(model, in_channels, input_size):
-    """``(name, conv)`` of the first ``nn.Conv2d`` the image enters (told by running ``model`` up
-    to it), or else of the first declared; ``(None, None)`` when it has none."""
-    names = {m: n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
-    entered = []
+    """``(name, conv)`` of the first ``nn.Conv2d`` the image enters (told by running ``model`` in
+    eval mode up to it), else of the first declared; ``(None, None)`` when it has none."""
+    convs = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    entered, was_training = [], model.training
 
     def stop(conv, inputs):
-        entered.append(conv)
+        entered.extend(pair for pair in convs if pair[1] is conv)
         raise StopIteration  # the rest of the network need not run
-    hooks = [conv.register_forward_pre_hook(stop) for conv in names]
-    was_training = model.training
+    hooks = [conv.register_forward_pre_hook(stop) for _, conv in convs]
     try:
         with torch.no_grad():
             model.eval()(torch.zeros(1, in_channels, input_size, input_size))
@@ -360,8 +358,7 @@ def _first_conv(model, in_channels, input_size):
         model.train(was_training)
         for hook in hooks:
             hook.remove()
-    first = (entered or list(names) or [None])[0]
-    return names.get(first), first
+    return (entered + convs + [(None, None)])[0]
 
 
 def _converted(model, name, input_size, in_channels, imagenet=False):
