@@ -211,9 +211,14 @@ class Log:
             self.file.close()
 
 
+UMASK = os.umask(0o022)  # reading the process's umask means setting it: set it back at once
+os.umask(UMASK)
+
+
 def write_atomic(path, content):
     """Write ``content`` (str or bytes) to ``path`` whole or not at all: into a temporary file in
-    the same folder, fsynced, renamed over ``path``, the folder entry synced. On failure ``path``
+    the same folder, fsynced, renamed over ``path``, the folder entry synced; readable as any file
+    the process creates (the umask's mode, not mkstemp's owner-only 0600). On failure ``path``
     keeps its previous content and ``Fail`` names the file and the reason ("No space left on
     device"). The next write of the same file removes temporary files a killed process left."""
     folder = os.path.dirname(path) or "."
@@ -225,6 +230,7 @@ def write_atomic(path, content):
         descriptor, temporary = tempfile.mkstemp(prefix=os.path.basename(path) + ".",
                                                  suffix=".tmp", dir=folder)
         with os.fdopen(descriptor, "wb") as handle:
+            os.fchmod(handle.fileno(), 0o666 & ~UMASK)
             handle.write(content.encode() if isinstance(content, str) else content)
             handle.flush()
             os.fsync(handle.fileno())

@@ -1765,6 +1765,15 @@ class TestResume:
         monkeypatch.undo()
         assert torch.load(path, weights_only=True) == {"step": 1}
         assert os.listdir(tmp_path) == ["checkpoint.pt"]  # no temporary file left behind
+        # readable as a plain open() would make it under the umask, not owner-only as mkstemp's
+        assert os.stat(path).st_mode & 0o777 == 0o666 & ~runs.UMASK
+        assert runs.UMASK == os.umask(runs.UMASK)  # and the process's umask is as it was
+
+    def test_a_batch_the_processes_cannot_share_equally_is_refused(self, tmp_path, monkeypatch):
+        monkeypatch.chdir(tmp_path)
+        args = train.parse_args(["--name", "odd"] + with_flag(TINY_RUN, "--batch_size", "9"))
+        with pytest.raises(runs.Fail, match="--batch_size 9 must be a multiple of the 2 processes"):
+            train.TrainingRun(args, torch.device("cpu"), 0, 2, print)
 
     def test_a_killed_writes_temporary_file_goes_at_the_next_write(self, tmp_path):
         """kill -9 during a write leaves checkpoint.pt.XXXX.tmp behind; the next write of the
@@ -1894,7 +1903,7 @@ class TestTrainRefusals:
         assert (tmp_path / "runs" / "run" / "checkpoint.pt").read_bytes() == before
         # Settings that change the model, the data or the schedule are named, old and new values.
         for flag, value in (("--synthetic_classes", "5"), ("--batch_size", "16"),
-                            ("--lower_channel", "0.6"), ("--kd_weight", "0.2")):
+                            ("--lower_channel", "0.6"), ("--kd_weight", "0.2"), ("--workers", "2")):
             assert train.main(["--name", "run"] + with_flag(with_flag(TINY_RUN, "--epochs", "1"),
                                                             flag, value)) == 2
             assert f"{flag} " in capsys.readouterr().err
@@ -1955,6 +1964,12 @@ class TestTrainRefusals:
         ["--epochs", "1" + "0" * 400]])  # an integer beyond any float
     def test_bad_flag_values_are_refused_in_one_line(self, argv, capsys):
         assert_invalid_flag(train.parse_args, argv, capsys)
+
+    def test_restart_and_resume_together_are_refused(self, capsys):
+        with pytest.raises(SystemExit) as leaving:  # one would overwrite what the other continues
+            train.parse_args(["--restart", "--resume"])
+        assert leaving.value.code == 2 and capsys.readouterr().err.strip().splitlines() == [
+            "error: argument --resume: not allowed with argument --restart"]
 
     @pytest.mark.parametrize("argv", [
         ["--batch_size", "0"], ["--batch_size", "-8"], ["--lower_channel", "0"],

@@ -121,10 +121,11 @@ def parse_args(argv=None):
     add("--seed", type=runs.seed_flag, default=0, help="seed for weights, data order and sampling")
     runs.add_process_flags(parser, "CPU threads per process (0: the usable cores / processes, "
                            "adjusted while other processes compete for them)")
-    add("--restart", action="store_true",
-        help="start over even if runs/NAME/checkpoint.pt exists (it is overwritten)")
-    add("--resume", action="store_true",
-        help="continue runs/NAME/checkpoint.pt (also done without this flag when it exists)")
+    either = parser.add_mutually_exclusive_group()
+    either.add_argument("--restart", action="store_true",
+                        help="start over even if runs/NAME/checkpoint.pt exists (it is overwritten)")
+    either.add_argument("--resume", action="store_true", help="continue runs/NAME/checkpoint.pt "
+                        "(also done without this flag when it exists)")
     add("--pause_after", type=some, default=0,
         help="save and stop after this many steps of this run (preemptible jobs; rerun to go on)")
     add("--data_on_device", default="auto", choices=["auto", "on", "off"],
@@ -350,8 +351,10 @@ JOSLIM_FLAGS = {"tau", "prior_points", "acquisition", "beta", "baseline", "resco
 UNUSED_FLAGS = {"joslim": {"channel_config"}, "slim": JOSLIM_FLAGS | {"channel_config"},
                 "random": JOSLIM_FLAGS | {"channel_config"},
                 "fixed": JOSLIM_FLAGS | {"kd_weight", "distill_after", "num_sampled_arch"}}
-SESSION_FLAGS = {"name", "print_freq", "threads", "workers", "pin_memory", "pause_after", "device",
-                 "restart", "resume", "curve_points", "curve_images"}
+# Not --workers: loader workers draw the augmentation from their own seeds, so their count changes
+# the batches.
+SESSION_FLAGS = {"name", "print_freq", "threads", "pin_memory", "pause_after", "device", "restart",
+                 "resume", "curve_points", "curve_images"}
 
 
 class TrainingRun:
@@ -391,6 +394,9 @@ class TrainingRun:
     def _build(self, args):
         """The data, the network, the configurations of --method fixed, the sampler, the
         optimizer and the schedule in steps."""
+        if args.batch_size % self.world_size:  # the learning rate is set for the whole batch
+            raise Fail(f"--batch_size {args.batch_size} must be a multiple of the "
+                       f"{self.world_size} processes, which each load an equal share")
         self.loaders = loaders = data.get_loaders(args, args.batch_size)
         if args.method == "joslim" and loaders.val is None:
             raise Fail("--method joslim scores its history on the held-out split: use "
