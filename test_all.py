@@ -2116,6 +2116,33 @@ class TestEvaluate:
             error = capsys.readouterr().err
             assert error.startswith("error: ") and len(error.strip().splitlines()) == 1, (argv, error)
 
+    def test_a_subnet_refuses_data_its_run_was_not_trained_on(self, evaluated_tiny_run):
+        """--subnet refuses another dataset or class count in one line, as --name does (not a
+        traceback, nor a top-1 over labels the network never had)."""
+        _, result = evaluated_tiny_run
+        subnet = result["points"][0]["subnet"]
+        for flags, says in ((["--dataset", "FashionMNIST"], "--dataset synthetic, not FashionMNIST"),
+                            (["--synthetic_classes", "5"], "--synthetic_classes 4, not 5")):
+            assert_one_line_error(run_main(evaluate, "--subnet", subnet, "--threads", "1", *flags),
+                                  f"subnet {subnet} was trained with {says}")
+
+    def test_the_held_out_split_holds_no_image_the_run_trained_on(self, evaluated_tiny_run):
+        """Another --data_seed or --synthetic_train (other images), or a --val_size above the
+        run's (a held-out split reaching into its training images), is refused before any work;
+        a smaller --val_size, a subset of the images the run never trained on, is not."""
+        workdir, _ = evaluated_tiny_run
+        result_file = workdir / "results" / "tiny_eval_pareto.json"
+        before = result_file.read_bytes()
+        for flags, says in ((["--val_size", "49"], "run tiny held out 48 of its training images"),
+                            (["--data_seed", "5"], "--data_seed 0, not 5"),
+                            (["--synthetic_train", "200"], "--synthetic_train 176, not 200")):
+            assert_one_line_error(run_main(evaluate, "--name", "tiny", "--threads", "1", *flags),
+                                  says)
+        assert result_file.read_bytes() == before
+        recorded = torch.load(workdir / "runs" / "tiny" / "checkpoint.pt", weights_only=True)["args"]
+        flags = {key: recorded[key] for key in data.data_flag_names()}
+        assert evaluate.parse_args(["--val_size", "47"], flags, ("run tiny", flags)).val_size == 47
+
     def test_ctrl_c_and_bad_destinations_end_in_one_line(self, evaluated_tiny_run):
         """Ctrl-C during the evaluation: status 130 and one line, no traceback; --export onto a
         file and a --name that would leave runs/: refused before any work, one line."""
