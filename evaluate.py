@@ -122,14 +122,14 @@ def build_parser():
 def parse_args(argv=None, defaults=None, run=None):
     """The flags of ``argv`` over ``defaults`` (a dict). A value argparse refuses, one of
     ``RUN_FLAGS`` that differs from ``run`` (``(what trained, e.g. "run demo", its recorded
-    flags)``), a --val_size above the run's, or data flags that do not go together end the
-    process with one line and exit status 2."""
+    flags)``; None: not given), a --val_size above the run's, or data flags that do not go
+    together end the process with one line and exit status 2."""
     parser = build_parser()
     parser.set_defaults(**(defaults or {}))
     args = parser.parse_args(argv or [])
     name, recorded = run or (None, {})
     for flag in RUN_FLAGS:
-        if flag in recorded and getattr(args, flag) != recorded[flag]:
+        if flag in recorded and getattr(args, flag) not in (None, recorded[flag]):
             parser.error(f"{name} was trained with --{flag} {recorded[flag]}, not "
                          f"{getattr(args, flag)}: leave --{flag} out or give its value")
     if run and held_out_size(vars(args)) > held_out_size(recorded):  # not a subset of its split
@@ -355,10 +355,11 @@ def load_run(name, argv):
         raise Fail(f"no checkpoint at {path}; train it first: python train.py --name {name}")
     checkpoint = runs.load_checkpoint(path, ("model", "network", "num_classes", "method", "args"))
     recorded = checkpoint["args"]
-    inherited = data.data_flag_names() | {"network", "batch_size", "lower_channel", "cost"}
+    # --network is not inherited: argparse would check the recorded one as if the user gave it
+    inherited = data.data_flag_names() | {"batch_size", "lower_channel", "cost"}
     args = parse_args(argv, {key: recorded[key] for key in inherited if key in recorded},
                       (f"run {name}", recorded))
-    args.name = name
+    args.name, args.network = name, args.network or checkpoint["network"]
     if args.export and os.path.exists(args.export) and not os.path.isdir(args.export):
         raise Fail(f"--export {args.export} is a file; pass a folder (made when missing)")
     for folder in [RESULTS_DIR] + ([args.export] if args.export else []):

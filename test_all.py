@@ -2143,6 +2143,17 @@ class TestEvaluate:
         flags = {key: recorded[key] for key in data.data_flag_names()}
         assert evaluate.parse_args(["--val_size", "47"], flags, ("run tiny", flags)).val_size == 47
 
+    def test_a_run_whose_network_file_is_gone_is_named_not_the_flag(self, evaluated_tiny_run):
+        """A --network FILE.py:FUNCTION run whose file has moved: the error names the run, not a
+        --network flag the user did not give."""
+        workdir, _ = evaluated_tiny_run
+        checkpoint = torch.load(workdir / "runs" / "tiny" / "checkpoint.pt", weights_only=True)
+        checkpoint["network"] = checkpoint["args"]["network"] = f"{workdir / 'gone.py'}:build"
+        (workdir / "runs" / "moved").mkdir()
+        torch.save(checkpoint, workdir / "runs" / "moved" / "checkpoint.pt")
+        done = run_main(evaluate, "--name", "moved", "--threads", "1")
+        assert_one_line_error(done, "error: cannot rebuild the network of run moved", "gone.py")
+
     def test_ctrl_c_and_bad_destinations_end_in_one_line(self, evaluated_tiny_run):
         """Ctrl-C during the evaluation: status 130 and one line, no traceback; --export onto a
         file and a --name that would leave runs/: refused before any work, one line."""
