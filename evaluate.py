@@ -511,16 +511,21 @@ def evaluate_subnet(path, argv=None, loaders_cache=None):
             "target": record.get("target")}
 
 
+def search_name(cost, target):
+    """``<cost>_<target>M``, as search.py names the file of that target, or "-" for no target."""
+    return f"{cost}_{f'{target:.0f}' if target >= 1000 else f'{target:.4g}'}M" if target else "-"
+
+
 def evaluate_subnets(paths, argv=None):
     """``evaluate_subnet`` for each file; with several, one table at the end (the last step of
     AutoSlim's pipeline: target, MACs, params and test accuracy of each standalone model)."""
     loaders_cache = {}
     rows = [(path, evaluate_subnet(path, argv, loaders_cache)) for path in paths]
-    if len(rows) > 1:  # the target named as search.py names its files: mmcv_flops_530M
+    if len(rows) > 1:
         print()
         print_table([("subnet", -40), ("target", 22), ("MACs", 10), ("params", 11),
                      ("mmcv_flops", 12), ("top-1", 8), ("top-5", 8)], [
-            [os.path.basename(path), f"{row['cost']}_{row['target']:g}M" if row["target"] else "-",
+            [os.path.basename(path), search_name(row["cost"], row["target"]),
              millions(row["macs"]), f"{row['params']:,}", millions(row["mmcv_flops"]),
              f"{row['top1']:.2f}", f"{row['top5']:.2f}"] for path, row in rows])
     return rows

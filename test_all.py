@@ -2401,8 +2401,8 @@ class TestSearch:
         assert evaluate.main(["--subnet", *subnets]) == 0
         table = capsys.readouterr().out.split("\n\n")[-1].strip().splitlines()
         assert table[0].split() == ["subnet", "target", "MACs", "params", "mmcv_flops", "top-1", "top-5"]
-        assert sorted(row.split()[1] for row in table[1:]) == \
-            sorted(f"macs_{r['target']:g}M" for r in searched["records"])
+        assert sorted(row.split()[1] + ".json" for row in table[1:]) == \
+            sorted(r["file"] for r in searched["records"])  # named as search.py named the files
         result = evaluate.evaluate_run("sn", argv=["--name", "sn", "--configs", *files,
                                                    "--calib_batches", "1", "--batch_size", "50"])
         evaluated = sorted(list(c["channels"].values()) for c in result["candidates"])
