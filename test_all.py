@@ -2325,7 +2325,10 @@ class TestSearch:
         (["--targets", "20", "--eval_batch_size", "0"], "--eval_batch_size: '0' is invalid"),
         (["--targets", "20", "--device", "tpu"], "--device: 'tpu' is invalid: it must be auto, cpu, cuda"),
         (["--targets", "20", "--val_size", "-1"], "--val_size: '-1' is invalid"),
-        (["--targets", "20", "--seed", "-1"], "--seed: '-1' is invalid: it must be an integer >= 0")])
+        (["--targets", "20", "--seed", "-1"], "--seed: '-1' is invalid: it must be an integer >= 0"),
+        (["--targets", "20", "--val_size", "101"], "the supernet held out 100 of its training images"),
+        (["--targets", "20", "--data_seed", "3"], "trained with --data_seed 0, not 3"),
+        (["--targets", "20", "--synthetic_train", "300"], "--synthetic_train 250, not 300")])
     def test_bad_flags_end_in_one_line_and_status_2(self, workdir, flags, says):
         assert_one_line_error(run_main(search, "--name", "sn", *flags), says)
 
