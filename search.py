@@ -534,11 +534,15 @@ def log_step(log, net, levels, index, best, state, candidates, seconds):
 
 
 def log_end(log, net, state, out_dir, name):
-    """Say how the search ended (and what to run next when it has finished); close the log."""
+    """Say how the search ended (and what to run next, with the data flags that are not their
+    defaults, when it has finished); close the log."""
     if state["finished"]:
         files = " ".join(os.path.join(out_dir, r["file"]) for r in state["records"])
-        network = f"--network {state['settings']['network']}" + (
-            f" --width_mult {net.width_mult:g}" if hasattr(net, "width_mult") else "")
+        defaults, settings = vars(build_parser().parse_args([])), state["settings"]
+        network = f"--network {settings['network']}" + (
+            f" --width_mult {net.width_mult:g}" if hasattr(net, "width_mult") else "") + "".join(
+            f" --{key}" + ("" if value is True else f" {value}") for key, value in settings.items()
+            if key in data.data_flag_names() and value != defaults[key])
         log(f"done: {state['step']} steps, {state['evaluations']} candidate evaluations, "
             f"{state['seconds']:.0f} s; next: python train.py --name {name}_fixed --method fixed "
             f"{network} --channel_config {files}")

@@ -2332,6 +2332,16 @@ class TestSearch:
     def test_bad_flags_end_in_one_line_and_status_2(self, workdir, flags, says):
         assert_one_line_error(run_main(search, "--name", "sn", *flags), says)
 
+    def test_the_closing_command_retrains_on_the_supernets_data(self, workdir, searched):
+        """The "next:" command of a finished search, run as printed, trains on the data the
+        supernet trained on (its data flags that are not the defaults are in it)."""
+        line = [line for line in Path("runs/sn/search/log.txt").read_text().splitlines()
+                if "next: python train.py " in line][-1]
+        args = train.parse_args(line.split("next: python train.py ")[1].split())
+        trained = torch.load("runs/sn/checkpoint.pt", weights_only=True)["args"]
+        for key in data.data_flag_names() - {"workers", "pin_memory"}:
+            assert getattr(args, key) == trained[key], (key, line)
+
     def test_a_run_being_trained_or_searched_is_not_searched(self, workdir, searched, capsys):
         """A search holds runs/NAME/train.lock, the lock train.py holds: another search of the run
         (here: this process holding it) is refused in one line naming the holder, touching nothing."""
