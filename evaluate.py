@@ -113,7 +113,7 @@ def build_parser():
     parser.epilog = ("Data flags, --network, --batch_size, --lower_channel and --cost default to "
                      "the values the run was trained with. Those that describe the trained run ("
                      + ", ".join(f"--{flag}" for flag in RUN_FLAGS) + ") must equal its values "
-                     "when given, and --val_size may only be smaller than the run's (a larger "
+                     "when given, and --val_size may not exceed the run's (a larger "
                      "held-out split would hold images it trained on); --datapath, --batch_size, "
                      "--train_size and --synthetic_test may differ.")
     return parser

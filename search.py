@@ -119,7 +119,7 @@ def build_parser():
     data.add_data_args(parser)
     parser.epilog = ("Data flags default to the values the supernet was trained with (its held-out "
                      "split must be the one training left out): --" + ", --".join(HELD_OUT_FLAGS)
-                     + " must equal them when given, and --val_size may only be smaller.")
+                     + " must equal them when given, and --val_size may not exceed the supernet's.")
     return parser
 
 
