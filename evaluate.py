@@ -75,9 +75,11 @@ COST_NAMES = {"macs": ("MACs", "MACs (millions)"), "params": ("params", "paramet
               "mmcv_flops": ("mmcv FLOPs", "FLOPs, mmcv's convention (millions)"),
               "memory": ("memory", "peak activation memory (millions of elements, batch 1)")}
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
-# Flags that describe the trained run rather than this evaluation: given, they must agree with
-# the checkpoint (parse_args), else the front would be measured on another setting.
-RUN_FLAGS = ("network", "dataset", "lower_channel", "image_size", "scale_ratio", "slim_dataaug")
+# Flags that describe the trained run rather than this evaluation (the data flags among them
+# decide which images it trained on): given, they must agree with the checkpoint (parse_args),
+# else the front would be measured on another setting, or on images the run trained on.
+RUN_FLAGS = ("network", "dataset", "data_seed", "synthetic_train", "synthetic_classes",
+             "lower_channel", "image_size", "scale_ratio", "slim_dataaug")
 SUBNET_KEYS = ("network", "num_classes", "model_options", "widths", "state_dict", "macs", "data")
 
 
@@ -111,26 +113,39 @@ def build_parser():
     parser.epilog = ("Data flags, --network, --batch_size, --lower_channel and --cost default to "
                      "the values the run was trained with. Those that describe the trained run ("
                      + ", ".join(f"--{flag}" for flag in RUN_FLAGS) + ") must equal its values "
-                     "when given; --datapath, --batch_size and the split sizes may differ.")
+                     "when given, and --val_size may not exceed the run's (a larger "
+                     "held-out split would hold images it trained on); --datapath, --batch_size, "
+                     "--train_size and --synthetic_test may differ.")
     return parser
 
 
 def parse_args(argv=None, defaults=None, run=None):
     """The flags of ``argv`` over ``defaults`` (a dict). A value argparse refuses, one of
-    ``RUN_FLAGS`` that differs from ``run`` (``(name, the run's recorded flags)``), or data flags
-    that do not go together end the process with one line and exit status 2."""
+    ``RUN_FLAGS`` that differs from ``run`` (``(what trained, e.g. "run demo", its recorded
+    flags)``; None: not given), a --val_size above the run's, or data flags that do not go
+    together end the process with one line and exit status 2."""
     parser = build_parser()
     parser.set_defaults(**(defaults or {}))
     args = parser.parse_args(argv or [])
     name, recorded = run or (None, {})
     for flag in RUN_FLAGS:
-        if flag in recorded and getattr(args, flag) != recorded[flag]:
-            parser.error(f"run {name} was trained with --{flag} {recorded[flag]}, not "
-                         f"{getattr(args, flag)}: leave --{flag} out or give the run's value")
+        if flag in recorded and getattr(args, flag) not in (None, recorded[flag]):
+            parser.error(f"{name} was trained with --{flag} {recorded[flag]}, not "
+                         f"{getattr(args, flag)}: leave --{flag} out or give its value")
+    if run and held_out_size(vars(args)) > held_out_size(recorded):  # not a subset of its split
+        parser.error(f"{name} held out {held_out_size(recorded)} of its training images: a "
+                     f"larger --val_size would hold images it trained on; give at most that")
     if problem := data.check_data_args(args):
         parser.error(problem)
     args.pin_memory = args.pin_memory and args.device != "cpu"  # pinning serves GPU copies only
     return args
+
+
+def held_out_size(flags):
+    """The images that data flags ``flags`` (a dict) hold out of the training set."""
+    if flags.get("val_size") is None:
+        return data.DEFAULT_VAL_SIZE[data.canonical_dataset_name(flags["dataset"])]
+    return flags["val_size"]
 
 
 def checkpoint_stamp(name):
@@ -340,10 +355,11 @@ def load_run(name, argv):
         raise Fail(f"no checkpoint at {path}; train it first: python train.py --name {name}")
     checkpoint = runs.load_checkpoint(path, ("model", "network", "num_classes", "method", "args"))
     recorded = checkpoint["args"]
-    inherited = data.data_flag_names() | {"network", "batch_size", "lower_channel", "cost"}
+    # --network is not inherited: argparse would check the recorded one as if the user gave it
+    inherited = data.data_flag_names() | {"batch_size", "lower_channel", "cost"}
     args = parse_args(argv, {key: recorded[key] for key in inherited if key in recorded},
-                      (name, recorded))
-    args.name = name
+                      (f"run {name}", recorded))
+    args.name, args.network = name, args.network or checkpoint["network"]
     if args.export and os.path.exists(args.export) and not os.path.isdir(args.export):
         raise Fail(f"--export {args.export} is a file; pass a folder (made when missing)")
     for folder in [RESULTS_DIR] + ([args.export] if args.export else []):
@@ -479,7 +495,7 @@ def evaluate_subnet(path, argv=None, loaders_cache=None):
         net.load_state_dict(record["state_dict"])
     except Exception as error:  # missing, truncated or foreign
         raise Fail(f"cannot load subnet {path}: {first_line(error)}") from None
-    args = parse_args(argv, record["data"])
+    args = parse_args(argv, record["data"], (f"subnet {path}", record["data"]))
     cache = {} if loaders_cache is None else loaders_cache
     key = repr(sorted(record["data"].items()))
     if key not in cache:  # subnets exported from one run share their data (argv is the same)
@@ -495,16 +511,21 @@ def evaluate_subnet(path, argv=None, loaders_cache=None):
             "target": record.get("target")}
 
 
+def search_name(cost, target):
+    """``<cost>_<target>M``, as search.py names the file of that target, or "-" for no target."""
+    return f"{cost}_{f'{target:.0f}' if target >= 1000 else f'{target:.4g}'}M" if target else "-"
+
+
 def evaluate_subnets(paths, argv=None):
     """``evaluate_subnet`` for each file; with several, one table at the end (the last step of
     AutoSlim's pipeline: target, MACs, params and test accuracy of each standalone model)."""
     loaders_cache = {}
     rows = [(path, evaluate_subnet(path, argv, loaders_cache)) for path in paths]
-    if len(rows) > 1:  # the target named as search.py names its files: mmcv_flops_530M
+    if len(rows) > 1:
         print()
         print_table([("subnet", -40), ("target", 22), ("MACs", 10), ("params", 11),
                      ("mmcv_flops", 12), ("top-1", 8), ("top-5", 8)], [
-            [os.path.basename(path), f"{row['cost']}_{row['target']:g}M" if row["target"] else "-",
+            [os.path.basename(path), search_name(row["cost"], row["target"]),
              millions(row["macs"]), f"{row['params']:,}", millions(row["mmcv_flops"]),
              f"{row['top1']:.2f}", f"{row['top5']:.2f}"] for path, row in rows])
     return rows

@@ -72,6 +72,8 @@ import slimmable  # noqa: E402
 from runs import Fail  # noqa: E402
 
 STATE_FILE = "search.state"  # not *.json: evaluate.py reads runs/NAME/search/*.json as configs
+# The data flags that decide which images the supernet trained on (--datapath: where they are)
+HELD_OUT_FLAGS = ("dataset", "data_seed", "synthetic_train", "synthetic_classes")
 CHECKPOINT_KEYS = ("model", "network", "num_classes", "model_options", "method", "args",
                    "lower_channel", "step", "finished")  # what train.py's checkpoint holds
 
@@ -116,7 +118,8 @@ def build_parser():
     runs.add_process_flags(parser)
     data.add_data_args(parser)
     parser.epilog = ("Data flags default to the values the supernet was trained with (its held-out "
-                     "split must be the one training left out).")
+                     "split must be the one training left out): --" + ", --".join(HELD_OUT_FLAGS)
+                     + " must equal them when given, and --val_size may not exceed the supernet's.")
     return parser
 
 
@@ -133,10 +136,22 @@ def check_flags(args):
 
 
 def resolve_data_flags(args, given, checkpoint):
-    """Data flags nobody set explicitly take the supernet's training values."""
+    """Data flags nobody set explicitly take the supernet's training values; Fail for a given one
+    that would score candidates on images it trained on: one of ``HELD_OUT_FLAGS`` that differs,
+    or a larger --val_size (the held-out split is the first val_size of a fixed permutation)."""
+    trained = checkpoint["args"]
     for key in data.data_flag_names() - set(given):
-        if key in checkpoint["args"]:
-            setattr(args, key, checkpoint["args"][key])
+        if key in trained:
+            setattr(args, key, trained[key])
+    for key in HELD_OUT_FLAGS:
+        if key in trained and getattr(args, key) != trained[key]:
+            raise Fail(f"the supernet was trained with --{key} {trained[key]}, not "
+                       f"{getattr(args, key)}: leave --{key} out or give its value")
+    default = data.DEFAULT_VAL_SIZE[data.canonical_dataset_name(args.dataset)]
+    held_out = default if trained.get("val_size") is None else trained["val_size"]
+    if (default if args.val_size is None else args.val_size) > held_out:
+        raise Fail(f"the supernet held out {held_out} of its training images: a larger "
+                   f"--val_size would score on images it trained on; give at most {held_out}")
 
 
 def target_name(cost, millions):
@@ -519,11 +534,15 @@ def log_step(log, net, levels, index, best, state, candidates, seconds):
 
 
 def log_end(log, net, state, out_dir, name):
-    """Say how the search ended (and what to run next when it has finished); close the log."""
+    """Say how the search ended (and what to run next, with the data flags that are not their
+    defaults, when it has finished); close the log."""
     if state["finished"]:
         files = " ".join(os.path.join(out_dir, r["file"]) for r in state["records"])
-        network = f"--network {state['settings']['network']}" + (
-            f" --width_mult {net.width_mult:g}" if hasattr(net, "width_mult") else "")
+        defaults, settings = vars(build_parser().parse_args([])), state["settings"]
+        network = f"--network {settings['network']}" + (
+            f" --width_mult {net.width_mult:g}" if hasattr(net, "width_mult") else "") + "".join(
+            f" --{key}" + ("" if value is True else f" {value}") for key, value in settings.items()
+            if key in data.data_flag_names() and value != defaults[key])
         log(f"done: {state['step']} steps, {state['evaluations']} candidate evaluations, "
             f"{state['seconds']:.0f} s; next: python train.py --name {name}_fixed --method fixed "
             f"{network} --channel_config {files}")

@@ -2131,6 +2131,44 @@ class TestEvaluate:
             error = capsys.readouterr().err
             assert error.startswith("error: ") and len(error.strip().splitlines()) == 1, (argv, error)
 
+    def test_a_subnet_refuses_data_its_run_was_not_trained_on(self, evaluated_tiny_run):
+        """--subnet refuses another dataset or class count in one line, as --name does (not a
+        traceback, nor a top-1 over labels the network never had)."""
+        _, result = evaluated_tiny_run
+        subnet = result["points"][0]["subnet"]
+        for flags, says in ((["--dataset", "FashionMNIST"], "--dataset synthetic, not FashionMNIST"),
+                            (["--synthetic_classes", "5"], "--synthetic_classes 4, not 5")):
+            assert_one_line_error(run_main(evaluate, "--subnet", subnet, "--threads", "1", *flags),
+                                  f"subnet {subnet} was trained with {says}")
+
+    def test_the_held_out_split_holds_no_image_the_run_trained_on(self, evaluated_tiny_run):
+        """Another --data_seed or --synthetic_train (other images), or a --val_size above the
+        run's (a held-out split reaching into its training images), is refused before any work;
+        a smaller --val_size, a subset of the images the run never trained on, is not."""
+        workdir, _ = evaluated_tiny_run
+        result_file = workdir / "results" / "tiny_eval_pareto.json"
+        before = result_file.read_bytes()
+        for flags, says in ((["--val_size", "49"], "run tiny held out 48 of its training images"),
+                            (["--data_seed", "5"], "--data_seed 0, not 5"),
+                            (["--synthetic_train", "200"], "--synthetic_train 176, not 200")):
+            assert_one_line_error(run_main(evaluate, "--name", "tiny", "--threads", "1", *flags),
+                                  says)
+        assert result_file.read_bytes() == before
+        recorded = torch.load(workdir / "runs" / "tiny" / "checkpoint.pt", weights_only=True)["args"]
+        flags = {key: recorded[key] for key in data.data_flag_names()}
+        assert evaluate.parse_args(["--val_size", "47"], flags, ("run tiny", flags)).val_size == 47
+
+    def test_a_run_whose_network_file_is_gone_is_named_not_the_flag(self, evaluated_tiny_run):
+        """A --network FILE.py:FUNCTION run whose file has moved: the error names the run, not a
+        --network flag the user did not give."""
+        workdir, _ = evaluated_tiny_run
+        checkpoint = torch.load(workdir / "runs" / "tiny" / "checkpoint.pt", weights_only=True)
+        checkpoint["network"] = checkpoint["args"]["network"] = f"{workdir / 'gone.py'}:build"
+        (workdir / "runs" / "moved").mkdir()
+        torch.save(checkpoint, workdir / "runs" / "moved" / "checkpoint.pt")
+        done = run_main(evaluate, "--name", "moved", "--threads", "1")
+        assert_one_line_error(done, "error: cannot rebuild the network of run moved", "gone.py")
+
     def test_ctrl_c_and_bad_destinations_end_in_one_line(self, evaluated_tiny_run):
         """Ctrl-C during the evaluation: status 130 and one line, no traceback; --export onto a
         file and a --name that would leave runs/: refused before any work, one line."""
@@ -2302,9 +2340,22 @@ class TestSearch:
         (["--targets", "20", "--eval_batch_size", "0"], "--eval_batch_size: '0' is invalid"),
         (["--targets", "20", "--device", "tpu"], "--device: 'tpu' is invalid: it must be auto, cpu, cuda"),
         (["--targets", "20", "--val_size", "-1"], "--val_size: '-1' is invalid"),
-        (["--targets", "20", "--seed", "-1"], "--seed: '-1' is invalid: it must be an integer >= 0")])
+        (["--targets", "20", "--seed", "-1"], "--seed: '-1' is invalid: it must be an integer >= 0"),
+        (["--targets", "20", "--val_size", "101"], "the supernet held out 100 of its training images"),
+        (["--targets", "20", "--data_seed", "3"], "trained with --data_seed 0, not 3"),
+        (["--targets", "20", "--synthetic_train", "300"], "--synthetic_train 250, not 300")])
     def test_bad_flags_end_in_one_line_and_status_2(self, workdir, flags, says):
         assert_one_line_error(run_main(search, "--name", "sn", *flags), says)
+
+    def test_the_closing_command_retrains_on_the_supernets_data(self, workdir, searched):
+        """The "next:" command of a finished search, run as printed, trains on the data the
+        supernet trained on (its data flags that are not the defaults are in it)."""
+        line = [line for line in Path("runs/sn/search/log.txt").read_text().splitlines()
+                if "next: python train.py " in line][-1]
+        args = train.parse_args(line.split("next: python train.py ")[1].split())
+        trained = torch.load("runs/sn/checkpoint.pt", weights_only=True)["args"]
+        for key in data.data_flag_names() - {"workers", "pin_memory"}:
+            assert getattr(args, key) == trained[key], (key, line)
 
     def test_a_run_being_trained_or_searched_is_not_searched(self, workdir, searched, capsys):
         """A search holds runs/NAME/train.lock, the lock train.py holds: another search of the run
@@ -2378,8 +2429,8 @@ class TestSearch:
         assert evaluate.main(["--subnet", *subnets]) == 0
         table = capsys.readouterr().out.split("\n\n")[-1].strip().splitlines()
         assert table[0].split() == ["subnet", "target", "MACs", "params", "mmcv_flops", "top-1", "top-5"]
-        assert sorted(row.split()[1] for row in table[1:]) == \
-            sorted(f"macs_{r['target']:g}M" for r in searched["records"])
+        assert sorted(row.split()[1] + ".json" for row in table[1:]) == \
+            sorted(r["file"] for r in searched["records"])  # named as search.py named the files
         result = evaluate.evaluate_run("sn", argv=["--name", "sn", "--configs", *files,
                                                    "--calib_batches", "1", "--batch_size", "50"])
         evaluated = sorted(list(c["channels"].values()) for c in result["candidates"])
