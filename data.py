@@ -619,6 +619,12 @@ def check_data_args(args):
 
 # ----------------------------------------------------------------------------- splits, loaders
 
+def held_out_count(dataset, val_size):
+    """The images ``--dataset``'s ``--val_size`` holds out of the training set (None: the
+    dataset's default). A smaller count holds out a subset of a larger one's images."""
+    return DEFAULT_VAL_SIZE[canonical_dataset_name(dataset)] if val_size is None else val_size
+
+
 def held_out_split(num_train, val_size, train_size=0, seed=HELD_OUT_SEED):
     """(train indices, val indices), each sorted: a fixed random `val_size` of range(num_train)
     held out, and of the rest a fixed random `train_size` trained on (0: all of them)."""
@@ -647,7 +653,7 @@ class Loaders(NamedTuple):
 def build_datasets(args):
     """(train, val or None, test) Datasets, number of classes, input size, image channels."""
     name = canonical_dataset_name(args.dataset)
-    val_size = DEFAULT_VAL_SIZE[name] if args.val_size is None else args.val_size
+    val_size = held_out_count(name, args.val_size)
     if name == "ImageNet":  # --datapath's train.lmdb; its val.lmdb is the test split
         train_path, test_path = (os.path.join(args.datapath or "./data", file)
                                  for file in ("train.lmdb", "val.lmdb"))

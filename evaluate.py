@@ -132,20 +132,14 @@ def parse_args(argv=None, defaults=None, run=None):
         if flag in recorded and getattr(args, flag) not in (None, recorded[flag]):
             parser.error(f"{name} was trained with --{flag} {recorded[flag]}, not "
                          f"{getattr(args, flag)}: leave --{flag} out or give its value")
-    if run and held_out_size(vars(args)) > held_out_size(recorded):  # not a subset of its split
-        parser.error(f"{name} held out {held_out_size(recorded)} of its training images: a "
-                     f"larger --val_size would hold images it trained on; give at most that")
+    held_out = data.held_out_count(recorded.get("dataset", args.dataset), recorded.get("val_size"))
+    if run and data.held_out_count(args.dataset, args.val_size) > held_out:  # not a subset of it
+        parser.error(f"{name} held out {held_out} of its training images: a larger --val_size "
+                     f"would hold images it trained on; give at most that")
     if problem := data.check_data_args(args):
         parser.error(problem)
     args.pin_memory = args.pin_memory and args.device != "cpu"  # pinning serves GPU copies only
     return args
-
-
-def held_out_size(flags):
-    """The images that data flags ``flags`` (a dict) hold out of the training set."""
-    if flags.get("val_size") is None:
-        return data.DEFAULT_VAL_SIZE[data.canonical_dataset_name(flags["dataset"])]
-    return flags["val_size"]
 
 
 def checkpoint_stamp(name):
@@ -700,7 +694,7 @@ def main(argv=None):
     job = (evaluate_subnets, args.subnet, argv) if args.subnet else \
         (compare, args.compare, args.out, argv) if args.compare else (evaluate_run, args.name, argv)
     return runs.cli(*job, user_errors=(data.DataError,),
-                    interrupted="interrupted: nothing was written; rerun to evaluate again")
+                    interrupted="interrupted: rerun to evaluate again")
 
 
 if __name__ == "__main__":

@@ -54,6 +54,7 @@ import contextlib
 import glob
 import json
 import os
+import shlex
 import sys
 import time
 
@@ -147,9 +148,8 @@ def resolve_data_flags(args, given, checkpoint):
         if key in trained and getattr(args, key) != trained[key]:
             raise Fail(f"the supernet was trained with --{key} {trained[key]}, not "
                        f"{getattr(args, key)}: leave --{key} out or give its value")
-    default = data.DEFAULT_VAL_SIZE[data.canonical_dataset_name(args.dataset)]
-    held_out = default if trained.get("val_size") is None else trained["val_size"]
-    if (default if args.val_size is None else args.val_size) > held_out:
+    held_out = data.held_out_count(args.dataset, trained.get("val_size"))
+    if data.held_out_count(args.dataset, args.val_size) > held_out:
         raise Fail(f"the supernet held out {held_out} of its training images: a larger "
                    f"--val_size would score on images it trained on; give at most {held_out}")
 
@@ -541,7 +541,8 @@ def log_end(log, net, state, out_dir, name):
         defaults, settings = vars(build_parser().parse_args([])), state["settings"]
         network = f"--network {settings['network']}" + (
             f" --width_mult {net.width_mult:g}" if hasattr(net, "width_mult") else "") + "".join(
-            f" --{key}" + ("" if value is True else f" {value}") for key, value in settings.items()
+            f" --no-{key}" if value is False else f" --{key}" if value is True
+            else f" --{key} {shlex.quote(str(value))}" for key, value in settings.items()
             if key in data.data_flag_names() and value != defaults[key])
         log(f"done: {state['step']} steps, {state['evaluations']} candidate evaluations, "
             f"{state['seconds']:.0f} s; next: python train.py --name {name}_fixed --method fixed "

@@ -2352,7 +2352,7 @@ class TestSearch:
         supernet trained on (its data flags that are not the defaults are in it)."""
         line = [line for line in Path("runs/sn/search/log.txt").read_text().splitlines()
                 if "next: python train.py " in line][-1]
-        args = train.parse_args(line.split("next: python train.py ")[1].split())
+        args = train.parse_args(shlex.split(line.split("next: python train.py ")[1]))
         trained = torch.load("runs/sn/checkpoint.pt", weights_only=True)["args"]
         for key in data.data_flag_names() - {"workers", "pin_memory"}:
             assert getattr(args, key) == trained[key], (key, line)
