@@ -625,6 +625,27 @@ def held_out_count(dataset, val_size):
     return DEFAULT_VAL_SIZE[canonical_dataset_name(dataset)] if val_size is None else val_size
 
 
+# The data flags that decide which images a run trained on (--datapath only says where they are)
+HELD_OUT_FLAGS = ("dataset", "data_seed", "synthetic_train", "synthetic_classes")
+
+
+def held_out_problem(args, recorded, who):
+    """One line when the data flags ``args`` would not hold out only images that ``who`` (e.g.
+    "run demo"), trained with the data flags ``recorded`` (a dict), never trained on: one of
+    ``HELD_OUT_FLAGS`` differs (other images), or ``--val_size`` is larger (the held-out split is
+    the first val_size of a fixed permutation, so a larger one reaches into the trained images);
+    else None."""
+    for key in HELD_OUT_FLAGS:
+        if key in recorded and getattr(args, key) != recorded[key]:
+            return (f"{who} was trained with --{key} {recorded[key]}, not {getattr(args, key)}: "
+                    f"leave --{key} out or give its value")
+    held_out = held_out_count(args.dataset, recorded.get("val_size"))
+    if held_out_count(args.dataset, args.val_size) > held_out:
+        return (f"{who} held out {held_out} of its training images: a larger --val_size would "
+                f"hold images it trained on; give at most {held_out}")
+    return None
+
+
 def held_out_split(num_train, val_size, train_size=0, seed=HELD_OUT_SEED):
     """(train indices, val indices), each sorted: a fixed random `val_size` of range(num_train)
     held out, and of the rest a fixed random `train_size` trained on (0: all of them)."""

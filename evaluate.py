@@ -75,11 +75,10 @@ COST_NAMES = {"macs": ("MACs", "MACs (millions)"), "params": ("params", "paramet
               "mmcv_flops": ("mmcv FLOPs", "FLOPs, mmcv's convention (millions)"),
               "memory": ("memory", "peak activation memory (millions of elements, batch 1)")}
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
-# Flags that describe the trained run rather than this evaluation (the data flags among them
-# decide which images it trained on): given, they must agree with the checkpoint (parse_args),
-# else the front would be measured on another setting, or on images the run trained on.
-RUN_FLAGS = ("network", "dataset", "data_seed", "synthetic_train", "synthetic_classes",
-             "lower_channel", "image_size", "scale_ratio", "slim_dataaug")
+# Flags that describe the trained run rather than this evaluation: given, they must agree with
+# the checkpoint (parse_args), else the front would be measured on another setting; so must
+# data.HELD_OUT_FLAGS, else on other images or on images the run trained on.
+RUN_FLAGS = ("network", "lower_channel", "image_size", "scale_ratio", "slim_dataaug")
 SUBNET_KEYS = ("network", "num_classes", "model_options", "widths", "state_dict", "macs", "data")
 
 
@@ -112,7 +111,8 @@ def build_parser():
     data.add_data_args(parser)
     parser.epilog = ("Data flags, --network, --batch_size, --lower_channel and --cost default to "
                      "the values the run was trained with. Those that describe the trained run ("
-                     + ", ".join(f"--{flag}" for flag in RUN_FLAGS) + ") must equal its values "
+                     + ", ".join(f"--{flag}" for flag in RUN_FLAGS + data.HELD_OUT_FLAGS)
+                     + ") must equal its values "
                      "when given, and --val_size may not exceed the run's (a larger "
                      "held-out split would hold images it trained on); --datapath, --batch_size, "
                      "--train_size and --synthetic_test may differ.")
@@ -122,8 +122,9 @@ def build_parser():
 def parse_args(argv=None, defaults=None, run=None):
     """The flags of ``argv`` over ``defaults`` (a dict). A value argparse refuses, one of
     ``RUN_FLAGS`` that differs from ``run`` (``(what trained, e.g. "run demo", its recorded
-    flags)``; None: not given), a --val_size above the run's, or data flags that do not go
-    together end the process with one line and exit status 2."""
+    flags)``; None: not given), data flags that would hold out other images than the run's
+    (``data.held_out_problem``), or data flags that do not go together end the process with one
+    line and exit status 2."""
     parser = build_parser()
     parser.set_defaults(**(defaults or {}))
     args = parser.parse_args(argv or [])
@@ -132,11 +133,8 @@ def parse_args(argv=None, defaults=None, run=None):
         if flag in recorded and getattr(args, flag) not in (None, recorded[flag]):
             parser.error(f"{name} was trained with --{flag} {recorded[flag]}, not "
                          f"{getattr(args, flag)}: leave --{flag} out or give its value")
-    held_out = data.held_out_count(recorded.get("dataset", args.dataset), recorded.get("val_size"))
-    if run and data.held_out_count(args.dataset, args.val_size) > held_out:  # not a subset of it
-        parser.error(f"{name} held out {held_out} of its training images: a larger --val_size "
-                     f"would hold images it trained on; give at most that")
-    if problem := data.check_data_args(args):
+    if problem := (run and data.held_out_problem(args, recorded, name)) \
+            or data.check_data_args(args):
         parser.error(problem)
     args.pin_memory = args.pin_memory and args.device != "cpu"  # pinning serves GPU copies only
     return args
@@ -505,11 +503,6 @@ def evaluate_subnet(path, argv=None, loaders_cache=None):
             "target": record.get("target")}
 
 
-def search_name(cost, target):
-    """``<cost>_<target>M``, as search.py names the file of that target, or "-" for no target."""
-    return f"{cost}_{f'{target:.0f}' if target >= 1000 else f'{target:.4g}'}M" if target else "-"
-
-
 def evaluate_subnets(paths, argv=None):
     """``evaluate_subnet`` for each file; with several, one table at the end (the last step of
     AutoSlim's pipeline: target, MACs, params and test accuracy of each standalone model)."""
@@ -519,7 +512,8 @@ def evaluate_subnets(paths, argv=None):
         print()
         print_table([("subnet", -40), ("target", 22), ("MACs", 10), ("params", 11),
                      ("mmcv_flops", 12), ("top-1", 8), ("top-5", 8)], [
-            [os.path.basename(path), search_name(row["cost"], row["target"]),
+            [os.path.basename(path),
+             slimmable.target_label(row["cost"], row["target"]) if row["target"] else "-",
              millions(row["macs"]), f"{row['params']:,}", millions(row["mmcv_flops"]),
              f"{row['top1']:.2f}", f"{row['top5']:.2f}"] for path, row in rows])
     return rows

@@ -73,8 +73,6 @@ import slimmable  # noqa: E402
 from runs import Fail  # noqa: E402
 
 STATE_FILE = "search.state"  # not *.json: evaluate.py reads runs/NAME/search/*.json as configs
-# The data flags that decide which images the supernet trained on (--datapath: where they are)
-HELD_OUT_FLAGS = ("dataset", "data_seed", "synthetic_train", "synthetic_classes")
 CHECKPOINT_KEYS = ("model", "network", "num_classes", "model_options", "method", "args",
                    "lower_channel", "step", "finished")  # what train.py's checkpoint holds
 
@@ -119,7 +117,7 @@ def build_parser():
     runs.add_process_flags(parser)
     data.add_data_args(parser)
     parser.epilog = ("Data flags default to the values the supernet was trained with (its held-out "
-                     "split must be the one training left out): --" + ", --".join(HELD_OUT_FLAGS)
+                     "split must be the one training left out): --" + ", --".join(data.HELD_OUT_FLAGS)
                      + " must equal them when given, and --val_size may not exceed the supernet's.")
     return parser
 
@@ -138,27 +136,14 @@ def check_flags(args):
 
 def resolve_data_flags(args, given, checkpoint):
     """Data flags nobody set explicitly take the supernet's training values; Fail for a given one
-    that would score candidates on images it trained on: one of ``HELD_OUT_FLAGS`` that differs,
-    or a larger --val_size (the held-out split is the first val_size of a fixed permutation)."""
+    that would score candidates on other images or on images it trained on
+    (``data.held_out_problem``)."""
     trained = checkpoint["args"]
     for key in data.data_flag_names() - set(given):
         if key in trained:
             setattr(args, key, trained[key])
-    for key in HELD_OUT_FLAGS:
-        if key in trained and getattr(args, key) != trained[key]:
-            raise Fail(f"the supernet was trained with --{key} {trained[key]}, not "
-                       f"{getattr(args, key)}: leave --{key} out or give its value")
-    held_out = data.held_out_count(args.dataset, trained.get("val_size"))
-    if data.held_out_count(args.dataset, args.val_size) > held_out:
-        raise Fail(f"the supernet held out {held_out} of its training images: a larger "
-                   f"--val_size would score on images it trained on; give at most {held_out}")
-
-
-def target_name(cost, millions):
-    """``<cost>_<M>M.json`` with M in 4 significant digits: ("macs", 20) -> macs_20M.json,
-    ("mmcv_flops", 12.5) -> mmcv_flops_12.5M.json, ("memory", 0.024576) -> memory_0.02458M.json
-    (significant digits, not decimals: small costs such as CIFAR memory peaks stay apart)."""
-    return f"{cost}_{f'{millions:.0f}' if millions >= 1000 else f'{millions:.4g}'}M.json"
+    if problem := data.held_out_problem(args, trained, "the supernet"):
+        raise Fail(problem)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -508,7 +493,7 @@ def record_reached_targets(net, widths, state, out_dir, rank, log):
     for target in state["settings"]["targets"]:
         if target in done or slimmable.cost(net, widths, cost) > target * 1e6:
             continue
-        file = target_name(cost, target)
+        file = slimmable.target_label(cost, target) + ".json"
         record = slimmable.config_record(
             net, widths, cost=cost, target=target, heldout_top1=state["current"]["top1"],
             heldout_loss=state["current"]["loss"], step=state["step"])

@@ -779,6 +779,14 @@ def config_record(model, widths, **extra):
             "mmcv_flops": mmcv_flops(net, widths), **extra, "layers": layer_channels(net, widths)}
 
 
+def target_label(cost, millions):
+    """``<cost>_<M>M``, the name of a configuration found for a target of M millions of ``cost``
+    (search.py's file names, evaluate.py's tables), M in 4 significant digits, not decimals, so
+    small costs such as CIFAR memory peaks stay apart: ("macs", 20) -> macs_20M, ("mmcv_flops",
+    12.5) -> mmcv_flops_12.5M, ("memory", 0.024576) -> memory_0.02458M; whole from 1000 up."""
+    return f"{cost}_{f'{millions:.0f}' if millions >= 1000 else f'{millions:.4g}'}M"
+
+
 def save_config(path, model, widths, **extra):
     """Write ``config_record(model, widths, **extra)`` to ``path`` as JSON; returns the record.
     An ``extra`` JSON cannot hold (a NumPy integer, say) raises TypeError before ``path`` is
